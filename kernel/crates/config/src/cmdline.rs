@@ -1,0 +1,255 @@
+//! Kernel command line: whitespace-separated `key=value` options.
+//!
+//! Every option the kernel knows is a row of [`OPTIONS`]: its key, a check for
+//! its value and a line of help. [`Cmdline::parse`] keeps the options that pass
+//! and turns everything else (unknown keys, bad values, stray words, unbalanced
+//! quotes, repeats) into [`Diagnostic`]s. A value may be double-quoted to hold
+//! spaces. A first word without `=` is the image name that Multiboot loaders
+//! put in front, and is skipped.
+
+use crate::net::Ipv4Cidr;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+use core::net::Ipv4Addr;
+use core::str::FromStr;
+
+/// One known option.
+pub struct OptionSpec {
+    pub key: &'static str,
+    pub check: fn(&str) -> Result<(), &'static str>,
+    pub help: &'static str,
+}
+
+fn one_of(value: &str, allowed: &[&str]) -> Result<(), &'static str> {
+    if allowed.contains(&value) { Ok(()) } else { Err("not one of the allowed values") }
+}
+
+fn is_log_level(v: &str) -> Result<(), &'static str> {
+    one_of(v, &["error", "warn", "info", "debug", "trace"])
+}
+fn is_panic_action(v: &str) -> Result<(), &'static str> {
+    one_of(v, &["halt", "reboot"])
+}
+fn is_crc_engine(v: &str) -> Result<(), &'static str> {
+    one_of(v, &["auto", "soft", "hw"])
+}
+fn is_cidr(v: &str) -> Result<(), &'static str> {
+    Ipv4Cidr::from_str(v).map(drop)
+}
+fn is_cidr_list(v: &str) -> Result<(), &'static str> {
+    v.split(',').try_for_each(is_cidr)
+}
+fn is_ipv4(v: &str) -> Result<(), &'static str> {
+    Ipv4Addr::from_str(v).map(drop).map_err(|_| "not an IPv4 address")
+}
+fn is_name(v: &str) -> Result<(), &'static str> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok { Ok(()) } else { Err("expected 1-64 characters of [A-Za-z0-9._-]") }
+}
+fn is_percent(v: &str) -> Result<(), &'static str> {
+    match v.parse::<u8>() {
+        Ok(p) if (10..=90).contains(&p) => Ok(()),
+        _ => Err("expected a whole percentage from 10 to 90"),
+    }
+}
+
+/// The options this kernel understands. Later subsystems add rows here.
+pub static OPTIONS: &[OptionSpec] = &[
+    OptionSpec { key: "log", check: is_log_level, help: "console log level: error|warn|info|debug|trace" },
+    OptionSpec { key: "panic", check: is_panic_action, help: "after a fatal error: halt|reboot" },
+    OptionSpec { key: "test", check: is_name, help: "run the named in-kernel self-test and exit" },
+    OptionSpec { key: "crc", check: is_crc_engine, help: "CRC32C engine: auto|soft|hw" },
+    OptionSpec { key: "heap", check: is_percent, help: "percent of free memory given to the heap" },
+    OptionSpec { key: "mgmt.ip", check: is_cidr, help: "management NIC address, e.g. 10.0.2.15/24" },
+    OptionSpec { key: "mgmt.gw", check: is_ipv4, help: "management NIC gateway" },
+    OptionSpec { key: "mgmt.allow", check: is_cidr_list, help: "management clients allowed, CIDR list" },
+    OptionSpec { key: "data.ip", check: is_cidr, help: "first data NIC address" },
+    OptionSpec { key: "data.gw", check: is_ipv4, help: "first data NIC gateway" },
+];
+
+/// Something on the command line that was not taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Diagnostic {
+    UnknownOption(String),
+    BadValue { key: String, value: String, why: &'static str },
+    NotKeyValue(String),
+    Repeated(String),
+    UnbalancedQuote,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Diagnostic::UnknownOption(k) => write!(f, "unknown option `{k}` (ignored)"),
+            Diagnostic::BadValue { key, value, why } => {
+                write!(f, "option `{key}={value}`: {why} (ignored)")
+            }
+            Diagnostic::NotKeyValue(w) => write!(f, "`{w}` is not key=value (ignored)"),
+            Diagnostic::Repeated(k) => write!(f, "option `{k}` given again; the last one wins"),
+            Diagnostic::UnbalancedQuote => write!(f, "unbalanced double quote at the end"),
+        }
+    }
+}
+
+/// The options that were accepted, in command-line order, plus diagnostics.
+#[derive(Clone, Debug, Default)]
+pub struct Cmdline {
+    entries: Vec<(String, String)>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Cmdline {
+    pub fn parse(line: &str) -> Self {
+        Self::parse_with(line, OPTIONS)
+    }
+
+    pub fn parse_with(line: &str, table: &[OptionSpec]) -> Self {
+        let mut out = Cmdline::default();
+        let (words, balanced) = split_words(line);
+        if !balanced {
+            out.diagnostics.push(Diagnostic::UnbalancedQuote);
+        }
+        for (i, word) in words.into_iter().enumerate() {
+            let Some((key, value)) = word.split_once('=') else {
+                if i != 0 {
+                    out.diagnostics.push(Diagnostic::NotKeyValue(word));
+                }
+                continue;
+            };
+            let Some(spec) = table.iter().find(|s| s.key == key) else {
+                out.diagnostics.push(Diagnostic::UnknownOption(key.to_string()));
+                continue;
+            };
+            if let Err(why) = (spec.check)(value) {
+                out.diagnostics.push(Diagnostic::BadValue {
+                    key: key.to_string(),
+                    value: value.to_string(),
+                    why,
+                });
+                continue;
+            }
+            if let Some(slot) = out.entries.iter_mut().find(|(k, _)| k == key) {
+                out.diagnostics.push(Diagnostic::Repeated(key.to_string()));
+                slot.1 = value.to_string();
+            } else {
+                out.entries.push((key.to_string(), value.to_string()));
+            }
+        }
+        out
+    }
+
+    /// The accepted value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// The value of `key` converted; the check in [`OPTIONS`] already passed,
+    /// so a failure here means the table and the caller disagree.
+    pub fn get_as<T: FromStr>(&self, key: &str) -> Option<T> {
+        self.get(key).and_then(|v| v.parse().ok())
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// Splits on ASCII whitespace, honouring double quotes (which are removed).
+fn split_words(line: &str) -> (Vec<String>, bool) {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_quote = false;
+    let mut started = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                in_quote = !in_quote;
+                started = true;
+            }
+            c if c.is_ascii_whitespace() && !in_quote => {
+                if started {
+                    words.push(core::mem::take(&mut cur));
+                    started = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        words.push(cur);
+    }
+    (words, !in_quote)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_known_options_and_skips_image_name() {
+        let c = Cmdline::parse("/boot/ironbay.elf log=debug panic=reboot mgmt.ip=10.0.2.15/24");
+        assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+        assert_eq!(c.get("log"), Some("debug"));
+        assert_eq!(c.get("panic"), Some("reboot"));
+        let ip: Ipv4Cidr = c.get_as("mgmt.ip").unwrap();
+        assert_eq!(ip.prefix, 24);
+    }
+
+    #[test]
+    fn reports_every_kind_of_mistake() {
+        let c = Cmdline::parse(
+            "img log=loud bogus=1 stray mgmt.ip=10.0.2.15 test=a/b log=info log=warn =x panic=",
+        );
+        let d = &c.diagnostics;
+        assert!(d.iter().any(|d| matches!(d, Diagnostic::BadValue { key, .. } if key == "log")));
+        assert!(d.contains(&Diagnostic::UnknownOption("bogus".into())));
+        assert!(d.contains(&Diagnostic::NotKeyValue("stray".into())));
+        assert!(d.iter().any(|d| matches!(d, Diagnostic::BadValue { key, .. } if key == "mgmt.ip")));
+        assert!(d.iter().any(|d| matches!(d, Diagnostic::BadValue { key, .. } if key == "test")));
+        assert!(d.contains(&Diagnostic::Repeated("log".into())));
+        assert!(d.contains(&Diagnostic::UnknownOption("".into())));
+        assert!(d.iter().any(|d| matches!(d, Diagnostic::BadValue { key, .. } if key == "panic")));
+        assert_eq!(c.get("log"), Some("warn"));
+        assert_eq!(c.get("mgmt.ip"), None);
+        for d in d {
+            assert!(!d.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn quotes_group_words() {
+        let c = Cmdline::parse_with(
+            "x name=\"a b\" other=1",
+            &[
+                OptionSpec { key: "name", check: |_| Ok(()), help: "" },
+                OptionSpec { key: "other", check: |_| Ok(()), help: "" },
+            ],
+        );
+        assert_eq!(c.get("name"), Some("a b"));
+        assert_eq!(c.get("other"), Some("1"));
+        let c = Cmdline::parse("x log=\"info");
+        assert!(c.diagnostics.contains(&Diagnostic::UnbalancedQuote));
+    }
+
+    #[test]
+    fn empty_and_garbage_lines_do_not_panic() {
+        for line in ["", "   ", "\"", "==", "a=b=c", "\u{0}\u{1}", "log=\u{ff}", "é=é"] {
+            let _ = Cmdline::parse(line);
+        }
+        assert!(Cmdline::parse("").diagnostics.is_empty());
+    }
+
+    #[test]
+    fn allow_list_takes_several_subnets() {
+        let c = Cmdline::parse("k mgmt.allow=10.0.2.0/24,127.0.0.0/8");
+        assert!(c.diagnostics.is_empty());
+        let c = Cmdline::parse("k mgmt.allow=10.0.2.0/24,nope");
+        assert_eq!(c.diagnostics.len(), 1);
+    }
+}
