@@ -157,6 +157,16 @@ impl Cmdline {
     }
 }
 
+/// Finds `key=value` without allocating, for the few options needed before
+/// the heap exists. Quotes are not interpreted; the full parse still checks it.
+pub fn peek<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_ascii_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .filter(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+        .last()
+}
+
 /// Splits on ASCII whitespace, honouring double quotes (which are removed).
 fn split_words(line: &str) -> (Vec<String>, bool) {
     let mut words = Vec::new();
@@ -243,6 +253,12 @@ mod tests {
             let _ = Cmdline::parse(line);
         }
         assert!(Cmdline::parse("").diagnostics.is_empty());
+    }
+
+    #[test]
+    fn peek_finds_the_last_value() {
+        assert_eq!(peek("img heap=30 log=info heap=40", "heap"), Some("40"));
+        assert_eq!(peek("img log=info", "heap"), None);
     }
 
     #[test]

@@ -1,22 +1,27 @@
 //! Physical frame allocator over the boot memory map.
 //!
-//! Holds free ranges sorted by address. Allocation is first fit with an
-//! alignment and an optional upper bound (for devices or page tables that need
-//! memory below 4 GiB); freeing merges neighbours.
+//! Holds free ranges sorted by address in a fixed-capacity list, so it works
+//! before the heap exists (the heap itself is carved from it). Allocation is
+//! first fit with an alignment and an optional upper bound (for devices or page
+//! tables that need memory below 4 GiB); freeing merges neighbours. If the list
+//! is ever full, the smallest range is dropped and counted as lost rather than
+//! failing the caller.
 
-use alloc::vec::Vec;
 use core::ops::Range;
+use heapless::Vec;
 
 pub const PAGE: u64 = 4096;
+const MAX_RANGES: usize = 256;
 
 #[derive(Debug, Default)]
 pub struct FrameAllocator {
-    free: Vec<Range<u64>>,
+    free: Vec<Range<u64>, MAX_RANGES>,
+    lost: u64,
 }
 
 impl FrameAllocator {
     pub const fn new() -> Self {
-        FrameAllocator { free: Vec::new() }
+        FrameAllocator { free: Vec::new(), lost: 0 }
     }
 
     /// Adds usable memory, trimmed to whole pages.
@@ -32,20 +37,22 @@ impl FrameAllocator {
     pub fn reserve(&mut self, range: Range<u64>) {
         let start = range.start & !(PAGE - 1);
         let end = range.end.checked_next_multiple_of(PAGE).unwrap_or(u64::MAX & !(PAGE - 1));
-        let mut out = Vec::with_capacity(self.free.len() + 1);
-        for r in self.free.drain(..) {
+        let mut i = 0;
+        while i < self.free.len() {
+            let r = self.free[i].clone();
             if r.end <= start || r.start >= end {
-                out.push(r);
+                i += 1;
                 continue;
             }
-            if r.start < start {
-                out.push(r.start..start);
-            }
+            self.free.remove(i);
             if r.end > end {
-                out.push(end..r.end);
+                self.put_at(i, end..r.end);
+            }
+            if r.start < start {
+                self.put_at(i, r.start..start);
+                i += 1;
             }
         }
-        self.free = out;
     }
 
     /// Allocates `size` bytes (rounded up to pages) aligned to `align` (a power
@@ -64,15 +71,16 @@ impl FrameAllocator {
         })?;
         let r = self.free.remove(i);
         if base + size < r.end {
-            self.free.insert(i, base + size..r.end);
+            self.put_at(i, base + size..r.end);
         }
         if r.start < base {
-            self.free.insert(i, r.start..base);
+            self.put_at(i, r.start..base);
         }
         Some(base)
     }
 
-    /// Takes the largest free range whole, up to `max` bytes (for the heap).
+    /// Takes up to `max` bytes from the start of the largest free range below
+    /// `limit` (for the heap).
     pub fn alloc_largest(&mut self, max: u64, limit: Option<u64>) -> Option<Range<u64>> {
         let limit = limit.unwrap_or(u64::MAX);
         let best = self
@@ -93,12 +101,17 @@ impl FrameAllocator {
 
     /// Returns frames from [`alloc`](Self::alloc).
     pub fn free(&mut self, base: u64, size: u64) {
-        let size = size.max(1).next_multiple_of(PAGE);
+        let size = size.max(1).checked_next_multiple_of(PAGE).unwrap_or(u64::MAX);
         self.insert(base..base.saturating_add(size));
     }
 
     pub fn free_bytes(&self) -> u64 {
         self.free.iter().map(|r| r.end - r.start).sum()
+    }
+
+    /// Bytes dropped because the range list was full.
+    pub fn lost_bytes(&self) -> u64 {
+        self.lost
     }
 
     pub fn ranges(&self) -> &[Range<u64>] {
@@ -107,16 +120,42 @@ impl FrameAllocator {
 
     fn insert(&mut self, r: Range<u64>) {
         let i = self.free.partition_point(|f| f.start < r.start);
-        self.free.insert(i, r);
-        // Merge with neighbours; overlapping input is folded, not duplicated.
-        let mut merged: Vec<Range<u64>> = Vec::with_capacity(self.free.len());
-        for f in self.free.drain(..) {
-            match merged.last_mut() {
-                Some(last) if f.start <= last.end => last.end = last.end.max(f.end),
-                _ => merged.push(f),
+        self.put_at(i, r);
+        // Merge around the new entry; overlapping input is folded, not duplicated.
+        let mut j = i.saturating_sub(1);
+        while j + 1 < self.free.len() {
+            if self.free[j + 1].start <= self.free[j].end {
+                let next = self.free.remove(j + 1);
+                self.free[j].end = self.free[j].end.max(next.end);
+            } else if j > i {
+                break;
+            } else {
+                j += 1;
             }
         }
-        self.free = merged;
+    }
+
+    /// Inserts at `i`; when full, the smallest range (possibly the new one) is lost.
+    fn put_at(&mut self, i: usize, r: Range<u64>) {
+        if self.free.is_full() {
+            let (k, smallest) = self
+                .free
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, f)| f.end - f.start)
+                .map(|(k, f)| (k, f.end - f.start))
+                .unwrap_or((0, 0));
+            if smallest >= r.end - r.start {
+                self.lost += r.end - r.start;
+                return;
+            }
+            self.lost += smallest;
+            self.free.remove(k);
+            let i = if k < i { i - 1 } else { i };
+            let _ = self.free.insert(i, r);
+            return;
+        }
+        let _ = self.free.insert(i, r);
     }
 }
 
@@ -161,6 +200,17 @@ mod tests {
         let h = f.alloc_largest(0x800_0000, None).unwrap();
         assert_eq!(h, 0x10_0000..0x810_0000);
         assert_eq!(f.free_bytes(), (0x9_f000 - 0x1000) + (0x2000_0000 - 0x810_0000));
+    }
+
+    #[test]
+    fn overflowing_the_range_list_loses_smallest_not_panics() {
+        let mut f = FrameAllocator::new();
+        for i in 0..(MAX_RANGES as u64 + 10) {
+            f.add(i * 0x10_0000..i * 0x10_0000 + PAGE * (1 + i % 3));
+        }
+        assert_eq!(f.ranges().len(), MAX_RANGES);
+        assert!(f.lost_bytes() > 0);
+        assert!(f.ranges().windows(2).all(|w| w[0].end < w[1].start));
     }
 
     #[test]

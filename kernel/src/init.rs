@@ -1,0 +1,205 @@
+//! Boot sequence, the ready line, the idle loop and the fatal exits.
+//!
+//! Order matters: console first (so everything after can report), then CPU
+//! tables (so faults are caught), the clock (timestamps), boot info and memory
+//! (the heap), then ACPI, PCI, the boot config, and "ready".
+
+use crate::arch::{self, ExitCode};
+use crate::settings::{CrcChoice, Settings};
+use crate::{acpi, console, mem, pci, selftest, time};
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, Ordering};
+use ironbay_boot::BootInfo;
+use ironbay_config::{BootConfig, Cmdline};
+use ironbay_platform::pci::Size;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const DEFAULT_HEAP_PERCENT: u64 = 50;
+
+#[unsafe(no_mangle)]
+extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
+    console::init();
+    arch::init();
+    let entry_tsc = ironbay_boot::entry_tsc();
+    let clock = time::init(entry_tsc);
+    console::write_str("\n");
+    log::info!("ironbay {VERSION} starting");
+
+    let boot = match ironbay_boot::parse(&mem::Phys, protocol, info as u64, magic) {
+        Ok(b) => b,
+        Err(e) => {
+            log::error!("cannot read boot information: {e}");
+            fatal_exit();
+        }
+    };
+    // The heap comes first: parsing the command line allocates. Its size is
+    // the one option read before that, and checked again by the full parse.
+    let heap_percent = ironbay_config::cmdline::peek(&boot.cmdline, "heap")
+        .and_then(|v| v.parse().ok())
+        .filter(|p| (10..=90).contains(p))
+        .unwrap_or(DEFAULT_HEAP_PERCENT);
+    let report = mem::init(&boot, ironbay_boot::image_range(), heap_percent);
+    console::enable_ring();
+
+    let cmdline = Cmdline::parse(&boot.cmdline);
+    let settings = Settings::from_cmdline(&cmdline);
+    console::set_level(settings.log);
+    log::info!(
+        "booted via {}{}{}; command line: {}",
+        boot.protocol.name(),
+        if boot.loader_name.is_empty() { "" } else { " by " },
+        boot.loader_name,
+        boot.cmdline
+    );
+    if boot.truncated {
+        log::warn!("boot information was cut to fit (too many regions, modules or a long command line)");
+    }
+    for d in &cmdline.diagnostics {
+        log::warn!("command line: {d}");
+    }
+    let mut brand = [0u8; 48];
+    log::info!(
+        "cpu: {}; TSC {} MHz via {:?}",
+        arch::cpu::brand(&mut brand),
+        time::tsc_hz() / 1_000_000,
+        clock
+    );
+
+    log::info!(
+        "memory: {} usable, heap {} at {:#x}, {} free for DMA",
+        Size(report.usable),
+        Size(report.heap.end - report.heap.start),
+        report.heap.start,
+        Size(report.free_frames)
+    );
+    for r in &boot.memory {
+        log::debug!("  e820 {:#014x}..{:#014x} {:?}", r.base, r.end(), r.kind);
+    }
+
+    select_crc(settings.crc);
+
+    let acpi = acpi::init(boot.rsdp);
+    if let Some(a) = acpi {
+        let sigs: heapless::String<512> = a.tables.iter().fold(heapless::String::new(), |mut s, (sig, _)| {
+            let _ = write!(s, " {}", core::str::from_utf8(sig).unwrap_or("????"));
+            s
+        });
+        log::info!(
+            "ACPI rev {} ({}): {} CPUs, {} ECAM regions, tables:{}",
+            a.revision,
+            a.oem,
+            a.enabled_cpus(),
+            a.ecam.len(),
+            sigs
+        );
+    }
+    pci::init(acpi.map_or(&[], |a| a.ecam.as_slice()));
+
+    load_boot_config(&boot);
+
+    let entry_ms = time::uptime_us() as f64 / 1000.0;
+    let reset_ms = time::since_reset_us() as f64 / 1000.0;
+    log::info!("ironbay ready: boot-to-ready {entry_ms:.1} ms from kernel entry, {reset_ms:.1} ms from machine reset");
+    READY.store(true, Ordering::Relaxed);
+
+    if let Some(name) = &settings.test {
+        let ok = selftest::run(name);
+        arch::debug_exit(if ok { ExitCode::Success } else { ExitCode::Failure });
+        arch::halt_forever();
+    }
+    idle()
+}
+
+static READY: AtomicBool = AtomicBool::new(false);
+
+fn select_crc(choice: CrcChoice) {
+    use ironbay_crc::Engine;
+    let want = match choice {
+        CrcChoice::Soft => Engine::Soft,
+        CrcChoice::Auto | CrcChoice::Hardware => Engine::Sse42,
+    };
+    let got = ironbay_crc::select(want);
+    if choice == CrcChoice::Hardware && got != Engine::Sse42 {
+        log::warn!("crc=hw asked for, but this CPU has no SSE4.2: using the table-driven CRC32C");
+    }
+    log::info!("crc32c: {} engine", got.name());
+}
+
+/// The first module is the SPDK-format JSON config; later stages apply it.
+fn load_boot_config(boot: &BootInfo) -> Option<BootConfig> {
+    let module = boot.modules.first()?;
+    let len = (module.end - module.start) as usize;
+    if len > ironbay_config::bootconfig::MAX_CONFIG_BYTES {
+        log::error!("boot config module is {len} bytes, over the limit; ignored");
+        return None;
+    }
+    let mut bytes = alloc::vec![0u8; len];
+    if !ironbay_boot::PhysRead::read(&mem::Phys, module.start, &mut bytes) {
+        log::error!("boot config module at {:#x} unreadable; ignored", module.start);
+        return None;
+    }
+    match BootConfig::parse(&bytes) {
+        Ok(cfg) => {
+            log::info!("boot config `{}`: {} subsystems", module.cmdline, cfg.subsystems.len());
+            for (subsystem, call) in cfg.calls() {
+                log::info!("  {subsystem}: {} {}", call.method, serde_params(call));
+            }
+            Some(cfg)
+        }
+        Err(e) => {
+            log::error!("boot config `{}` rejected: {e}; continuing without it", module.cmdline);
+            None
+        }
+    }
+}
+
+fn serde_params(call: &ironbay_config::MethodCall) -> alloc::string::String {
+    let mut s = alloc::string::String::new();
+    for (i, (k, v)) in call.params.iter().enumerate() {
+        let _ = write!(s, "{}{k}={v}", if i == 0 { "" } else { " " });
+    }
+    s
+}
+
+/// Nothing to poll yet: sleep until an interrupt.
+fn idle() -> ! {
+    loop {
+        x86_64::instructions::interrupts::enable_and_hlt();
+    }
+}
+
+/// Leaves after a fatal error as the operator asked: in test mode through the
+/// debug-exit device, else reboot or halt.
+pub fn fatal_exit() -> ! {
+    let mut out = console::emergency();
+    if crate::settings::test_mode() {
+        let _ = writeln!(out, "fatal error in test mode: exiting with failure");
+        arch::debug_exit(ExitCode::Failure);
+    }
+    if crate::settings::reboot_on_panic() {
+        let _ = writeln!(out, "rebooting (panic=reboot)");
+        acpi::reboot();
+    }
+    let _ = writeln!(out, "halted (panic=halt)");
+    arch::halt_forever()
+}
+
+static PANICKING: AtomicBool = AtomicBool::new(false);
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    x86_64::instructions::interrupts::disable();
+    let mut out = console::emergency();
+    if PANICKING.swap(true, Ordering::SeqCst) {
+        let _ = writeln!(out, "\n!!! PANIC while panicking: {}", info.message());
+        arch::halt_forever();
+    }
+    let _ = write!(out, "\n!!! PANIC");
+    if let Some(loc) = info.location() {
+        let _ = write!(out, " at {}:{}:{}", loc.file(), loc.line(), loc.column());
+    }
+    let _ = writeln!(out, ": {}", info.message());
+    let rbp = arch::trap::current_rbp();
+    arch::trap::backtrace(&mut out, panic as *const () as u64, rbp);
+    fatal_exit()
+}

@@ -1,0 +1,54 @@
+//! DMA buffers: page-aligned, zeroed, physically contiguous memory whose bus
+//! address is its physical address (the map is identity).
+
+use super::FRAMES;
+use ironbay_platform::frames::PAGE;
+
+pub struct DmaBuffer {
+    phys: u64,
+    len: usize,
+}
+
+#[allow(dead_code, reason = "used by the block and network drivers in later stages")]
+impl DmaBuffer {
+    /// `len` bytes aligned to `align` (at least a page), optionally below 4 GiB
+    /// for devices limited to 32-bit addresses.
+    pub fn new(len: usize, align: u64, below_4g: bool) -> Option<Self> {
+        let limit = below_4g.then_some(super::paging::BOOT_MAPPED);
+        let phys = FRAMES.lock().alloc(len as u64, align.max(PAGE), limit)?;
+        // SAFETY: the frames were just taken from the allocator, so this buffer
+        // owns them; all RAM is mapped, so the range is writable.
+        unsafe { core::ptr::write_bytes(phys as *mut u8, 0, len) };
+        Some(DmaBuffer { phys, len })
+    }
+
+    pub fn phys(&self) -> u64 {
+        self.phys
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.phys as *mut u8
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the buffer owns `len` mapped bytes at `phys`; a shared borrow
+        // of self prevents mutable access through this API meanwhile (a device
+        // may still write them, which is the point of DMA memory).
+        unsafe { core::slice::from_raw_parts(self.phys as *const u8, self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, with exclusive access through `&mut self`.
+        unsafe { core::slice::from_raw_parts_mut(self.phys as *mut u8, self.len) }
+    }
+}
+
+impl Drop for DmaBuffer {
+    fn drop(&mut self) {
+        FRAMES.lock().free(self.phys, self.len as u64);
+    }
+}

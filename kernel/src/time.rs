@@ -1,0 +1,128 @@
+//! Time: the TSC, calibrated at boot, gives a monotonic microsecond clock.
+//!
+//! Calibration counts TSC ticks across 10 ms of PIT channel 2. Machines with no
+//! PIT (some hypervisors, newer hardware) fall back to CPUID leaf 0x15, leaf
+//! 0x16, then the hypervisor timing leaf 0x40000010.
+
+use crate::arch::cpu::{cpuid, rdtsc};
+use core::sync::atomic::{AtomicU64, Ordering};
+use ironbay_platform::time as clock;
+use x86_64::instructions::port::Port;
+
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+static TSC_AT_ENTRY: AtomicU64 = AtomicU64::new(0);
+
+/// How the TSC frequency was found.
+#[derive(Clone, Copy, Debug)]
+pub enum Source {
+    Pit,
+    Leaf15,
+    Leaf16,
+    Hypervisor,
+    Assumed,
+}
+
+/// A point on the monotonic clock, in microseconds since kernel entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Instant(u64);
+
+impl Instant {
+    pub fn now() -> Self {
+        Instant(uptime_us())
+    }
+
+    pub fn elapsed_us(self) -> u64 {
+        uptime_us().saturating_sub(self.0)
+    }
+}
+
+/// Microseconds since kernel entry; 0 until calibrated.
+pub fn uptime_us() -> u64 {
+    let hz = TSC_HZ.load(Ordering::Relaxed);
+    clock::ticks_to_us(rdtsc().saturating_sub(TSC_AT_ENTRY.load(Ordering::Relaxed)), hz)
+}
+
+/// Microseconds since machine reset, as far as the TSC knows (it starts at
+/// zero at reset on QEMU and on hardware).
+pub fn since_reset_us() -> u64 {
+    clock::ticks_to_us(rdtsc(), TSC_HZ.load(Ordering::Relaxed))
+}
+
+pub fn tsc_hz() -> u64 {
+    TSC_HZ.load(Ordering::Relaxed)
+}
+
+/// Busy-waits for `us` microseconds.
+pub fn spin_us(us: u64) {
+    let start = Instant::now();
+    while start.elapsed_us() < us {
+        core::hint::spin_loop();
+    }
+}
+
+pub fn init(entry_tsc: u64) -> Source {
+    TSC_AT_ENTRY.store(entry_tsc, Ordering::Relaxed);
+    let (hz, source) = if let Some(hz) = calibrate_pit() {
+        (hz, Source::Pit)
+    } else if let Some(hz) = from_cpuid() {
+        hz
+    } else {
+        // Nothing to measure against: assume 1 GHz so time still advances.
+        (1_000_000_000, Source::Assumed)
+    };
+    TSC_HZ.store(hz, Ordering::Relaxed);
+    source
+}
+
+fn from_cpuid() -> Option<(u64, Source)> {
+    let max = cpuid(0, 0).eax;
+    if max >= 0x15 {
+        let r = cpuid(0x15, 0);
+        if let Some(hz) = clock::tsc_hz_from_leaf15(r.eax, r.ebx, r.ecx) {
+            return Some((hz, Source::Leaf15));
+        }
+    }
+    if max >= 0x16
+        && let Some(hz) = clock::tsc_hz_from_leaf16(cpuid(0x16, 0).eax)
+    {
+        return Some((hz, Source::Leaf16));
+    }
+    if crate::arch::cpu::hypervisor().is_some() && cpuid(0x4000_0000, 0).eax >= 0x4000_0010 {
+        return clock::tsc_hz_from_hypervisor(cpuid(0x4000_0010, 0).eax).map(|hz| (hz, Source::Hypervisor));
+    }
+    None
+}
+
+/// Counts TSC ticks while PIT channel 2 counts down 10 ms in mode 0.
+fn calibrate_pit() -> Option<u64> {
+    const TICKS: u16 = (clock::PIT_HZ / 100) as u16;
+    // Bounds the wait: a missing PIT must not hang the boot.
+    const MAX_POLLS: u32 = 50_000_000;
+    let mut gate: Port<u8> = Port::new(0x61);
+    let mut command: Port<u8> = Port::new(0x43);
+    let mut ch2: Port<u8> = Port::new(0x42);
+    // SAFETY: ports 0x42/0x43/0x61 are the PIT and the NMI status/control port
+    // of every PC-compatible; we drive only channel 2 (the speaker timer) with
+    // the speaker output off, which nothing else in the kernel uses.
+    unsafe {
+        let v = gate.read();
+        gate.write((v & !0x02) & !0x01); // gate low, speaker off
+        command.write(0b1011_0000); // channel 2, lo/hi byte, mode 0, binary
+        ch2.write(TICKS as u8);
+        ch2.write((TICKS >> 8) as u8);
+        let v = gate.read();
+        gate.write(v | 0x01); // gate high: counting starts
+        let start = rdtsc();
+        let mut polls = 0;
+        while gate.read() & 0x20 == 0 {
+            polls += 1;
+            if polls >= MAX_POLLS {
+                return None;
+            }
+        }
+        let end = rdtsc();
+        let v = gate.read();
+        gate.write(v & !0x01);
+        clock::tsc_hz_from_pit(end - start, TICKS as u64)
+    }
+}
