@@ -10,6 +10,7 @@
 //! implementation that touches real memory.
 
 #![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
 
 mod info;
 mod multiboot;
@@ -18,7 +19,10 @@ mod pvh;
 pub use info::{BootError, BootInfo, MemKind, MemRegion, Module, Protocol};
 
 #[cfg(target_os = "none")]
-core::arch::global_asm!(include_str!("entry.s"), options(att_syntax));
+#[allow(unsafe_code, reason = "the 32-bit entry and the headers are assembly")]
+mod entry {
+    core::arch::global_asm!(include_str!("entry.s"), options(att_syntax));
+}
 
 /// Reads bytes of physical memory for the boot-info parsers.
 pub trait PhysRead {
@@ -59,6 +63,7 @@ pub fn parse(
 
 /// TSC value recorded by the first instruction of the 32-bit entry.
 #[cfg(target_os = "none")]
+#[allow(unsafe_code, reason = "reads a word the assembly entry wrote")]
 pub fn entry_tsc() -> u64 {
     unsafe extern "C" {
         static boot_tsc: u64;
@@ -70,6 +75,7 @@ pub fn entry_tsc() -> u64 {
 
 /// Physical extent of the loaded image (code, data and bss).
 #[cfg(target_os = "none")]
+#[allow(unsafe_code, reason = "declares the linker's image symbols")]
 pub fn image_range() -> core::ops::Range<u64> {
     unsafe extern "C" {
         static __image_start: u8;

@@ -1,7 +1,7 @@
 //! Multiboot1 information structure (Multiboot Specification 0.6.96, section 3.3).
 
-use crate::info::{BootError, BootInfo, MemKind, MemRegion, Module, Protocol, read_cstr};
 use crate::PhysRead;
+use crate::info::{BootError, BootInfo, MemKind, MemRegion, Module, Protocol, read_cstr};
 
 const FLAG_MEM: u32 = 1 << 0;
 const FLAG_CMDLINE: u32 = 1 << 2;
@@ -23,7 +23,10 @@ const OFF_LOADER_NAME: u64 = 64;
 const MAX_WALK: u32 = 1024;
 
 pub(crate) fn parse(mem: &impl PhysRead, mbi: u64) -> Result<BootInfo, BootError> {
-    let field = |off: u64| mem.read_u32(mbi + off).ok_or(BootError::Unreadable(mbi + off));
+    let field = |off: u64| {
+        mem.read_u32(mbi + off)
+            .ok_or(BootError::Unreadable(mbi + off))
+    };
     let flags = field(OFF_FLAGS)?;
     let mut info = BootInfo::new(Protocol::Multiboot);
 
@@ -39,7 +42,11 @@ pub(crate) fn parse(mem: &impl PhysRead, mbi: u64) -> Result<BootInfo, BootError
             let base = mem.read_u64(e + 4).ok_or(BootError::Unreadable(e))?;
             let length = mem.read_u64(e + 12).ok_or(BootError::Unreadable(e))?;
             let kind = mem.read_u32(e + 20).ok_or(BootError::Unreadable(e))?;
-            info.push_region(MemRegion { base, len: length, kind: MemKind::from_e820(kind) });
+            info.push_region(MemRegion {
+                base,
+                len: length,
+                kind: MemKind::from_e820(kind),
+            });
             off += size.max(20) + 4;
             walked += 1;
         }
@@ -47,8 +54,16 @@ pub(crate) fn parse(mem: &impl PhysRead, mbi: u64) -> Result<BootInfo, BootError
         // Only the two classic sizes: conventional memory and memory above 1 MiB.
         let lower = field(OFF_MEM_LOWER)? as u64 * 1024;
         let upper = field(OFF_MEM_UPPER)? as u64 * 1024;
-        info.push_region(MemRegion { base: 0, len: lower, kind: MemKind::Usable });
-        info.push_region(MemRegion { base: 0x10_0000, len: upper, kind: MemKind::Usable });
+        info.push_region(MemRegion {
+            base: 0,
+            len: lower,
+            kind: MemKind::Usable,
+        });
+        info.push_region(MemRegion {
+            base: 0x10_0000,
+            len: upper,
+            kind: MemKind::Usable,
+        });
     }
     if info.memory.is_empty() {
         return Err(BootError::NoMemoryMap);
@@ -68,9 +83,17 @@ pub(crate) fn parse(mem: &impl PhysRead, mbi: u64) -> Result<BootInfo, BootError
             let start = mem.read_u32(m).ok_or(BootError::Unreadable(m))? as u64;
             let end = mem.read_u32(m + 4).ok_or(BootError::Unreadable(m))? as u64;
             let string = mem.read_u32(m + 8).ok_or(BootError::Unreadable(m))? as u64;
-            let (cmdline, cut) = if string != 0 { read_cstr(mem, string) } else { Default::default() };
+            let (cmdline, cut) = if string != 0 {
+                read_cstr(mem, string)
+            } else {
+                Default::default()
+            };
             info.truncated |= cut;
-            info.push_module(Module { start, end: end.max(start), cmdline });
+            info.push_module(Module {
+                start,
+                end: end.max(start),
+                cmdline,
+            });
         }
     }
 
@@ -131,7 +154,14 @@ mod tests {
         let info = parse(&mem, 0x8000).unwrap();
         assert_eq!(info.protocol, Protocol::Multiboot);
         assert_eq!(info.memory.len(), 3);
-        assert_eq!(info.memory[2], MemRegion { base: 0x100000, len: 0x1ff0_0000, kind: MemKind::Usable });
+        assert_eq!(
+            info.memory[2],
+            MemRegion {
+                base: 0x100000,
+                len: 0x1ff0_0000,
+                kind: MemKind::Usable
+            }
+        );
         assert_eq!(info.memory[1].kind, MemKind::Reserved);
         assert_eq!(info.cmdline.as_str(), "/tmp/ironbay.elf log=debug");
         assert_eq!(info.modules.len(), 1);
@@ -184,7 +214,10 @@ mod tests {
     #[test]
     fn unreadable_info_is_an_error() {
         let mem = FakeMem::default();
-        assert_eq!(parse(&mem, 0x8000).unwrap_err(), BootError::Unreadable(0x8000));
+        assert_eq!(
+            parse(&mem, 0x8000).unwrap_err(),
+            BootError::Unreadable(0x8000)
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Xen PVH direct boot: `struct hvm_start_info` (xen/include/public/arch-x86/hvm/start_info.h).
 
-use crate::info::{BootError, BootInfo, MemKind, MemRegion, Module, Protocol, read_cstr};
 use crate::PhysRead;
+use crate::info::{BootError, BootInfo, MemKind, MemRegion, Module, Protocol, read_cstr};
 
 const START_MAGIC: u32 = 0x336e_c578;
 
@@ -19,8 +19,14 @@ const MEMMAP_ENTRY: u64 = 24;
 const MAX_WALK: u32 = 1024;
 
 pub(crate) fn parse(mem: &impl PhysRead, si: u64) -> Result<BootInfo, BootError> {
-    let u32_at = |off: u64| mem.read_u32(si + off).ok_or(BootError::Unreadable(si + off));
-    let u64_at = |off: u64| mem.read_u64(si + off).ok_or(BootError::Unreadable(si + off));
+    let u32_at = |off: u64| {
+        mem.read_u32(si + off)
+            .ok_or(BootError::Unreadable(si + off))
+    };
+    let u64_at = |off: u64| {
+        mem.read_u64(si + off)
+            .ok_or(BootError::Unreadable(si + off))
+    };
     let magic = u32_at(OFF_MAGIC)?;
     if magic != START_MAGIC {
         return Err(BootError::BadStartInfo(magic));
@@ -37,7 +43,11 @@ pub(crate) fn parse(mem: &impl PhysRead, si: u64) -> Result<BootInfo, BootError>
             let base = mem.read_u64(e).ok_or(BootError::Unreadable(e))?;
             let len = mem.read_u64(e + 8).ok_or(BootError::Unreadable(e))?;
             let kind = mem.read_u32(e + 16).ok_or(BootError::Unreadable(e))?;
-            info.push_region(MemRegion { base, len, kind: MemKind::from_e820(kind) });
+            info.push_region(MemRegion {
+                base,
+                len,
+                kind: MemKind::from_e820(kind),
+            });
         }
     }
     if info.memory.is_empty() {
@@ -61,9 +71,17 @@ pub(crate) fn parse(mem: &impl PhysRead, si: u64) -> Result<BootInfo, BootError>
         let paddr = mem.read_u64(m).ok_or(BootError::Unreadable(m))?;
         let size = mem.read_u64(m + 8).ok_or(BootError::Unreadable(m))?;
         let string = mem.read_u64(m + 16).ok_or(BootError::Unreadable(m))?;
-        let (cmdline, cut) = if string != 0 { read_cstr(mem, string) } else { Default::default() };
+        let (cmdline, cut) = if string != 0 {
+            read_cstr(mem, string)
+        } else {
+            Default::default()
+        };
         info.truncated |= cut;
-        info.push_module(Module { start: paddr, end: paddr.saturating_add(size), cmdline });
+        info.push_module(Module {
+            start: paddr,
+            end: paddr.saturating_add(size),
+            cmdline,
+        });
     }
     Ok(info)
 }
@@ -127,7 +145,10 @@ mod tests {
         let mut v = start_info(1);
         v[0] = 0;
         mem.put(0x6000, &v);
-        assert!(matches!(parse(&mem, 0x6000), Err(BootError::BadStartInfo(_))));
+        assert!(matches!(
+            parse(&mem, 0x6000),
+            Err(BootError::BadStartInfo(_))
+        ));
     }
 
     #[test]

@@ -76,7 +76,10 @@ pub fn reboot() -> ! {
     unsafe { Port::<u8>::new(0x64).write(0xFE) };
     crate::time::spin_us(50_000);
     // Last resort: an empty IDT turns the next interrupt into a triple fault.
-    let empty = x86_64::structures::DescriptorTablePointer { limit: 0, base: x86_64::VirtAddr::new(0) };
+    let empty = x86_64::structures::DescriptorTablePointer {
+        limit: 0,
+        base: x86_64::VirtAddr::new(0),
+    };
     // SAFETY: deliberately loads an empty IDT so the following int3 cannot be
     // delivered and the CPU resets; nothing runs afterwards.
     unsafe {

@@ -9,9 +9,9 @@ use core::fmt::{self, Write};
 use ironbay_platform::logring::LogRing;
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use spin::Mutex;
+use uart_16550::BaudRate;
 use uart_16550::backend::PioBackend;
 use uart_16550::{Config, Uart16550};
-use uart_16550::BaudRate;
 
 const COM1: u16 = 0x3f8;
 /// Bytes of log kept in memory.
@@ -30,7 +30,10 @@ pub fn init() {
     // the kernel's lifetime; nothing else in the kernel touches those ports.
     let port = unsafe { Uart16550::new_port(COM1) };
     if let Ok(mut uart) = port {
-        let config = Config { baud_rate: BaudRate::Baud115200, ..Config::DEFAULT };
+        let config = Config {
+            baud_rate: BaudRate::Baud115200,
+            ..Config::DEFAULT
+        };
         if uart.init(config).is_ok() {
             *SERIAL.lock() = Some(uart);
         }

@@ -47,12 +47,18 @@ extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
     log::info!(
         "booted via {}{}{}; command line: {}",
         boot.protocol.name(),
-        if boot.loader_name.is_empty() { "" } else { " by " },
+        if boot.loader_name.is_empty() {
+            ""
+        } else {
+            " by "
+        },
         boot.loader_name,
         boot.cmdline
     );
     if boot.truncated {
-        log::warn!("boot information was cut to fit (too many regions, modules or a long command line)");
+        log::warn!(
+            "boot information was cut to fit (too many regions, modules or a long command line)"
+        );
     }
     for d in &cmdline.diagnostics {
         log::warn!("command line: {d}");
@@ -80,10 +86,13 @@ extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
 
     let acpi = acpi::init(boot.rsdp);
     if let Some(a) = acpi {
-        let sigs: heapless::String<512> = a.tables.iter().fold(heapless::String::new(), |mut s, (sig, _)| {
-            let _ = write!(s, " {}", core::str::from_utf8(sig).unwrap_or("????"));
-            s
-        });
+        let sigs: heapless::String<512> =
+            a.tables
+                .iter()
+                .fold(heapless::String::new(), |mut s, (sig, _)| {
+                    let _ = write!(s, " {}", core::str::from_utf8(sig).unwrap_or("????"));
+                    s
+                });
         log::info!(
             "ACPI rev {} ({}): {} CPUs, {} ECAM regions, tables:{}",
             a.revision,
@@ -99,12 +108,18 @@ extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
 
     let entry_ms = time::uptime_us() as f64 / 1000.0;
     let reset_ms = time::since_reset_us() as f64 / 1000.0;
-    log::info!("ironbay ready: boot-to-ready {entry_ms:.1} ms from kernel entry, {reset_ms:.1} ms from machine reset");
+    log::info!(
+        "ironbay ready: boot-to-ready {entry_ms:.1} ms from kernel entry, {reset_ms:.1} ms from machine reset"
+    );
     READY.store(true, Ordering::Relaxed);
 
     if let Some(name) = &settings.test {
         let ok = selftest::run(name);
-        arch::debug_exit(if ok { ExitCode::Success } else { ExitCode::Failure });
+        arch::debug_exit(if ok {
+            ExitCode::Success
+        } else {
+            ExitCode::Failure
+        });
         arch::halt_forever();
     }
     idle()
@@ -135,19 +150,29 @@ fn load_boot_config(boot: &BootInfo) -> Option<BootConfig> {
     }
     let mut bytes = alloc::vec![0u8; len];
     if !ironbay_boot::PhysRead::read(&mem::Phys, module.start, &mut bytes) {
-        log::error!("boot config module at {:#x} unreadable; ignored", module.start);
+        log::error!(
+            "boot config module at {:#x} unreadable; ignored",
+            module.start
+        );
         return None;
     }
     match BootConfig::parse(&bytes) {
         Ok(cfg) => {
-            log::info!("boot config `{}`: {} subsystems", module.cmdline, cfg.subsystems.len());
+            log::info!(
+                "boot config `{}`: {} subsystems",
+                module.cmdline,
+                cfg.subsystems.len()
+            );
             for (subsystem, call) in cfg.calls() {
                 log::info!("  {subsystem}: {} {}", call.method, serde_params(call));
             }
             Some(cfg)
         }
         Err(e) => {
-            log::error!("boot config `{}` rejected: {e}; continuing without it", module.cmdline);
+            log::error!(
+                "boot config `{}` rejected: {e}; continuing without it",
+                module.cmdline
+            );
             None
         }
     }

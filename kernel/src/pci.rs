@@ -60,7 +60,11 @@ struct Ecam {
 impl Ecam {
     fn addr(&self, bdf: Bdf, offset: u16) -> Option<*mut u32> {
         let r = &self.region;
-        if bdf.segment != r.segment || bdf.bus < r.bus_start || bdf.bus > r.bus_end || offset >= 4096 {
+        if bdf.segment != r.segment
+            || bdf.bus < r.bus_start
+            || bdf.bus > r.bus_end
+            || offset >= 4096
+        {
             return None;
         }
         let off = ((bdf.bus - r.bus_start) as u64) << 20
@@ -105,7 +109,13 @@ pub fn init(ecam: &[EcamRegion]) -> &'static [Function] {
         }
     }
     if via != "ECAM" {
-        found = pci::scan(&PortIo { lock: Mutex::new(()) }, 0, 0..=255);
+        found = pci::scan(
+            &PortIo {
+                lock: Mutex::new(()),
+            },
+            0,
+            0..=255,
+        );
     }
     log::info!("{} PCI functions (config access via {via}):", found.len());
     for f in &found {

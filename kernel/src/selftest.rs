@@ -3,13 +3,14 @@
 //! and `panic` exercise the fatal paths and so always end in 35 after their report.
 
 use crate::mem::dma::DmaBuffer;
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use alloc::format;
 
 type Outcome = Result<String, String>;
+type SelfTest = fn() -> Outcome;
 
-const TESTS: &[(&str, fn() -> Outcome)] = &[
+const TESTS: &[(&str, SelfTest)] = &[
     ("boot", || Ok("reached ready".into())),
     ("crc", crc),
     ("mem", mem),
@@ -19,12 +20,16 @@ const TESTS: &[(&str, fn() -> Outcome)] = &[
     ("fault", fault),
     ("panic", || panic!("self-test panic")),
     ("poweroff", poweroff),
+    ("reboot", reboot),
 ];
 
 pub fn run(name: &str) -> bool {
     let Some((_, test)) = TESTS.iter().find(|(n, _)| *n == name) else {
         let names: Vec<&str> = TESTS.iter().map(|t| t.0).collect();
-        log::error!("self-test `{name}` does not exist; known: {}", names.join(", "));
+        log::error!(
+            "self-test `{name}` does not exist; known: {}",
+            names.join(", ")
+        );
         return false;
     };
     match test() {
@@ -49,14 +54,22 @@ fn crc() -> Outcome {
     if ironbay_crc::hardware_available() && ironbay_crc::selected() == Engine::Sse42 {
         engines.push(Engine::Sse42);
     }
-    let data: Vec<u8> = (0..8192u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let reference = update_with(Engine::Soft, 0, &data);
     for &e in &engines {
-        check(update_with(e, 0, b"123456789") == 0xE306_9283, || format!("{e:?} check value"))?;
-        check(update_with(e, 0, &[0u8; 32]) == 0x8A91_36AA, || format!("{e:?} RFC 3720 zeros"))?;
+        check(update_with(e, 0, b"123456789") == 0xE306_9283, || {
+            format!("{e:?} check value")
+        })?;
+        check(update_with(e, 0, &[0u8; 32]) == 0x8A91_36AA, || {
+            format!("{e:?} RFC 3720 zeros")
+        })?;
         for cut in [0, 1, 7, 4095, 8192] {
             let a = update_with(e, 0, &data[..cut]);
-            check(update_with(e, a, &data[cut..]) == reference, || format!("{e:?} split at {cut}"))?;
+            check(update_with(e, a, &data[cut..]) == reference, || {
+                format!("{e:?} split at {cut}")
+            })?;
         }
     }
     let names: Vec<&str> = engines.iter().map(|e| e.name()).collect();
@@ -65,24 +78,40 @@ fn crc() -> Outcome {
 
 fn mem() -> Outcome {
     // Heap: many sizes, contents survive.
-    let mut blocks: Vec<Vec<u8>> = (0..64).map(|i| alloc::vec![i as u8; 1 << (i % 20)]).collect();
+    let mut blocks: Vec<Vec<u8>> = (0..64)
+        .map(|i| alloc::vec![i as u8; 1 << (i % 20)])
+        .collect();
     for (i, b) in blocks.iter().enumerate() {
-        check(b.iter().all(|&x| x == i as u8), || format!("heap block {i} corrupted"))?;
+        check(b.iter().all(|&x| x == i as u8), || {
+            format!("heap block {i} corrupted")
+        })?;
     }
     blocks.clear();
     // DMA: alignment, zeroing, distinct frames, and reuse after free.
     let mut bufs = Vec::new();
-    for (len, align) in [(4096, 4096), (8192, 4096), (65536, 65536), (1 << 20, 2 << 20)] {
-        let mut b = DmaBuffer::new(len, align, true).ok_or_else(|| format!("no DMA buffer of {len}"))?;
-        check(b.phys() % align == 0, || format!("DMA {len} misaligned at {:#x}", b.phys()))?;
-        check(b.as_slice().iter().all(|&x| x == 0), || "DMA buffer not zeroed".into())?;
+    for (len, align) in [
+        (4096, 4096),
+        (8192, 4096),
+        (65536, 65536),
+        (1 << 20, 2 << 20),
+    ] {
+        let mut b =
+            DmaBuffer::new(len, align, true).ok_or_else(|| format!("no DMA buffer of {len}"))?;
+        check(b.phys() % align == 0, || {
+            format!("DMA {len} misaligned at {:#x}", b.phys())
+        })?;
+        check(b.as_slice().iter().all(|&x| x == 0), || {
+            "DMA buffer not zeroed".into()
+        })?;
         b.as_mut_slice().fill(0xA5);
         bufs.push(b);
     }
     for w in bufs.windows(2) {
-        check(w[0].phys() + w[0].len() as u64 <= w[1].phys() || w[1].phys() + w[1].len() as u64 <= w[0].phys(), || {
-            "DMA buffers overlap".into()
-        })?;
+        check(
+            w[0].phys() + w[0].len() as u64 <= w[1].phys()
+                || w[1].phys() + w[1].len() as u64 <= w[0].phys(),
+            || "DMA buffers overlap".into(),
+        )?;
     }
     let first = bufs[0].phys();
     drop(bufs);
@@ -91,13 +120,20 @@ fn mem() -> Outcome {
     // MMIO mapping: the local APIC page becomes uncached, RAM next to it is untouched.
     let lapic = crate::acpi::info().map_or(0xFEE0_0000, |a| a.lapic_base);
     crate::mem::map_mmio(lapic, 4096).map_err(|e| format!("map_mmio: {e:?}"))?;
-    check(crate::mem::paging::is_uncached(lapic) == Some(true), || "LAPIC page not uncached".into())?;
-    check(crate::mem::paging::is_uncached(0x20_0000) == Some(false), || "RAM became uncached".into())?;
+    check(crate::mem::paging::is_uncached(lapic) == Some(true), || {
+        "LAPIC page not uncached".into()
+    })?;
+    check(
+        crate::mem::paging::is_uncached(0x20_0000) == Some(false),
+        || "RAM became uncached".into(),
+    )?;
     // RAM above 4 GiB, when the machine has it, is mapped and usable.
     let mut high = "none above 4 GiB".into();
-    if let Some(mut b) = DmaBuffer::new(1 << 20, 4096, false).filter(|b| b.phys() >= 1 << 32) {
+    if let Some(mut b) = DmaBuffer::new_in(1 << 20, 4096, (1 << 32)..u64::MAX) {
         b.as_mut_slice().fill(0x5A);
-        check(b.as_slice().iter().all(|&x| x == 0x5A), || "RAM above 4 GiB".into())?;
+        check(b.as_slice().iter().all(|&x| x == 0x5A), || {
+            "RAM above 4 GiB".into()
+        })?;
         high = format!("RAM above 4 GiB at {:#x} ok", b.phys());
     }
     let h = crate::mem::heap_stats();
@@ -106,7 +142,9 @@ fn mem() -> Outcome {
 
 fn time() -> Outcome {
     let hz = crate::time::tsc_hz();
-    check((10_000_000..20_000_000_000).contains(&hz), || format!("TSC {hz} Hz implausible"))?;
+    check((10_000_000..20_000_000_000).contains(&hz), || {
+        format!("TSC {hz} Hz implausible")
+    })?;
     let mut last = crate::time::uptime_us();
     for _ in 0..10_000 {
         let now = crate::time::uptime_us();
@@ -116,14 +154,22 @@ fn time() -> Outcome {
     let start = crate::time::Instant::now();
     crate::time::spin_us(20_000);
     let took = start.elapsed_us();
-    check((20_000..1_000_000).contains(&took), || format!("20 ms spin took {took} us"))?;
-    Ok(format!("TSC {} MHz, 20 ms spin measured {took} us", hz / 1_000_000))
+    check((20_000..1_000_000).contains(&took), || {
+        format!("20 ms spin took {took} us")
+    })?;
+    Ok(format!(
+        "TSC {} MHz, 20 ms spin measured {took} us",
+        hz / 1_000_000
+    ))
 }
 
 fn pci() -> Outcome {
     let devs = crate::pci::devices();
     check(!devs.is_empty(), || "no PCI devices".into())?;
-    check(devs.iter().any(|d| d.class == 0x06 && d.subclass == 0x00), || "no host bridge".into())?;
+    check(
+        devs.iter().any(|d| d.class == 0x06 && d.subclass == 0x00),
+        || "no host bridge".into(),
+    )?;
     Ok(format!("{} functions", devs.len()))
 }
 
@@ -132,12 +178,16 @@ fn acpi() -> Outcome {
     check(a.enabled_cpus() >= 1, || "MADT lists no CPU".into())?;
     check(a.fadt.is_some(), || "no FADT".into())?;
     check(a.s5.is_some(), || "no \\_S5 in the DSDT".into())?;
-    Ok(format!("{} CPUs, {} tables", a.enabled_cpus(), a.tables.len()))
+    Ok(format!(
+        "{} CPUs, {} tables",
+        a.enabled_cpus(),
+        a.tables.len()
+    ))
 }
 
 fn fault() -> Outcome {
     // A canonical address nothing maps: the page-fault report must name it in CR2.
-    let p = 0x0000_dead_0000_0000u64 as *const u64;
+    let p = 0x0000_7ead_0000_0000u64 as *const u64;
     // SAFETY: not sound by design: this read faults on purpose, and the fault
     // handler never returns here.
     let v = unsafe { core::ptr::read_volatile(p) };
@@ -148,4 +198,9 @@ fn poweroff() -> Outcome {
     log::info!("self-test poweroff: powering off through ACPI");
     crate::acpi::power_off();
     Err("still running after power-off".into())
+}
+
+fn reboot() -> Outcome {
+    log::info!("self-test reboot: resetting the machine");
+    crate::acpi::reboot()
 }

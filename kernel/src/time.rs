@@ -39,7 +39,10 @@ impl Instant {
 /// Microseconds since kernel entry; 0 until calibrated.
 pub fn uptime_us() -> u64 {
     let hz = TSC_HZ.load(Ordering::Relaxed);
-    clock::ticks_to_us(rdtsc().saturating_sub(TSC_AT_ENTRY.load(Ordering::Relaxed)), hz)
+    clock::ticks_to_us(
+        rdtsc().saturating_sub(TSC_AT_ENTRY.load(Ordering::Relaxed)),
+        hz,
+    )
 }
 
 /// Microseconds since machine reset, as far as the TSC knows (it starts at
@@ -88,7 +91,8 @@ fn from_cpuid() -> Option<(u64, Source)> {
         return Some((hz, Source::Leaf16));
     }
     if crate::arch::cpu::hypervisor().is_some() && cpuid(0x4000_0000, 0).eax >= 0x4000_0010 {
-        return clock::tsc_hz_from_hypervisor(cpuid(0x4000_0010, 0).eax).map(|hz| (hz, Source::Hypervisor));
+        return clock::tsc_hz_from_hypervisor(cpuid(0x4000_0010, 0).eax)
+            .map(|hz| (hz, Source::Hypervisor));
     }
     None
 }

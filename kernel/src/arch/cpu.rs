@@ -32,7 +32,9 @@ pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: RDTSC reads the time-stamp counter into edx:eax and has no other
     // effect (CR4.TSD is clear, we run at CPL 0).
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     ((hi as u64) << 32) | lo as u64
 }
 

@@ -2,11 +2,11 @@
 //! own stacks, so a kernel stack overflow still gets reported.
 
 use spin::Once;
+use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
 use x86_64::instructions::tables::load_tss;
 use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
 use x86_64::structures::tss::TaskStateSegment;
-use x86_64::VirtAddr;
 
 pub const DOUBLE_FAULT_IST: u16 = 0;
 pub const NMI_IST: u16 = 1;
@@ -17,7 +17,12 @@ static mut DOUBLE_FAULT_STACK: [u8; IST_STACK] = [0; IST_STACK];
 static mut NMI_STACK: [u8; IST_STACK] = [0; IST_STACK];
 
 static TSS: Once<TaskStateSegment> = Once::new();
-static GDT: Once<(GlobalDescriptorTable, SegmentSelector, SegmentSelector, SegmentSelector)> = Once::new();
+static GDT: Once<(
+    GlobalDescriptorTable,
+    SegmentSelector,
+    SegmentSelector,
+    SegmentSelector,
+)> = Once::new();
 
 pub fn init() {
     let tss = TSS.call_once(|| {

@@ -8,10 +8,10 @@
 use super::gdt::{DOUBLE_FAULT_IST, NMI_IST};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicUsize, Ordering};
+use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, Segment};
 use x86_64::instructions::tables::lidt;
 use x86_64::structures::DescriptorTablePointer;
-use x86_64::VirtAddr;
 
 core::arch::global_asm!(include_str!("trap.s"), options(att_syntax));
 
@@ -75,7 +75,15 @@ pub fn init() {
     let selector = CS::get_reg().0;
     let base = (&raw const trap_stubs) as u64;
     let idt = IDT.call_once(|| {
-        let mut gates = [Gate { offset_low: 0, selector: 0, ist: 0, attributes: 0, offset_mid: 0, offset_high: 0, reserved: 0 }; 256];
+        let mut gates = [Gate {
+            offset_low: 0,
+            selector: 0,
+            ist: 0,
+            attributes: 0,
+            offset_mid: 0,
+            offset_high: 0,
+            reserved: 0,
+        }; 256];
         for (v, g) in gates.iter_mut().enumerate() {
             let addr = base + 16 * v as u64;
             let ist = match v {
@@ -105,22 +113,54 @@ pub fn init() {
 }
 
 /// Installs `handler` for a device vector (32..=255). Returns false if taken.
-#[allow(dead_code, reason = "device drivers register their vectors in later stages")]
+#[allow(
+    dead_code,
+    reason = "device drivers register their vectors in later stages"
+)]
 pub fn register(vector: u8, handler: fn(u8)) -> bool {
-    let Some(slot) = (vector as usize).checked_sub(32).and_then(|i| HANDLERS.get(i)) else {
+    let Some(slot) = (vector as usize)
+        .checked_sub(32)
+        .and_then(|i| HANDLERS.get(i))
+    else {
         return false;
     };
-    slot.compare_exchange(0, handler as usize, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    slot.compare_exchange(0, handler as usize, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
 }
 
 const NAMES: [&str; 32] = [
-    "#DE divide error", "#DB debug", "NMI", "#BP breakpoint", "#OF overflow", "#BR bound range",
-    "#UD invalid opcode", "#NM device not available", "#DF double fault", "coprocessor overrun",
-    "#TS invalid TSS", "#NP segment not present", "#SS stack fault", "#GP general protection",
-    "#PF page fault", "reserved", "#MF x87 error", "#AC alignment check", "#MC machine check",
-    "#XM SIMD error", "#VE virtualization", "#CP control protection", "reserved", "reserved",
-    "reserved", "reserved", "reserved", "reserved", "#HV hypervisor injection",
-    "#VC VMM communication", "#SX security", "reserved",
+    "#DE divide error",
+    "#DB debug",
+    "NMI",
+    "#BP breakpoint",
+    "#OF overflow",
+    "#BR bound range",
+    "#UD invalid opcode",
+    "#NM device not available",
+    "#DF double fault",
+    "coprocessor overrun",
+    "#TS invalid TSS",
+    "#NP segment not present",
+    "#SS stack fault",
+    "#GP general protection",
+    "#PF page fault",
+    "reserved",
+    "#MF x87 error",
+    "#AC alignment check",
+    "#MC machine check",
+    "#XM SIMD error",
+    "#VE virtualization",
+    "#CP control protection",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "#HV hypervisor injection",
+    "#VC VMM communication",
+    "#SX security",
+    "reserved",
 ];
 
 #[unsafe(no_mangle)]
@@ -143,17 +183,32 @@ fn fatal_exception(frame: &TrapFrame) -> ! {
     let cr2 = x86_64::registers::control::Cr2::read_raw();
     let mut out = crate::console::emergency();
     let name = NAMES[frame.vector as usize & 31];
-    let _ = writeln!(out, "\n!!! EXCEPTION {name} (vector {}) error={:#x}", frame.vector, frame.error);
+    let _ = writeln!(
+        out,
+        "\n!!! EXCEPTION {name} (vector {}) error={:#x}",
+        frame.vector, frame.error
+    );
     let _ = writeln!(
         out,
         "    rip={:#018x} cs={:#x} rflags={:#x} rsp={:#018x} ss={:#x} cr2={:#018x}",
         frame.rip, frame.cs, frame.rflags, frame.rsp, frame.ss, cr2
     );
     let regs = [
-        ("rax", frame.rax), ("rbx", frame.rbx), ("rcx", frame.rcx), ("rdx", frame.rdx),
-        ("rsi", frame.rsi), ("rdi", frame.rdi), ("rbp", frame.rbp), ("r8", frame.r8),
-        ("r9", frame.r9), ("r10", frame.r10), ("r11", frame.r11), ("r12", frame.r12),
-        ("r13", frame.r13), ("r14", frame.r14), ("r15", frame.r15),
+        ("rax", frame.rax),
+        ("rbx", frame.rbx),
+        ("rcx", frame.rcx),
+        ("rdx", frame.rdx),
+        ("rsi", frame.rsi),
+        ("rdi", frame.rdi),
+        ("rbp", frame.rbp),
+        ("r8", frame.r8),
+        ("r9", frame.r9),
+        ("r10", frame.r10),
+        ("r11", frame.r11),
+        ("r12", frame.r12),
+        ("r13", frame.r13),
+        ("r14", frame.r14),
+        ("r15", frame.r15),
     ];
     for row in regs.chunks(4) {
         let _ = write!(out, "   ");
@@ -172,14 +227,17 @@ pub fn backtrace(out: &mut impl Write, rip: u64, mut rbp: u64) {
     let _ = writeln!(out, "    backtrace:");
     let _ = writeln!(out, "      #0  {rip:#018x}");
     for depth in 1..32 {
-        if rbp == 0 || rbp % 8 != 0 || !crate::mem::is_stack_memory(rbp, 16) {
+        if rbp == 0 || !rbp.is_multiple_of(8) || !crate::mem::is_stack_memory(rbp, 16) {
             break;
         }
         // SAFETY: `is_stack_memory` confirmed rbp..rbp+16 is mapped RAM that
         // holds kernel stacks; we only read two aligned words from it.
         let (next, ret) = unsafe {
             let p = rbp as *const u64;
-            (core::ptr::read_volatile(p), core::ptr::read_volatile(p.add(1)))
+            (
+                core::ptr::read_volatile(p),
+                core::ptr::read_volatile(p.add(1)),
+            )
         };
         if ret == 0 {
             break;
@@ -197,6 +255,8 @@ pub fn backtrace(out: &mut impl Write, rip: u64, mut rbp: u64) {
 pub fn current_rbp() -> u64 {
     let rbp: u64;
     // SAFETY: reads a register; frame pointers are forced on for this target.
-    unsafe { core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags))
+    };
     rbp
 }

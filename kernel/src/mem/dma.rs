@@ -9,13 +9,27 @@ pub struct DmaBuffer {
     len: usize,
 }
 
-#[allow(dead_code, reason = "used by the block and network drivers in later stages")]
+#[allow(
+    dead_code,
+    reason = "used by the block and network drivers in later stages"
+)]
 impl DmaBuffer {
     /// `len` bytes aligned to `align` (at least a page), optionally below 4 GiB
     /// for devices limited to 32-bit addresses.
     pub fn new(len: usize, align: u64, below_4g: bool) -> Option<Self> {
-        let limit = below_4g.then_some(super::paging::BOOT_MAPPED);
-        let phys = FRAMES.lock().alloc(len as u64, align.max(PAGE), limit)?;
+        let limit = if below_4g {
+            super::paging::BOOT_MAPPED
+        } else {
+            u64::MAX
+        };
+        Self::new_in(len, align, 0..limit)
+    }
+
+    /// A buffer placed inside the physical `window`.
+    pub fn new_in(len: usize, align: u64, window: core::ops::Range<u64>) -> Option<Self> {
+        let phys = FRAMES
+            .lock()
+            .alloc_in(len as u64, align.max(PAGE), window)?;
         // SAFETY: the frames were just taken from the allocator, so this buffer
         // owns them; all RAM is mapped, so the range is writable.
         unsafe { core::ptr::write_bytes(phys as *mut u8, 0, len) };

@@ -35,7 +35,9 @@ pub struct Phys;
 
 impl PhysRead for Phys {
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
-        let Some(end) = addr.checked_add(buf.len() as u64) else { return false };
+        let Some(end) = addr.checked_add(buf.len() as u64) else {
+            return false;
+        };
         if end > MAPPED_LIMIT.load(Ordering::Relaxed) {
             return false;
         }
@@ -67,11 +69,25 @@ pub fn init(info: &BootInfo, image: Range<u64>, heap_percent: u64) -> Report {
         frames.reserve(m.start..m.end);
     }
 
-    let top = info.memory.iter().filter(|r| r.kind == MemKind::Usable).map(|r| r.end()).max().unwrap_or(0);
+    let top = info
+        .memory
+        .iter()
+        .filter(|r| r.kind == MemKind::Usable)
+        .map(|r| r.end())
+        .max()
+        .unwrap_or(0);
     if top > paging::BOOT_MAPPED {
-        for r in info.memory.iter().filter(|r| r.kind == MemKind::Usable && r.end() > paging::BOOT_MAPPED) {
+        for r in info
+            .memory
+            .iter()
+            .filter(|r| r.kind == MemKind::Usable && r.end() > paging::BOOT_MAPPED)
+        {
             if let Err(e) = paging::map_ram(&mut frames, r.base.max(paging::BOOT_MAPPED)..r.end()) {
-                log::error!("cannot map RAM {:#x}..{:#x}: {e:?}; it stays unused", r.base, r.end());
+                log::error!(
+                    "cannot map RAM {:#x}..{:#x}: {e:?}; it stays unused",
+                    r.base,
+                    r.end()
+                );
                 frames.reserve(r.base..r.end());
             }
         }
@@ -86,15 +102,24 @@ pub fn init(info: &BootInfo, image: Range<u64>, heap_percent: u64) -> Report {
     }
     // SAFETY: the range was just taken out of the frame allocator, so nothing
     // else owns it; it is mapped (below MAPPED_LIMIT) and lives forever.
-    unsafe { HEAP.lock().init(heap.start as *mut u8, (heap.end - heap.start) as usize) };
+    unsafe {
+        HEAP.lock()
+            .init(heap.start as *mut u8, (heap.end - heap.start) as usize)
+    };
     *HEAP_RANGE.lock() = heap.clone();
-    Report { usable: info.usable_bytes(), heap, free_frames: frames.free_bytes() }
+    Report {
+        usable: info.usable_bytes(),
+        heap,
+        free_frames: frames.free_bytes(),
+    }
 }
 
 /// True when `addr..addr+len` lies in memory that holds kernel stacks (the
 /// image's .bss and the heap), so a backtrace may read it.
 pub fn is_stack_memory(addr: u64, len: u64) -> bool {
-    let Some(end) = addr.checked_add(len) else { return false };
+    let Some(end) = addr.checked_add(len) else {
+        return false;
+    };
     let inside = |r: &Range<u64>| addr >= r.start && end <= r.end;
     // try_lock: this runs on fault paths that may have interrupted a holder.
     let image = IMAGE.try_lock().map(|r| inside(&r)).unwrap_or(false);
@@ -109,7 +134,10 @@ pub struct HeapStats {
 
 pub fn heap_stats() -> HeapStats {
     let h = HEAP.lock();
-    HeapStats { size: h.size(), used: h.used() }
+    HeapStats {
+        size: h.size(),
+        used: h.used(),
+    }
 }
 
 /// Maps device registers uncached; returns the address to access them at.

@@ -36,7 +36,9 @@ fn table_at(phys: u64) -> *mut Table {
 }
 
 fn new_table(frames: &mut FrameAllocator) -> Result<u64, MapError> {
-    let f = frames.alloc(PAGE, PAGE, Some(BOOT_MAPPED)).ok_or(MapError::OutOfFrames)?;
+    let f = frames
+        .alloc(PAGE, PAGE, Some(BOOT_MAPPED))
+        .ok_or(MapError::OutOfFrames)?;
     // SAFETY: the frame was just allocated (owned by us alone) and lies below
     // 4 GiB, inside the identity map.
     unsafe { core::ptr::write_bytes(table_at(f), 0, 1) };
@@ -106,7 +108,7 @@ pub fn map_mmio(frames: &mut FrameAllocator, phys: u64, len: u64) -> Result<u64,
     let mut a = phys & !(PAGE - 1);
     while a < end {
         let pde = pd_entry(a, frames)?;
-        if a % HUGE_PAGE == 0 && a + HUGE_PAGE <= end {
+        if a.is_multiple_of(HUGE_PAGE) && a + HUGE_PAGE <= end {
             // SAFETY: `pde` is a live page-directory entry (see `pd_entry`); the
             // whole 2 MiB is device space, so one uncached huge page replaces
             // whatever mapped it (a 4 KiB table there is simply abandoned).
@@ -160,7 +162,11 @@ pub fn is_uncached(addr: u64) -> Option<bool> {
         if e2 & PRESENT == 0 {
             return None;
         }
-        let leaf = if e2 & HUGE != 0 { e2 } else { (*table_at(e2 & ADDR_MASK))[((addr >> 12) & 511) as usize] };
+        let leaf = if e2 & HUGE != 0 {
+            e2
+        } else {
+            (*table_at(e2 & ADDR_MASK))[((addr >> 12) & 511) as usize]
+        };
         (leaf & PRESENT != 0).then_some(leaf & CACHE_DISABLE != 0)
     }
 }

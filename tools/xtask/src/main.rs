@@ -1,1 +1,186 @@
-fn main() {}
+//! `cargo xtask`: the dev loop for ironbay.
+//!
+//!   build                 kernel to target/ironbay.elf (release; --debug for a debug build)
+//!   run [options]         build and boot the appliance in QEMU, serial on this terminal
+//!   pxe DIR [options]     write a TFTP folder (iPXE script, kernel, config)
+//!   test                  lint, host unit tests, kernel build, QEMU tests
+//!   lint                  rustfmt --check and clippy -D warnings (host and kernel target)
+//!   bench boot [--runs N] boot-to-ready times, median of N boots
+//!
+//! Host packages it needs are installed with apt-get when running as root;
+//! otherwise the exact command is printed.
+
+#![forbid(unsafe_code)]
+
+mod bench;
+mod build;
+mod prereq;
+mod run;
+
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        eprintln!("{}", USAGE);
+        return ExitCode::FAILURE;
+    };
+    let result = match cmd.as_str() {
+        "build" => build::build(!rest.iter().any(|a| a == "--debug")).map(|_| ()),
+        "run" => run::run(rest),
+        "pxe" => run::pxe(rest),
+        "test" => test(rest),
+        "lint" => lint(),
+        "bench" => bench::bench(rest),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+  build [--debug]          build the kernel to target/ironbay.elf
+  run [options]            boot the appliance in QEMU (serial here; Ctrl-A X quits)
+      --memory MIB         guest memory (512)
+      --cpus N             vCPUs (2)
+      --nvme N             QEMU NVMe disks (1)
+      --virtio-blk N       virtio-blk disks (1)
+      --disk-size SIZE     size of each new sparse disk, e.g. 1G (1G)
+      --disk FILE          backing file for the next disk (repeatable; NVMe first)
+      --accel tcg|kvm      accelerator (tcg)
+      --machine q35|pc     machine type (q35)
+      --append ARGS        extra kernel command-line arguments
+      --config FILE        SPDK-format JSON boot config (boot/default-config.json)
+      --pvh                boot through the PVH entry instead of Multiboot
+      --pxe                boot over the network through QEMU's iPXE
+  pxe DIR [--append ARGS] [--config FILE]
+                           write a TFTP folder for iPXE
+  test [FILTER]            lint, host tests, kernel build, QEMU tests
+  lint                     rustfmt --check and clippy -D warnings
+  bench boot [--runs N]    boot-to-ready time, median of N boots (5)";
+
+/// Runs a command, echoing it; fails on a non-zero exit.
+pub fn sh(cmd: &mut Command) -> Result<(), String> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    eprintln!("+ {shown}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot start {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{shown}` failed ({status})"))
+    }
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+fn lint() -> Result<(), String> {
+    prereq::ensure_rust_target()?;
+    sh(cargo().args(["fmt", "--all", "--check"]))?;
+    sh(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    sh(cargo().args([
+        "clippy",
+        "-p",
+        "ironbay-kernel",
+        "--target",
+        build::TARGET,
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn test(rest: &[String]) -> Result<(), String> {
+    prereq::ensure_host_packages()?;
+    lint()?;
+    let mut totals = Totals::default();
+    totals.run(cargo().args(["test", "--workspace"]))?;
+    let images = build::build(true)?;
+    let mut c = cargo();
+    c.args(["test", "-p", "ironbay-tests", "--tests", "--", "--ignored"]);
+    c.args(rest);
+    c.env("IRONBAY_KERNEL", &images.kernel);
+    let result = totals.run(&mut c);
+    println!(
+        "summary: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
+    result
+}
+
+/// Adds up the `test result:` lines of cargo test runs while passing the
+/// output through, so `test` can end on one summary line.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+impl Totals {
+    fn run(&mut self, cmd: &mut Command) -> Result<(), String> {
+        use std::io::{BufRead, BufReader};
+        let shown = format!("{cmd:?}").replace('"', "");
+        eprintln!("+ {shown}");
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {shown}: {e}"))?;
+        let out = child.stdout.take().expect("piped stdout");
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let count = |word: &str| -> u64 {
+                    rest.split(';')
+                        .find_map(|part| {
+                            part.trim()
+                                .strip_suffix(word)?
+                                .trim()
+                                .rsplit(' ')
+                                .next()?
+                                .parse()
+                                .ok()
+                        })
+                        .unwrap_or(0)
+                };
+                self.passed += count(" passed");
+                self.failed += count(" failed");
+            }
+        }
+        let status = child.wait().map_err(|e| e.to_string())?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("`{shown}` failed ({status})"))
+        }
+    }
+}

@@ -81,7 +81,9 @@ impl BootConfig {
 
         let mut out = BootConfig::default();
         for (i, sub) in subsystems.iter().enumerate() {
-            let sub = sub.as_object().ok_or_else(|| shape(format!("subsystems[{i}] is not an object")))?;
+            let sub = sub
+                .as_object()
+                .ok_or_else(|| shape(format!("subsystems[{i}] is not an object")))?;
             let name = sub
                 .get("subsystem")
                 .and_then(Value::as_str)
@@ -99,7 +101,10 @@ impl BootConfig {
                 }
                 Some(_) => return Err(shape(format!("subsystems[{i}].config must be an array"))),
             }
-            out.subsystems.push(Subsystem { name: name.into(), calls });
+            out.subsystems.push(Subsystem {
+                name: name.into(),
+                calls,
+            });
         }
         Ok(out)
     }
@@ -114,13 +119,19 @@ impl BootConfig {
 
 fn method_call(e: &Value) -> Result<MethodCall, &'static str> {
     let e = e.as_object().ok_or("not an object")?;
-    let method = e.get("method").and_then(Value::as_str).ok_or("\"method\" must be a string")?;
+    let method = e
+        .get("method")
+        .and_then(Value::as_str)
+        .ok_or("\"method\" must be a string")?;
     let params = match e.get("params") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(p)) => p.clone(),
         Some(_) => return Err("\"params\" must be an object"),
     };
-    Ok(MethodCall { method: method.into(), params })
+    Ok(MethodCall {
+        method: method.into(),
+        params,
+    })
 }
 
 #[cfg(test)]
@@ -178,8 +189,14 @@ mod tests {
     #[test]
     fn deep_nesting_and_size_are_bounded() {
         let deep = "[".repeat(100_000);
-        assert!(matches!(BootConfig::parse(deep.as_bytes()), Err(ConfigError::Syntax(_))));
+        assert!(matches!(
+            BootConfig::parse(deep.as_bytes()),
+            Err(ConfigError::Syntax(_))
+        ));
         let big = vec![b' '; MAX_CONFIG_BYTES + 1];
-        assert!(matches!(BootConfig::parse(&big), Err(ConfigError::TooLarge(_))));
+        assert!(matches!(
+            BootConfig::parse(&big),
+            Err(ConfigError::TooLarge(_))
+        ));
     }
 }

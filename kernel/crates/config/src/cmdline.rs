@@ -22,7 +22,11 @@ pub struct OptionSpec {
 }
 
 fn one_of(value: &str, allowed: &[&str]) -> Result<(), &'static str> {
-    if allowed.contains(&value) { Ok(()) } else { Err("not one of the allowed values") }
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err("not one of the allowed values")
+    }
 }
 
 fn is_log_level(v: &str) -> Result<(), &'static str> {
@@ -41,13 +45,20 @@ fn is_cidr_list(v: &str) -> Result<(), &'static str> {
     v.split(',').try_for_each(is_cidr)
 }
 fn is_ipv4(v: &str) -> Result<(), &'static str> {
-    Ipv4Addr::from_str(v).map(drop).map_err(|_| "not an IPv4 address")
+    Ipv4Addr::from_str(v)
+        .map(drop)
+        .map_err(|_| "not an IPv4 address")
 }
 fn is_name(v: &str) -> Result<(), &'static str> {
     let ok = !v.is_empty()
         && v.len() <= 64
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok { Ok(()) } else { Err("expected 1-64 characters of [A-Za-z0-9._-]") }
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err("expected 1-64 characters of [A-Za-z0-9._-]")
+    }
 }
 fn is_percent(v: &str) -> Result<(), &'static str> {
     match v.parse::<u8>() {
@@ -58,23 +69,67 @@ fn is_percent(v: &str) -> Result<(), &'static str> {
 
 /// The options this kernel understands. Later subsystems add rows here.
 pub static OPTIONS: &[OptionSpec] = &[
-    OptionSpec { key: "log", check: is_log_level, help: "console log level: error|warn|info|debug|trace" },
-    OptionSpec { key: "panic", check: is_panic_action, help: "after a fatal error: halt|reboot" },
-    OptionSpec { key: "test", check: is_name, help: "run the named in-kernel self-test and exit" },
-    OptionSpec { key: "crc", check: is_crc_engine, help: "CRC32C engine: auto|soft|hw" },
-    OptionSpec { key: "heap", check: is_percent, help: "percent of free memory given to the heap" },
-    OptionSpec { key: "mgmt.ip", check: is_cidr, help: "management NIC address, e.g. 10.0.2.15/24" },
-    OptionSpec { key: "mgmt.gw", check: is_ipv4, help: "management NIC gateway" },
-    OptionSpec { key: "mgmt.allow", check: is_cidr_list, help: "management clients allowed, CIDR list" },
-    OptionSpec { key: "data.ip", check: is_cidr, help: "first data NIC address" },
-    OptionSpec { key: "data.gw", check: is_ipv4, help: "first data NIC gateway" },
+    OptionSpec {
+        key: "log",
+        check: is_log_level,
+        help: "console log level: error|warn|info|debug|trace",
+    },
+    OptionSpec {
+        key: "panic",
+        check: is_panic_action,
+        help: "after a fatal error: halt|reboot",
+    },
+    OptionSpec {
+        key: "test",
+        check: is_name,
+        help: "run the named in-kernel self-test and exit",
+    },
+    OptionSpec {
+        key: "crc",
+        check: is_crc_engine,
+        help: "CRC32C engine: auto|soft|hw",
+    },
+    OptionSpec {
+        key: "heap",
+        check: is_percent,
+        help: "percent of free memory given to the heap",
+    },
+    OptionSpec {
+        key: "mgmt.ip",
+        check: is_cidr,
+        help: "management NIC address, e.g. 10.0.2.15/24",
+    },
+    OptionSpec {
+        key: "mgmt.gw",
+        check: is_ipv4,
+        help: "management NIC gateway",
+    },
+    OptionSpec {
+        key: "mgmt.allow",
+        check: is_cidr_list,
+        help: "management clients allowed, CIDR list",
+    },
+    OptionSpec {
+        key: "data.ip",
+        check: is_cidr,
+        help: "first data NIC address",
+    },
+    OptionSpec {
+        key: "data.gw",
+        check: is_ipv4,
+        help: "first data NIC gateway",
+    },
 ];
 
 /// Something on the command line that was not taken.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Diagnostic {
     UnknownOption(String),
-    BadValue { key: String, value: String, why: &'static str },
+    BadValue {
+        key: String,
+        value: String,
+        why: &'static str,
+    },
     NotKeyValue(String),
     Repeated(String),
     UnbalancedQuote,
@@ -120,7 +175,8 @@ impl Cmdline {
                 continue;
             };
             let Some(spec) = table.iter().find(|s| s.key == key) else {
-                out.diagnostics.push(Diagnostic::UnknownOption(key.to_string()));
+                out.diagnostics
+                    .push(Diagnostic::UnknownOption(key.to_string()));
                 continue;
             };
             if let Err(why) = (spec.check)(value) {
@@ -143,7 +199,10 @@ impl Cmdline {
 
     /// The accepted value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The value of `key` converted; the check in [`OPTIONS`] already passed,
@@ -161,10 +220,10 @@ impl Cmdline {
 /// the heap exists. Quotes are not interpreted; the full parse still checks it.
 pub fn peek<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_ascii_whitespace()
+        .rev()
         .filter_map(|w| w.split_once('='))
-        .filter(|(k, _)| *k == key)
+        .find(|(k, _)| *k == key)
         .map(|(_, v)| v)
-        .last()
 }
 
 /// Splits on ASCII whitespace, honouring double quotes (which are removed).
@@ -217,14 +276,26 @@ mod tests {
             "img log=loud bogus=1 stray mgmt.ip=10.0.2.15 test=a/b log=info log=warn =x panic=",
         );
         let d = &c.diagnostics;
-        assert!(d.iter().any(|d| matches!(d, Diagnostic::BadValue { key, .. } if key == "log")));
+        assert!(
+            d.iter()
+                .any(|d| matches!(d, Diagnostic::BadValue { key, .. } if key == "log"))
+        );
         assert!(d.contains(&Diagnostic::UnknownOption("bogus".into())));
         assert!(d.contains(&Diagnostic::NotKeyValue("stray".into())));
-        assert!(d.iter().any(|d| matches!(d, Diagnostic::BadValue { key, .. } if key == "mgmt.ip")));
-        assert!(d.iter().any(|d| matches!(d, Diagnostic::BadValue { key, .. } if key == "test")));
+        assert!(
+            d.iter()
+                .any(|d| matches!(d, Diagnostic::BadValue { key, .. } if key == "mgmt.ip"))
+        );
+        assert!(
+            d.iter()
+                .any(|d| matches!(d, Diagnostic::BadValue { key, .. } if key == "test"))
+        );
         assert!(d.contains(&Diagnostic::Repeated("log".into())));
         assert!(d.contains(&Diagnostic::UnknownOption("".into())));
-        assert!(d.iter().any(|d| matches!(d, Diagnostic::BadValue { key, .. } if key == "panic")));
+        assert!(
+            d.iter()
+                .any(|d| matches!(d, Diagnostic::BadValue { key, .. } if key == "panic"))
+        );
         assert_eq!(c.get("log"), Some("warn"));
         assert_eq!(c.get("mgmt.ip"), None);
         for d in d {
@@ -237,8 +308,16 @@ mod tests {
         let c = Cmdline::parse_with(
             "x name=\"a b\" other=1",
             &[
-                OptionSpec { key: "name", check: |_| Ok(()), help: "" },
-                OptionSpec { key: "other", check: |_| Ok(()), help: "" },
+                OptionSpec {
+                    key: "name",
+                    check: |_| Ok(()),
+                    help: "",
+                },
+                OptionSpec {
+                    key: "other",
+                    check: |_| Ok(()),
+                    help: "",
+                },
             ],
         );
         assert_eq!(c.get("name"), Some("a b"));
@@ -249,7 +328,16 @@ mod tests {
 
     #[test]
     fn empty_and_garbage_lines_do_not_panic() {
-        for line in ["", "   ", "\"", "==", "a=b=c", "\u{0}\u{1}", "log=\u{ff}", "é=é"] {
+        for line in [
+            "",
+            "   ",
+            "\"",
+            "==",
+            "a=b=c",
+            "\u{0}\u{1}",
+            "log=\u{ff}",
+            "é=é",
+        ] {
             let _ = Cmdline::parse(line);
         }
         assert!(Cmdline::parse("").diagnostics.is_empty());

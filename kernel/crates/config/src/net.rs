@@ -14,7 +14,11 @@ pub struct Ipv4Cidr {
 impl Ipv4Cidr {
     /// True when `ip` lies inside this subnet.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix as u32) };
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix as u32)
+        };
         u32::from(ip) & mask == u32::from(self.addr) & mask
     }
 }
@@ -51,7 +55,14 @@ mod tests {
         assert!(!c.contains(Ipv4Addr::new(10, 0, 3, 1)));
         let any: Ipv4Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(any.contains(Ipv4Addr::new(1, 2, 3, 4)));
-        for bad in ["10.0.2.15", "10.0.2/24", "10.0.2.15/33", "x/1", "1.2.3.4/-1", ""] {
+        for bad in [
+            "10.0.2.15",
+            "10.0.2/24",
+            "10.0.2.15/33",
+            "x/1",
+            "1.2.3.4/-1",
+            "",
+        ] {
             assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
         }
     }

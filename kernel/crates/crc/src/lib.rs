@@ -134,7 +134,11 @@ mod tests {
             for start in 0..9 {
                 for len in (0..300).chain([1023, 1024, 1025, 4096]) {
                     let s = &data[start..start + len];
-                    assert_eq!(update_with(e, 0, s), crc32c::crc32c(s), "{e:?} {start} {len}");
+                    assert_eq!(
+                        update_with(e, 0, s),
+                        crc32c::crc32c(s),
+                        "{e:?} {start} {len}"
+                    );
                 }
             }
         }

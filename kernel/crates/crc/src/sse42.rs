@@ -1,6 +1,9 @@
 //! The SSE4.2 `crc32` instruction. It operates on general-purpose registers, so
 //! it is usable in the soft-float kernel without enabling SSE state.
-#![allow(unsafe_code, reason = "CPUID and the crc32 instruction need inline assembly")]
+#![allow(
+    unsafe_code,
+    reason = "CPUID and the crc32 instruction need inline assembly"
+)]
 
 use core::arch::asm;
 

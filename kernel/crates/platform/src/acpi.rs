@@ -99,7 +99,7 @@ pub fn find_rsdp(mem: &impl PhysRead) -> Option<u64> {
     let mut areas: Vec<(u64, u64)> = Vec::new();
     if let Some(seg) = mem.read_u32(0x40E).map(|v| v & 0xffff) {
         let ebda = (seg as u64) << 4;
-        if ebda >= 0x8_0000 && ebda < 0xA_0000 {
+        if (0x8_0000..0xA_0000).contains(&ebda) {
             areas.push((ebda, ebda + 1024));
         }
     }
@@ -170,13 +170,16 @@ fn read_table(mem: &impl PhysRead, addr: u64) -> Result<([u8; 4], Vec<u8>), Acpi
 }
 
 fn le16(b: &[u8], o: usize) -> u16 {
-    b.get(o..o + 2).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
+    b.get(o..o + 2)
+        .map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
 }
 fn le32(b: &[u8], o: usize) -> u32 {
-    b.get(o..o + 4).map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(o..o + 4)
+        .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 fn le64(b: &[u8], o: usize) -> u64 {
-    b.get(o..o + 8).map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap_or_default()))
+    b.get(o..o + 8)
+        .map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap_or_default()))
 }
 
 /// Reads the root table and the tables the appliance uses.
@@ -188,10 +191,18 @@ pub fn discover(mem: &impl PhysRead, rsdp: u64) -> Result<AcpiInfo, AcpiError> {
         oem: String::from_utf8_lossy(&r.oem).trim_end().into(),
         ..AcpiInfo::default()
     };
-    let (root, entry) = if r.xsdt != 0 { (r.xsdt, 8) } else { (r.rsdt as u64, 4) };
+    let (root, entry) = if r.xsdt != 0 {
+        (r.xsdt, 8)
+    } else {
+        (r.rsdt as u64, 4)
+    };
     let (_, root) = read_table(mem, root)?;
     for chunk in root[HEADER_LEN..].chunks_exact(entry).take(MAX_TABLES) {
-        let addr = if entry == 8 { le64(chunk, 0) } else { le32(chunk, 0) as u64 };
+        let addr = if entry == 8 {
+            le64(chunk, 0)
+        } else {
+            le32(chunk, 0) as u64
+        };
         match read_table(mem, addr) {
             Ok((sig, t)) => {
                 info.tables.push((sig, addr));
@@ -228,8 +239,14 @@ fn parse_madt(t: &[u8], info: &mut AcpiInfo) {
         let e = &t[off..off + len];
         match (kind, len) {
             // Processor Local APIC: enabled (bit 0) or online capable (bit 1).
-            (0, 8..) => info.cpus.push(Cpu { apic_id: e[3] as u32, enabled: le32(e, 4) & 3 != 0 }),
-            (9, 16..) => info.cpus.push(Cpu { apic_id: le32(e, 4), enabled: le32(e, 8) & 3 != 0 }),
+            (0, 8..) => info.cpus.push(Cpu {
+                apic_id: e[3] as u32,
+                enabled: le32(e, 4) & 3 != 0,
+            }),
+            (9, 16..) => info.cpus.push(Cpu {
+                apic_id: le32(e, 4),
+                enabled: le32(e, 8) & 3 != 0,
+            }),
             (5, 12..) => info.lapic_base = le64(e, 4),
             _ => {}
         }
@@ -250,7 +267,11 @@ fn parse_mcfg(t: &[u8], info: &mut AcpiInfo) {
 
 fn gas(t: &[u8], o: usize) -> Option<GenericAddress> {
     let b = t.get(o..o + 12)?;
-    Some(GenericAddress { space: b[0], bit_width: b[1], address: le64(b, 4) })
+    Some(GenericAddress {
+        space: b[0],
+        bit_width: b[1],
+        address: le64(b, 4),
+    })
 }
 
 fn parse_fadt(t: &[u8]) -> Fadt {
@@ -268,7 +289,11 @@ fn parse_fadt(t: &[u8]) -> Fadt {
         pm1a_cnt: le32(t, 64),
         pm1b_cnt: le32(t, 68),
         reset,
-        dsdt: if x_dsdt != 0 { x_dsdt } else { le32(t, 40) as u64 },
+        dsdt: if x_dsdt != 0 {
+            x_dsdt
+        } else {
+            le32(t, 40) as u64
+        },
     }
 }
 
@@ -278,7 +303,8 @@ fn parse_fadt(t: &[u8]) -> Fadt {
 pub fn find_s5(aml: &[u8]) -> Option<(u8, u8)> {
     let pos = aml.windows(4).position(|w| w == b"_S5_")?;
     // NameOp (0x08), optionally followed by a root prefix, precedes the name.
-    let named = pos >= 1 && (aml[pos - 1] == 0x08 || (pos >= 2 && aml[pos - 1] == b'\\' && aml[pos - 2] == 0x08));
+    let named = pos >= 1
+        && (aml[pos - 1] == 0x08 || (pos >= 2 && aml[pos - 1] == b'\\' && aml[pos - 2] == 0x08));
     if !named {
         return None;
     }
@@ -367,7 +393,9 @@ mod tests {
         let mcfg = table(b"MCFG", &mcfg_body);
 
         let mut dsdt_body = vec![0x10, 0x05, b'\\', b'_', b'S', b'B', b'_'];
-        dsdt_body.extend([0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x0A, 0x07]);
+        dsdt_body.extend([
+            0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x0A, 0x07,
+        ]);
         let dsdt = table(b"DSDT", &dsdt_body);
 
         let mut fadt_body = vec![0u8; 244 - HEADER_LEN];
@@ -420,7 +448,15 @@ mod tests {
         assert_eq!(info.cpus.len(), 3);
         assert_eq!(info.enabled_cpus(), 2);
         assert_eq!(info.lapic_base, 0xFEE0_0000);
-        assert_eq!(info.ecam, vec![EcamRegion { base: 0xB000_0000, segment: 0, bus_start: 0, bus_end: 255 }]);
+        assert_eq!(
+            info.ecam,
+            vec![EcamRegion {
+                base: 0xB000_0000,
+                segment: 0,
+                bus_start: 0,
+                bus_end: 255
+            }]
+        );
         let f = info.fadt.unwrap();
         assert_eq!(f.pm1a_cnt, 0x604);
         assert_eq!(f.reset.unwrap().0.address, 0xCF9);
@@ -431,8 +467,18 @@ mod tests {
 
     #[test]
     fn s5_forms() {
-        assert_eq!(find_s5(&[0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0A, 0x05, 0x0A, 0x05]), Some((5, 5)));
-        assert_eq!(find_s5(&[0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x01, 0x00]), Some((1, 0)));
+        assert_eq!(
+            find_s5(&[
+                0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0A, 0x05, 0x0A, 0x05
+            ]),
+            Some((5, 5))
+        );
+        assert_eq!(
+            find_s5(&[
+                0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x01, 0x00
+            ]),
+            Some((1, 0))
+        );
         assert_eq!(find_s5(&[0x08, b'_', b'S', b'5', b'_']), None);
         assert_eq!(find_s5(&[0x14, b'_', b'S', b'5', b'_', 0x12]), None);
         assert_eq!(find_s5(b""), None);
@@ -443,10 +489,16 @@ mod tests {
         let mut m = q35_like();
         // RSDT claiming a huge length.
         m.0[1].1[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(discover(&m, 0xF_5A00).unwrap_err(), AcpiError::BadLength(*b"RSDT"));
+        assert_eq!(
+            discover(&m, 0xF_5A00).unwrap_err(),
+            AcpiError::BadLength(*b"RSDT")
+        );
         m.0[1].1[4..8].copy_from_slice(&10u32.to_le_bytes());
         assert!(discover(&m, 0xF_5A00).is_err());
-        assert!(matches!(discover(&m, 0x1234), Err(AcpiError::Unreadable(_))));
+        assert!(matches!(
+            discover(&m, 0x1234),
+            Err(AcpiError::Unreadable(_))
+        ));
         // MADT entries with zero or overlong lengths stop the walk.
         let mut info = AcpiInfo::default();
         let mut t = vec![0u8; 44];

@@ -21,12 +21,17 @@ pub struct FrameAllocator {
 
 impl FrameAllocator {
     pub const fn new() -> Self {
-        FrameAllocator { free: Vec::new(), lost: 0 }
+        FrameAllocator {
+            free: Vec::new(),
+            lost: 0,
+        }
     }
 
     /// Adds usable memory, trimmed to whole pages.
     pub fn add(&mut self, range: Range<u64>) {
-        let Some(start) = range.start.checked_next_multiple_of(PAGE) else { return };
+        let Some(start) = range.start.checked_next_multiple_of(PAGE) else {
+            return;
+        };
         let end = range.end & !(PAGE - 1);
         if start < end {
             self.insert(start..end);
@@ -36,7 +41,10 @@ impl FrameAllocator {
     /// Removes a range (kernel image, modules, firmware areas) from the free set.
     pub fn reserve(&mut self, range: Range<u64>) {
         let start = range.start & !(PAGE - 1);
-        let end = range.end.checked_next_multiple_of(PAGE).unwrap_or(u64::MAX & !(PAGE - 1));
+        let end = range
+            .end
+            .checked_next_multiple_of(PAGE)
+            .unwrap_or(!(PAGE - 1));
         let mut i = 0;
         while i < self.free.len() {
             let r = self.free[i].clone();
@@ -58,16 +66,20 @@ impl FrameAllocator {
     /// Allocates `size` bytes (rounded up to pages) aligned to `align` (a power
     /// of two, at least a page), ending at or below `limit`.
     pub fn alloc(&mut self, size: u64, align: u64, limit: Option<u64>) -> Option<u64> {
+        self.alloc_in(size, align, 0..limit.unwrap_or(u64::MAX))
+    }
+
+    /// Like [`alloc`](Self::alloc), with the block inside `window`.
+    pub fn alloc_in(&mut self, size: u64, align: u64, window: Range<u64>) -> Option<u64> {
         let size = size.max(1).checked_next_multiple_of(PAGE)?;
         let align = align.max(PAGE);
         if !align.is_power_of_two() {
             return None;
         }
-        let limit = limit.unwrap_or(u64::MAX);
         let (i, base) = self.free.iter().enumerate().find_map(|(i, r)| {
-            let base = r.start.checked_next_multiple_of(align)?;
+            let base = r.start.max(window.start).checked_next_multiple_of(align)?;
             let end = base.checked_add(size)?;
-            (end <= r.end && end <= limit).then_some((i, base))
+            (end <= r.end && end <= window.end).then_some((i, base))
         })?;
         let r = self.free.remove(i);
         if base + size < r.end {
@@ -101,7 +113,10 @@ impl FrameAllocator {
 
     /// Returns frames from [`alloc`](Self::alloc).
     pub fn free(&mut self, base: u64, size: u64) {
-        let size = size.max(1).checked_next_multiple_of(PAGE).unwrap_or(u64::MAX);
+        let size = size
+            .max(1)
+            .checked_next_multiple_of(PAGE)
+            .unwrap_or(u64::MAX);
         self.insert(base..base.saturating_add(size));
     }
 
@@ -175,9 +190,13 @@ mod tests {
         assert_eq!(a % 0x20_0000, 0);
         assert_eq!(a, 0x40_0000);
         // The gap before the aligned block stays free.
-        assert!(f.ranges().iter().any(|r| r.start == 0x20_1000 && r.end == 0x40_0000));
+        assert!(
+            f.ranges()
+                .iter()
+                .any(|r| r.start == 0x20_1000 && r.end == 0x40_0000)
+        );
         f.free(a, 100);
-        assert_eq!(f.ranges(), &[0x20_1000..0x200_0000]);
+        assert_eq!(f.ranges(), core::slice::from_ref(&(0x20_1000..0x200_0000)));
     }
 
     #[test]
@@ -189,6 +208,11 @@ mod tests {
         assert_eq!(f.alloc(0x2000, PAGE, Some(0x1_0000_0000)), None);
         assert_eq!(f.alloc(0x2000, PAGE, None), Some(0x1_0000_0000));
         assert_eq!(f.alloc(0x1000, 3 * PAGE, None), None);
+        assert_eq!(
+            f.alloc_in(0x1000, PAGE, 0x1_0000_8000..u64::MAX),
+            Some(0x1_0000_8000)
+        );
+        assert_eq!(f.alloc_in(0x1000, PAGE, 0x2_0000_0000..u64::MAX), None);
         assert_eq!(f.alloc(u64::MAX - 10, PAGE, None), None);
     }
 
@@ -199,7 +223,10 @@ mod tests {
         f.add(0x10_0000..0x2000_0000);
         let h = f.alloc_largest(0x800_0000, None).unwrap();
         assert_eq!(h, 0x10_0000..0x810_0000);
-        assert_eq!(f.free_bytes(), (0x9_f000 - 0x1000) + (0x2000_0000 - 0x810_0000));
+        assert_eq!(
+            f.free_bytes(),
+            (0x9_f000 - 0x1000) + (0x2000_0000 - 0x810_0000)
+        );
     }
 
     #[test]
@@ -217,7 +244,7 @@ mod tests {
     fn unaligned_input_is_trimmed() {
         let mut f = FrameAllocator::new();
         f.add(0x1234..0x5678);
-        assert_eq!(f.ranges(), &[0x2000..0x5000]);
+        assert_eq!(f.ranges(), core::slice::from_ref(&(0x2000..0x5000)));
         f.add(0x10..0x20);
         assert_eq!(f.ranges().len(), 1);
     }

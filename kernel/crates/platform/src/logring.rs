@@ -14,7 +14,12 @@ pub struct LogRing {
 
 impl LogRing {
     pub const fn new(capacity: usize) -> Self {
-        LogRing { lines: VecDeque::new(), bytes: 0, capacity, dropped: 0 }
+        LogRing {
+            lines: VecDeque::new(),
+            bytes: 0,
+            capacity,
+            dropped: 0,
+        }
     }
 
     /// Appends one line (without its newline). A line longer than the whole

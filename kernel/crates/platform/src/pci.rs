@@ -18,7 +18,11 @@ pub struct Bdf {
 
 impl fmt::Display for Bdf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04x}:{:02x}:{:02x}.{}", self.segment, self.bus, self.device, self.function)
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{}",
+            self.segment, self.bus, self.device, self.function
+        )
     }
 }
 
@@ -71,7 +75,8 @@ pub struct Function {
 impl Function {
     /// A short human name: the device if we know it, else its class.
     pub fn name(&self) -> &'static str {
-        device_name(self.vendor, self.device).unwrap_or_else(|| class_name(self.class, self.subclass))
+        device_name(self.vendor, self.device)
+            .unwrap_or_else(|| class_name(self.class, self.subclass))
     }
 
     pub fn bar(&self, index: u8) -> Option<&Bar> {
@@ -125,17 +130,31 @@ pub fn class_name(class: u8, subclass: u8) -> &'static str {
 }
 
 /// Every function on `buses` of `segment`.
-pub fn scan(cfg: &impl ConfigAccess, segment: u16, buses: core::ops::RangeInclusive<u8>) -> Vec<Function> {
+pub fn scan(
+    cfg: &impl ConfigAccess,
+    segment: u16,
+    buses: core::ops::RangeInclusive<u8>,
+) -> Vec<Function> {
     let mut out = Vec::new();
     for bus in buses {
         for device in 0..32u8 {
-            let f0 = Bdf { segment, bus, device, function: 0 };
+            let f0 = Bdf {
+                segment,
+                bus,
+                device,
+                function: 0,
+            };
             if vendor(cfg, f0).is_none() {
                 continue;
             }
             let multi = (cfg.read32(f0, 0x0C) >> 16) & 0x80 != 0;
             for function in 0..if multi { 8 } else { 1 } {
-                let bdf = Bdf { segment, bus, device, function };
+                let bdf = Bdf {
+                    segment,
+                    bus,
+                    device,
+                    function,
+                };
                 if vendor(cfg, bdf).is_some() {
                     out.push(describe(cfg, bdf));
                 }
@@ -193,7 +212,13 @@ fn probe_bars(cfg: &impl ConfigAccess, bdf: Bdf, slots: u8) -> Vec<Bar> {
             let size_mask = mask & 0xFFFF_FFFC;
             if size_mask != 0 {
                 let size = (!size_mask).wrapping_add(1) & 0xFFFF;
-                bars.push(Bar { index: i, kind: BarKind::Io, base: (orig & !3) as u64, size: size as u64, prefetchable: false });
+                bars.push(Bar {
+                    index: i,
+                    kind: BarKind::Io,
+                    base: (orig & !3) as u64,
+                    size: size as u64,
+                    prefetchable: false,
+                });
             }
             i += 1;
             continue;
@@ -217,7 +242,13 @@ fn probe_bars(cfg: &impl ConfigAccess, bdf: Bdf, slots: u8) -> Vec<Bar> {
             let size = (!size_mask).wrapping_add(1);
             if size != 0 && size_mask != 0 {
                 let kind = if is64 { BarKind::Mem64 } else { BarKind::Mem32 };
-                bars.push(Bar { index: i, kind, base, size, prefetchable });
+                bars.push(Bar {
+                    index: i,
+                    kind,
+                    base,
+                    size,
+                    prefetchable,
+                });
             }
         }
         // A 64-bit BAR takes two slots.
@@ -260,7 +291,13 @@ impl fmt::Display for TableRow<'_> {
         write!(
             f,
             "{} {:04x}:{:04x} {:02x}{:02x}{:02x} {:<22}",
-            d.bdf, d.vendor, d.device, d.class, d.subclass, d.prog_if, d.name()
+            d.bdf,
+            d.vendor,
+            d.device,
+            d.class,
+            d.subclass,
+            d.prog_if,
+            d.name()
         )?;
         for b in &d.bars {
             let kind = match b.kind {
@@ -281,7 +318,7 @@ impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let units = [(1u64 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
         for (scale, unit) in units {
-            if self.0 >= scale && self.0 % scale == 0 {
+            if self.0 >= scale && self.0.is_multiple_of(scale) {
                 return write!(f, "{}{}", self.0 / scale, unit);
             }
         }
@@ -330,7 +367,12 @@ mod tests {
     }
 
     fn bdf(bus: u8, device: u8, function: u8) -> Bdf {
-        Bdf { segment: 0, bus, device, function }
+        Bdf {
+            segment: 0,
+            bus,
+            device,
+            function,
+        }
     }
 
     fn nvme_bus() -> FakeBus {
@@ -401,7 +443,16 @@ mod tests {
         let f = describe(&b, nvme);
         assert!(f.is_nvme());
         assert_eq!(f.bars.len(), 2);
-        assert_eq!(f.bars[0], Bar { index: 0, kind: BarKind::Mem64, base: 0xfebf_0000, size: 0x4000, prefetchable: false });
+        assert_eq!(
+            f.bars[0],
+            Bar {
+                index: 0,
+                kind: BarKind::Mem64,
+                base: 0xfebf_0000,
+                size: 0x4000,
+                prefetchable: false
+            }
+        );
         assert_eq!(f.bars[1].kind, BarKind::Io);
         assert_eq!(f.bars[1].index, 4);
         assert_eq!(f.bars[1].size, 32);
@@ -411,7 +462,10 @@ mod tests {
         assert_eq!(f.capabilities.len(), 2);
         assert_eq!(f.interrupt_line, 11);
         let row = TableRow(&f).to_string();
-        assert!(row.contains("0000:00:03.0 1b36:0010 010802 NVMe (QEMU)"), "{row}");
+        assert!(
+            row.contains("0000:00:03.0 1b36:0010 010802 NVMe (QEMU)"),
+            "{row}"
+        );
         assert!(row.contains("BAR0=m64:0xfebf0000+16K"), "{row}");
     }
 

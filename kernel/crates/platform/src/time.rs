@@ -13,7 +13,11 @@ pub fn tsc_hz_from_pit(tsc_delta: u64, pit_ticks: u64) -> Option<u64> {
 }
 
 /// TSC frequency from CPUID leaf 0x15 (TSC/crystal ratio and crystal clock).
-pub fn tsc_hz_from_leaf15(eax_denominator: u32, ebx_numerator: u32, ecx_crystal_hz: u32) -> Option<u64> {
+pub fn tsc_hz_from_leaf15(
+    eax_denominator: u32,
+    ebx_numerator: u32,
+    ecx_crystal_hz: u32,
+) -> Option<u64> {
     if eax_denominator == 0 || ebx_numerator == 0 || ecx_crystal_hz == 0 {
         return None;
     }
