@@ -69,6 +69,8 @@ pub const MAX_REGIONS: usize = 128;
 pub const MAX_MODULES: usize = 8;
 pub const MAX_CMDLINE: usize = 2048;
 pub const MAX_NAME: usize = 128;
+/// Bound on table entries walked, whatever counts and lengths the loader claims.
+pub(crate) const MAX_WALK: u32 = 1024;
 
 /// Everything the kernel needs from the loader, copied out of the loader's
 /// structures so that their memory can be reused.
@@ -106,8 +108,29 @@ impl BootInfo {
         }
     }
 
-    pub(crate) fn push_module(&mut self, module: Module) {
-        if self.modules.push(module).is_err() {
+    /// Adds a module whose command line is the C string at `name` (0: none).
+    pub(crate) fn push_module_named(
+        &mut self,
+        mem: &impl PhysRead,
+        start: u64,
+        end: u64,
+        name: u64,
+    ) {
+        let (cmdline, cut) = if name != 0 {
+            read_cstr(mem, name)
+        } else {
+            (String::new(), false)
+        };
+        self.truncated |= cut;
+        if self
+            .modules
+            .push(Module {
+                start,
+                end,
+                cmdline,
+            })
+            .is_err()
+        {
             self.truncated = true;
         }
     }

@@ -1,7 +1,7 @@
 //! Multiboot1 information structure (Multiboot Specification 0.6.96, section 3.3).
 
 use crate::PhysRead;
-use crate::info::{BootError, BootInfo, MemKind, MemRegion, Module, Protocol, read_cstr};
+use crate::info::{BootError, BootInfo, MAX_WALK, MemKind, MemRegion, Protocol, read_cstr};
 
 const FLAG_MEM: u32 = 1 << 0;
 const FLAG_CMDLINE: u32 = 1 << 2;
@@ -18,9 +18,6 @@ const OFF_MODS_ADDR: u64 = 24;
 const OFF_MMAP_LENGTH: u64 = 44;
 const OFF_MMAP_ADDR: u64 = 48;
 const OFF_LOADER_NAME: u64 = 64;
-
-/// Bound on entries walked, whatever lengths the loader claims.
-const MAX_WALK: u32 = 1024;
 
 pub(crate) fn parse(mem: &impl PhysRead, mbi: u64) -> Result<BootInfo, BootError> {
     let field = |off: u64| {
@@ -83,17 +80,7 @@ pub(crate) fn parse(mem: &impl PhysRead, mbi: u64) -> Result<BootInfo, BootError
             let start = mem.read_u32(m).ok_or(BootError::Unreadable(m))? as u64;
             let end = mem.read_u32(m + 4).ok_or(BootError::Unreadable(m))? as u64;
             let string = mem.read_u32(m + 8).ok_or(BootError::Unreadable(m))? as u64;
-            let (cmdline, cut) = if string != 0 {
-                read_cstr(mem, string)
-            } else {
-                Default::default()
-            };
-            info.truncated |= cut;
-            info.push_module(Module {
-                start,
-                end: end.max(start),
-                cmdline,
-            });
+            info.push_module_named(mem, start, end.max(start), string);
         }
     }
 

@@ -1,7 +1,7 @@
 //! Xen PVH direct boot: `struct hvm_start_info` (xen/include/public/arch-x86/hvm/start_info.h).
 
 use crate::PhysRead;
-use crate::info::{BootError, BootInfo, MemKind, MemRegion, Module, Protocol, read_cstr};
+use crate::info::{BootError, BootInfo, MAX_WALK, MemKind, MemRegion, Protocol, read_cstr};
 
 const START_MAGIC: u32 = 0x336e_c578;
 
@@ -16,7 +16,6 @@ const OFF_MEMMAP_ENTRIES: u64 = 48;
 
 const MODLIST_ENTRY: u64 = 32;
 const MEMMAP_ENTRY: u64 = 24;
-const MAX_WALK: u32 = 1024;
 
 pub(crate) fn parse(mem: &impl PhysRead, si: u64) -> Result<BootInfo, BootError> {
     let u32_at = |off: u64| {
@@ -71,17 +70,7 @@ pub(crate) fn parse(mem: &impl PhysRead, si: u64) -> Result<BootInfo, BootError>
         let paddr = mem.read_u64(m).ok_or(BootError::Unreadable(m))?;
         let size = mem.read_u64(m + 8).ok_or(BootError::Unreadable(m))?;
         let string = mem.read_u64(m + 16).ok_or(BootError::Unreadable(m))?;
-        let (cmdline, cut) = if string != 0 {
-            read_cstr(mem, string)
-        } else {
-            Default::default()
-        };
-        info.truncated |= cut;
-        info.push_module(Module {
-            start: paddr,
-            end: paddr.saturating_add(size),
-            cmdline,
-        });
+        info.push_module_named(mem, paddr, paddr.saturating_add(size), string);
     }
     Ok(info)
 }

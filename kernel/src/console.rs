@@ -59,9 +59,17 @@ pub fn with_ring<R>(f: impl FnOnce(Option<&LogRing>) -> R) -> R {
 
 /// Writes raw text to the serial port (for banners and tables).
 pub fn write_str(s: &str) {
-    if let Some(uart) = SERIAL.lock().as_mut() {
-        send(uart, s.as_bytes());
-    }
+    with_serial(|uart| send(uart, s.as_bytes()));
+}
+
+/// Holds the port with interrupts off, so a handler that logs cannot spin on
+/// a lock its own CPU holds.
+fn with_serial(f: impl FnOnce(&mut Uart16550<PioBackend>)) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        if let Some(uart) = SERIAL.lock().as_mut() {
+            f(uart);
+        }
+    });
 }
 
 fn send(uart: &mut Uart16550<PioBackend>, bytes: &[u8]) {
@@ -104,15 +112,17 @@ impl Log for Logger {
             us % 1_000_000,
             record.args()
         );
-        if let Some(mut ring) = RING.try_lock()
-            && let Some(ring) = ring.as_mut()
-        {
-            ring.push(line.as_str());
-        }
-        if let Some(uart) = SERIAL.lock().as_mut() {
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            if let Some(mut ring) = RING.try_lock()
+                && let Some(ring) = ring.as_mut()
+            {
+                ring.push(line.as_str());
+            }
+        });
+        with_serial(|uart| {
             send(uart, line.as_str().as_bytes());
             send(uart, b"\n");
-        }
+        });
     }
 
     fn flush(&self) {}

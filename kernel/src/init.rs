@@ -63,13 +63,6 @@ extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
     for d in &cmdline.diagnostics {
         log::warn!("command line: {d}");
     }
-    let mut brand = [0u8; 48];
-    log::info!(
-        "cpu: {}; TSC {} MHz via {:?}",
-        arch::cpu::brand(&mut brand),
-        time::tsc_hz() / 1_000_000,
-        clock
-    );
 
     log::info!(
         "memory: {} usable, heap {} at {:#x}, {} free for DMA",
@@ -85,6 +78,18 @@ extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
     select_crc(settings.crc);
 
     let acpi = acpi::init(boot.rsdp);
+    let clock =
+        time::refine_with_pm_timer(clock, acpi.and_then(|a| a.fadt).and_then(|f| f.pm_timer));
+    if matches!(clock, time::Source::Assumed) {
+        log::warn!("no reference clock found: TSC assumed at 1 GHz, timestamps may be off");
+    }
+    let mut brand = [0u8; 48];
+    log::info!(
+        "cpu: {}; TSC {} MHz via {:?}",
+        arch::cpu::brand(&mut brand),
+        time::tsc_hz() / 1_000_000,
+        clock
+    );
     if let Some(a) = acpi {
         let sigs: heapless::String<512> =
             a.tables

@@ -157,8 +157,22 @@ fn time() -> Outcome {
     check((20_000..1_000_000).contains(&took), || {
         format!("20 ms spin took {took} us")
     })?;
+    // Cross-check the calibrated rate on an independent clock when there is one.
+    let mut cross = String::from("no ACPI PM timer to cross-check");
+    if let Some((port, wide)) = crate::acpi::info()
+        .and_then(|a| a.fadt)
+        .and_then(|f| f.pm_timer)
+    {
+        let pm =
+            crate::time::measure_with_pm_timer(port, wide).ok_or("ACPI PM timer does not count")?;
+        let ratio = pm as f64 / hz as f64;
+        check((0.9..1.1).contains(&ratio), || {
+            format!("TSC {hz} Hz but PM timer says {pm} Hz")
+        })?;
+        cross = format!("PM timer agrees within {:.1}%", (ratio - 1.0).abs() * 100.0);
+    }
     Ok(format!(
-        "TSC {} MHz, 20 ms spin measured {took} us",
+        "TSC {} MHz, 20 ms spin measured {took} us, {cross}",
         hz / 1_000_000
     ))
 }

@@ -16,6 +16,7 @@ static TSC_AT_ENTRY: AtomicU64 = AtomicU64::new(0);
 #[derive(Clone, Copy, Debug)]
 pub enum Source {
     Pit,
+    AcpiPmTimer,
     Leaf15,
     Leaf16,
     Hypervisor,
@@ -75,6 +76,44 @@ pub fn init(entry_tsc: u64) -> Source {
     };
     TSC_HZ.store(hz, Ordering::Relaxed);
     source
+}
+
+/// Measures the TSC against the ACPI PM timer for 10 ms; `None` if the timer
+/// does not move.
+pub fn measure_with_pm_timer(port: u16, wide: bool) -> Option<u64> {
+    const TICKS: u32 = (clock::PM_TIMER_HZ / 100) as u32;
+    const MAX_POLLS: u32 = 50_000_000;
+    let mut timer: Port<u32> = Port::new(port);
+    // SAFETY: the FADT names this port as the PM timer, a read-only counter.
+    let mut read = || unsafe { timer.read() };
+    let start = read();
+    let tsc0 = rdtsc();
+    for _ in 0..MAX_POLLS {
+        let ticks = clock::pm_timer_delta(start, read(), wide);
+        if ticks >= TICKS {
+            return clock::tsc_hz_from_pm_timer(rdtsc() - tsc0, ticks as u64);
+        }
+    }
+    None
+}
+
+/// Replaces an assumed TSC rate with one measured on the ACPI PM timer, once
+/// ACPI is known (machines without a PIT).
+pub fn refine_with_pm_timer(source: Source, pm_timer: Option<(u16, bool)>) -> Source {
+    let (Source::Assumed, Some((port, wide))) = (source, pm_timer) else {
+        return source;
+    };
+    match measure_with_pm_timer(port, wide) {
+        Some(hz) => {
+            TSC_HZ.store(hz, Ordering::Relaxed);
+            log::info!(
+                "TSC recalibrated on the ACPI PM timer: {} MHz",
+                hz / 1_000_000
+            );
+            Source::AcpiPmTimer
+        }
+        None => source,
+    }
 }
 
 fn from_cpuid() -> Option<(u64, Source)> {

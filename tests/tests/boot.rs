@@ -253,6 +253,22 @@ fn selftests_time_acpi() {
 
 #[test]
 #[ignore = "boots QEMU; run through cargo xtask test"]
+fn clock_without_a_pit_is_calibrated_on_the_acpi_pm_timer() {
+    let mut m = kernel_boot(kernel(), "test=time", None);
+    m.machine_type = "q35,pit=off".into();
+    let out = boot_expect(m, EXIT_SUCCESS);
+    assert_has(
+        &out,
+        &[
+            "TSC recalibrated on the ACPI PM timer",
+            "self-test time: PASS",
+            "PM timer agrees",
+        ],
+    );
+}
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
 fn page_fault_is_reported_with_cr2_and_backtrace() {
     let out = selftest("test=fault", EXIT_FAILURE);
     assert_has(

@@ -68,6 +68,8 @@ pub struct Fadt {
     pub acpi_enable: u8,
     pub reset: Option<(GenericAddress, u8)>,
     pub dsdt: u64,
+    /// ACPI PM timer I/O port (3.579545 MHz) and whether it counts 32 bits (else 24).
+    pub pm_timer: Option<(u16, bool)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -283,6 +285,13 @@ fn parse_fadt(t: &[u8]) -> Fadt {
         None
     };
     let x_dsdt = if t.len() >= 148 { le64(t, 140) } else { 0 };
+    const TMR_VAL_EXT: u32 = 1 << 8;
+    let x_pm_tmr = gas(t, 208)
+        .filter(|g| g.space == 1 && g.address != 0)
+        .map(|g| g.address as u32);
+    let pm_tmr = x_pm_tmr.unwrap_or(le32(t, 76));
+    let pm_timer =
+        (pm_tmr != 0 && pm_tmr <= 0xFFFF).then_some((pm_tmr as u16, flags & TMR_VAL_EXT != 0));
     Fadt {
         smi_cmd: le32(t, 48),
         acpi_enable: t.get(52).copied().unwrap_or(0),
@@ -294,6 +303,7 @@ fn parse_fadt(t: &[u8]) -> Fadt {
         } else {
             le32(t, 40) as u64
         },
+        pm_timer,
     }
 }
 
@@ -406,7 +416,8 @@ mod tests {
         put32(&mut fadt_body, 48, 0xB2);
         fadt_body[52 - HEADER_LEN] = 0xF1;
         put32(&mut fadt_body, 64, 0x604);
-        put32(&mut fadt_body, 112, 1 << 10);
+        put32(&mut fadt_body, 76, 0x608);
+        put32(&mut fadt_body, 112, 1 << 10 | 1 << 8);
         fadt_body[116 - HEADER_LEN] = 1;
         fadt_body[117 - HEADER_LEN] = 8;
         fadt_body[120 - HEADER_LEN] = 0xF9;
@@ -459,6 +470,7 @@ mod tests {
         );
         let f = info.fadt.unwrap();
         assert_eq!(f.pm1a_cnt, 0x604);
+        assert_eq!(f.pm_timer, Some((0x608, true)));
         assert_eq!(f.reset.unwrap().0.address, 0xCF9);
         assert_eq!(f.reset.unwrap().1, 0x0F);
         assert_eq!(info.s5, Some((0, 0)));

@@ -12,6 +12,23 @@ pub fn tsc_hz_from_pit(tsc_delta: u64, pit_ticks: u64) -> Option<u64> {
     plausible(hz)
 }
 
+/// The ACPI PM timer's clock.
+pub const PM_TIMER_HZ: u64 = 3_579_545;
+
+/// TSC frequency from a TSC delta measured over `pm_ticks` of the ACPI PM timer.
+pub fn tsc_hz_from_pm_timer(tsc_delta: u64, pm_ticks: u64) -> Option<u64> {
+    if pm_ticks == 0 {
+        return None;
+    }
+    plausible((tsc_delta as u128 * PM_TIMER_HZ as u128 / pm_ticks as u128) as u64)
+}
+
+/// Ticks between two PM timer readings of a 24- or 32-bit counter.
+pub fn pm_timer_delta(earlier: u32, later: u32, wide: bool) -> u32 {
+    let mask = if wide { u32::MAX } else { 0x00FF_FFFF };
+    later.wrapping_sub(earlier) & mask
+}
+
 /// TSC frequency from CPUID leaf 0x15 (TSC/crystal ratio and crystal clock).
 pub fn tsc_hz_from_leaf15(
     eax_denominator: u32,
@@ -69,6 +86,15 @@ mod tests {
         assert_eq!(tsc_hz_from_leaf16(2100), Some(2_100_000_000));
         assert_eq!(tsc_hz_from_leaf16(0), None);
         assert_eq!(tsc_hz_from_hypervisor(2_400_000), Some(2_400_000_000));
+    }
+
+    #[test]
+    fn pm_timer() {
+        assert_eq!(pm_timer_delta(0x00FF_FFF0, 0x10, false), 0x20);
+        assert_eq!(pm_timer_delta(0xFFFF_FFF0, 0x10, true), 0x20);
+        let hz = tsc_hz_from_pm_timer(23_000_000, PM_TIMER_HZ / 100).unwrap();
+        assert!((2_299_000_000..2_301_000_000).contains(&hz), "{hz}");
+        assert_eq!(tsc_hz_from_pm_timer(1, 0), None);
     }
 
     #[test]
