@@ -198,17 +198,18 @@ fn idle() -> ! {
     }
 }
 
-/// Leaves after a fatal error as the operator asked: in test mode through the
-/// debug-exit device, else reboot or halt.
+/// Leaves after a fatal error as the operator asked: reboot, or in test mode
+/// through the debug-exit device, or halt.
 pub fn fatal_exit() -> ! {
     let mut out = console::emergency();
-    if crate::settings::test_mode() {
-        let _ = writeln!(out, "fatal error in test mode: exiting with failure");
-        arch::debug_exit(ExitCode::Failure);
-    }
+    // panic=reboot wins over test mode, so tests can see the reset path too.
     if crate::settings::reboot_on_panic() {
         let _ = writeln!(out, "rebooting (panic=reboot)");
         acpi::reboot();
+    }
+    if crate::settings::test_mode() {
+        let _ = writeln!(out, "fatal error in test mode: exiting with failure");
+        arch::debug_exit(ExitCode::Failure);
     }
     let _ = writeln!(out, "halted (panic=halt)");
     arch::halt_forever()

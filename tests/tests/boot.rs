@@ -300,6 +300,14 @@ fn panic_is_reported_with_location_and_backtrace() {
 
 #[test]
 #[ignore = "boots QEMU; run through cargo xtask test"]
+fn panic_reboot_resets_the_machine() {
+    // -no-reboot turns the reset into a clean QEMU exit.
+    let out = selftest("test=panic panic=reboot", 0);
+    assert_has(&out, &["!!! PANIC at", "rebooting (panic=reboot)"]);
+}
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
 fn acpi_power_off_stops_the_machine() {
     let out = selftest("test=poweroff", 0);
     assert_has(&out, &["powering off through ACPI"]);
