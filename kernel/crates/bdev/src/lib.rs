@@ -1,0 +1,43 @@
+//! The block device layer, modelled on SPDK's bdev.
+//!
+//! Every block device, whatever drives it (NVMe, virtio-blk, RAM, a future
+//! logical volume or cache), implements [`BlockDevice`]: it describes itself
+//! with a [`BdevInfo`], accepts [`IoRequest`]s and hands back
+//! [`IoCompletion`]s when polled. Requests own their data buffer ([`IoBuf`])
+//! and get it back in the completion, so no borrow outlives a call and a
+//! driver can keep many requests in flight.
+//!
+//! Callers go through the [`Registry`], which names devices the SPDK way
+//! (`Nvme0n1`, `VirtioBlk0`, `Malloc0`, `Null0`), rejects bad requests (out of
+//! range, misaligned, unsupported, too large, writes to read-only devices) with
+//! an error completion instead of passing them down, and keeps per-device I/O
+//! statistics with latency histograms.
+//!
+//! Driving order, per poll-loop iteration: [`Registry::submit`] any number of
+//! requests, then [`Registry::poll`] to collect completions. Time comes in as
+//! microseconds from the caller; the layer owns no clock.
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod bench;
+mod buf;
+mod malloc;
+mod null;
+pub mod pattern;
+mod registry;
+mod rng;
+pub mod stats;
+mod types;
+
+pub use buf::IoBuf;
+pub use malloc::MallocBdev;
+pub use null::NullBdev;
+pub use registry::{BdevId, Registry, RegistryError};
+pub use rng::Rng;
+pub use stats::{IoStats, LatencyHistogram};
+pub use types::{
+    BdevInfo, BlockDevice, IoCompletion, IoOp, IoRequest, IoStatus, IoType, IoTypes, Uuid,
+};
