@@ -6,7 +6,7 @@
 
 use crate::arch::{self, ExitCode};
 use crate::settings::{CrcChoice, Settings};
-use crate::{acpi, console, mem, pci, selftest, time};
+use crate::{acpi, blktest, console, mem, pci, selftest, storage, time};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering};
 use ironbay_boot::BootInfo;
@@ -107,9 +107,10 @@ extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
             sigs
         );
     }
-    pci::init(acpi.map_or(&[], |a| a.ecam.as_slice()));
+    let devices = pci::init(acpi.map_or(&[], |a| a.ecam.as_slice()));
 
-    load_boot_config(&boot);
+    let config = load_boot_config(&boot);
+    let mut storage = storage::init(devices, config.as_ref());
 
     let entry_ms = time::uptime_us() as f64 / 1000.0;
     let reset_ms = time::since_reset_us() as f64 / 1000.0;
@@ -119,13 +120,16 @@ extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
     READY.store(true, Ordering::Relaxed);
 
     if let Some(name) = &settings.test {
-        let ok = selftest::run(name);
+        let ok = selftest::run(name, &mut storage, &settings);
         arch::debug_exit(if ok {
             ExitCode::Success
         } else {
             ExitCode::Failure
         });
         arch::halt_forever();
+    }
+    if let Some(jobs) = &settings.bench {
+        blktest::run_benchmarks(&mut storage, jobs);
     }
     idle()
 }

@@ -16,7 +16,11 @@ mod acpi;
 #[cfg(target_os = "none")]
 mod arch;
 #[cfg(target_os = "none")]
+mod blktest;
+#[cfg(target_os = "none")]
 mod console;
+#[cfg(target_os = "none")]
+mod drivers;
 #[cfg(target_os = "none")]
 mod init;
 #[cfg(target_os = "none")]
@@ -27,6 +31,8 @@ mod pci;
 mod selftest;
 #[cfg(target_os = "none")]
 mod settings;
+#[cfg(target_os = "none")]
+mod storage;
 #[cfg(target_os = "none")]
 mod time;
 

@@ -1,6 +1,7 @@
 //! PCI glue: config-space access through ports 0xCF8/0xCFC and through ECAM,
 //! the boot-time scan and its table.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use ironbay_platform::acpi::EcamRegion;
 use ironbay_platform::pci::{self, Bdf, ConfigAccess, Function, TableRow};
@@ -8,6 +9,10 @@ use spin::{Mutex, Once};
 use x86_64::instructions::port::Port;
 
 static DEVICES: Once<Vec<Function>> = Once::new();
+
+type Access = Box<dyn ConfigAccess + Send + Sync>;
+/// The configuration-space accessor of each PCI segment.
+static ACCESS: Once<Vec<(u16, Access)>> = Once::new();
 
 /// Legacy configuration mechanism #1: segment 0, 256 bytes per function.
 struct PortIo {
@@ -95,33 +100,57 @@ impl ConfigAccess for Ecam {
 
 /// Scans every bus (ECAM where ACPI describes it, else ports) and prints the table.
 pub fn init(ecam: &[EcamRegion]) -> &'static [Function] {
-    let mut found = Vec::new();
-    let mut via = "port I/O";
+    let mut access: Vec<(u16, Access)> = Vec::new();
     for r in ecam {
         let len = ((r.bus_end as u64 - r.bus_start as u64) + 1) << 20;
         match crate::mem::map_mmio(r.base, len) {
-            Ok(base) => {
-                let access = Ecam { region: *r, base };
-                found.extend(pci::scan(&access, r.segment, r.bus_start..=r.bus_end));
-                via = "ECAM";
-            }
+            Ok(base) => access.push((r.segment, Box::new(Ecam { region: *r, base }))),
             Err(e) => log::warn!("cannot map ECAM at {:#x}: {e:?}", r.base),
         }
     }
-    if via != "ECAM" {
-        found = pci::scan(
-            &PortIo {
-                lock: Mutex::new(()),
-            },
+    let via = if access.is_empty() {
+        "port I/O"
+    } else {
+        "ECAM"
+    };
+    if access.is_empty() {
+        access.push((
             0,
-            0..=255,
-        );
+            Box::new(PortIo {
+                lock: Mutex::new(()),
+            }),
+        ));
     }
+    let mut found = Vec::new();
+    for (segment, a) in &access {
+        let buses = ecam
+            .iter()
+            .find(|r| r.segment == *segment)
+            .map_or(0..=255, |r| r.bus_start..=r.bus_end);
+        found.extend(pci::scan(a.as_ref(), *segment, buses));
+    }
+    ACCESS.call_once(|| access);
     log::info!("{} PCI functions (config access via {via}):", found.len());
     for f in &found {
         log::info!("  {}", TableRow(f));
     }
     DEVICES.call_once(|| found)
+}
+
+/// The configuration-space accessor for `segment`.
+pub fn config(segment: u16) -> Option<&'static dyn ConfigAccess> {
+    ACCESS
+        .get()?
+        .iter()
+        .find(|(s, _)| *s == segment)
+        .map(|(_, a)| a.as_ref() as &dyn ConfigAccess)
+}
+
+/// Turns on memory decoding and bus mastering for a device we drive.
+pub fn enable_dma(f: &Function) {
+    if let Some(a) = config(f.bdf.segment) {
+        pci::enable(a, f.bdf, pci::CMD_MEMORY | pci::CMD_BUS_MASTER);
+    }
 }
 
 #[allow(dead_code, reason = "drivers look their devices up in later stages")]

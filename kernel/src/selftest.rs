@@ -3,27 +3,38 @@
 //! and `panic` exercise the fatal paths and so always end in 35 after their report.
 
 use crate::mem::dma::DmaBuffer;
+use crate::settings::Settings;
+use crate::storage::Storage;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
 type Outcome = Result<String, String>;
-type SelfTest = fn() -> Outcome;
+type SelfTest = fn(&mut Context<'_>) -> Outcome;
+
+/// What a self-test may use.
+pub struct Context<'a> {
+    pub storage: &'a mut Storage,
+    pub settings: &'a Settings,
+}
 
 const TESTS: &[(&str, SelfTest)] = &[
-    ("boot", || Ok("reached ready".into())),
-    ("crc", crc),
-    ("mem", mem),
-    ("time", time),
-    ("pci", pci),
-    ("acpi", acpi),
-    ("fault", fault),
-    ("panic", || panic!("self-test panic")),
-    ("poweroff", poweroff),
-    ("reboot", reboot),
+    ("boot", |_| Ok("reached ready".into())),
+    ("blk", |cx| crate::blktest::selftest(cx.storage)),
+    ("bench", bench),
+    ("crc", |_| crc()),
+    ("mem", |_| mem()),
+    ("time", |_| time()),
+    ("pci", |_| pci()),
+    ("acpi", |_| acpi()),
+    ("fault", |_| fault()),
+    ("panic", |_| panic!("self-test panic")),
+    ("poweroff", |_| poweroff()),
+    ("reboot", |_| reboot()),
 ];
 
-pub fn run(name: &str) -> bool {
+pub fn run(name: &str, storage: &mut Storage, settings: &Settings) -> bool {
+    let mut cx = Context { storage, settings };
     let Some((_, test)) = TESTS.iter().find(|(n, _)| *n == name) else {
         let names: Vec<&str> = TESTS.iter().map(|t| t.0).collect();
         log::error!(
@@ -32,7 +43,7 @@ pub fn run(name: &str) -> bool {
         );
         return false;
     };
-    match test() {
+    match test(&mut cx) {
         Ok(detail) => {
             log::info!("self-test {name}: PASS ({detail})");
             true
@@ -217,4 +228,17 @@ fn poweroff() -> Outcome {
 fn reboot() -> Outcome {
     log::info!("self-test reboot: resetting the machine");
     crate::acpi::reboot()
+}
+
+fn bench(cx: &mut Context<'_>) -> Outcome {
+    let jobs = cx
+        .settings
+        .bench
+        .as_deref()
+        .ok_or("test=bench needs bench=JOBS")?;
+    if crate::blktest::run_benchmarks(cx.storage, jobs) {
+        Ok(format!("{} jobs", jobs.split(',').count()))
+    } else {
+        Err("a benchmark job failed or saw errors".into())
+    }
 }

@@ -17,6 +17,8 @@ pub struct Settings {
     pub reboot_on_panic: bool,
     pub test: Option<String>,
     pub crc: CrcChoice,
+    /// Benchmark jobs to run after ready.
+    pub bench: Option<String>,
 }
 
 static REBOOT_ON_PANIC: AtomicBool = AtomicBool::new(false);
@@ -39,6 +41,7 @@ impl Settings {
                 Some("hw") => CrcChoice::Hardware,
                 _ => CrcChoice::Auto,
             },
+            bench: c.get("bench").map(String::from),
         };
         REBOOT_ON_PANIC.store(s.reboot_on_panic, Ordering::Relaxed);
         TEST_MODE.store(s.test.is_some(), Ordering::Relaxed);

@@ -22,7 +22,11 @@ pub enum Accel {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiskKind {
-    Nvme,
+    /// Namespace `nsid` of NVMe controller number `controller`.
+    Nvme {
+        controller: u8,
+        nsid: u32,
+    },
     VirtioBlk,
 }
 
@@ -30,6 +34,31 @@ pub enum DiskKind {
 pub struct Disk {
     pub kind: DiskKind,
     pub path: PathBuf,
+    /// Logical block size if not 512.
+    pub block_size: Option<u32>,
+}
+
+impl Disk {
+    pub fn nvme(controller: u8, nsid: u32, path: PathBuf) -> Self {
+        Disk {
+            kind: DiskKind::Nvme { controller, nsid },
+            path,
+            block_size: None,
+        }
+    }
+
+    pub fn virtio(path: PathBuf) -> Self {
+        Disk {
+            kind: DiskKind::VirtioBlk,
+            path,
+            block_size: None,
+        }
+    }
+
+    pub fn with_block_size(mut self, bs: u32) -> Self {
+        self.block_size = Some(bs);
+        self
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -110,23 +139,25 @@ impl Machine {
         if self.no_reboot {
             push(&["-no-reboot"]);
         }
-        let (mut nvme, mut vblk) = (0, 0);
-        for d in &self.disks {
-            let (id, dev) = match d.kind {
-                DiskKind::Nvme => {
-                    nvme += 1;
-                    let id = format!("nvme{}", nvme - 1);
-                    let dev = format!("nvme,serial=IRONBAY{:04},drive={id}", nvme - 1);
-                    (id, dev)
-                }
-                DiskKind::VirtioBlk => {
-                    vblk += 1;
-                    let id = format!("vblk{}", vblk - 1);
-                    let dev = format!("virtio-blk-pci,drive={id}");
-                    (id, dev)
-                }
-            };
+        let mut controllers: Vec<u8> = Vec::new();
+        for (i, d) in self.disks.iter().enumerate() {
+            let id = format!("disk{i}");
             let drive = format!("if=none,id={id},format=raw,file={}", d.path.display());
+            let bs = d.block_size.map_or(String::new(), |b| {
+                format!(",logical_block_size={b},physical_block_size={b}")
+            });
+            let dev = match d.kind {
+                DiskKind::Nvme { controller, nsid } => {
+                    if !controllers.contains(&controller) {
+                        controllers.push(controller);
+                        let ctrl =
+                            format!("nvme,id=nvme{controller},serial=IRONBAY{controller:04}");
+                        push(&["-device", &ctrl]);
+                    }
+                    format!("nvme-ns,drive={id},bus=nvme{controller},nsid={nsid}{bs}")
+                }
+                DiskKind::VirtioBlk => format!("virtio-blk-pci,drive={id}{bs}"),
+            };
             push(&["-drive", &drive, "-device", &dev]);
         }
         let tftp = match &self.boot {

@@ -3,7 +3,7 @@
 //! which builds the images first.
 
 use ironbay_tests::images::{kernel, kernel_pvh, require};
-use ironbay_tests::machine::{Boot, Disk, DiskKind, Machine, sparse_disk};
+use ironbay_tests::machine::{Boot, Disk, Machine, sparse_disk};
 use ironbay_tests::serial::Running;
 use ironbay_tests::{EXIT_FAILURE, EXIT_SUCCESS, READY, pxe};
 use std::path::{Path, PathBuf};
@@ -126,14 +126,11 @@ fn pxe_boot_through_ipxe_reaches_ready() {
 
 fn with_devices(mut m: Machine, name: &str) -> Machine {
     let dir = scratch(name);
-    for (kind, file) in [
-        (DiskKind::Nvme, "nvme0.img"),
-        (DiskKind::VirtioBlk, "vblk0.img"),
-    ] {
-        let path = dir.join(file);
-        sparse_disk(&path, 64 << 20).unwrap();
-        m.disks.push(Disk { kind, path });
+    for file in ["nvme0.img", "vblk0.img"] {
+        sparse_disk(&dir.join(file), 64 << 20).unwrap();
     }
+    m.disks.push(Disk::nvme(0, 1, dir.join("nvme0.img")));
+    m.disks.push(Disk::virtio(dir.join("vblk0.img")));
     m
 }
 

@@ -61,6 +61,37 @@ impl DmaBuffer {
     }
 }
 
+#[allow(dead_code, reason = "used by the block and network drivers")]
+impl DmaBuffer {
+    /// Copies bytes the device may have written, with volatile loads so the
+    /// compiler cannot reuse an earlier read. Panics if out of range.
+    pub fn read_volatile(&self, off: usize, out: &mut [u8]) {
+        assert!(
+            off.checked_add(out.len())
+                .is_some_and(|end| end <= self.len),
+            "DMA read out of range"
+        );
+        let base = (self.phys as usize + off) as *const u8;
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: in range of this buffer's mapped frames (checked above).
+            *b = unsafe { core::ptr::read_volatile(base.add(i)) };
+        }
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
+    }
+
+    /// Copies bytes for the device to read; the fence orders them before any
+    /// later doorbell write. Panics if out of range.
+    pub fn write(&mut self, off: usize, data: &[u8]) {
+        assert!(
+            off.checked_add(data.len())
+                .is_some_and(|end| end <= self.len),
+            "DMA write out of range"
+        );
+        self.as_mut_slice()[off..off + data.len()].copy_from_slice(data);
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+    }
+}
+
 impl Drop for DmaBuffer {
     fn drop(&mut self) {
         FRAMES.lock().free(self.phys, self.len as u64);

@@ -1,9 +1,13 @@
 //! `run` and `pxe`: boot the appliance by hand.
 
 use crate::{build, prereq, workspace_root};
-use ironbay_tests::machine::{
-    Accel, Boot, DATA_PORTS, Disk, DiskKind, MGMT_PORTS, Machine, sparse_disk,
-};
+use ironbay_tests::machine::{Accel, Boot, DATA_PORTS, Disk, MGMT_PORTS, Machine, sparse_disk};
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Nvme,
+    Virtio,
+}
 use ironbay_tests::pxe;
 use std::path::PathBuf;
 
@@ -103,8 +107,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut explicit = o.disks.iter();
     let mut disks = Vec::new();
     for (kind, count, prefix) in [
-        (DiskKind::Nvme, o.nvme, "nvme"),
-        (DiskKind::VirtioBlk, o.virtio_blk, "vblk"),
+        (Kind::Nvme, o.nvme, "nvme"),
+        (Kind::Virtio, o.virtio_blk, "vblk"),
     ] {
         for i in 0..count {
             let path = match explicit.next() {
@@ -115,7 +119,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
                     p
                 }
             };
-            disks.push(Disk { kind, path });
+            // Each NVMe disk is namespace 1 of its own controller.
+            disks.push(match kind {
+                Kind::Nvme => Disk::nvme(i as u8, 1, path),
+                Kind::Virtio => Disk::virtio(path),
+            });
         }
     }
 

@@ -101,6 +101,20 @@ impl Uuid {
     pub fn is_nil(&self) -> bool {
         self.0 == [0; 16]
     }
+
+    /// Parses the RFC 4122 text form (`8-4-4-4-12` hex digits).
+    pub fn parse(s: &str) -> Option<Uuid> {
+        let groups: Vec<&str> = s.split('-').collect();
+        if groups.iter().map(|g| g.len()).collect::<Vec<_>>() != [8, 4, 4, 4, 12] {
+            return None;
+        }
+        let hex: String = groups.concat();
+        let mut u = [0u8; 16];
+        for (i, b) in u.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Uuid(u))
+    }
 }
 
 impl fmt::Display for Uuid {
@@ -284,6 +298,15 @@ mod tests {
         assert_eq!(s.len(), 36);
         assert_eq!(&s[14..15], "8");
         assert!(Uuid::default().is_nil());
+        assert_eq!(Uuid::parse(&s), Some(a));
+        for bad in [
+            "",
+            "0-0-0-0-0",
+            "zzzzzzzz-0000-0000-0000-000000000000",
+            "00000000-0000-0000-0000-0000000000000",
+        ] {
+            assert_eq!(Uuid::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -60,6 +60,16 @@ fn is_name(v: &str) -> Result<(), &'static str> {
         Err("expected 1-64 characters of [A-Za-z0-9._-]")
     }
 }
+fn is_bench_list(v: &str) -> Result<(), &'static str> {
+    let ok = v
+        .split(',')
+        .all(|job| job.parse::<ironbay_bdev::bench::BenchSpec>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err("expected BDEV:WORKLOAD:BLOCK_SIZE:QUEUE_DEPTH:SECONDS[,...]")
+    }
+}
 fn is_percent(v: &str) -> Result<(), &'static str> {
     match v.parse::<u8>() {
         Ok(p) if (10..=90).contains(&p) => Ok(()),
@@ -93,6 +103,11 @@ pub static OPTIONS: &[OptionSpec] = &[
         key: "heap",
         check: is_percent,
         help: "percent of free memory given to the heap",
+    },
+    OptionSpec {
+        key: "bench",
+        check: is_bench_list,
+        help: "block benchmarks to run after ready: BDEV:WORKLOAD:BLOCK_SIZE:QUEUE_DEPTH:SECONDS,...",
     },
     OptionSpec {
         key: "mgmt.ip",
@@ -341,6 +356,21 @@ mod tests {
             let _ = Cmdline::parse(line);
         }
         assert!(Cmdline::parse("").diagnostics.is_empty());
+    }
+
+    #[test]
+    fn bench_jobs_are_checked() {
+        assert!(
+            Cmdline::parse("k bench=Nvme0n1:randread:4k:32:10,Malloc0:verify:512:1:1")
+                .diagnostics
+                .is_empty()
+        );
+        assert_eq!(
+            Cmdline::parse("k bench=Nvme0n1:randread:4k:32")
+                .diagnostics
+                .len(),
+            1
+        );
     }
 
     #[test]

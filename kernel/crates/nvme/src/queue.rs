@@ -127,14 +127,19 @@ impl<D: DmaRegion> QueuePair<D> {
     ) -> usize {
         let mut n = 0;
         loop {
+            // The phase tag first: the rest of the entry is only valid once it
+            // has flipped, and the device may still be writing it otherwise.
+            let at = self.head as usize * 16;
+            let mut status = [0u8; 2];
+            self.cq.read(at + 14, &mut status);
+            if (u16::from_le_bytes(status) & 1 != 0) != self.phase {
+                break;
+            }
             let mut raw = [0u8; 16];
-            self.cq.read(self.head as usize * 16, &mut raw);
+            self.cq.read(at, &mut raw);
             let Ok(cqe) = Completion::read_from_bytes(&raw) else {
                 break;
             };
-            if cqe.phase() != self.phase {
-                break;
-            }
             self.head += 1;
             if self.head == self.depth {
                 self.head = 0;

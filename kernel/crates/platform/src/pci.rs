@@ -131,7 +131,7 @@ pub fn class_name(class: u8, subclass: u8) -> &'static str {
 
 /// Every function on `buses` of `segment`.
 pub fn scan(
-    cfg: &impl ConfigAccess,
+    cfg: &(impl ConfigAccess + ?Sized),
     segment: u16,
     buses: core::ops::RangeInclusive<u8>,
 ) -> Vec<Function> {
@@ -164,13 +164,13 @@ pub fn scan(
     out
 }
 
-fn vendor(cfg: &impl ConfigAccess, bdf: Bdf) -> Option<u16> {
+fn vendor(cfg: &(impl ConfigAccess + ?Sized), bdf: Bdf) -> Option<u16> {
     let v = cfg.read32(bdf, 0) as u16;
     (v != 0xFFFF && v != 0).then_some(v)
 }
 
 /// Reads identity, BARs (sized with decoding off) and capabilities.
-pub fn describe(cfg: &impl ConfigAccess, bdf: Bdf) -> Function {
+pub fn describe(cfg: &(impl ConfigAccess + ?Sized), bdf: Bdf) -> Function {
     let id = cfg.read32(bdf, 0);
     let class = cfg.read32(bdf, 0x08);
     let header_type = ((cfg.read32(bdf, 0x0C) >> 16) & 0x7f) as u8;
@@ -196,7 +196,7 @@ pub fn describe(cfg: &impl ConfigAccess, bdf: Bdf) -> Function {
     }
 }
 
-fn probe_bars(cfg: &impl ConfigAccess, bdf: Bdf, slots: u8) -> Vec<Bar> {
+fn probe_bars(cfg: &(impl ConfigAccess + ?Sized), bdf: Bdf, slots: u8) -> Vec<Bar> {
     let cmd = cfg.read32(bdf, COMMAND);
     // Sizing writes all-ones into live BARs: stop decoding while we do it.
     cfg.write32(bdf, COMMAND, cmd & !((CMD_IO | CMD_MEMORY) as u32));
@@ -258,7 +258,7 @@ fn probe_bars(cfg: &impl ConfigAccess, bdf: Bdf, slots: u8) -> Vec<Bar> {
     bars
 }
 
-fn capabilities(cfg: &impl ConfigAccess, bdf: Bdf) -> Vec<(u8, u8)> {
+fn capabilities(cfg: &(impl ConfigAccess + ?Sized), bdf: Bdf) -> Vec<(u8, u8)> {
     let mut caps = Vec::new();
     if cfg.read32(bdf, COMMAND) & STATUS_CAP_LIST == 0 {
         return caps;
@@ -277,7 +277,7 @@ fn capabilities(cfg: &impl ConfigAccess, bdf: Bdf) -> Vec<(u8, u8)> {
 }
 
 /// Sets command bits (memory decoding, bus mastering, ...) for a device we drive.
-pub fn enable(cfg: &impl ConfigAccess, bdf: Bdf, bits: u16) {
+pub fn enable(cfg: &(impl ConfigAccess + ?Sized), bdf: Bdf, bits: u16) {
     let v = cfg.read32(bdf, COMMAND);
     cfg.write32(bdf, COMMAND, (v & 0xFFFF) | bits as u32);
 }

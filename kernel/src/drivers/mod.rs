@@ -1,0 +1,4 @@
+//! Device glue: the environments (HALs) our driver crates run against.
+
+pub mod nvme;
+pub mod virtio;

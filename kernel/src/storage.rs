@@ -1,0 +1,193 @@
+//! Storage bring-up: finds NVMe and virtio-blk devices on PCI, attaches them,
+//! creates the RAM and null bdevs the boot config asks for, and owns the
+//! registry every target will use.
+
+use crate::drivers::{nvme, virtio};
+use crate::{mem, pci};
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use ironbay_bdev::{BdevId, IoCompletion, Registry};
+use ironbay_config::BootConfig;
+use ironbay_nvme::{Controller, NvmeBdev, Options};
+use ironbay_platform::pci::{Function, Size};
+use ironbay_virtio_blk::VirtioBlk;
+use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
+
+pub struct Storage {
+    pub bdevs: Registry,
+    controllers: Vec<Rc<RefCell<Controller<nvme::Hal>>>>,
+    completions: Vec<(BdevId, IoCompletion)>,
+}
+
+impl Storage {
+    /// Polls every device once; completions land in `out`.
+    pub fn poll(&mut self, out: &mut Vec<(BdevId, IoCompletion)>) -> usize {
+        self.bdevs.poll(crate::time::uptime_us(), out)
+    }
+
+    /// Runs one request to completion; `None` on timeout. For start-up and
+    /// self-tests: nothing else may be in flight, since other completions of
+    /// the same polls are dropped.
+    pub fn run(
+        &mut self,
+        id: BdevId,
+        op: ironbay_bdev::IoOp,
+        timeout_us: u64,
+    ) -> Option<IoCompletion> {
+        let now = crate::time::uptime_us;
+        let deadline = now() + timeout_us;
+        let mut pending = Some(ironbay_bdev::IoRequest {
+            tag: u64::MAX,
+            op,
+            fua: false,
+        });
+        let mut out = core::mem::take(&mut self.completions);
+        let mut result = None;
+        while now() < deadline {
+            if let Some(req) = pending.take()
+                && let Err(back) = self.bdevs.submit(id, req, now())
+            {
+                pending = Some(back);
+            }
+            out.clear();
+            self.poll(&mut out);
+            if pending.is_none()
+                && let Some(i) = out.iter().position(|(i, c)| *i == id && c.tag == u64::MAX)
+            {
+                result = Some(out.swap_remove(i).1);
+                break;
+            }
+        }
+        self.completions = out;
+        result
+    }
+
+    pub fn nvme_controllers(&self) -> usize {
+        self.controllers.len()
+    }
+}
+
+fn is_virtio_blk(f: &Function) -> bool {
+    f.vendor == 0x1af4 && matches!(f.device, 0x1001 | 0x1042)
+}
+
+pub fn init(devices: &[Function], config: Option<&BootConfig>) -> Storage {
+    let mut s = Storage {
+        bdevs: Registry::new(),
+        controllers: Vec::new(),
+        completions: Vec::new(),
+    };
+    let (mut nvme_index, mut virtio_index) = (0, 0);
+    for f in devices {
+        if f.is_nvme() {
+            if let Err(e) = attach_nvme(&mut s, f, nvme_index) {
+                log::error!("Nvme{nvme_index} at {}: {e}; controller left alone", f.bdf);
+            }
+            nvme_index += 1;
+        } else if is_virtio_blk(f) {
+            let name = format!("VirtioBlk{virtio_index}");
+            if let Err(e) = attach_virtio_blk(&mut s, f, &name) {
+                log::error!("{name} at {}: {e}; device left alone", f.bdf);
+            }
+            virtio_index += 1;
+        }
+    }
+    if let Some(cfg) = config {
+        for (subsystem, call) in cfg.calls().filter(|(s, _)| *s == "bdev") {
+            // RAM bdevs may take half of what the heap has left.
+            let heap = mem::heap_stats();
+            let budget = (heap.size - heap.used) as u64 / 2;
+            match ironbay_config::apply::bdev_call(&mut s.bdevs, call, budget) {
+                Ok(name) => log::info!("{subsystem}: {} created {name}", call.method),
+                Err(e) => log::error!("{subsystem}: {} failed: {e}", call.method),
+            }
+        }
+    }
+    log::info!("{} block devices:", s.bdevs.ids().count());
+    for id in s.bdevs.ids() {
+        let Some(b) = s.bdevs.info(id) else { continue };
+        log::info!(
+            "  bdev {}: {} bytes ({} x {} B, {}), {}, uuid {}, io {}, qd {}, max io {}{}",
+            b.name,
+            b.size_bytes(),
+            b.num_blocks,
+            b.block_size,
+            Size(b.size_bytes()),
+            b.product,
+            b.uuid,
+            b.io_types,
+            b.queue_depth,
+            Size(b.max_transfer as u64),
+            if b.read_only { ", read-only" } else { "" }
+        );
+    }
+    s
+}
+
+fn attach_nvme(s: &mut Storage, f: &Function, index: usize) -> Result<(), String> {
+    let bar = f.bar(0).ok_or("no BAR0")?;
+    pci::enable_dma(f);
+    let base = mem::map_mmio(bar.base, bar.size).map_err(|e| format!("map BAR0: {e:?}"))?;
+    // SAFETY: BAR0 of this controller was just mapped uncached, and this
+    // driver is the only one that touches the device.
+    let hal = unsafe { nvme::Hal::new(base, bar.size) };
+    let ctrl = Controller::init(hal, Options::default()).map_err(|e| format!("{e}"))?;
+    let id = &ctrl.identity;
+    log::info!(
+        "Nvme{index} at {}: {} (serial {}, firmware {}), NVMe {}.{}, {} I/O queues of {}, max transfer {}, {} namespaces",
+        f.bdf,
+        id.model,
+        id.serial,
+        id.firmware,
+        ctrl.version >> 16,
+        (ctrl.version >> 8) & 0xff,
+        ctrl.io_queues(),
+        ctrl.io_depth(),
+        Size(ctrl.max_transfer() as u64),
+        ctrl.namespaces.len()
+    );
+    for note in &ctrl.notes {
+        log::warn!("Nvme{index}: {note}");
+    }
+    let namespaces = ctrl.namespaces.clone();
+    let queues = ctrl.io_queues().max(1);
+    let ctrl = Rc::new(RefCell::new(ctrl));
+    for (i, ns) in namespaces.iter().enumerate() {
+        let bdev = NvmeBdev::new(&ctrl, index, ns, i % queues);
+        if let Err(e) = s.bdevs.add(alloc::boxed::Box::new(bdev)) {
+            log::error!("Nvme{index}n{}: {e}", ns.nsid);
+        }
+    }
+    s.controllers.push(ctrl);
+    Ok(())
+}
+
+fn attach_virtio_blk(s: &mut Storage, f: &Function, name: &str) -> Result<(), String> {
+    let access = pci::config(f.bdf.segment).ok_or("no configuration access for its segment")?;
+    let mut root = PciRoot::new(virtio::Cam {
+        access,
+        segment: f.bdf.segment,
+    });
+    let df = DeviceFunction {
+        bus: f.bdf.bus,
+        device: f.bdf.device,
+        function: f.bdf.function,
+    };
+    pci::enable_dma(f);
+    let transport = PciTransport::new::<virtio::Hal, _>(&mut root, df)
+        .map_err(|e| format!("transport: {e}"))?;
+    let blk = VirtioBlk::<virtio::Hal, _>::new(transport, name).map_err(|e| format!("{e}"))?;
+    log::info!(
+        "{name} at {}: virtio-blk, features {:?}",
+        f.bdf,
+        blk.features_summary()
+    );
+    s.bdevs
+        .add(alloc::boxed::Box::new(blk))
+        .map_err(|e| format!("{e}"))?;
+    Ok(())
+}
