@@ -613,6 +613,14 @@ impl<H: NvmeHal> Controller<H> {
                 expired.push((owner, tag));
             }
         }
+        if !expired.is_empty() {
+            log::warn!(
+                "NVMe {}: {} command(s) got no answer in {} ms; their buffers stay reserved",
+                self.identity.serial,
+                expired.len(),
+                self.opts.io_timeout_us / 1000
+            );
+        }
         for (owner, tag) in &expired {
             self.event(*owner, Event::TimedOut { tag: *tag });
         }
@@ -625,6 +633,10 @@ impl<H: NvmeHal> Controller<H> {
     /// controller is disabled it no longer touches host memory, so buffers of
     /// timed-out commands are released too.
     fn fail(&mut self) {
+        log::error!(
+            "NVMe {}: controller fatal status; stopping it and failing its I/O",
+            self.identity.serial
+        );
         self.state = State::Failed;
         let _ = Self::disable(&self.hal, self.cap);
         let mut found: Vec<(u32, Event)> = Vec::new();
