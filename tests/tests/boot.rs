@@ -326,6 +326,6 @@ fn unknown_selftest_fails_clearly() {
     let out = selftest("test=nonesuch", EXIT_FAILURE);
     assert_has(
         &out,
-        &["self-test `nonesuch` does not exist; known: boot, crc"],
+        &["self-test `nonesuch` does not exist; known: boot, blk, bench, crc"],
     );
 }
