@@ -7,12 +7,15 @@
 //!   and by every test.
 //! - [`pxe`]: a TFTP folder with an iPXE script, the kernel and its config.
 //! - [`serial`]: a running machine whose console we read and wait on.
+//! - [`rig`]: the Linux guest rig (initiator and peer target) and its
+//!   private network.
 
 #![forbid(unsafe_code)]
 
 pub mod images;
 pub mod machine;
 pub mod pxe;
+pub mod rig;
 pub mod serial;
 
 /// QEMU's isa-debug-exit status for `ExitCode::Success` in the kernel.

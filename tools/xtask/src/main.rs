@@ -5,7 +5,8 @@
 //!   pxe DIR [options]     write a TFTP folder (iPXE script, kernel, config)
 //!   test                  lint, host unit tests, kernel build, QEMU tests
 //!   lint                  rustfmt --check and clippy -D warnings (host and kernel target)
-//!   bench boot [--runs N] boot-to-ready times, median of N boots
+//!   bench boot|blk|...    benchmarks (see USAGE)
+//!   rig build|shell       the Linux guest rig
 //!
 //! Host packages it needs are installed with apt-get when running as root;
 //! otherwise the exact command is printed.
@@ -15,6 +16,7 @@
 mod bench;
 mod build;
 mod prereq;
+mod rig;
 mod run;
 
 use std::process::{Command, ExitCode};
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
         "test" => test(rest),
         "lint" => lint(),
         "bench" => bench::bench(rest),
+        "rig" => rig::rig(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
@@ -67,7 +70,10 @@ const USAGE: &str = "usage: cargo xtask <command>
                            write a TFTP folder for iPXE
   test [FILTER]            lint, host tests, kernel build, QEMU tests
   lint                     rustfmt --check and clippy -D warnings
-  bench boot [--runs N]    boot-to-ready time, median of N boots (5)";
+  bench boot [--runs N]    boot-to-ready time, median of N boots (5)
+  bench blk [--seconds N]  in-kernel block benchmark on NVMe and virtio-blk
+  rig build                build the Linux guest (cached under target/rig)
+  rig shell SCRIPT         boot the guest, run SCRIPT in it, print its output";
 
 /// Runs a command, echoing it; fails on a non-zero exit.
 pub fn sh(cmd: &mut Command) -> Result<(), String> {
