@@ -47,5 +47,6 @@ lio() {
 lio vdb /dev/vdb 0
 lio null /dev/nullb1 1
 
+iperf3 -s -D
 echo PEER-READY
 while true; do sleep 3600; done

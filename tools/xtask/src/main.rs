@@ -15,6 +15,7 @@
 
 mod bench;
 mod build;
+mod peers;
 mod prereq;
 mod rig;
 mod run;
@@ -71,7 +72,10 @@ const USAGE: &str = "usage: cargo xtask <command>
   test [FILTER]            lint, host tests, kernel build, QEMU tests
   lint                     rustfmt --check and clippy -D warnings
   bench boot [--runs N]    boot-to-ready time, median of N boots (5)
-  bench blk [--seconds N]  in-kernel block benchmark on NVMe and virtio-blk
+  bench blk [--seconds N]  in-kernel block benchmark on NVMe and virtio-blk,
+                           side by side with fio in a Linux guest on virtio-blk
+  bench peers [--seconds N] [--runs N]
+                           Linux nvmet-tcp and LIO figures and the bridge ceiling
   rig build                build the Linux guest (cached under target/rig)
   rig shell SCRIPT         boot the guest, run SCRIPT in it, print its output";
 
@@ -132,6 +136,7 @@ fn test(rest: &[String]) -> Result<(), String> {
     let mut totals = Totals::default();
     totals.run(cargo().args(["test", "--workspace"]))?;
     let images = build::build(true)?;
+    rig::build()?;
     let mut c = cargo();
     c.args(["test", "-p", "ironbay-tests", "--tests", "--", "--ignored"]);
     c.args(rest);

@@ -212,3 +212,21 @@ fn bookworm_mirror() -> Option<String> {
     }
     None
 }
+
+/// The rig downloads Debian packages: make sure apt knows the kernel package.
+pub fn ensure_apt_lists() -> Result<(), String> {
+    let known = Command::new("apt-cache")
+        .args(["depends", "linux-image-amd64"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("Depends: linux-image-"))
+        .unwrap_or(false);
+    if known {
+        return Ok(());
+    }
+    if !is_root() {
+        return Err(
+            "apt has no package lists for the rig guest: run `apt-get update` as root".into(),
+        );
+    }
+    sh(Command::new("apt-get").args(["update", "-qq"]))
+}

@@ -9,6 +9,7 @@ pub fn cache_dir() -> PathBuf {
 }
 
 pub fn build() -> Result<guest::GuestImage, String> {
+    crate::prereq::ensure_apt_lists()?;
     let start = Instant::now();
     let image = guest::build(&cache_dir())?;
     let size = |p: &PathBuf| {
