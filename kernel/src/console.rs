@@ -97,7 +97,10 @@ impl Log for Logger {
         let mut line = Line::default();
         let us = crate::time::uptime_us();
         let module = record.target();
-        let module = module.strip_prefix("ironbay::").unwrap_or(module);
+        let module = module
+            .strip_prefix("ironbay::")
+            .or_else(|| module.strip_prefix("ironbay_"))
+            .unwrap_or(module);
         let level = match record.level() {
             Level::Error => "ERROR",
             Level::Warn => "WARN ",

@@ -26,6 +26,8 @@ mod init;
 #[cfg(target_os = "none")]
 mod mem;
 #[cfg(target_os = "none")]
+mod net;
+#[cfg(target_os = "none")]
 mod pci;
 #[cfg(target_os = "none")]
 mod selftest;

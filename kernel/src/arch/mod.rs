@@ -3,6 +3,7 @@
 
 pub mod cpu;
 pub mod gdt;
+pub mod lapic;
 pub mod pic;
 pub mod trap;
 

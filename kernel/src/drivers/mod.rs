@@ -2,3 +2,4 @@
 
 pub mod nvme;
 pub mod virtio;
+pub mod virtio_net;

@@ -70,6 +70,33 @@ fn is_bench_list(v: &str) -> Result<(), &'static str> {
         Err("expected BDEV:WORKLOAD:BLOCK_SIZE:QUEUE_DEPTH:SECONDS[,...]")
     }
 }
+fn is_ip_mode(v: &str) -> Result<(), &'static str> {
+    if v == "dhcp" { Ok(()) } else { is_cidr(v) }
+}
+fn is_ipv6_cidr(v: &str) -> Result<(), &'static str> {
+    let (a, p) = v.split_once('/').ok_or("expected ADDRESS/PREFIX")?;
+    core::net::Ipv6Addr::from_str(a).map_err(|_| "not an IPv6 address")?;
+    match p.parse::<u8>() {
+        Ok(p) if p <= 128 => Ok(()),
+        _ => Err("prefix is 0-128"),
+    }
+}
+fn is_mtu(v: &str) -> Result<(), &'static str> {
+    match v.parse::<u32>() {
+        Ok(m) if (576..=9000).contains(&m) => Ok(()),
+        _ => Err("MTU is 576-9000"),
+    }
+}
+fn is_diag(v: &str) -> Result<(), &'static str> {
+    let (mode, port) = v.split_once(':').ok_or("expected MODE:PORT")?;
+    if !["discard", "echo", "source"].contains(&mode) {
+        return Err("mode is discard|echo|source");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err("port is 1-65535"),
+    }
+}
 fn is_percent(v: &str) -> Result<(), &'static str> {
     match v.parse::<u8>() {
         Ok(p) if (10..=90).contains(&p) => Ok(()),
@@ -111,13 +138,43 @@ pub static OPTIONS: &[OptionSpec] = &[
     },
     OptionSpec {
         key: "mgmt.ip",
-        check: is_cidr,
-        help: "management NIC address, e.g. 10.0.2.15/24",
+        check: is_ip_mode,
+        help: "management NIC IPv4: dhcp or ADDRESS/PREFIX, e.g. 10.0.2.15/24",
     },
     OptionSpec {
         key: "mgmt.gw",
         check: is_ipv4,
-        help: "management NIC gateway",
+        help: "management NIC IPv4 gateway",
+    },
+    OptionSpec {
+        key: "mgmt.ip6",
+        check: is_ipv6_cidr,
+        help: "management NIC static IPv6 ADDRESS/PREFIX",
+    },
+    OptionSpec {
+        key: "mgmt.mtu",
+        check: is_mtu,
+        help: "management NIC MTU (576-9000)",
+    },
+    OptionSpec {
+        key: "data.ip",
+        check: is_ip_mode,
+        help: "first data NIC IPv4: dhcp or ADDRESS/PREFIX, e.g. 10.0.2.15/24",
+    },
+    OptionSpec {
+        key: "data.gw",
+        check: is_ipv4,
+        help: "first data NIC IPv4 gateway",
+    },
+    OptionSpec {
+        key: "data.ip6",
+        check: is_ipv6_cidr,
+        help: "first data NIC static IPv6 ADDRESS/PREFIX",
+    },
+    OptionSpec {
+        key: "data.mtu",
+        check: is_mtu,
+        help: "first data NIC MTU (576-9000)",
     },
     OptionSpec {
         key: "mgmt.allow",
@@ -125,14 +182,9 @@ pub static OPTIONS: &[OptionSpec] = &[
         help: "management clients allowed, CIDR list",
     },
     OptionSpec {
-        key: "data.ip",
-        check: is_cidr,
-        help: "first data NIC address",
-    },
-    OptionSpec {
-        key: "data.gw",
-        check: is_ipv4,
-        help: "first data NIC gateway",
+        key: "diag",
+        check: is_diag,
+        help: "TCP diagnostics service on the first data NIC: discard|echo|source:PORT",
     },
 ];
 
@@ -371,6 +423,27 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn network_options() {
+        let c = Cmdline::parse(
+            "k mgmt.ip=dhcp data.ip=10.0.3.15/24 data.mtu=9000 mgmt.ip6=fd00::2/64 diag=echo:7777",
+        );
+        assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+        for bad in [
+            "mgmt.ip=auto",
+            "data.mtu=100",
+            "mgmt.ip6=fd00::2",
+            "diag=echo:0",
+            "diag=ping:1",
+        ] {
+            assert_eq!(
+                Cmdline::parse(&alloc::format!("k {bad}")).diagnostics.len(),
+                1,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -155,7 +155,10 @@ impl<D: NetDriver> Stack<D> {
                     }
                 }
                 Some(dhcpv4::Event::Deconfigured) => {
-                    log::warn!("{}: DHCP lease lost", self.role.name());
+                    // smoltcp reports Deconfigured once at start; only a held lease is news.
+                    if self.ipv4().is_some() {
+                        log::warn!("{}: DHCP lease lost", self.role.name());
+                    }
                     self.iface
                         .update_ip_addrs(|addrs| addrs.retain(|a| !matches!(a, IpCidr::Ipv4(_))));
                     self.iface.routes_mut().remove_default_ipv4_route();
