@@ -14,6 +14,13 @@ pub const DATA_PORTS: &[(u16, &str)] = &[
     (8009, "NVMe discovery"),
 ];
 
+/// Which NIC a port forward goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nic {
+    Mgmt,
+    Data,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accel {
     Tcg,
@@ -85,6 +92,8 @@ pub struct Machine {
     pub nics: bool,
     /// Forward the service ports from 127.0.0.1 (only one such VM at a time).
     pub forward_ports: bool,
+    /// Extra forwards from 127.0.0.1: (NIC, host port, guest port).
+    pub forwards: Vec<(Nic, u16, u16)>,
     pub boot: Boot,
     /// Exit on reset instead of rebooting (tests).
     pub no_reboot: bool,
@@ -103,6 +112,7 @@ impl Machine {
             disks: Vec::new(),
             nics: true,
             forward_ports: false,
+            forwards: Vec::new(),
             boot,
             no_reboot: true,
             interactive: false,
@@ -164,50 +174,31 @@ impl Machine {
             Boot::Pxe { tftp_dir } => Some(tftp_dir),
             Boot::Kernel { .. } => None,
         };
-        if self.nics || tftp.is_some() {
-            let fwd = |ports: &[(u16, &str)]| -> String {
-                if !self.forward_ports {
-                    return String::new();
+        let fwd = |nic: Nic, ports: &[(u16, &str)]| -> String {
+            let mut f = String::new();
+            if self.forward_ports {
+                for (p, _) in ports {
+                    f.push_str(&format!(",hostfwd=tcp:127.0.0.1:{p}-:{p}"));
                 }
-                ports
-                    .iter()
-                    .map(|(p, _)| format!(",hostfwd=tcp:127.0.0.1:{p}-:{p}"))
-                    .collect()
-            };
-            let mut mgmt = format!("user,id=mgmt,net=10.0.2.0/24{}", fwd(MGMT_PORTS));
-            if let Some(dir) = tftp {
-                mgmt.push_str(&format!(
-                    ",tftp={},bootfile={}",
-                    dir.display(),
-                    crate::pxe::SCRIPT
-                ));
             }
-            push(&[
-                "-netdev",
-                &mgmt,
-                "-device",
-                "virtio-net-pci,netdev=mgmt,mac=52:54:00:1b:00:01",
-            ]);
+            for (n, host, guest) in &self.forwards {
+                if *n == nic {
+                    f.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+                }
+            }
+            f
+        };
+        if self.nics || tftp.is_some() {
+            let mut mgmt = format!("user,id=mgmt,net=10.0.2.0/24{}", fwd(Nic::Mgmt, MGMT_PORTS));
+            if let Some(dir) = tftp {
+                mgmt.push_str(&format!(",tftp={},bootfile={}", dir.display(), crate::pxe::SCRIPT));
+            }
+            push(&["-netdev", &mgmt, "-device", "virtio-net-pci,netdev=mgmt,mac=52:54:00:1b:00:01"]);
         }
         if self.nics {
-            let data = format!(
-                "user,id=data0,net=10.0.3.0/24{}",
-                if self.forward_ports {
-                    DATA_PORTS
-                        .iter()
-                        .map(|(p, _)| format!(",hostfwd=tcp:127.0.0.1:{p}-:{p}"))
-                        .collect()
-                } else {
-                    String::new()
-                }
-            );
+            let data = format!("user,id=data0,net=10.0.3.0/24{}", fwd(Nic::Data, DATA_PORTS));
             // No option ROM on the data NIC: network boot is the management NIC's job.
-            push(&[
-                "-netdev",
-                &data,
-                "-device",
-                "virtio-net-pci,netdev=data0,mac=52:54:00:1b:01:01,romfile=",
-            ]);
+            push(&["-netdev", &data, "-device", "virtio-net-pci,netdev=data0,mac=52:54:00:1b:01:01,romfile="]);
         }
         match &self.boot {
             Boot::Kernel {
@@ -246,4 +237,9 @@ pub fn sparse_disk(path: &std::path::Path, size: u64) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::File::create(path)?.set_len(size)
+}
+
+/// A TCP port on 127.0.0.1 free right now (for hostfwd in parallel tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
