@@ -94,6 +94,9 @@ pub struct Machine {
     pub forward_ports: bool,
     /// Extra forwards from 127.0.0.1: (NIC, host port, guest port).
     pub forwards: Vec<(Nic, u16, u16)>,
+    /// Put the data NIC on this tap (in the caller's network namespace)
+    /// instead of user networking.
+    pub data_tap: Option<String>,
     pub boot: Boot,
     /// Exit on reset instead of rebooting (tests).
     pub no_reboot: bool,
@@ -113,6 +116,7 @@ impl Machine {
             nics: true,
             forward_ports: false,
             forwards: Vec::new(),
+            data_tap: None,
             boot,
             no_reboot: true,
             interactive: false,
@@ -191,14 +195,34 @@ impl Machine {
         if self.nics || tftp.is_some() {
             let mut mgmt = format!("user,id=mgmt,net=10.0.2.0/24{}", fwd(Nic::Mgmt, MGMT_PORTS));
             if let Some(dir) = tftp {
-                mgmt.push_str(&format!(",tftp={},bootfile={}", dir.display(), crate::pxe::SCRIPT));
+                mgmt.push_str(&format!(
+                    ",tftp={},bootfile={}",
+                    dir.display(),
+                    crate::pxe::SCRIPT
+                ));
             }
-            push(&["-netdev", &mgmt, "-device", "virtio-net-pci,netdev=mgmt,mac=52:54:00:1b:00:01"]);
+            push(&[
+                "-netdev",
+                &mgmt,
+                "-device",
+                "virtio-net-pci,netdev=mgmt,mac=52:54:00:1b:00:01",
+            ]);
         }
         if self.nics {
-            let data = format!("user,id=data0,net=10.0.3.0/24{}", fwd(Nic::Data, DATA_PORTS));
+            let data = match &self.data_tap {
+                Some(tap) => format!("tap,id=data0,ifname={tap},script=no,downscript=no"),
+                None => format!(
+                    "user,id=data0,net=10.0.3.0/24{}",
+                    fwd(Nic::Data, DATA_PORTS)
+                ),
+            };
             // No option ROM on the data NIC: network boot is the management NIC's job.
-            push(&["-netdev", &data, "-device", "virtio-net-pci,netdev=data0,mac=52:54:00:1b:01:01,romfile="]);
+            push(&[
+                "-netdev",
+                &data,
+                "-device",
+                "virtio-net-pci,netdev=data0,mac=52:54:00:1b:01:01,romfile=",
+            ]);
         }
         match &self.boot {
             Boot::Kernel {
@@ -241,5 +265,8 @@ pub fn sparse_disk(path: &std::path::Path, size: u64) -> std::io::Result<()> {
 
 /// A TCP port on 127.0.0.1 free right now (for hostfwd in parallel tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }

@@ -57,6 +57,10 @@ impl Running {
         })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the machine printed so far.
     pub fn output(&self) -> String {
         self.console.0.lock().unwrap().clone()

@@ -15,6 +15,7 @@
 
 mod bench;
 mod build;
+mod netbench;
 mod peers;
 mod prereq;
 mod rig;
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         "lint" => lint(),
         "bench" => bench::bench(rest),
         "rig" => rig::rig(rest),
+        "__net-client" => netbench::client(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
@@ -74,6 +76,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   bench boot [--runs N]    boot-to-ready time, median of N boots (5)
   bench blk [--seconds N]  in-kernel block benchmark on NVMe and virtio-blk,
                            side by side with fio in a Linux guest on virtio-blk
+  bench net [--seconds N]  TCP throughput both ways against Linux, idle CPU
   bench peers [--seconds N] [--runs N]
                            Linux nvmet-tcp and LIO figures and the bridge ceiling
   rig build                build the Linux guest (cached under target/rig)

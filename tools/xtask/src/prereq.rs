@@ -74,6 +74,14 @@ const NEEDS: &[Need] = &[
         probe: "objcopy",
         package: "binutils",
     },
+    Need {
+        probe: "ip",
+        package: "iproute2",
+    },
+    Need {
+        probe: "iperf3",
+        package: "iperf3",
+    },
 ];
 
 fn present(probe: &str) -> bool {
