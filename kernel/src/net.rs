@@ -3,7 +3,6 @@
 //! the command line, plus the diagnostics service on `data0` when asked for.
 
 use crate::drivers::{virtio, virtio_net::VirtioNic};
-use crate::pci;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -14,8 +13,6 @@ use ironbay_net::{Ipv4Mode, NicConfig, Role, Stack};
 use ironbay_platform::pci::Function;
 use smoltcp::time::Instant;
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr, Ipv6Address, Ipv6Cidr};
-use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 
 pub struct Network {
     pub stacks: Vec<Stack<VirtioNic>>,
@@ -73,20 +70,7 @@ fn describe(cfg: &NicConfig) -> String {
 }
 
 fn attach(f: &Function) -> Result<VirtioNic, String> {
-    let access = pci::config(f.bdf.segment).ok_or("no configuration access")?;
-    let mut root = PciRoot::new(virtio::Cam {
-        access,
-        segment: f.bdf.segment,
-    });
-    let df = DeviceFunction {
-        bus: f.bdf.bus,
-        device: f.bdf.device,
-        function: f.bdf.function,
-    };
-    pci::enable_dma(f);
-    let transport = PciTransport::new::<virtio::Hal, _>(&mut root, df)
-        .map_err(|e| format!("transport: {e}"))?;
-    VirtioNic::new(transport).map_err(|e| format!("{e}"))
+    VirtioNic::new(virtio::transport(f)?).map_err(|e| format!("{e}"))
 }
 
 pub fn init(devices: &[Function], c: &Cmdline) -> Network {

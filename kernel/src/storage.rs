@@ -14,8 +14,6 @@ use ironbay_config::BootConfig;
 use ironbay_nvme::{Controller, NvmeBdev, Options};
 use ironbay_platform::pci::{Function, Size};
 use ironbay_virtio_blk::VirtioBlk;
-use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 
 pub struct Storage {
     pub bdevs: Registry,
@@ -167,19 +165,7 @@ fn attach_nvme(s: &mut Storage, f: &Function, index: usize) -> Result<(), String
 }
 
 fn attach_virtio_blk(s: &mut Storage, f: &Function, name: &str) -> Result<(), String> {
-    let access = pci::config(f.bdf.segment).ok_or("no configuration access for its segment")?;
-    let mut root = PciRoot::new(virtio::Cam {
-        access,
-        segment: f.bdf.segment,
-    });
-    let df = DeviceFunction {
-        bus: f.bdf.bus,
-        device: f.bdf.device,
-        function: f.bdf.function,
-    };
-    pci::enable_dma(f);
-    let transport = PciTransport::new::<virtio::Hal, _>(&mut root, df)
-        .map_err(|e| format!("transport: {e}"))?;
+    let transport = virtio::transport(f)?;
     let blk = VirtioBlk::<virtio::Hal, _>::new(transport, name).map_err(|e| format!("{e}"))?;
     log::info!(
         "{name} at {}: virtio-blk, features {:?}",

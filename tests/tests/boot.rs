@@ -149,7 +149,11 @@ fn pci_table_lists_the_devices_given_over_ecam() {
             "BAR0=m64:",
         ],
     );
-    assert_eq!(out.matches("1af4:1000 020000 virtio-net").count(), 2, "two NICs\n{out}");
+    assert_eq!(
+        out.matches("1af4:1000 020000 virtio-net").count(),
+        2,
+        "two NICs\n{out}"
+    );
 }
 
 #[test]

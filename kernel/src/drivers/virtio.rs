@@ -77,3 +77,24 @@ impl ConfigurationAccess for Cam {
         }
     }
 }
+
+/// The virtio PCI transport of function `f`, with DMA enabled.
+pub fn transport(
+    f: &ironbay_platform::pci::Function,
+) -> Result<virtio_drivers::transport::pci::PciTransport, alloc::string::String> {
+    use virtio_drivers::transport::pci::bus::PciRoot;
+    let access =
+        crate::pci::config(f.bdf.segment).ok_or("no configuration access for its segment")?;
+    let mut root = PciRoot::new(Cam {
+        access,
+        segment: f.bdf.segment,
+    });
+    let df = DeviceFunction {
+        bus: f.bdf.bus,
+        device: f.bdf.device,
+        function: f.bdf.function,
+    };
+    crate::pci::enable_dma(f);
+    virtio_drivers::transport::pci::PciTransport::new::<Hal, _>(&mut root, df)
+        .map_err(|e| alloc::format!("transport: {e}"))
+}

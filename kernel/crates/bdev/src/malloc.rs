@@ -1,17 +1,10 @@
 //! RAM-backed bdev (SPDK's `bdev_malloc`): completes every request on the
 //! next poll.
 
-use crate::types::{
-    BdevInfo, BlockDevice, IoCompletion, IoOp, IoRequest, IoStatus, IoType, IoTypes, Uuid,
-};
+use crate::types::{BdevInfo, BlockDevice, IoCompletion, IoOp, IoRequest, IoStatus, Uuid};
 use alloc::collections::VecDeque;
-use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-
-/// Largest single transfer we accept for RAM devices.
-const MAX_TRANSFER: u32 = 32 << 20;
-const QUEUE_DEPTH: u32 = 4096;
 
 pub struct MallocBdev {
     info: BdevInfo,
@@ -23,27 +16,14 @@ impl MallocBdev {
     /// `num_blocks` zeroed blocks of `block_size` bytes. The caller checks the
     /// size against available memory first.
     pub fn new(name: &str, num_blocks: u64, block_size: u32) -> Self {
-        let io_types = IoTypes::empty()
-            .with(IoType::Read)
-            .with(IoType::Write)
-            .with(IoType::Flush)
-            .with(IoType::Unmap)
-            .with(IoType::WriteZeroes);
         MallocBdev {
-            info: BdevInfo {
-                name: String::from(name),
-                uuid: Uuid::from_name(&[b"malloc", name.as_bytes()]),
-                product: String::from("Malloc disk"),
-                block_size,
+            info: BdevInfo::in_memory(
+                name,
+                "Malloc disk",
+                Uuid::from_name(&[b"malloc", name.as_bytes()]),
                 num_blocks,
-                io_types,
-                max_transfer: MAX_TRANSFER,
-                max_unmap_blocks: u32::MAX,
-                max_write_zeroes_blocks: u32::MAX,
-                queue_depth: QUEUE_DEPTH,
-                write_cache: false,
-                read_only: false,
-            },
+                block_size,
+            ),
             data: vec![0; (num_blocks * block_size as u64) as usize],
             done: VecDeque::new(),
         }

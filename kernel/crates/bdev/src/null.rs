@@ -1,11 +1,8 @@
 //! Null bdev (SPDK's `bdev_null`): accepts everything, stores nothing. Reads
 //! leave the buffer as it was, as SPDK's does, so it measures pure overhead.
 
-use crate::types::{
-    BdevInfo, BlockDevice, IoCompletion, IoRequest, IoStatus, IoType, IoTypes, Uuid,
-};
+use crate::types::{BdevInfo, BlockDevice, IoCompletion, IoRequest, IoStatus, Uuid};
 use alloc::collections::VecDeque;
-use alloc::string::String;
 use alloc::vec::Vec;
 
 pub struct NullBdev {
@@ -15,27 +12,14 @@ pub struct NullBdev {
 
 impl NullBdev {
     pub fn new(name: &str, num_blocks: u64, block_size: u32) -> Self {
-        let io_types = IoTypes::empty()
-            .with(IoType::Read)
-            .with(IoType::Write)
-            .with(IoType::Flush)
-            .with(IoType::Unmap)
-            .with(IoType::WriteZeroes);
         NullBdev {
-            info: BdevInfo {
-                name: String::from(name),
-                uuid: Uuid::from_name(&[b"null", name.as_bytes()]),
-                product: String::from("Null disk"),
-                block_size,
+            info: BdevInfo::in_memory(
+                name,
+                "Null disk",
+                Uuid::from_name(&[b"null", name.as_bytes()]),
                 num_blocks,
-                io_types,
-                max_transfer: 32 << 20,
-                max_unmap_blocks: u32::MAX,
-                max_write_zeroes_blocks: u32::MAX,
-                queue_depth: 4096,
-                write_cache: false,
-                read_only: false,
-            },
+                block_size,
+            ),
             done: VecDeque::new(),
         }
     }

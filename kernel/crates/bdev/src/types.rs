@@ -152,6 +152,33 @@ pub struct BdevInfo {
 }
 
 impl BdevInfo {
+    /// A device that lives in memory (RAM or nothing at all): every I/O type,
+    /// 32 MiB transfers, a deep queue.
+    pub fn in_memory(
+        name: &str,
+        product: &str,
+        uuid: Uuid,
+        num_blocks: u64,
+        block_size: u32,
+    ) -> Self {
+        BdevInfo {
+            name: String::from(name),
+            uuid,
+            product: String::from(product),
+            block_size,
+            num_blocks,
+            io_types: IoType::ALL
+                .into_iter()
+                .fold(IoTypes::empty(), IoTypes::with),
+            max_transfer: 32 << 20,
+            max_unmap_blocks: u32::MAX,
+            max_write_zeroes_blocks: u32::MAX,
+            queue_depth: 4096,
+            write_cache: false,
+            read_only: false,
+        }
+    }
+
     pub fn size_bytes(&self) -> u64 {
         self.num_blocks * self.block_size as u64
     }

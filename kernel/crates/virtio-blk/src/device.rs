@@ -39,6 +39,32 @@ struct Slot {
     buf: Option<IoBuf>,
 }
 
+impl Slot {
+    /// The request's buffers as the device sees them: the ones it reads, then
+    /// the ones it writes, each with how many of the two places are used.
+    fn buffers(&mut self) -> ([&[u8]; 2], usize, [&mut [u8]; 2], usize) {
+        let Slot {
+            header,
+            segment,
+            status,
+            buf,
+            kind,
+            ..
+        } = self;
+        let header = header.as_bytes();
+        let data: &mut [u8] = match buf {
+            Some(b) => b.as_mut_slice(),
+            None => &mut [],
+        };
+        match kind {
+            Kind::Read => ([header, &[]], 1, [data, status], 2),
+            Kind::Write => ([header, data], 2, [status, &mut []], 1),
+            Kind::Bare => ([header, &[]], 1, [status, &mut []], 1),
+            Kind::Segment => ([header, segment.as_bytes()], 2, [status, &mut []], 1),
+        }
+    }
+}
+
 pub struct VirtioBlk<H: Hal, T: Transport> {
     transport: T,
     queue: VirtQueue<H, QUEUE_SIZE>,
@@ -215,29 +241,12 @@ impl<H: Hal, T: Transport> BlockDevice for VirtioBlk<H, T> {
         slot.kind = kind;
         slot.tag = req.tag;
         slot.buf = req.op.into_buf();
-        let Slot {
-            header,
-            segment,
-            status,
-            buf,
-            ..
-        } = slot;
-        let empty: &mut [u8] = &mut [];
-        let data = buf.as_mut().map_or(empty, |b| b.as_mut_slice());
+        let (inputs, ni, mut outputs, no) = slot.buffers();
         // SAFETY: every buffer handed to the device lives in `self.slots[i]`
         // (boxed, never moved or touched until this token is popped in `poll`)
         // or in the IoBuf that slot owns until then.
         #[allow(unsafe_code, reason = "virtqueue buffers must outlive the request")]
-        let token = unsafe {
-            match kind {
-                Kind::Read => self.queue.add(&[header.as_bytes()], &mut [data, status]),
-                Kind::Write => self.queue.add(&[header.as_bytes(), data], &mut [status]),
-                Kind::Bare => self.queue.add(&[header.as_bytes()], &mut [status]),
-                Kind::Segment => self
-                    .queue
-                    .add(&[header.as_bytes(), segment.as_bytes()], &mut [status]),
-            }
-        };
+        let token = unsafe { self.queue.add(&inputs[..ni], &mut outputs[..no]) };
         match token {
             Ok(token) => {
                 self.by_token[token as usize] = i;
@@ -274,38 +283,13 @@ impl<H: Hal, T: Transport> BlockDevice for VirtioBlk<H, T> {
             let Some(slot) = self.slots.get_mut(i as usize) else {
                 break;
             };
-            let kind = slot.kind;
-            let Slot {
-                header,
-                segment,
-                status,
-                buf,
-                ..
-            } = slot;
-            let empty: &mut [u8] = &mut [];
-            let data = buf.as_mut().map_or(empty, |b| b.as_mut_slice());
+            let (inputs, ni, mut outputs, no) = slot.buffers();
             // SAFETY: these are exactly the buffers `submit` added under this
             // token, rebuilt from the same slot.
             #[allow(unsafe_code, reason = "returning virtqueue buffers")]
             let popped = unsafe {
-                match kind {
-                    Kind::Read => {
-                        self.queue
-                            .pop_used(token, &[header.as_bytes()], &mut [data, status])
-                    }
-                    Kind::Write => {
-                        self.queue
-                            .pop_used(token, &[header.as_bytes(), data], &mut [status])
-                    }
-                    Kind::Bare => self
-                        .queue
-                        .pop_used(token, &[header.as_bytes()], &mut [status]),
-                    Kind::Segment => self.queue.pop_used(
-                        token,
-                        &[header.as_bytes(), segment.as_bytes()],
-                        &mut [status],
-                    ),
-                }
+                self.queue
+                    .pop_used(token, &inputs[..ni], &mut outputs[..no])
             };
             if popped.is_err() {
                 break;
