@@ -33,6 +33,11 @@ impl MallocBdev {
         self.info.uuid = uuid;
     }
 
+    /// Lowers the largest transfer (to exercise request splitting).
+    pub fn set_max_transfer(&mut self, bytes: u32) {
+        self.info.max_transfer = bytes;
+    }
+
     pub fn set_read_only(&mut self, ro: bool) {
         self.info.read_only = ro;
     }

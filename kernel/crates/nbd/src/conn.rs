@@ -1,0 +1,748 @@
+//! One NBD connection as a state machine.
+//!
+//! Driving order: feed received bytes to [`Connection::handle_input`] (it
+//! takes only what it can hold, so unconsumed bytes stay in the socket),
+//! start every [`Connection::poll_io`] request on the bdev layer, feed each
+//! completion to [`Connection::handle_completion`], and send what
+//! [`Connection::poll_output`] offers, calling
+//! [`Connection::consume_output`] for what was sent. Close the socket when
+//! [`Connection::finished`] says so.
+//!
+//! Memory is bounded: handshake data by the option length limit, write
+//! payloads go straight into their I/O buffers, and no new request is read
+//! while the data in flight or queued for output exceeds the limits.
+
+use crate::export::{Export, Exports, MAX_REQUEST};
+use crate::wire::{self, Reader, Request, chunk, cmd, errno, info, opt, rep};
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::vec::Vec;
+use ironbay_bdev::{BdevId, IoBuf, IoCompletion, IoOp, IoStatus, IoType};
+
+/// Largest option payload read; longer ones are skipped with ERR_TOO_BIG.
+const MAX_OPTION: usize = 64 * 1024;
+/// Options before the client must have picked an export.
+const MAX_OPTIONS: u32 = 512;
+/// Request payload bytes in flight or queued for sending before reading pauses.
+const MAX_BUFFERED: usize = 64 << 20;
+/// Requests in flight per connection.
+const MAX_REQUESTS: usize = 256;
+
+/// A block I/O the connection wants started.
+#[derive(Debug)]
+pub struct BlockIo {
+    pub tag: u64,
+    pub bdev: BdevId,
+    pub op: IoOp,
+    pub fua: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    ClientFlags,
+    Options,
+    Transmission,
+    /// No more input; finish what is in flight, flush, then close.
+    Draining,
+}
+
+enum Pending {
+    None,
+    /// A write whose payload is arriving.
+    Payload {
+        req: Request,
+        buf: IoBuf,
+        filled: usize,
+    },
+    /// Bytes to throw away (an oversized option or refused write payload).
+    Skip {
+        left: usize,
+    },
+}
+
+enum Out {
+    Bytes(Vec<u8>),
+    Data(IoBuf),
+}
+
+impl Out {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Out::Bytes(v) => v,
+            Out::Data(b) => b.as_slice(),
+        }
+    }
+}
+
+struct Command {
+    cookie: u64,
+    kind: u16,
+    offset: u64,
+    length: u32,
+    parts_left: u32,
+    error: u32,
+    /// Read data per part, in order.
+    data: Vec<Option<IoBuf>>,
+}
+
+pub struct Connection {
+    phase: Phase,
+    head: Vec<u8>,
+    pending: Pending,
+    out: VecDeque<Out>,
+    out_pos: usize,
+    out_bytes: usize,
+    no_zeroes: bool,
+    structured: bool,
+    base_allocation: bool,
+    options: u32,
+    export: Option<Export>,
+    ios: VecDeque<BlockIo>,
+    commands: Vec<Option<Command>>,
+    free: Vec<u32>,
+    in_flight_bytes: usize,
+    /// Why the connection ended early, for the log.
+    pub error: Option<&'static str>,
+}
+
+/// Reply to an unknown export, or any option error, carries no data.
+const META_ID: u32 = 1;
+const BASE_ALLOCATION: &str = "base:allocation";
+
+fn errno_of(s: IoStatus) -> u32 {
+    match s {
+        IoStatus::Success => 0,
+        IoStatus::OutOfRange => errno::ENOSPC,
+        IoStatus::Misaligned | IoStatus::TooLarge => errno::EINVAL,
+        IoStatus::Unsupported => errno::ENOTSUP,
+        IoStatus::ReadOnly => errno::EPERM,
+        IoStatus::NoMemory => errno::ENOMEM,
+        IoStatus::DeviceError(_) | IoStatus::Timeout | IoStatus::DeviceFailed => errno::EIO,
+    }
+}
+
+impl Connection {
+    /// A new connection; the greeting is queued for output.
+    pub fn new() -> Self {
+        let mut c = Connection {
+            phase: Phase::ClientFlags,
+            head: Vec::new(),
+            pending: Pending::None,
+            out: VecDeque::new(),
+            out_pos: 0,
+            out_bytes: 0,
+            no_zeroes: false,
+            structured: false,
+            base_allocation: false,
+            options: 0,
+            export: None,
+            ios: VecDeque::new(),
+            commands: Vec::new(),
+            free: Vec::new(),
+            in_flight_bytes: 0,
+            error: None,
+        };
+        let mut g = Vec::with_capacity(18);
+        g.extend(wire::NBDMAGIC.to_be_bytes());
+        g.extend(wire::IHAVEOPT.to_be_bytes());
+        g.extend((wire::FLAG_FIXED_NEWSTYLE | wire::FLAG_NO_ZEROES).to_be_bytes());
+        c.send(g);
+        c
+    }
+
+    fn send(&mut self, v: Vec<u8>) {
+        self.out_bytes += v.len();
+        self.out.push_back(Out::Bytes(v));
+    }
+
+    fn fail(&mut self, why: &'static str) {
+        self.error.get_or_insert(why);
+        self.phase = Phase::Draining;
+        self.pending = Pending::None;
+    }
+
+    /// The export in use once transmission started.
+    pub fn export(&self) -> Option<&Export> {
+        self.export.as_ref()
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight_bytes + self.out_bytes > MAX_BUFFERED
+            || self.commands.len() - self.free.len() >= MAX_REQUESTS
+    }
+
+    /// Takes bytes from the peer; returns how many were used. Fewer than
+    /// offered means "later": the rest must be offered again.
+    pub fn handle_input(&mut self, mut data: &[u8], exports: &Exports) -> usize {
+        let total = data.len();
+        while !data.is_empty() && self.phase != Phase::Draining {
+            match &mut self.pending {
+                Pending::Payload { buf, filled, .. } => {
+                    let n = (buf.len() - *filled).min(data.len());
+                    buf.as_mut_slice()[*filled..*filled + n].copy_from_slice(&data[..n]);
+                    *filled += n;
+                    data = &data[n..];
+                    if *filled == buf.len()
+                        && let Pending::Payload { req, buf, .. } =
+                            core::mem::replace(&mut self.pending, Pending::None)
+                    {
+                        self.start_write(req, buf);
+                    }
+                    continue;
+                }
+                Pending::Skip { left } => {
+                    let n = (*left).min(data.len());
+                    *left -= n;
+                    data = &data[n..];
+                    if *left == 0 {
+                        self.pending = Pending::None;
+                    }
+                    continue;
+                }
+                Pending::None => {}
+            }
+            if self.phase == Phase::Transmission && self.head.is_empty() && self.busy() {
+                break;
+            }
+            let need = match self.phase {
+                Phase::ClientFlags => 4,
+                Phase::Options if self.head.len() < 16 => 16,
+                Phase::Options => {
+                    16 + u32::from_be_bytes([
+                        self.head[12],
+                        self.head[13],
+                        self.head[14],
+                        self.head[15],
+                    ]) as usize
+                }
+                Phase::Transmission => wire::REQUEST_LEN,
+                Phase::Draining => break,
+            };
+            let n = need.saturating_sub(self.head.len()).min(data.len());
+            self.head.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.head.len() < need {
+                continue;
+            }
+            match self.phase {
+                Phase::ClientFlags => self.client_flags(),
+                Phase::Options if need == 16 => self.option_header(exports),
+                Phase::Options => self.option(exports),
+                Phase::Transmission => self.request(),
+                Phase::Draining => {}
+            }
+        }
+        total - data.len()
+    }
+
+    fn client_flags(&mut self) {
+        let f = u32::from_be_bytes([self.head[0], self.head[1], self.head[2], self.head[3]]);
+        self.head.clear();
+        if f & wire::FLAG_C_FIXED_NEWSTYLE == 0 {
+            return self.fail("client does not speak fixed newstyle");
+        }
+        self.no_zeroes = f & wire::FLAG_C_NO_ZEROES != 0;
+        self.phase = Phase::Options;
+    }
+
+    /// A complete 16-byte option header is in `head`: check it, and if the
+    /// payload is too large, refuse and skip it.
+    fn option_header(&mut self, exports: &Exports) {
+        let magic = u64::from_be_bytes(self.head[0..8].try_into().unwrap_or_default());
+        if magic != wire::IHAVEOPT {
+            return self.fail("bad option magic");
+        }
+        self.options += 1;
+        if self.options > MAX_OPTIONS {
+            return self.fail("too many options");
+        }
+        let option = u32::from_be_bytes([self.head[8], self.head[9], self.head[10], self.head[11]]);
+        let len = u32::from_be_bytes([self.head[12], self.head[13], self.head[14], self.head[15]])
+            as usize;
+        if len > MAX_OPTION {
+            self.head.clear();
+            self.pending = Pending::Skip { left: len };
+            self.send(wire::option_reply(option, rep::ERR_TOO_BIG, b""));
+        } else if len == 0 {
+            // Zero-length options are complete as they stand.
+            self.option(exports);
+        }
+    }
+
+    fn option(&mut self, exports: &Exports) {
+        let head = core::mem::take(&mut self.head);
+        let option = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
+        let data = &head[16..];
+        let reply = |kind| wire::option_reply(option, kind, b"");
+        match option {
+            opt::EXPORT_NAME => {
+                let name = String::from_utf8_lossy(data);
+                match exports.find(&name) {
+                    Some(e) => {
+                        let mut v = Vec::with_capacity(134);
+                        v.extend(e.size.to_be_bytes());
+                        v.extend(e.flags().to_be_bytes());
+                        if !self.no_zeroes {
+                            v.extend([0u8; 124]);
+                        }
+                        self.send(v);
+                        self.export = Some(e.clone());
+                        self.phase = Phase::Transmission;
+                    }
+                    // No error reply exists for EXPORT_NAME: the only answer is to close.
+                    None => self.fail("unknown export"),
+                }
+            }
+            opt::ABORT => {
+                self.send(reply(rep::ACK));
+                self.fail("client aborted");
+                self.error = None;
+            }
+            opt::LIST => {
+                if !data.is_empty() {
+                    return self.send(reply(rep::ERR_INVALID));
+                }
+                for e in &exports.list {
+                    let mut d = Vec::new();
+                    d.extend((e.name.len() as u32).to_be_bytes());
+                    d.extend(e.name.as_bytes());
+                    d.extend(e.description.as_bytes());
+                    self.send(wire::option_reply(option, rep::SERVER, &d));
+                }
+                self.send(reply(rep::ACK));
+            }
+            opt::STARTTLS => self.send(reply(rep::ERR_POLICY)),
+            opt::STRUCTURED_REPLY => {
+                if !data.is_empty() {
+                    return self.send(reply(rep::ERR_INVALID));
+                }
+                self.structured = true;
+                self.send(reply(rep::ACK));
+            }
+            opt::INFO | opt::GO => self.info_or_go(option, data, exports),
+            opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
+                self.meta_context(option, data, exports)
+            }
+            _ => self.send(reply(rep::ERR_UNSUP)),
+        }
+    }
+
+    fn info_or_go(&mut self, option: u32, data: &[u8], exports: &Exports) {
+        let mut r = Reader::new(data);
+        let parsed = (|| {
+            let len = r.u32()? as usize;
+            let name = r.bytes(len)?;
+            let n = r.u16()? as usize;
+            let mut wanted = Vec::new();
+            for _ in 0..n {
+                wanted.push(r.u16()?);
+            }
+            r.done()
+                .then_some((String::from_utf8_lossy(name).into_owned(), wanted))
+        })();
+        let Some((name, wanted)) = parsed else {
+            return self.send(wire::option_reply(option, rep::ERR_INVALID, b""));
+        };
+        let Some(e) = exports.find(&name).cloned() else {
+            return self.send(wire::option_reply(option, rep::ERR_UNKNOWN, b""));
+        };
+        let mut export = Vec::new();
+        export.extend(info::EXPORT.to_be_bytes());
+        export.extend(e.size.to_be_bytes());
+        export.extend(e.flags().to_be_bytes());
+        self.send(wire::option_reply(option, rep::INFO, &export));
+        if wanted.contains(&info::NAME) {
+            let mut d = info::NAME.to_be_bytes().to_vec();
+            d.extend(e.name.as_bytes());
+            self.send(wire::option_reply(option, rep::INFO, &d));
+        }
+        if wanted.contains(&info::DESCRIPTION) && !e.description.is_empty() {
+            let mut d = info::DESCRIPTION.to_be_bytes().to_vec();
+            d.extend(e.description.as_bytes());
+            self.send(wire::option_reply(option, rep::INFO, &d));
+        }
+        // Always sent: clients must not go below the bdev's block size.
+        let (min, pref, max) = e.block_sizes();
+        let mut d = info::BLOCK_SIZE.to_be_bytes().to_vec();
+        d.extend(min.to_be_bytes());
+        d.extend(pref.to_be_bytes());
+        d.extend(max.to_be_bytes());
+        self.send(wire::option_reply(option, rep::INFO, &d));
+        self.send(wire::option_reply(option, rep::ACK, b""));
+        if option == opt::GO {
+            self.export = Some(e);
+            self.phase = Phase::Transmission;
+        }
+    }
+
+    fn meta_context(&mut self, option: u32, data: &[u8], exports: &Exports) {
+        if option == opt::SET_META_CONTEXT && !self.structured {
+            return self.send(wire::option_reply(option, rep::ERR_INVALID, b""));
+        }
+        let mut r = Reader::new(data);
+        let parsed = (|| {
+            let len = r.u32()? as usize;
+            let name = r.bytes(len)?;
+            let n = r.u32()?;
+            let mut queries = Vec::new();
+            for _ in 0..n.min(256) {
+                let l = r.u32()? as usize;
+                queries.push(r.bytes(l)?);
+            }
+            (r.done() && n <= 256).then_some((String::from_utf8_lossy(name).into_owned(), queries))
+        })();
+        let Some((name, queries)) = parsed else {
+            return self.send(wire::option_reply(option, rep::ERR_INVALID, b""));
+        };
+        if exports.find(&name).is_none() {
+            return self.send(wire::option_reply(option, rep::ERR_UNKNOWN, b""));
+        }
+        // base:allocation is our only context; LIST with no queries lists all.
+        let matches = queries
+            .iter()
+            .any(|q| *q == b"base:" || *q == BASE_ALLOCATION.as_bytes())
+            || (option == opt::LIST_META_CONTEXT && queries.is_empty());
+        if option == opt::SET_META_CONTEXT {
+            self.base_allocation = matches;
+        }
+        if matches {
+            let mut d = META_ID.to_be_bytes().to_vec();
+            d.extend(BASE_ALLOCATION.as_bytes());
+            self.send(wire::option_reply(option, rep::META_CONTEXT, &d));
+        }
+        self.send(wire::option_reply(option, rep::ACK, b""));
+    }
+
+    fn request(&mut self) {
+        let mut raw = [0u8; wire::REQUEST_LEN];
+        raw.copy_from_slice(&self.head);
+        self.head.clear();
+        let Some(req) = Request::parse(&raw) else {
+            return self.fail("bad request magic");
+        };
+        let Some(e) = self.export.clone() else {
+            return self.fail("no export");
+        };
+        let write_like = matches!(req.kind, cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES);
+        let end = req.offset.checked_add(req.length as u64);
+        let bs = e.block_size as u64;
+        let check = || -> Result<(), u32> {
+            if req.kind == cmd::DISC || req.kind == cmd::FLUSH {
+                return Ok(());
+            }
+            if write_like && e.read_only {
+                return Err(errno::EPERM);
+            }
+            if req.length > MAX_REQUEST && matches!(req.kind, cmd::READ | cmd::WRITE) {
+                return Err(errno::EOVERFLOW);
+            }
+            match end {
+                Some(end) if end <= e.size => {}
+                _ => {
+                    return Err(if write_like {
+                        errno::ENOSPC
+                    } else {
+                        errno::EINVAL
+                    });
+                }
+            }
+            if !req.offset.is_multiple_of(bs) || !(req.length as u64).is_multiple_of(bs) {
+                return Err(errno::EINVAL);
+            }
+            if req.kind == cmd::BLOCK_STATUS && !self.base_allocation {
+                return Err(errno::EINVAL);
+            }
+            Ok(())
+        };
+        let verdict = check();
+        if req.kind == cmd::WRITE {
+            if let Err(err) = verdict {
+                // Refuse, but still read past the payload to stay in sync.
+                if req.length > MAX_REQUEST {
+                    self.reply_error(req.cookie, req.kind, err);
+                    return self.fail("write payload too large");
+                }
+                self.pending = Pending::Skip {
+                    left: req.length as usize,
+                };
+                return self.reply_error(req.cookie, req.kind, err);
+            }
+            if req.length == 0 {
+                return self.reply_done(req.cookie);
+            }
+            self.in_flight_bytes += req.length as usize;
+            self.pending = Pending::Payload {
+                req,
+                buf: IoBuf::new(req.length as usize),
+                filled: 0,
+            };
+            return;
+        }
+        if let Err(err) = verdict {
+            return self.reply_error(req.cookie, req.kind, err);
+        }
+        match req.kind {
+            cmd::DISC => self.phase = Phase::Draining,
+            cmd::READ if req.length == 0 => self.reply_done(req.cookie),
+            cmd::READ => {
+                self.in_flight_bytes += req.length as usize;
+                self.split(&e, req, |lba, bytes| IoOp::Read {
+                    lba,
+                    buf: IoBuf::new(bytes as usize),
+                });
+            }
+            cmd::FLUSH => self.split(&e, req, |_, _| IoOp::Flush),
+            cmd::CACHE => self.reply_done(req.cookie),
+            cmd::TRIM if !e.io_types.contains(IoType::Unmap) => self.reply_done(req.cookie),
+            cmd::TRIM | cmd::WRITE_ZEROES if req.length == 0 => self.reply_done(req.cookie),
+            cmd::TRIM => self.split(&e, req, |lba, bytes| IoOp::Unmap {
+                lba,
+                blocks: (bytes / bs) as u32,
+            }),
+            cmd::WRITE_ZEROES => {
+                if e.io_types.contains(IoType::WriteZeroes) {
+                    self.split(&e, req, |lba, bytes| IoOp::WriteZeroes {
+                        lba,
+                        blocks: (bytes / bs) as u32,
+                    });
+                } else if req.flags & cmd::FLAG_FAST_ZERO != 0 {
+                    self.reply_error(req.cookie, req.kind, errno::ENOTSUP);
+                } else {
+                    self.split(&e, req, |lba, bytes| IoOp::Write {
+                        lba,
+                        buf: IoBuf::new(bytes as usize),
+                    });
+                }
+            }
+            cmd::BLOCK_STATUS => self.block_status(req),
+            _ => self.reply_error(req.cookie, req.kind, errno::EINVAL),
+        }
+    }
+
+    fn new_command(&mut self, req: Request, parts: u32) -> u32 {
+        let c = Command {
+            cookie: req.cookie,
+            kind: req.kind,
+            offset: req.offset,
+            length: req.length,
+            parts_left: parts,
+            error: 0,
+            data: Vec::new(),
+        };
+        match self.free.pop() {
+            Some(i) => {
+                self.commands[i as usize] = Some(c);
+                i
+            }
+            None => {
+                self.commands.push(Some(c));
+                (self.commands.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Splits a request into bdev-sized pieces made by `op(lba, bytes)`.
+    fn split(&mut self, e: &Export, req: Request, op: impl Fn(u64, u64) -> IoOp) {
+        let bs = e.block_size as u64;
+        let limit = match req.kind {
+            cmd::TRIM => e.max_unmap_blocks as u64 * bs,
+            cmd::WRITE_ZEROES if e.io_types.contains(IoType::WriteZeroes) => {
+                e.max_write_zeroes_blocks as u64 * bs
+            }
+            _ => e.max_transfer as u64,
+        };
+        let chunk = (limit / bs).max(1) * bs;
+        let total = req.length as u64;
+        let parts = if req.kind == cmd::FLUSH {
+            1
+        } else {
+            total.div_ceil(chunk)
+        };
+        if parts > u16::MAX as u64 {
+            return self.reply_error(req.cookie, req.kind, errno::EOVERFLOW);
+        }
+        let id = self.new_command(req, parts as u32);
+        if req.kind == cmd::READ
+            && let Some(c) = self.commands[id as usize].as_mut()
+        {
+            c.data = (0..parts).map(|_| None).collect();
+        }
+        let fua = req.flags & cmd::FLAG_FUA != 0;
+        for p in 0..parts {
+            let off = p * chunk;
+            let bytes = chunk.min(total - off);
+            let tag = (id as u64) << 16 | p;
+            self.ios.push_back(BlockIo {
+                tag,
+                bdev: e.bdev,
+                op: op((req.offset + off) / bs, bytes),
+                fua,
+            });
+        }
+    }
+
+    fn start_write(&mut self, req: Request, buf: IoBuf) {
+        let Some(e) = self.export.clone() else { return };
+        let bs = e.block_size as u64;
+        if buf.len() as u64 <= e.max_transfer as u64 {
+            let id = self.new_command(req, 1);
+            let fua = req.flags & cmd::FLAG_FUA != 0;
+            self.ios.push_back(BlockIo {
+                tag: (id as u64) << 16,
+                bdev: e.bdev,
+                op: IoOp::Write {
+                    lba: req.offset / bs,
+                    buf,
+                },
+                fua,
+            });
+            return;
+        }
+        // Larger than one bdev transfer: copy into pieces.
+        let data = buf;
+        self.split(&e, req, |lba, bytes| {
+            let mut b = IoBuf::new(bytes as usize);
+            let start = (lba * bs - req.offset) as usize;
+            b.as_mut_slice()
+                .copy_from_slice(&data.as_slice()[start..start + bytes as usize]);
+            IoOp::Write { lba, buf: b }
+        });
+    }
+
+    /// base:allocation for the range: we do not track holes, so it is all data.
+    fn block_status(&mut self, req: Request) {
+        // One extent covers the whole range, which also satisfies REQ_ONE.
+        let len = req.length;
+        let mut v = Vec::with_capacity(20 + 12);
+        v.extend(wire::chunk_header(
+            chunk::FLAG_DONE,
+            chunk::BLOCK_STATUS,
+            req.cookie,
+            12,
+        ));
+        v.extend(META_ID.to_be_bytes());
+        v.extend(len.to_be_bytes());
+        v.extend(0u32.to_be_bytes());
+        self.send(v);
+    }
+
+    fn reply_done(&mut self, cookie: u64) {
+        self.send(wire::simple_reply(0, cookie).to_vec());
+    }
+
+    fn reply_error(&mut self, cookie: u64, kind: u16, err: u32) {
+        if self.structured && (kind == cmd::READ || kind == cmd::BLOCK_STATUS) {
+            let mut v = wire::chunk_header(chunk::FLAG_DONE, chunk::ERROR, cookie, 6).to_vec();
+            v.extend(err.to_be_bytes());
+            v.extend(0u16.to_be_bytes());
+            self.send(v);
+        } else {
+            self.send(wire::simple_reply(err, cookie).to_vec());
+        }
+    }
+
+    /// The next block I/O to start.
+    pub fn poll_io(&mut self) -> Option<BlockIo> {
+        self.ios.pop_front()
+    }
+
+    /// Gives back an I/O that could not be started yet (queue full).
+    pub fn retry_io(&mut self, io: BlockIo) {
+        self.ios.push_front(io);
+    }
+
+    pub fn handle_completion(&mut self, tag: u64, c: IoCompletion) {
+        let id = (tag >> 16) as usize;
+        let part = (tag & 0xffff) as usize;
+        let Some(Some(cmd)) = self.commands.get_mut(id) else {
+            return;
+        };
+        cmd.parts_left -= 1;
+        if cmd.error == 0 {
+            cmd.error = errno_of(c.status);
+        }
+        if cmd.kind == cmd::READ
+            && let Some(slot) = cmd.data.get_mut(part)
+        {
+            *slot = c.buf;
+        }
+        if cmd.parts_left > 0 {
+            return;
+        }
+        let Some(cmd) = self.commands[id].take() else {
+            return;
+        };
+        self.free.push(id as u32);
+        if matches!(cmd.kind, cmd::READ | cmd::WRITE) {
+            self.in_flight_bytes = self.in_flight_bytes.saturating_sub(cmd.length as usize);
+        }
+        if cmd.error != 0 {
+            return self.reply_error(cmd.cookie, cmd.kind, cmd.error);
+        }
+        if cmd.kind != cmd::READ {
+            return self.reply_done(cmd.cookie);
+        }
+        if self.structured {
+            let mut h = wire::chunk_header(
+                chunk::FLAG_DONE,
+                chunk::OFFSET_DATA,
+                cmd.cookie,
+                8 + cmd.length,
+            )
+            .to_vec();
+            h.extend(cmd.offset.to_be_bytes());
+            self.send(h);
+        } else {
+            self.send(wire::simple_reply(0, cmd.cookie).to_vec());
+        }
+        for b in cmd.data.into_iter().flatten() {
+            self.out_bytes += b.len();
+            self.out.push_back(Out::Data(b));
+        }
+    }
+
+    /// Bytes waiting to be sent (a prefix of them, at least one if any).
+    pub fn poll_output(&self) -> Option<&[u8]> {
+        self.out.front().map(|o| &o.bytes()[self.out_pos..])
+    }
+
+    pub fn consume_output(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.out.front() else {
+                return;
+            };
+            let left = front.bytes().len() - self.out_pos;
+            let k = n.min(left);
+            self.out_pos += k;
+            self.out_bytes -= k;
+            n -= k;
+            if self.out_pos == front.bytes().len() {
+                self.out.pop_front();
+                self.out_pos = 0;
+            }
+        }
+    }
+
+    /// Whether more input would be taken now.
+    pub fn wants_input(&self) -> bool {
+        self.phase != Phase::Draining && !(self.phase == Phase::Transmission && self.busy())
+    }
+
+    /// Nothing in flight, nothing to send, and the client is done or dropped.
+    pub fn finished(&self) -> bool {
+        self.phase == Phase::Draining
+            && self.out.is_empty()
+            && self.commands.len() == self.free.len()
+            && self.ios.is_empty()
+    }
+
+    pub fn in_transmission(&self) -> bool {
+        self.phase == Phase::Transmission
+    }
+}
+
+impl Default for Connection {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,462 @@
+//! The engine against a scripted client and RAM bdevs.
+
+use crate::wire::{self, Request, chunk, cmd, errno, info, opt, rep};
+use crate::{Connection, Export, Exports};
+use ironbay_bdev::{MallocBdev, Registry};
+
+struct Rig {
+    conn: Connection,
+    exports: Exports,
+    reg: Registry,
+    out: Vec<u8>,
+}
+
+fn rig_with(max_transfer: Option<u32>, read_only: bool) -> Rig {
+    let mut reg = Registry::new();
+    let mut m = MallocBdev::new("Malloc0", 2048, 512);
+    if let Some(t) = max_transfer {
+        m.set_max_transfer(t);
+    }
+    let id = reg.add(Box::new(m)).unwrap();
+    let info = reg.info(id).unwrap().clone();
+    let mut exports = Exports::default();
+    exports
+        .list
+        .push(Export::new("Malloc0", "a RAM disk", id, &info, read_only));
+    let id2 = reg
+        .add(Box::new(MallocBdev::new("Malloc1", 64, 4096)))
+        .unwrap();
+    let info2 = reg.info(id2).unwrap().clone();
+    exports.list.push(Export::new("ro", "", id2, &info2, true));
+    let mut r = Rig {
+        conn: Connection::new(),
+        exports,
+        reg,
+        out: Vec::new(),
+    };
+    r.pump();
+    r
+}
+
+fn rig() -> Rig {
+    rig_with(None, false)
+}
+
+fn option(kind: u32, data: &[u8]) -> Vec<u8> {
+    let mut v = wire::IHAVEOPT.to_be_bytes().to_vec();
+    v.extend(kind.to_be_bytes());
+    v.extend((data.len() as u32).to_be_bytes());
+    v.extend(data);
+    v
+}
+
+fn go_data(name: &str, infos: &[u16]) -> Vec<u8> {
+    let mut d = (name.len() as u32).to_be_bytes().to_vec();
+    d.extend(name.as_bytes());
+    d.extend((infos.len() as u16).to_be_bytes());
+    for i in infos {
+        d.extend(i.to_be_bytes());
+    }
+    d
+}
+
+impl Rig {
+    /// Feeds bytes, runs all I/O to completion, collects output.
+    fn send(&mut self, bytes: &[u8]) {
+        let mut off = 0;
+        for _ in 0..10_000 {
+            off += self.conn.handle_input(&bytes[off..], &self.exports);
+            self.pump();
+            if off == bytes.len() {
+                break;
+            }
+        }
+        assert_eq!(off, bytes.len(), "engine stopped taking input");
+    }
+
+    fn pump(&mut self) {
+        let mut done = Vec::new();
+        for _ in 0..1000 {
+            while let Some(io) = self.conn.poll_io() {
+                let req = ironbay_bdev::IoRequest {
+                    tag: io.tag,
+                    op: io.op,
+                    fua: io.fua,
+                };
+                self.reg.submit(io.bdev, req, 0).unwrap();
+            }
+            done.clear();
+            self.reg.poll(0, &mut done);
+            if done.is_empty() {
+                break;
+            }
+            for (_, c) in done.drain(..) {
+                self.conn.handle_completion(c.tag, c);
+            }
+        }
+        while let Some(b) = self.conn.poll_output() {
+            let n = b.len();
+            self.out.extend_from_slice(b);
+            self.conn.consume_output(n);
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        assert!(
+            self.out.len() >= n,
+            "wanted {n} bytes, have {}",
+            self.out.len()
+        );
+        self.out.drain(..n).collect()
+    }
+
+    fn handshake(&mut self, flags: u32) {
+        let g = self.take(18);
+        assert_eq!(&g[..8], b"NBDMAGIC");
+        assert_eq!(&g[8..16], b"IHAVEOPT");
+        assert_eq!(u16::from_be_bytes([g[16], g[17]]), 3);
+        self.send(&flags.to_be_bytes());
+    }
+
+    /// Reads one option reply: (option, type, data).
+    fn option_reply(&mut self) -> (u32, u32, Vec<u8>) {
+        let h = self.take(20);
+        assert_eq!(
+            u64::from_be_bytes(h[..8].try_into().unwrap()),
+            wire::OPT_REPLY_MAGIC
+        );
+        let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+        let o = u32::from_be_bytes(h[8..12].try_into().unwrap());
+        let t = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        (o, t, self.take(len))
+    }
+
+    fn go(&mut self, name: &str) {
+        self.send(&option(opt::GO, &go_data(name, &[info::BLOCK_SIZE])));
+        loop {
+            let (o, t, _) = self.option_reply();
+            assert_eq!(o, opt::GO);
+            if t == rep::ACK {
+                break;
+            }
+            assert_eq!(t, rep::INFO);
+        }
+        assert!(self.conn.in_transmission());
+    }
+
+    fn request(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        cookie: u64,
+        offset: u64,
+        length: u32,
+        payload: &[u8],
+    ) {
+        let mut v = Request {
+            flags,
+            kind,
+            cookie,
+            offset,
+            length,
+        }
+        .emit()
+        .to_vec();
+        v.extend(payload);
+        self.send(&v);
+    }
+
+    /// Reads one simple reply: (error, cookie).
+    fn simple(&mut self) -> (u32, u64) {
+        let r = self.take(16);
+        assert_eq!(
+            u32::from_be_bytes(r[..4].try_into().unwrap()),
+            wire::SIMPLE_REPLY_MAGIC
+        );
+        (
+            u32::from_be_bytes(r[4..8].try_into().unwrap()),
+            u64::from_be_bytes(r[8..16].try_into().unwrap()),
+        )
+    }
+}
+
+#[test]
+fn list_info_and_go() {
+    let mut r = rig();
+    r.handshake(3);
+    r.send(&option(opt::LIST, b""));
+    let names: Vec<Vec<u8>> = (0..2)
+        .map(|_| {
+            let (_, t, d) = r.option_reply();
+            assert_eq!(t, rep::SERVER);
+            let n = u32::from_be_bytes(d[..4].try_into().unwrap()) as usize;
+            d[4..4 + n].to_vec()
+        })
+        .collect();
+    assert_eq!(names, vec![b"Malloc0".to_vec(), b"ro".to_vec()]);
+    assert_eq!(r.option_reply().1, rep::ACK);
+
+    r.send(&option(opt::INFO, &go_data("nope", &[])));
+    assert_eq!(r.option_reply().1, rep::ERR_UNKNOWN);
+
+    r.send(&option(
+        opt::INFO,
+        &go_data(
+            "Malloc0",
+            &[info::NAME, info::DESCRIPTION, info::BLOCK_SIZE],
+        ),
+    ));
+    let (_, t, d) = r.option_reply();
+    assert_eq!(
+        (t, u16::from_be_bytes([d[0], d[1]])),
+        (rep::INFO, info::EXPORT)
+    );
+    assert_eq!(u64::from_be_bytes(d[2..10].try_into().unwrap()), 2048 * 512);
+    let flags = u16::from_be_bytes([d[10], d[11]]);
+    assert_ne!(flags & wire::tflag::CAN_MULTI_CONN, 0);
+    assert_eq!(flags & wire::tflag::READ_ONLY, 0);
+    let mut kinds = Vec::new();
+    loop {
+        let (_, t, d) = r.option_reply();
+        if t == rep::ACK {
+            break;
+        }
+        kinds.push(u16::from_be_bytes([d[0], d[1]]));
+    }
+    assert_eq!(kinds, vec![info::NAME, info::DESCRIPTION, info::BLOCK_SIZE]);
+    assert!(
+        !r.conn.in_transmission(),
+        "INFO does not enter transmission"
+    );
+    r.go("");
+}
+
+#[test]
+fn unknown_options_and_starttls_are_refused_politely() {
+    let mut r = rig();
+    r.handshake(1);
+    r.send(&option(99, b"xyz"));
+    assert_eq!(r.option_reply().1, rep::ERR_UNSUP);
+    r.send(&option(opt::STARTTLS, b""));
+    assert_eq!(r.option_reply().1, rep::ERR_POLICY);
+    r.send(&option(opt::SET_META_CONTEXT, &[0, 0, 0, 0, 0, 0, 0, 0]));
+    assert_eq!(
+        r.option_reply().1,
+        rep::ERR_INVALID,
+        "needs structured replies first"
+    );
+    r.go("Malloc0");
+}
+
+#[test]
+fn export_name_with_and_without_zeroes() {
+    for (flags, len) in [(3u32, 10usize), (1, 134)] {
+        let mut r = rig();
+        r.handshake(flags);
+        r.send(&option(opt::EXPORT_NAME, b"Malloc0"));
+        let d = r.take(len);
+        assert_eq!(u64::from_be_bytes(d[..8].try_into().unwrap()), 2048 * 512);
+        assert!(r.out.is_empty());
+        assert!(r.conn.in_transmission());
+    }
+}
+
+#[test]
+fn writes_reads_flush_trim_zeroes_with_simple_replies() {
+    let mut r = rig_with(Some(4096), false);
+    r.handshake(3);
+    r.go("Malloc0");
+    let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
+    r.request(cmd::WRITE, cmd::FLAG_FUA, 1, 4096, data.len() as u32, &data);
+    assert_eq!(r.simple(), (0, 1));
+    r.request(cmd::READ, 0, 2, 4096, data.len() as u32, &[]);
+    assert_eq!(r.simple(), (0, 2));
+    assert_eq!(
+        r.take(data.len()),
+        data,
+        "read split in 4 KiB pieces comes back in order"
+    );
+    r.request(cmd::FLUSH, 0, 3, 0, 0, &[]);
+    assert_eq!(r.simple(), (0, 3));
+    r.request(cmd::WRITE_ZEROES, 0, 4, 4096, 512, &[]);
+    assert_eq!(r.simple(), (0, 4));
+    r.request(cmd::TRIM, 0, 5, 8192, 4096, &[]);
+    assert_eq!(r.simple(), (0, 5));
+    r.request(cmd::READ, 0, 6, 4096, 1024, &[]);
+    assert_eq!(r.simple(), (0, 6));
+    let back = r.take(1024);
+    assert!(back[..512].iter().all(|&b| b == 0));
+    assert_eq!(&back[512..], &data[512..1024]);
+    r.request(cmd::CACHE, 0, 7, 0, 4096, &[]);
+    assert_eq!(r.simple(), (0, 7));
+}
+
+#[test]
+fn bad_requests_get_errors_and_the_stream_stays_in_sync() {
+    let mut r = rig();
+    r.handshake(3);
+    r.go("Malloc0");
+    r.request(cmd::READ, 0, 1, 2048 * 512, 512, &[]);
+    assert_eq!(r.simple(), (errno::EINVAL, 1));
+    r.request(cmd::WRITE, 0, 2, 2048 * 512 - 512, 1024, &[7u8; 1024]);
+    assert_eq!(r.simple(), (errno::ENOSPC, 2));
+    r.request(cmd::READ, 0, 3, 100, 512, &[]);
+    assert_eq!(r.simple(), (errno::EINVAL, 3));
+    r.request(cmd::WRITE, 0, 4, 0, 100, &[1u8; 100]);
+    assert_eq!(r.simple(), (errno::EINVAL, 4));
+    r.request(99, 0, 5, 0, 0, &[]);
+    assert_eq!(r.simple(), (errno::EINVAL, 5));
+    r.request(cmd::BLOCK_STATUS, 0, 6, 0, 512, &[]);
+    assert_eq!(r.simple(), (errno::EINVAL, 6), "no meta context negotiated");
+    r.request(cmd::READ, 0, 7, 0, 512, &[]);
+    assert_eq!(r.simple(), (0, 7));
+    assert_eq!(r.take(512).len(), 512);
+}
+
+#[test]
+fn read_only_exports_refuse_writes() {
+    let mut r = rig();
+    r.handshake(3);
+    r.go("ro");
+    r.request(cmd::WRITE, 0, 1, 0, 4096, &[1u8; 4096]);
+    assert_eq!(r.simple(), (errno::EPERM, 1));
+    r.request(cmd::TRIM, 0, 2, 0, 4096, &[]);
+    assert_eq!(r.simple(), (errno::EPERM, 2));
+    r.request(cmd::READ, 0, 3, 0, 4096, &[]);
+    assert_eq!(r.simple(), (0, 3));
+}
+
+#[test]
+fn structured_reads_and_block_status() {
+    let mut r = rig();
+    r.handshake(3);
+    r.send(&option(opt::STRUCTURED_REPLY, b""));
+    assert_eq!(r.option_reply().1, rep::ACK);
+    let mut q = go_data("Malloc0", &[]);
+    q.truncate(4 + 7);
+    q.extend(1u32.to_be_bytes());
+    q.extend(15u32.to_be_bytes());
+    q.extend(b"base:allocation");
+    r.send(&option(opt::SET_META_CONTEXT, &q));
+    let (_, t, d) = r.option_reply();
+    assert_eq!(t, rep::META_CONTEXT);
+    assert_eq!(&d[4..], b"base:allocation");
+    assert_eq!(r.option_reply().1, rep::ACK);
+    r.go("Malloc0");
+    r.request(cmd::READ, 0, 9, 512, 1024, &[]);
+    let h = r.take(20);
+    assert_eq!(
+        u32::from_be_bytes(h[..4].try_into().unwrap()),
+        wire::STRUCTURED_REPLY_MAGIC
+    );
+    assert_eq!(u16::from_be_bytes([h[4], h[5]]), chunk::FLAG_DONE);
+    assert_eq!(u16::from_be_bytes([h[6], h[7]]), chunk::OFFSET_DATA);
+    assert_eq!(u32::from_be_bytes(h[16..20].try_into().unwrap()), 8 + 1024);
+    assert_eq!(u64::from_be_bytes(r.take(8).try_into().unwrap()), 512);
+    r.take(1024);
+    r.request(cmd::BLOCK_STATUS, 0, 10, 0, 65536, &[]);
+    let h = r.take(20);
+    assert_eq!(u16::from_be_bytes([h[6], h[7]]), chunk::BLOCK_STATUS);
+    let b = r.take(12);
+    assert_eq!(u32::from_be_bytes(b[4..8].try_into().unwrap()), 65536);
+    r.request(cmd::READ, 0, 11, 1 << 40, 512, &[]);
+    let h = r.take(20);
+    assert_eq!(u16::from_be_bytes([h[6], h[7]]), chunk::ERROR);
+    let e = r.take(6);
+    assert_eq!(
+        u32::from_be_bytes(e[..4].try_into().unwrap()),
+        errno::EINVAL
+    );
+}
+
+#[test]
+fn hostile_input_ends_only_this_connection() {
+    // Not fixed newstyle.
+    let mut r = rig();
+    r.handshake(0);
+    assert!(r.conn.finished());
+    // Garbage instead of an option.
+    let mut r = rig();
+    r.handshake(3);
+    r.send(&[0xffu8; 64][..16]);
+    assert!(r.conn.finished());
+    // An oversized option is skipped with ERR_TOO_BIG, then life goes on.
+    let mut r = rig();
+    r.handshake(3);
+    let mut big = wire::IHAVEOPT.to_be_bytes().to_vec();
+    big.extend(opt::LIST.to_be_bytes());
+    big.extend((1u32 << 20).to_be_bytes());
+    big.extend(vec![0u8; 1 << 20]);
+    r.send(&big);
+    assert_eq!(r.option_reply().1, rep::ERR_TOO_BIG);
+    r.go("Malloc0");
+    // A request with bad magic closes after replies in flight.
+    let mut bad = Request {
+        flags: 0,
+        kind: cmd::READ,
+        cookie: 1,
+        offset: 0,
+        length: 512,
+    }
+    .emit();
+    bad[0] ^= 0xff;
+    r.send(&bad);
+    assert!(r.conn.finished());
+    // Option storm.
+    let mut r = rig();
+    r.handshake(3);
+    let mut storm = Vec::new();
+    for _ in 0..600 {
+        storm.extend(option(99, b""));
+    }
+    let _ = r.conn.handle_input(&storm, &r.exports);
+    r.pump();
+    assert!(r.conn.finished());
+    // Absurd write length: refused and closed rather than buffered.
+    let mut r = rig();
+    r.handshake(3);
+    r.go("Malloc0");
+    r.request(cmd::WRITE, 0, 1, 0, u32::MAX, &[]);
+    assert_eq!(r.simple().0, errno::EOVERFLOW);
+    assert!(r.conn.finished());
+}
+
+#[test]
+fn many_requests_in_flight_reply_by_cookie() {
+    let mut r = rig();
+    r.handshake(3);
+    r.go("Malloc0");
+    let mut batch = Vec::new();
+    for c in 0..64u64 {
+        batch.extend(
+            Request {
+                flags: 0,
+                kind: cmd::READ,
+                cookie: c,
+                offset: c * 512,
+                length: 512,
+            }
+            .emit(),
+        );
+    }
+    r.send(&batch);
+    let mut seen = Vec::new();
+    for _ in 0..64 {
+        let (e, c) = r.simple();
+        assert_eq!(e, 0);
+        r.take(512);
+        seen.push(c);
+    }
+    seen.sort();
+    assert_eq!(seen, (0..64).collect::<Vec<_>>());
+}
+
+#[test]
+fn disconnect_drains_and_finishes() {
+    let mut r = rig();
+    r.handshake(3);
+    r.go("Malloc0");
+    r.request(cmd::DISC, 0, 1, 0, 0, &[]);
+    assert!(r.conn.finished());
+    assert!(!r.conn.wants_input());
+}
