@@ -6,7 +6,7 @@
 
 use crate::arch::{self, ExitCode};
 use crate::settings::{CrcChoice, Settings};
-use crate::{acpi, blktest, console, mem, net, pci, selftest, storage, time};
+use crate::{acpi, blktest, console, mem, net, pci, selftest, services, storage, time};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering};
 use ironbay_boot::BootInfo;
@@ -112,6 +112,7 @@ extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
     let config = load_boot_config(&boot);
     let mut storage = storage::init(devices, config.as_ref());
     let mut network = net::init(devices, &cmdline);
+    let mut services = services::init(&mut network, &storage);
     let lapic = acpi.map_or(0xFEE0_0000, |a| a.lapic_base);
     match arch::lapic::init(lapic) {
         Ok(hz) => log::info!(
@@ -140,7 +141,7 @@ extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
     if let Some(jobs) = &settings.bench {
         blktest::run_benchmarks(&mut storage, jobs);
     }
-    run(&mut storage, &mut network)
+    run(&mut storage, &mut network, &mut services)
 }
 
 /// Spin this long without work before halting.
@@ -153,13 +154,26 @@ const LONG_IDLE_US: u64 = 100_000;
 
 /// The main loop: poll NICs and services, poll block completions, and halt
 /// with the timer armed once nothing has happened for a little while.
-fn run(storage: &mut storage::Storage, network: &mut net::Network) -> ! {
+fn run(
+    storage: &mut storage::Storage,
+    network: &mut net::Network,
+    services: &mut services::Services,
+) -> ! {
     let mut completions = alloc::vec::Vec::new();
     let mut last_busy = time::uptime_us();
     loop {
         let mut busy = network.poll();
+        busy |= services.poll(network, storage);
         completions.clear();
-        busy |= storage.poll(&mut completions) > 0;
+        if storage.poll(&mut completions) > 0 {
+            busy = true;
+            for (_, c) in completions.drain(..) {
+                services.complete(c);
+            }
+            // Send the replies these completions produced now, not next round.
+            services.poll(network, storage);
+            network.poll();
+        }
         let now = time::uptime_us();
         if busy || network.has_pending_rx() {
             last_busy = now;

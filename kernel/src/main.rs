@@ -32,6 +32,8 @@ mod pci;
 #[cfg(target_os = "none")]
 mod selftest;
 #[cfg(target_os = "none")]
+mod services;
+#[cfg(target_os = "none")]
 mod settings;
 #[cfg(target_os = "none")]
 mod storage;

@@ -82,6 +82,14 @@ const NEEDS: &[Need] = &[
         probe: "iperf3",
         package: "iperf3",
     },
+    Need {
+        probe: "nbdinfo",
+        package: "libnbd-bin",
+    },
+    Need {
+        probe: "fio",
+        package: "fio",
+    },
 ];
 
 fn present(probe: &str) -> bool {

@@ -1,0 +1,168 @@
+//! Target services on the data NICs, glued to sockets and the bdev layer.
+//!
+//! Today: the NBD server on port 10809 of `data0`, exporting every bdev under
+//! its own name, read-write. Each listening socket carries at most one
+//! engine; storage tags carry the socket slot and a generation so a
+//! completion for a connection that has since closed is dropped, not
+//! delivered to its successor.
+
+use crate::net::Network;
+use crate::storage::Storage;
+use alloc::vec::Vec;
+use ironbay_bdev::{IoCompletion, IoRequest};
+use ironbay_nbd::{BlockIo, Connection, Export, Exports};
+use ironbay_net::{Listener, Role, TcpTuning};
+use smoltcp::socket::tcp;
+
+pub const NBD_PORT: u16 = 10809;
+const NBD_CONNECTIONS: usize = 16;
+
+const SLOT_SHIFT: u32 = 56;
+const GEN_SHIFT: u32 = 40;
+const ENGINE_MASK: u64 = (1 << GEN_SHIFT) - 1;
+
+struct Slot {
+    conn: Option<Connection>,
+    generation: u16,
+}
+
+pub struct Nbd {
+    stack: usize,
+    listener: Listener,
+    slots: Vec<Slot>,
+    pub exports: Exports,
+}
+
+pub struct Services {
+    pub nbd: Option<Nbd>,
+}
+
+fn tag(slot: usize, generation: u16, engine: u64) -> u64 {
+    (slot as u64) << SLOT_SHIFT | (generation as u64) << GEN_SHIFT | (engine & ENGINE_MASK)
+}
+
+pub fn init(network: &mut Network, storage: &Storage) -> Services {
+    let Some(stack) = network.stacks.iter().position(|s| s.role == Role::Data(0)) else {
+        log::warn!("no data NIC: NBD target not started");
+        return Services { nbd: None };
+    };
+    let mut exports = Exports::default();
+    for id in storage.bdevs.ids() {
+        if let Some(info) = storage.bdevs.info(id) {
+            exports
+                .list
+                .push(Export::new(&info.name, &info.product, id, info, false));
+        }
+    }
+    let sockets = &mut network.stacks[stack].sockets;
+    let listener = Listener::new(sockets, NBD_PORT, NBD_CONNECTIONS, TcpTuning::STORAGE);
+    let names: Vec<&str> = exports.list.iter().map(|e| e.name.as_str()).collect();
+    log::info!(
+        "data0: NBD target on TCP port {NBD_PORT}, exports: {}",
+        names.join(" ")
+    );
+    let slots = (0..NBD_CONNECTIONS)
+        .map(|_| Slot {
+            conn: None,
+            generation: 0,
+        })
+        .collect();
+    Services {
+        nbd: Some(Nbd {
+            stack,
+            listener,
+            slots,
+            exports,
+        }),
+    }
+}
+
+impl Services {
+    /// Moves bytes between sockets and engines and starts block I/O.
+    pub fn poll(&mut self, network: &mut Network, storage: &mut Storage) -> bool {
+        let Some(nbd) = &mut self.nbd else {
+            return false;
+        };
+        let now = crate::time::uptime_us();
+        let sockets = &mut network.stacks[nbd.stack].sockets;
+        let mut busy = false;
+        for (i, &h) in nbd.listener.sockets().iter().enumerate() {
+            let s = sockets.get_mut::<tcp::Socket<'_>>(h);
+            let slot = &mut nbd.slots[i];
+            let open = matches!(s.state(), tcp::State::Established | tcp::State::CloseWait);
+            if !open {
+                if slot.conn.take().is_some() {
+                    slot.generation = slot.generation.wrapping_add(1);
+                }
+                continue;
+            }
+            let conn = slot.conn.get_or_insert_with(Connection::new);
+            if conn.wants_input()
+                && s.can_recv()
+                && let Ok(n) = s.recv(|b| {
+                    let n = conn.handle_input(b, &nbd.exports);
+                    (n, n)
+                })
+            {
+                busy |= n > 0;
+            }
+            while let Some(io) = conn.poll_io() {
+                let BlockIo {
+                    tag: t,
+                    bdev,
+                    op,
+                    fua,
+                } = io;
+                let req = IoRequest {
+                    tag: tag(i, slot.generation, t),
+                    op,
+                    fua,
+                };
+                if let Err(back) = storage.bdevs.submit(bdev, req, now) {
+                    conn.retry_io(BlockIo {
+                        tag: t,
+                        bdev,
+                        op: back.op,
+                        fua,
+                    });
+                    break;
+                }
+                busy = true;
+            }
+            while let Some(out) = conn.poll_output() {
+                match s.send_slice(out) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        conn.consume_output(n);
+                        busy = true;
+                    }
+                }
+            }
+            if let Some(why) = conn.error.take() {
+                log::warn!("NBD client {:?}: {why}; closing", s.remote_endpoint());
+            }
+            if conn.finished()
+                || (s.state() == tcp::State::CloseWait
+                    && !s.can_recv()
+                    && conn.poll_output().is_none())
+            {
+                s.close();
+            }
+        }
+        nbd.listener.relisten(sockets);
+        busy
+    }
+
+    /// Hands a block completion to the engine that asked for it.
+    pub fn complete(&mut self, c: IoCompletion) {
+        let Some(nbd) = &mut self.nbd else { return };
+        let slot = (c.tag >> SLOT_SHIFT) as usize;
+        let generation = (c.tag >> GEN_SHIFT) as u16;
+        if let Some(s) = nbd.slots.get_mut(slot)
+            && s.generation == generation
+            && let Some(conn) = s.conn.as_mut()
+        {
+            conn.handle_completion(c.tag & ENGINE_MASK, c);
+        }
+    }
+}
