@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         "lint" => lint(),
         "bench" => bench::bench(rest),
         "rig" => rig::rig(rest),
+        "hosted" => hosted(rest),
         "__net-client" => netbench::client(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
@@ -79,6 +80,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   bench net [--seconds N]  TCP throughput both ways against Linux, idle CPU
   bench peers [--seconds N] [--runs N]
                            Linux nvmet-tcp and LIO figures and the bridge ceiling
+  hosted ARGS              the NBD engine as a Linux process: --listen ADDR
+                           --export NAME=FILE[:ro] --malloc NAME=MIB
   rig build                build the Linux guest (cached under target/rig)
   rig shell SCRIPT         boot the guest, run SCRIPT in it, print its output";
 
@@ -107,6 +110,18 @@ pub fn workspace_root() -> std::path::PathBuf {
         .join("../..")
         .canonicalize()
         .expect("workspace root")
+}
+
+fn hosted(rest: &[String]) -> Result<(), String> {
+    sh(cargo()
+        .args(["run", "--release", "-q", "-p", "ironbay-hosted", "--"])
+        .args(rest))
+}
+
+/// Builds the hosted runner and returns its path.
+pub fn build_hosted() -> Result<std::path::PathBuf, String> {
+    sh(cargo().args(["build", "--release", "-q", "-p", "ironbay-hosted"]))?;
+    Ok(workspace_root().join("target/release/ironbay-hosted"))
 }
 
 fn lint() -> Result<(), String> {
@@ -140,7 +155,9 @@ fn test(rest: &[String]) -> Result<(), String> {
     totals.run(cargo().args(["test", "--workspace"]))?;
     let images = build::build(true)?;
     rig::build()?;
+    let hosted = build_hosted()?;
     let mut c = cargo();
+    c.env("IRONBAY_HOSTED", &hosted);
     c.args(["test", "-p", "ironbay-tests", "--tests", "--", "--ignored"]);
     c.args(rest);
     c.env("IRONBAY_KERNEL", &images.kernel);

@@ -90,6 +90,10 @@ const NEEDS: &[Need] = &[
         probe: "fio",
         package: "fio",
     },
+    Need {
+        probe: "nbdkit",
+        package: "nbdkit",
+    },
 ];
 
 fn present(probe: &str) -> bool {
