@@ -27,7 +27,7 @@ fn start(args: &[String]) -> Hosted {
             .to_string()
     });
     let port = free_port();
-    let child = Command::new(&bin)
+    let mut child = Command::new(&bin)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(args)
         .stdout(Stdio::null())
@@ -39,6 +39,8 @@ fn start(args: &[String]) -> Hosted {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("hosted runner did not listen");
 }
 
