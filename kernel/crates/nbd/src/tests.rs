@@ -460,3 +460,88 @@ fn disconnect_drains_and_finishes() {
     assert!(r.conn.finished());
     assert!(!r.conn.wants_input());
 }
+
+/// Traffic captured from real clients talking to this engine (through the
+/// hosted runner): what nbdinfo --list and qemu-io sent, byte for byte.
+const NBDINFO_LIST: &[u8] = include_bytes!("../fixtures/nbdinfo-list.bin");
+const QEMU_IO: &[u8] = include_bytes!("../fixtures/qemu-io-write-read.bin");
+
+fn fixture_rig() -> Rig {
+    let mut reg = Registry::new();
+    let id = reg.add(Box::new(MallocBdev::new("Malloc0", 2048, 512))).unwrap();
+    let info = reg.info(id).unwrap().clone();
+    let mut exports = Exports::default();
+    exports.list.push(Export::new("Malloc0", "", id, &info, false));
+    let mut r = Rig { conn: Connection::new(), exports, reg, out: Vec::new() };
+    r.pump();
+    r.take(18);
+    r
+}
+
+#[test]
+fn nbdinfo_list_capture_replays_cleanly() {
+    let mut r = fixture_rig();
+    r.send(NBDINFO_LIST);
+    assert!(r.conn.error.is_none(), "{:?}", r.conn.error);
+    assert!(r.conn.finished(), "nbdinfo ends with NBD_OPT_ABORT");
+    let mut kinds = Vec::new();
+    while !r.out.is_empty() {
+        kinds.push(r.option_reply().1);
+    }
+    assert!(kinds.contains(&rep::SERVER) && kinds.contains(&rep::INFO), "{kinds:?}");
+    assert!(kinds.iter().all(|k| k & (1 << 31) == 0), "no error replies: {kinds:?}");
+}
+
+#[test]
+fn qemu_io_capture_writes_reads_trims_and_disconnects() {
+    let mut r = fixture_rig();
+    r.send(QEMU_IO);
+    assert!(r.conn.error.is_none(), "{:?}", r.conn.error);
+    assert!(r.conn.finished(), "qemu-io ends with NBD_CMD_DISC");
+    let id = r.exports.list[0].bdev;
+    let req = ironbay_bdev::IoRequest { tag: 1, op: ironbay_bdev::IoOp::Read { lba: 8, buf: ironbay_bdev::IoBuf::new(8192) }, fua: false };
+    r.reg.submit(id, req, 0).unwrap();
+    let mut out = Vec::new();
+    r.reg.poll(0, &mut out);
+    let data = out.pop().unwrap().1.buf.unwrap();
+    assert!(data.as_slice().iter().all(|&b| b == 0x3c), "qemu-io's pattern is on the bdev");
+}
+
+/// Mutated real traffic must never panic the engine or grow its buffers
+/// without bound (a stable-toolchain stand-in for the cargo-fuzz target).
+#[test]
+fn mutated_client_traffic_never_panics() {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..3000 {
+        let base = if round % 2 == 0 { NBDINFO_LIST } else { QEMU_IO };
+        let mut input = base.to_vec();
+        for _ in 0..1 + rnd() % 8 {
+            let at = (rnd() % input.len() as u64) as usize;
+            match rnd() % 4 {
+                0 => input[at] ^= 1 << (rnd() % 8),
+                1 => input[at] = rnd() as u8,
+                2 => input.truncate(at),
+                _ => input.splice(at..at, (0..rnd() % 64).map(|_| rnd() as u8)).for_each(drop),
+            }
+            if input.is_empty() {
+                break;
+            }
+        }
+        let mut r = fixture_rig();
+        let mut off = 0;
+        for _ in 0..64 {
+            off += r.conn.handle_input(&input[off..], &r.exports);
+            r.pump();
+            if off >= input.len() || r.conn.finished() {
+                break;
+            }
+        }
+        assert!(r.out.len() < 64 << 20, "output grew without bound");
+    }
+}
