@@ -100,7 +100,7 @@ impl Services {
             if conn.wants_input()
                 && s.can_recv()
                 && let Ok(n) = s.recv(|b| {
-                    let n = conn.handle_input(b, &nbd.exports);
+                    let n = conn.handle_input(b, &nbd.exports, &storage.bdevs);
                     (n, n)
                 })
             {

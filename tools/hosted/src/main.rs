@@ -117,7 +117,7 @@ fn serve(listener: TcpListener, mut reg: Registry, exports: Exports) -> ! {
                     }
                 }
                 if !c.pending.is_empty() {
-                    let n = c.conn.handle_input(&c.pending, &exports);
+                    let n = c.conn.handle_input(&c.pending, &exports, &reg);
                     c.pending.drain(..n);
                     busy |= n > 0;
                 }

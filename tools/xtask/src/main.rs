@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         "bench" => bench::bench(rest),
         "rig" => rig::rig(rest),
         "hosted" => hosted(rest),
+        "fuzz" => fuzz(rest),
         "__net-client" => netbench::client(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
@@ -82,6 +83,7 @@ const USAGE: &str = "usage: cargo xtask <command>
                            Linux nvmet-tcp and LIO figures and the bridge ceiling
   hosted ARGS              the NBD engine as a Linux process: --listen ADDR
                            --export NAME=FILE[:ro] --malloc NAME=MIB
+  fuzz [--seconds N]       run the NBD fuzz target (nightly + cargo-fuzz) for N s (20)
   rig build                build the Linux guest (cached under target/rig)
   rig shell SCRIPT         boot the guest, run SCRIPT in it, print its output";
 
@@ -122,6 +124,50 @@ fn hosted(rest: &[String]) -> Result<(), String> {
 pub fn build_hosted() -> Result<std::path::PathBuf, String> {
     sh(cargo().args(["build", "--release", "-q", "-p", "ironbay-hosted"]))?;
     Ok(workspace_root().join("target/release/ironbay-hosted"))
+}
+
+/// The cargo-fuzz targets need a nightly toolchain (libFuzzer, sanitizers);
+/// the rest of the project stays on the pinned release.
+fn fuzz(rest: &[String]) -> Result<(), String> {
+    let seconds = match rest {
+        [flag, n] if flag == "--seconds" => {
+            n.parse::<u32>().map_err(|_| "--seconds needs a number")?
+        }
+        [] => 20,
+        _ => return Err("usage: cargo xtask fuzz [--seconds N]".into()),
+    };
+    let nightly = |args: &[&str]| {
+        let mut c = Command::new("cargo");
+        c.arg("+nightly")
+            .args(args)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO");
+        c
+    };
+    let has_nightly = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("nightly"))
+        .unwrap_or(false);
+    if !has_nightly {
+        return Err("fuzzing needs a nightly toolchain (rustup toolchain install nightly)".into());
+    }
+    if !nightly(&["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        sh(Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked"])
+            .env_remove("RUSTUP_TOOLCHAIN"))?;
+    }
+    let dir = workspace_root().join("kernel/crates/nbd/fuzz");
+    let corpus = dir.join("corpus/connection");
+    std::fs::create_dir_all(&corpus).map_err(|e| e.to_string())?;
+    let mut c = nightly(&["fuzz", "run", "connection"]);
+    c.arg(&corpus).arg(dir.join("../fixtures"));
+    c.args(["--", &format!("-max_total_time={seconds}")])
+        .current_dir(&dir);
+    sh(&mut c)
 }
 
 fn lint() -> Result<(), String> {

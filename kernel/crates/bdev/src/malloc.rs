@@ -9,6 +9,8 @@ use alloc::vec::Vec;
 pub struct MallocBdev {
     info: BdevInfo,
     data: Vec<u8>,
+    /// One bit per block: written since creation or the last unmap/zeroing.
+    allocated: Vec<u64>,
     done: VecDeque<IoCompletion>,
 }
 
@@ -25,6 +27,7 @@ impl MallocBdev {
                 block_size,
             ),
             data: vec![0; (num_blocks * block_size as u64) as usize],
+            allocated: vec![0; num_blocks.div_ceil(64) as usize],
             done: VecDeque::new(),
         }
     }
@@ -40,6 +43,21 @@ impl MallocBdev {
 
     pub fn set_read_only(&mut self, ro: bool) {
         self.info.read_only = ro;
+    }
+
+    fn mark(&mut self, lba: u64, blocks: u64, on: bool) {
+        for b in lba..lba + blocks {
+            let (w, bit) = ((b / 64) as usize, b % 64);
+            if on {
+                self.allocated[w] |= 1 << bit;
+            } else {
+                self.allocated[w] &= !(1 << bit);
+            }
+        }
+    }
+
+    fn is_allocated(&self, b: u64) -> bool {
+        self.allocated[(b / 64) as usize] & (1 << (b % 64)) != 0
     }
 
     fn range(&self, lba: u64, bytes: usize) -> core::ops::Range<usize> {
@@ -64,11 +82,13 @@ impl BlockDevice for MallocBdev {
             IoOp::Write { lba, buf } => {
                 let r = self.range(lba, buf.len());
                 self.data[r].copy_from_slice(buf.as_slice());
+                self.mark(lba, (buf.len() / bs) as u64, true);
                 Some(buf)
             }
             IoOp::Unmap { lba, blocks } | IoOp::WriteZeroes { lba, blocks } => {
                 let r = self.range(lba, blocks as usize * bs);
                 self.data[r].fill(0);
+                self.mark(lba, blocks as u64, false);
                 None
             }
             IoOp::Flush => None,
@@ -89,5 +109,18 @@ impl BlockDevice for MallocBdev {
 
     fn in_flight(&self) -> usize {
         self.done.len()
+    }
+
+    fn allocation(&self, lba: u64, blocks: u64) -> Option<Vec<(u64, bool)>> {
+        let end = lba.checked_add(blocks)?.min(self.info.num_blocks);
+        let mut runs: Vec<(u64, bool)> = Vec::new();
+        for b in lba..end {
+            let a = self.is_allocated(b);
+            match runs.last_mut() {
+                Some((n, state)) if *state == a => *n += 1,
+                _ => runs.push((1, a)),
+            }
+        }
+        Some(runs)
     }
 }

@@ -203,6 +203,12 @@ impl Registry {
         self.slot(id).map(|s| &s.stats)
     }
 
+    /// Allocation runs of a range, if the device tracks them (see
+    /// [`BlockDevice::allocation`]).
+    pub fn allocation(&self, id: BdevId, lba: u64, blocks: u64) -> Option<Vec<(u64, bool)>> {
+        self.slot(id)?.dev.allocation(lba, blocks)
+    }
+
     pub fn in_flight(&self, id: BdevId) -> usize {
         self.slot(id).map_or(0, |s| s.dev.in_flight())
     }

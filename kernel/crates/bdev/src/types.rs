@@ -309,6 +309,13 @@ pub trait BlockDevice {
     fn submit(&mut self, req: IoRequest, now_us: u64) -> Result<(), IoRequest>;
     fn poll(&mut self, now_us: u64, out: &mut Vec<IoCompletion>) -> usize;
     fn in_flight(&self) -> usize;
+
+    /// Which blocks of `lba..lba+blocks` hold data, as runs of
+    /// (blocks, allocated), when the device knows; unallocated blocks read
+    /// as zeroes. `None`: not tracked, treat everything as data.
+    fn allocation(&self, _lba: u64, _blocks: u64) -> Option<Vec<(u64, bool)>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,31 @@ use crate::wire::{self, Reader, Request, chunk, cmd, errno, info, opt, rep};
 use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::vec::Vec;
-use ironbay_bdev::{BdevId, IoBuf, IoCompletion, IoOp, IoStatus, IoType};
+use ironbay_bdev::{BdevId, IoBuf, IoCompletion, IoOp, IoStatus, IoType, Registry};
+
+/// Where BLOCK_STATUS learns which blocks hold data.
+pub trait AllocationMap {
+    /// Runs of (blocks, allocated) for the range; `None` when unknown.
+    fn allocation(&self, bdev: BdevId, lba: u64, blocks: u64) -> Option<Vec<(u64, bool)>>;
+}
+
+impl AllocationMap for Registry {
+    fn allocation(&self, bdev: BdevId, lba: u64, blocks: u64) -> Option<Vec<(u64, bool)>> {
+        Registry::allocation(self, bdev, lba, blocks)
+    }
+}
+
+/// Nothing is known: every block is data.
+pub struct NoAllocationMap;
+
+impl AllocationMap for NoAllocationMap {
+    fn allocation(&self, _: BdevId, _: u64, _: u64) -> Option<Vec<(u64, bool)>> {
+        None
+    }
+}
+
+/// Extents per BLOCK_STATUS reply.
+const MAX_EXTENTS: usize = 1024;
 
 /// Largest option payload read; longer ones are skipped with ERR_TOO_BIG.
 const MAX_OPTION: usize = 64 * 1024;
@@ -173,7 +197,12 @@ impl Connection {
 
     /// Takes bytes from the peer; returns how many were used. Fewer than
     /// offered means "later": the rest must be offered again.
-    pub fn handle_input(&mut self, mut data: &[u8], exports: &Exports) -> usize {
+    pub fn handle_input(
+        &mut self,
+        mut data: &[u8],
+        exports: &Exports,
+        map: &dyn AllocationMap,
+    ) -> usize {
         let total = data.len();
         while !data.is_empty() && self.phase != Phase::Draining {
             match &mut self.pending {
@@ -228,7 +257,7 @@ impl Connection {
                 Phase::ClientFlags => self.client_flags(),
                 Phase::Options if need == 16 => self.option_header(exports),
                 Phase::Options => self.option(exports),
-                Phase::Transmission => self.request(),
+                Phase::Transmission => self.request(map),
                 Phase::Draining => {}
             }
         }
@@ -413,7 +442,7 @@ impl Connection {
         self.send(wire::option_reply(option, rep::ACK, b""));
     }
 
-    fn request(&mut self) {
+    fn request(&mut self, map: &dyn AllocationMap) {
         let mut raw = [0u8; wire::REQUEST_LEN];
         raw.copy_from_slice(&self.head);
         self.head.clear();
@@ -514,7 +543,7 @@ impl Connection {
                     });
                 }
             }
-            cmd::BLOCK_STATUS => self.block_status(req),
+            cmd::BLOCK_STATUS => self.block_status(req, &e, map),
             _ => self.reply_error(req.cookie, req.kind, errno::EINVAL),
         }
     }
@@ -609,20 +638,32 @@ impl Connection {
         });
     }
 
-    /// base:allocation for the range: we do not track holes, so it is all data.
-    fn block_status(&mut self, req: Request) {
-        // One extent covers the whole range, which also satisfies REQ_ONE.
-        let len = req.length;
-        let mut v = Vec::with_capacity(20 + 12);
-        v.extend(wire::chunk_header(
+    /// base:allocation for the range, from the device's map where it keeps one.
+    fn block_status(&mut self, req: Request, e: &Export, map: &dyn AllocationMap) {
+        const HOLE_ZERO: u32 = 3;
+        let bs = e.block_size as u64;
+        let blocks = req.length as u64 / bs;
+        let runs = map
+            .allocation(e.bdev, req.offset / bs, blocks)
+            .unwrap_or_else(|| alloc::vec![(blocks, true)]);
+        let limit = if req.flags & cmd::FLAG_REQ_ONE != 0 {
+            1
+        } else {
+            MAX_EXTENTS
+        };
+        let mut payload = META_ID.to_be_bytes().to_vec();
+        for (n, allocated) in runs.into_iter().filter(|r| r.0 > 0).take(limit) {
+            payload.extend(((n * bs) as u32).to_be_bytes());
+            payload.extend((if allocated { 0 } else { HOLE_ZERO }).to_be_bytes());
+        }
+        let mut v = wire::chunk_header(
             chunk::FLAG_DONE,
             chunk::BLOCK_STATUS,
             req.cookie,
-            12,
-        ));
-        v.extend(META_ID.to_be_bytes());
-        v.extend(len.to_be_bytes());
-        v.extend(0u32.to_be_bytes());
+            payload.len() as u32,
+        )
+        .to_vec();
+        v.extend(payload);
         self.send(v);
     }
 

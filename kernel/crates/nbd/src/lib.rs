@@ -24,5 +24,5 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use conn::{BlockIo, Connection};
+pub use conn::{AllocationMap, BlockIo, Connection, NoAllocationMap};
 pub use export::{Export, Exports};

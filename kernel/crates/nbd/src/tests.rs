@@ -65,7 +65,9 @@ impl Rig {
     fn send(&mut self, bytes: &[u8]) {
         let mut off = 0;
         for _ in 0..10_000 {
-            off += self.conn.handle_input(&bytes[off..], &self.exports);
+            off += self
+                .conn
+                .handle_input(&bytes[off..], &self.exports, &self.reg);
             self.pump();
             if off == bytes.len() {
                 break;
@@ -354,11 +356,37 @@ fn structured_reads_and_block_status() {
     assert_eq!(u32::from_be_bytes(h[16..20].try_into().unwrap()), 8 + 1024);
     assert_eq!(u64::from_be_bytes(r.take(8).try_into().unwrap()), 512);
     r.take(1024);
+    // Nothing written yet: one hole. Then data, then a trimmed hole.
+    r.request(cmd::WRITE, 0, 20, 4096, 8192, &[9u8; 8192]);
+    assert_eq!(r.simple(), (0, 20));
+    r.request(cmd::TRIM, 0, 21, 8192, 4096, &[]);
+    assert_eq!(r.simple(), (0, 21));
     r.request(cmd::BLOCK_STATUS, 0, 10, 0, 65536, &[]);
     let h = r.take(20);
     assert_eq!(u16::from_be_bytes([h[6], h[7]]), chunk::BLOCK_STATUS);
-    let b = r.take(12);
-    assert_eq!(u32::from_be_bytes(b[4..8].try_into().unwrap()), 65536);
+    let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+    let b = r.take(len);
+    let ext: Vec<(u32, u32)> = b[4..]
+        .chunks(8)
+        .map(|e| {
+            (
+                u32::from_be_bytes(e[..4].try_into().unwrap()),
+                u32::from_be_bytes(e[4..].try_into().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ext,
+        vec![(4096, 3), (4096, 0), (4096, 3), (65536 - 12288, 3)]
+            .into_iter()
+            .fold(Vec::new(), |mut v: Vec<(u32, u32)>, e| {
+                match v.last_mut() {
+                    Some(l) if l.1 == e.1 => l.0 += e.0,
+                    _ => v.push(e),
+                }
+                v
+            })
+    );
     r.request(cmd::READ, 0, 11, 1 << 40, 512, &[]);
     let h = r.take(20);
     assert_eq!(u16::from_be_bytes([h[6], h[7]]), chunk::ERROR);
@@ -409,7 +437,7 @@ fn hostile_input_ends_only_this_connection() {
     for _ in 0..600 {
         storm.extend(option(99, b""));
     }
-    let _ = r.conn.handle_input(&storm, &r.exports);
+    let _ = r.conn.handle_input(&storm, &r.exports, &r.reg);
     r.pump();
     assert!(r.conn.finished());
     // Absurd write length: refused and closed rather than buffered.
@@ -468,11 +496,20 @@ const QEMU_IO: &[u8] = include_bytes!("../fixtures/qemu-io-write-read.bin");
 
 fn fixture_rig() -> Rig {
     let mut reg = Registry::new();
-    let id = reg.add(Box::new(MallocBdev::new("Malloc0", 2048, 512))).unwrap();
+    let id = reg
+        .add(Box::new(MallocBdev::new("Malloc0", 2048, 512)))
+        .unwrap();
     let info = reg.info(id).unwrap().clone();
     let mut exports = Exports::default();
-    exports.list.push(Export::new("Malloc0", "", id, &info, false));
-    let mut r = Rig { conn: Connection::new(), exports, reg, out: Vec::new() };
+    exports
+        .list
+        .push(Export::new("Malloc0", "", id, &info, false));
+    let mut r = Rig {
+        conn: Connection::new(),
+        exports,
+        reg,
+        out: Vec::new(),
+    };
     r.pump();
     r.take(18);
     r
@@ -488,8 +525,14 @@ fn nbdinfo_list_capture_replays_cleanly() {
     while !r.out.is_empty() {
         kinds.push(r.option_reply().1);
     }
-    assert!(kinds.contains(&rep::SERVER) && kinds.contains(&rep::INFO), "{kinds:?}");
-    assert!(kinds.iter().all(|k| k & (1 << 31) == 0), "no error replies: {kinds:?}");
+    assert!(
+        kinds.contains(&rep::SERVER) && kinds.contains(&rep::INFO),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().all(|k| k & (1 << 31) == 0),
+        "no error replies: {kinds:?}"
+    );
 }
 
 #[test]
@@ -499,12 +542,22 @@ fn qemu_io_capture_writes_reads_trims_and_disconnects() {
     assert!(r.conn.error.is_none(), "{:?}", r.conn.error);
     assert!(r.conn.finished(), "qemu-io ends with NBD_CMD_DISC");
     let id = r.exports.list[0].bdev;
-    let req = ironbay_bdev::IoRequest { tag: 1, op: ironbay_bdev::IoOp::Read { lba: 8, buf: ironbay_bdev::IoBuf::new(8192) }, fua: false };
+    let req = ironbay_bdev::IoRequest {
+        tag: 1,
+        op: ironbay_bdev::IoOp::Read {
+            lba: 8,
+            buf: ironbay_bdev::IoBuf::new(8192),
+        },
+        fua: false,
+    };
     r.reg.submit(id, req, 0).unwrap();
     let mut out = Vec::new();
     r.reg.poll(0, &mut out);
     let data = out.pop().unwrap().1.buf.unwrap();
-    assert!(data.as_slice().iter().all(|&b| b == 0x3c), "qemu-io's pattern is on the bdev");
+    assert!(
+        data.as_slice().iter().all(|&b| b == 0x3c),
+        "qemu-io's pattern is on the bdev"
+    );
 }
 
 /// Mutated real traffic must never panic the engine or grow its buffers
@@ -519,7 +572,11 @@ fn mutated_client_traffic_never_panics() {
         x
     };
     for round in 0..3000 {
-        let base = if round % 2 == 0 { NBDINFO_LIST } else { QEMU_IO };
+        let base = if round % 2 == 0 {
+            NBDINFO_LIST
+        } else {
+            QEMU_IO
+        };
         let mut input = base.to_vec();
         for _ in 0..1 + rnd() % 8 {
             let at = (rnd() % input.len() as u64) as usize;
@@ -527,7 +584,9 @@ fn mutated_client_traffic_never_panics() {
                 0 => input[at] ^= 1 << (rnd() % 8),
                 1 => input[at] = rnd() as u8,
                 2 => input.truncate(at),
-                _ => input.splice(at..at, (0..rnd() % 64).map(|_| rnd() as u8)).for_each(drop),
+                _ => input
+                    .splice(at..at, (0..rnd() % 64).map(|_| rnd() as u8))
+                    .for_each(drop),
             }
             if input.is_empty() {
                 break;
@@ -536,7 +595,7 @@ fn mutated_client_traffic_never_panics() {
         let mut r = fixture_rig();
         let mut off = 0;
         for _ in 0..64 {
-            off += r.conn.handle_input(&input[off..], &r.exports);
+            off += r.conn.handle_input(&input[off..], &r.exports, &r.reg);
             r.pump();
             if off >= input.len() || r.conn.finished() {
                 break;

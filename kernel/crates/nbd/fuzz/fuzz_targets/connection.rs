@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let mut off = 0;
     let mut done = Vec::new();
     for _ in 0..256 {
-        off += conn.handle_input(&data[off..], &exports);
+        off += conn.handle_input(&data[off..], &exports, &reg);
         while let Some(io) = conn.poll_io() {
             let _ = reg.submit(io.bdev, IoRequest { tag: io.tag, op: io.op, fua: io.fua }, 0);
         }
