@@ -112,7 +112,7 @@ extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
     let config = load_boot_config(&boot);
     let mut storage = storage::init(devices, config.as_ref());
     let mut network = net::init(devices, &cmdline);
-    let mut services = services::init(&mut network, &storage);
+    let mut services = services::init(&mut network, &storage, &cmdline);
     let lapic = acpi.map_or(0xFEE0_0000, |a| a.lapic_base);
     match arch::lapic::init(lapic) {
         Ok(hz) => log::info!(

@@ -15,6 +15,7 @@ use ironbay_net::{Listener, Role, TcpTuning};
 use smoltcp::socket::tcp;
 
 pub const NBD_PORT: u16 = 10809;
+/// Connections when `nbd.max_connections` is 0 or absent.
 const NBD_CONNECTIONS: usize = 16;
 
 const SLOT_SHIFT: u32 = 56;
@@ -41,27 +42,48 @@ fn tag(slot: usize, generation: u16, engine: u64) -> u64 {
     (slot as u64) << SLOT_SHIFT | (generation as u64) << GEN_SHIFT | (engine & ENGINE_MASK)
 }
 
-pub fn init(network: &mut Network, storage: &Storage) -> Services {
+pub fn init(
+    network: &mut Network,
+    storage: &Storage,
+    cmdline: &ironbay_config::Cmdline,
+) -> Services {
     let Some(stack) = network.stacks.iter().position(|s| s.role == Role::Data(0)) else {
         log::warn!("no data NIC: NBD target not started");
         return Services { nbd: None };
     };
+    // QAPI's max-connections: 0 is "no limit of our own", 1 withdraws multi-conn.
+    let max: usize = cmdline.get_as("nbd.max_connections").unwrap_or(0);
+    let connections = if max == 0 { NBD_CONNECTIONS } else { max };
     let mut exports = Exports::default();
-    for id in storage.bdevs.ids() {
+    let mut add = |id, read_only| {
         if let Some(info) = storage.bdevs.info(id) {
-            exports
-                .list
-                .push(Export::new(&info.name, &info.product, id, info, false));
+            let mut e = Export::new(&info.name, &info.product, id, info, read_only);
+            e.multi_conn = connections != 1;
+            exports.list.push(e);
         }
+    };
+    match cmdline.get("nbd.exports") {
+        Some(list) => {
+            for item in list.split(',') {
+                let (name, ro) = item
+                    .split_once(':')
+                    .map_or((item, false), |(n, m)| (n, m == "ro"));
+                match storage.bdevs.find(name) {
+                    Some(id) => add(id, ro),
+                    None => log::error!("nbd.exports: no bdev named {name}"),
+                }
+            }
+        }
+        None => storage.bdevs.ids().for_each(|id| add(id, false)),
     }
     let sockets = &mut network.stacks[stack].sockets;
-    let listener = Listener::new(sockets, NBD_PORT, NBD_CONNECTIONS, TcpTuning::STORAGE);
+    let listener = Listener::new(sockets, NBD_PORT, connections, TcpTuning::STORAGE);
     let names: Vec<&str> = exports.list.iter().map(|e| e.name.as_str()).collect();
     log::info!(
-        "data0: NBD target on TCP port {NBD_PORT}, exports: {}",
+        "data0: NBD target on TCP port {NBD_PORT}, up to {connections} connections, exports: {}",
         names.join(" ")
     );
-    let slots = (0..NBD_CONNECTIONS)
+    let slots = (0..connections)
         .map(|_| Slot {
             conn: None,
             generation: 0,

@@ -22,6 +22,10 @@ struct Appliance {
 }
 
 fn boot(name: &str) -> Appliance {
+    boot_with(name, "")
+}
+
+fn boot_with(name: &str, extra: &str) -> Appliance {
     let dir = target_dir().join("test-scratch").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -37,7 +41,7 @@ fn boot(name: &str) -> Appliance {
     let port = free_port();
     let mut m = Machine::new(Boot::Kernel {
         image: require(&kernel()),
-        append: "data.ip=10.0.3.15/24 data.gw=10.0.3.2".into(),
+        append: format!("data.ip=10.0.3.15/24 data.gw=10.0.3.2 {extra}"),
         config: Some(cfg),
     });
     m.disks = vec![Disk::virtio(disk.clone())];
@@ -305,5 +309,42 @@ fn hostile_clients_do_not_disturb_others() {
         a.vm.output().contains("NBD client"),
         "the bad clients were logged\n{}",
         a.vm.output()
+    );
+}
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn exports_read_only_and_single_connection_limits() {
+    let a = boot_with("nbd-limits", "nbd.exports=Malloc0:ro nbd.max_connections=1");
+    let list = run(
+        Command::new("nbdinfo").args(["--list", &format!("nbd://127.0.0.1:{}", a.port)]),
+        &a.vm,
+    );
+    assert!(
+        list.contains("export=\"Malloc0\"") && !list.contains("VirtioBlk0"),
+        "{list}"
+    );
+    assert!(
+        list.contains("is_read_only: true") && list.contains("can_multi_conn: false"),
+        "{list}"
+    );
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write 0 4k"])
+        .arg(a.uri("Malloc0"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("Operation not permitted")
+            || text.contains("read-only")
+            || !out.status.success(),
+        "{text}"
+    );
+    run(
+        Command::new("qemu-io")
+            .args(["-f", "raw", "-r", "-c", "read 0 4k"])
+            .arg(a.uri("Malloc0")),
+        &a.vm,
     );
 }

@@ -87,6 +87,22 @@ fn is_mtu(v: &str) -> Result<(), &'static str> {
         _ => Err("MTU is 576-9000"),
     }
 }
+fn is_count(v: &str) -> Result<(), &'static str> {
+    match v.parse::<u16>() {
+        Ok(n) if n <= 256 => Ok(()),
+        _ => Err("expected 0-256"),
+    }
+}
+fn is_export_list(v: &str) -> Result<(), &'static str> {
+    v.split(',').try_for_each(|e| {
+        let (bdev, ro) = e.split_once(':').map_or((e, None), |(b, r)| (b, Some(r)));
+        is_name(bdev)?;
+        match ro {
+            None | Some("ro") | Some("rw") => Ok(()),
+            Some(_) => Err("export is BDEV[:ro|:rw]"),
+        }
+    })
+}
 fn is_diag(v: &str) -> Result<(), &'static str> {
     let (mode, port) = v.split_once(':').ok_or("expected MODE:PORT")?;
     if !["discard", "echo", "source"].contains(&mode) {
@@ -185,6 +201,16 @@ pub static OPTIONS: &[OptionSpec] = &[
         key: "diag",
         check: is_diag,
         help: "TCP diagnostics service on the first data NIC: discard|echo|source:PORT",
+    },
+    OptionSpec {
+        key: "nbd.exports",
+        check: is_export_list,
+        help: "bdevs the NBD target exports, BDEV[:ro],... (default: every bdev, read-write)",
+    },
+    OptionSpec {
+        key: "nbd.max_connections",
+        check: is_count,
+        help: "NBD connection limit, 0 = default (16); 1 also withdraws multi-conn",
     },
 ];
 
@@ -444,6 +470,25 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn nbd_options() {
+        assert!(
+            Cmdline::parse("k nbd.exports=Malloc0:ro,Nvme0n1 nbd.max_connections=1")
+                .diagnostics
+                .is_empty()
+        );
+        assert_eq!(
+            Cmdline::parse("k nbd.exports=Malloc0:wo").diagnostics.len(),
+            1
+        );
+        assert_eq!(
+            Cmdline::parse("k nbd.max_connections=999")
+                .diagnostics
+                .len(),
+            1
+        );
     }
 
     #[test]
