@@ -15,6 +15,7 @@
 
 mod bench;
 mod build;
+mod nbdbench;
 mod netbench;
 mod peers;
 mod prereq;
@@ -79,6 +80,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   bench blk [--seconds N]  in-kernel block benchmark on NVMe and virtio-blk,
                            side by side with fio in a Linux guest on virtio-blk
   bench net [--seconds N]  TCP throughput both ways against Linux, idle CPU
+  bench nbd [--seconds N] [--runs N]
+                           NBD with fio: hosted runner vs qemu-nbd and nbdkit, and the VM
   bench peers [--seconds N] [--runs N]
                            Linux nvmet-tcp and LIO figures and the bridge ceiling
   hosted ARGS              the NBD engine as a Linux process: --listen ADDR

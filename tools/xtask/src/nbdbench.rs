@@ -1,0 +1,231 @@
+//! `bench nbd`: fio's nbd engine, 4k random reads at queue depth 32 and 128k
+//! sequential reads at queue depth 8, against
+//! - the hosted runner, qemu-nbd and nbdkit, natively on the host over
+//!   loopback, serving the same file (ratios to both);
+//! - the appliance VM over the rig's tap bridge, the file as its virtio-blk
+//!   disk.
+
+use crate::{build, build_hosted};
+use ironbay_tests::READY;
+use ironbay_tests::machine::{Boot, Disk, Machine, free_port};
+use ironbay_tests::rig::fio::{self, median};
+use ironbay_tests::rig::netns::Netns;
+use ironbay_tests::serial::Running;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const WORKLOADS: &[(&str, &str)] = &[
+    ("4k randread QD32", "--rw=randread --bs=4k --iodepth=32"),
+    ("128k read QD8", "--rw=read --bs=128k --iodepth=8"),
+];
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(cmd: &mut Command, port: u16) -> Result<Server, String> {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let s = Server(child);
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("{cmd:?} did not listen"))
+}
+
+fn fio_run(
+    wrap: &dyn Fn(Command) -> Command,
+    uri: &str,
+    opts: &str,
+    seconds: u32,
+) -> Result<fio::Result, String> {
+    let mut c = Command::new("fio");
+    c.args([
+        "--name=job",
+        "--ioengine=nbd",
+        &format!("--uri={uri}"),
+        "--time_based",
+        &format!("--runtime={seconds}"),
+    ]);
+    c.args([
+        "--ramp_time=1",
+        "--size=512m",
+        "--output-format=terse",
+        "--terse-version=3",
+    ]);
+    c.args(opts.split_whitespace());
+    let out = wrap(c).output().map_err(|e| format!("fio: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    fio::parse_terse(&text).ok_or_else(|| {
+        format!(
+            "fio against {uri}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn measure(
+    wrap: &dyn Fn(Command) -> Command,
+    uri: &str,
+    seconds: u32,
+    runs: u32,
+) -> Result<Vec<(f64, f64)>, String> {
+    let mut rows = Vec::new();
+    for (_, opts) in WORKLOADS {
+        let (mut iops, mut mib) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let r = fio_run(wrap, uri, opts, seconds)?;
+            iops.push(r.read_iops);
+            mib.push(r.read_kib_s / 1024.0);
+        }
+        rows.push((median(&mut iops), median(&mut mib)));
+    }
+    Ok(rows)
+}
+
+fn print(label: &str, rows: &[(f64, f64)], base: Option<&[(f64, f64)]>) {
+    for ((w, _), (iops, mib)) in WORKLOADS.iter().zip(rows) {
+        let ratio = base.map_or(String::new(), |b| {
+            let i = WORKLOADS.iter().position(|x| x.0 == *w).unwrap_or(0);
+            format!("  ironbay/this {:.2}x", b[i].0 / iops.max(1.0))
+        });
+        println!("  {label:<24} {w:<17} {iops:>9.0} IOPS {mib:>8.1} MiB/s{ratio}");
+    }
+}
+
+pub fn bench(args: &[String]) -> Result<(), String> {
+    let (mut seconds, mut runs) = (10u32, 3u32);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or(format!("{a} needs a number"))?;
+        match a.as_str() {
+            "--seconds" => seconds = v,
+            "--runs" => runs = v,
+            _ => return Err("usage: cargo xtask bench nbd [--seconds N] [--runs N]".into()),
+        }
+    }
+    crate::prereq::ensure_host_packages()?;
+    let images = build::build(true)?;
+    let hosted = build_hosted()?;
+    let file = crate::workspace_root().join("target/bench/nbd.img");
+    crate::bench::filled_disk(&file, 1 << 30)?;
+    let f = file.display().to_string();
+    let local = |c: Command| c;
+
+    let port = free_port();
+    let ours = {
+        let _s = spawn(
+            Command::new(&hosted).args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--export",
+                &format!("disk={f}"),
+            ]),
+            port,
+        )?;
+        measure(
+            &local,
+            &format!("nbd://127.0.0.1:{port}/disk"),
+            seconds,
+            runs,
+        )?
+    };
+    let port = free_port();
+    let qemu = {
+        let _s = spawn(
+            Command::new("qemu-nbd").args([
+                "-f",
+                "raw",
+                "-x",
+                "disk",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                "-e",
+                "8",
+                &f,
+            ]),
+            port,
+        )?;
+        measure(
+            &local,
+            &format!("nbd://127.0.0.1:{port}/disk"),
+            seconds,
+            runs,
+        )?
+    };
+    let port = free_port();
+    let nbdkit = {
+        let _s = spawn(
+            Command::new("nbdkit").args([
+                "-f",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "file",
+                &format!("file={f}"),
+            ]),
+            port,
+        )?;
+        measure(
+            &local,
+            &format!("nbd://127.0.0.1:{port}/disk"),
+            seconds,
+            runs,
+        )?
+    };
+
+    let appliance = appliance_over_tap(&images.kernel, &file, seconds, runs)?;
+
+    println!("\nNBD with fio's nbd engine, median of {runs} runs of {seconds} s, same 1 GiB file:");
+    println!(" natively on the host over loopback:");
+    print("ironbay hosted runner", &ours, None);
+    print("qemu-nbd", &qemu, Some(&ours));
+    print("nbdkit file plugin", &nbdkit, Some(&ours));
+    println!(" the appliance VM over the tap bridge (TCG, 512 MiB, 2 vCPUs, file as virtio-blk):");
+    print("ironbay appliance", &appliance, None);
+    println!(" (qemu-nbd and nbdkit inside a Linux guest on the same bridge are not measured yet)");
+    Ok(())
+}
+
+fn appliance_over_tap(
+    kernel: &Path,
+    file: &Path,
+    seconds: u32,
+    runs: u32,
+) -> Result<Vec<(f64, f64)>, String> {
+    let mut ns = Netns::create("nbdbench")?;
+    let tap = ns.add_tap()?;
+    let mut m = Machine::new(Boot::Kernel {
+        image: kernel.to_path_buf(),
+        append: "data.ip=10.55.0.10/24".into(),
+        config: None,
+    });
+    m.disks = vec![Disk::virtio(file.to_path_buf())];
+    m.data_tap = Some(tap);
+    let mut vm = Running::spawn(ns.wrap(&m.command())).map_err(|e| e.to_string())?;
+    vm.wait_for(READY, Duration::from_secs(120))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let wrap = |c: Command| ns.wrap(&c);
+    let rows = measure(&wrap, "nbd://10.55.0.10:10809/VirtioBlk0", seconds, runs);
+    drop(vm);
+    rows
+}
