@@ -202,6 +202,8 @@ fn test(rest: &[String]) -> Result<(), String> {
     lint()?;
     let mut totals = Totals::default();
     totals.run(cargo().args(["test", "--workspace"]))?;
+    // A short fuzz run of the NBD engine, as every parser gets.
+    fuzz(&["--seconds".into(), "20".into()])?;
     let images = build::build(true)?;
     rig::build()?;
     let hosted = build_hosted()?;
