@@ -12,9 +12,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Bump when the recipe below changes, so caches are rebuilt.
-const RECIPE: &str = "ironbay-rig-3";
+const RECIPE: &str = "ironbay-rig-4";
 
-const TOOLS: &[&str] = &["busybox-static", "nvme-cli", "open-iscsi", "fio", "iperf3"];
+const TOOLS: &[&str] = &[
+    "busybox-static",
+    "nvme-cli",
+    "open-iscsi",
+    "fio",
+    "iperf3",
+    "qemu-utils",
+    "nbdkit",
+];
 
 const MODULES: &[&str] = &[
     "configfs",
@@ -49,6 +57,10 @@ const BINARIES: &[&str] = &[
     "sbin/iscsid",
     "usr/bin/fio",
     "usr/bin/iperf3",
+    "usr/bin/qemu-nbd",
+    "usr/bin/nbdkit",
+    // Loaded by nbdkit at run time, so listed here for its libraries too.
+    "usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-file-plugin.so",
 ];
 
 const INIT: &str = include_str!("init.sh");
@@ -98,6 +110,8 @@ fn library_packages() -> Result<Vec<String>, String> {
         "open-iscsi",
         "fio",
         "iperf3",
+        "qemu-utils",
+        "nbdkit",
     ]))?;
     let set: BTreeSet<String> = out
         .lines()
@@ -175,6 +189,8 @@ pub fn build(cache: &Path) -> Result<GuestImage, String> {
         "lib/x86_64-linux-gnu",
         "usr/lib",
         "usr/lib/x86_64-linux-gnu",
+        "usr/lib/x86_64-linux-gnu/nbdkit",
+        "usr/lib/x86_64-linux-gnu/nbdkit/plugins",
         "etc",
         "etc/iscsi",
         "proc",

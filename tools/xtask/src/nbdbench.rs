@@ -10,6 +10,7 @@ use ironbay_tests::READY;
 use ironbay_tests::machine::{Boot, Disk, Machine, free_port};
 use ironbay_tests::rig::fio::{self, median};
 use ironbay_tests::rig::netns::Netns;
+use ironbay_tests::rig::vm::GuestVm;
 use ironbay_tests::serial::Running;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -193,39 +194,71 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         )?
     };
 
-    let appliance = appliance_over_tap(&images.kernel, &file, seconds, runs)?;
+    let guest = crate::rig::build()?;
+    let (appliance, guest_qemu, guest_nbdkit) =
+        over_tap(&images.kernel, &guest, &file, seconds, runs)?;
 
     println!("\nNBD with fio's nbd engine, median of {runs} runs of {seconds} s, same 1 GiB file:");
     println!(" natively on the host over loopback:");
     print("ironbay hosted runner", &ours, None);
     print("qemu-nbd", &qemu, Some(&ours));
     print("nbdkit file plugin", &nbdkit, Some(&ours));
-    println!(" the appliance VM over the tap bridge (TCG, 512 MiB, 2 vCPUs, file as virtio-blk):");
+    println!(
+        " VMs over the tap bridge (TCG, 512 MiB, 2 vCPUs, the file as their virtio-blk disk):"
+    );
     print("ironbay appliance", &appliance, None);
-    println!(" (qemu-nbd and nbdkit inside a Linux guest on the same bridge are not measured yet)");
+    print("qemu-nbd in Linux guest", &guest_qemu, Some(&appliance));
+    print("nbdkit in Linux guest", &guest_nbdkit, Some(&appliance));
     Ok(())
 }
 
-fn appliance_over_tap(
+type Rows = Vec<(f64, f64)>;
+
+/// The appliance, then qemu-nbd and nbdkit in a Linux guest of the same size,
+/// each with the file as its virtio-blk disk, measured from the host side of
+/// the bridge.
+fn over_tap(
     kernel: &Path,
+    guest: &ironbay_tests::rig::guest::GuestImage,
     file: &Path,
     seconds: u32,
     runs: u32,
-) -> Result<Vec<(f64, f64)>, String> {
+) -> Result<(Rows, Rows, Rows), String> {
     let mut ns = Netns::create("nbdbench")?;
     let tap = ns.add_tap()?;
+    let guest_tap = ns.add_tap()?;
     let mut m = Machine::new(Boot::Kernel {
         image: kernel.to_path_buf(),
         append: "data.ip=10.55.0.10/24".into(),
         config: None,
     });
     m.disks = vec![Disk::virtio(file.to_path_buf())];
-    m.data_tap = Some(tap);
+    m.data_tap = Some(tap.clone());
     let mut vm = Running::spawn(ns.wrap(&m.command())).map_err(|e| e.to_string())?;
     vm.wait_for(READY, Duration::from_secs(120))?;
     std::thread::sleep(Duration::from_secs(1));
     let wrap = |c: Command| ns.wrap(&c);
-    let rows = measure(&wrap, "nbd://10.55.0.10:10809/VirtioBlk0", seconds, runs);
+    let appliance = measure(&wrap, "nbd://10.55.0.10:10809/VirtioBlk0", seconds, runs)?;
     drop(vm);
-    rows
+
+    let script = crate::workspace_root().join("target/bench/nbd-peers.sh");
+    std::fs::write(
+        &script,
+        "qemu-nbd -f raw -x disk -p 10809 -t -e 8 /dev/vda &\n\
+         nbdkit -p 10810 file file=/dev/vda\n\
+         sleep 2\necho NBD-PEERS-READY\nwhile true; do sleep 3600; done\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let mut g = GuestVm::new(&script);
+    g.memory_mib = m.memory_mib;
+    g.cpus = m.cpus;
+    g.ip = Some("10.55.0.20/24".into());
+    g.tap = Some(guest_tap);
+    g.disks = vec![file.to_path_buf()];
+    let mut linux = g.start(guest, Some(&ns))?;
+    linux.wait_for("NBD-PEERS-READY", Duration::from_secs(300))?;
+    let qemu = measure(&wrap, "nbd://10.55.0.20:10809/disk", seconds, runs)?;
+    let nbdkit = measure(&wrap, "nbd://10.55.0.20:10810/", seconds, runs)?;
+    drop(linux);
+    Ok((appliance, qemu, nbdkit))
 }

@@ -604,3 +604,28 @@ fn mutated_client_traffic_never_panics() {
         assert!(r.out.len() < 64 << 20, "output grew without bound");
     }
 }
+
+#[test]
+fn list_meta_context_and_abort() {
+    let mut r = rig();
+    r.handshake(3);
+    // LIST with no queries lists every context, even before structured replies.
+    let mut q = 7u32.to_be_bytes().to_vec();
+    q.extend(b"Malloc0");
+    q.extend(0u32.to_be_bytes());
+    r.send(&option(opt::LIST_META_CONTEXT, &q));
+    let (_, t, d) = r.option_reply();
+    assert_eq!((t, &d[4..]), (rep::META_CONTEXT, &b"base:allocation"[..]));
+    assert_eq!(r.option_reply().1, rep::ACK);
+    // A query for another namespace matches nothing.
+    let mut q = 7u32.to_be_bytes().to_vec();
+    q.extend(b"Malloc0");
+    q.extend(1u32.to_be_bytes());
+    q.extend(9u32.to_be_bytes());
+    q.extend(b"qemu:foo:");
+    r.send(&option(opt::LIST_META_CONTEXT, &q));
+    assert_eq!(r.option_reply().1, rep::ACK);
+    r.send(&option(opt::ABORT, b""));
+    assert_eq!(r.option_reply().1, rep::ACK);
+    assert!(r.conn.finished() && r.conn.error.is_none());
+}
