@@ -71,10 +71,9 @@ fn pd_entry(addr: u64, frames: &mut FrameAllocator) -> Result<*mut u64, MapError
     let i4 = ((addr >> 39) & 511) as usize;
     let i3 = ((addr >> 30) & 511) as usize;
     let i2 = ((addr >> 21) & 511) as usize;
-    // SAFETY: CR3 holds the live PML4, which the boot path placed in the image;
-    // every table below it lies in the identity map (boot tables or frames
-    // taken below 4 GiB). The boot path uses no 1 GiB pages, so PML4 and PDPT
-    // entries always point at tables. Single CPU, interrupts off during boot.
+    // SAFETY: CR3 holds the live PML4; all tables below it are identity-mapped
+    // (boot tables or frames below 4 GiB), and with no 1 GiB pages PML4 and
+    // PDPT entries always point at tables. One CPU, no concurrent walkers.
     unsafe {
         let pdpt = next(&raw mut (*pml4)[i4], frames)?;
         let pd = next(&raw mut (*pdpt)[i3], frames)?;

@@ -128,28 +128,20 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let f = file.display().to_string();
     let local = |c: Command| c;
 
-    let port = free_port();
-    let ours = {
-        let _s = spawn(
-            Command::new(&hosted).args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--export",
-                &format!("disk={f}"),
-            ]),
-            port,
-        )?;
-        measure(
-            &local,
-            &format!("nbd://127.0.0.1:{port}/disk"),
-            seconds,
-            runs,
-        )?
-    };
-    let port = free_port();
-    let qemu = {
-        let _s = spawn(
-            Command::new("qemu-nbd").args([
+    // The same file behind each native server, one at a time.
+    let servers: [(&str, Vec<String>); 3] = [
+        (
+            hosted.to_str().unwrap_or_default(),
+            vec![
+                "--listen".into(),
+                "127.0.0.1:{port}".into(),
+                "--export".into(),
+                format!("disk={f}"),
+            ],
+        ),
+        (
+            "qemu-nbd",
+            [
                 "-f",
                 "raw",
                 "-x",
@@ -157,43 +149,46 @@ pub fn bench(args: &[String]) -> Result<(), String> {
                 "-b",
                 "127.0.0.1",
                 "-p",
-                &port.to_string(),
+                "{port}",
                 "-t",
                 "-e",
                 "8",
                 &f,
-            ]),
-            port,
-        )?;
-        measure(
-            &local,
-            &format!("nbd://127.0.0.1:{port}/disk"),
-            seconds,
-            runs,
-        )?
-    };
-    let port = free_port();
-    let nbdkit = {
-        let _s = spawn(
-            Command::new("nbdkit").args([
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        (
+            "nbdkit",
+            [
                 "-f",
                 "-i",
                 "127.0.0.1",
                 "-p",
-                &port.to_string(),
+                "{port}",
                 "file",
                 &format!("file={f}"),
-            ]),
-            port,
-        )?;
-        measure(
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+    ];
+    let mut native = Vec::new();
+    for (program, args) in servers {
+        let port = free_port();
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.replace("{port}", &port.to_string()))
+            .collect();
+        let _server = spawn(Command::new(program).args(&args), port)?;
+        native.push(measure(
             &local,
             &format!("nbd://127.0.0.1:{port}/disk"),
             seconds,
             runs,
-        )?
-    };
-
+        )?);
+    }
+    let [ours, qemu, nbdkit] = <[Rows; 3]>::try_from(native).map_err(|_| "three servers")?;
     let guest = crate::rig::build()?;
     let (appliance, guest_qemu, guest_nbdkit) =
         over_tap(&images.kernel, &guest, &file, seconds, runs)?;

@@ -242,10 +242,10 @@ impl<H: Hal, T: Transport> BlockDevice for VirtioBlk<H, T> {
         slot.tag = req.tag;
         slot.buf = req.op.into_buf();
         let (inputs, ni, mut outputs, no) = slot.buffers();
+        #[allow(unsafe_code, reason = "virtqueue buffers must outlive the request")]
         // SAFETY: every buffer handed to the device lives in `self.slots[i]`
         // (boxed, never moved or touched until this token is popped in `poll`)
         // or in the IoBuf that slot owns until then.
-        #[allow(unsafe_code, reason = "virtqueue buffers must outlive the request")]
         let token = unsafe { self.queue.add(&inputs[..ni], &mut outputs[..no]) };
         match token {
             Ok(token) => {
@@ -284,9 +284,9 @@ impl<H: Hal, T: Transport> BlockDevice for VirtioBlk<H, T> {
                 break;
             };
             let (inputs, ni, mut outputs, no) = slot.buffers();
+            #[allow(unsafe_code, reason = "returning virtqueue buffers")]
             // SAFETY: these are exactly the buffers `submit` added under this
             // token, rebuilt from the same slot.
-            #[allow(unsafe_code, reason = "returning virtqueue buffers")]
             let popped = unsafe {
                 self.queue
                     .pop_used(token, &inputs[..ni], &mut outputs[..no])
