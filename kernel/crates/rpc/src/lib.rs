@@ -1,0 +1,21 @@
+//! The management plane's first front end: SPDK-style JSON-RPC 2.0 over a
+//! byte stream, as SPDK's own client speaks it (JSON values back to back, no
+//! framing; batches as arrays; notifications without an id).
+//!
+//! - [`Session`]: one connection; bytes in, response bytes out.
+//! - [`methods`]: the method table (modern name, seed-era aliases, handler,
+//!   whether it may run before or after `framework_start_init`).
+//! - [`Model`]: what the methods operate on, supplied by the caller: the bdev
+//!   registry and the NBD exports. Later front ends (targetd, QMP, REST) call
+//!   the same operations.
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod methods;
+mod session;
+
+pub use methods::{METHODS, Method, Model, RpcError};
+pub use session::Session;

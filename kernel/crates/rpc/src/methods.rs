@@ -1,0 +1,323 @@
+//! The method table and the operations behind it.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use ironbay_bdev::{IoType, Registry};
+use ironbay_config::bootconfig::MethodCall;
+use ironbay_nbd::{Export, Exports};
+use serde_json::{Map, Value, json};
+
+/// JSON-RPC error codes as SPDK uses them.
+pub mod code {
+    pub const INVALID_STATE: i64 = -1;
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    pub const INTERNAL_ERROR: i64 = -32603;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn params(message: impl Into<String>) -> Self {
+        RpcError {
+            code: code::INVALID_PARAMS,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the methods manage. The kernel owns these; tests make their own.
+pub struct Model<'a> {
+    pub bdevs: &'a mut Registry,
+    /// NBD exports, when the NBD target runs.
+    pub nbd: Option<&'a mut Exports>,
+    /// Bytes a new RAM bdev may take.
+    pub memory_budget: u64,
+    /// Set once `framework_start_init` ran (always, unless started deferred).
+    pub initialized: &'a mut bool,
+}
+
+type Handler = fn(&mut Model<'_>, &Map<String, Value>) -> Result<Value, RpcError>;
+
+pub struct Method {
+    pub name: &'static str,
+    pub aliases: &'static [&'static str],
+    pub handler: Handler,
+    pub startup: bool,
+    pub runtime: bool,
+}
+
+const BOTH: (bool, bool) = (true, true);
+
+macro_rules! table {
+    ($( $name:literal [$($alias:literal),*] $when:expr => $h:expr ),* $(,)?) => {
+        &[ $( Method { name: $name, aliases: &[$($alias),*], handler: $h, startup: $when.0, runtime: $when.1 } ),* ]
+    };
+}
+
+pub static METHODS: &[Method] = table![
+    "spdk_get_version" ["get_spdk_version"] BOTH => spdk_get_version,
+    "rpc_get_methods" ["get_rpc_methods"] BOTH => rpc_get_methods,
+    "framework_get_subsystems" ["get_subsystems"] (false, true) => framework_get_subsystems,
+    "framework_get_config" ["get_subsystem_config"] (false, true) => framework_get_config,
+    "framework_start_init" ["start_subsystem_init"] (true, false) => framework_start_init,
+    "framework_wait_init" ["wait_subsystem_init"] BOTH => |_, _| Ok(Value::Bool(true)),
+    "bdev_get_bdevs" ["get_bdevs"] (false, true) => bdev_get_bdevs,
+    "bdev_get_iostat" ["get_bdevs_iostat"] (false, true) => bdev_get_iostat,
+    "bdev_malloc_create" ["construct_malloc_bdev"] (false, true) => |m, p| bdev_create(m, p, "bdev_malloc_create"),
+    "bdev_malloc_delete" ["delete_malloc_bdev"] (false, true) => |m, p| bdev_delete(m, p, "Malloc disk"),
+    "bdev_null_create" ["construct_null_bdev"] (false, true) => |m, p| bdev_create(m, p, "bdev_null_create"),
+    "bdev_null_delete" ["delete_null_bdev"] (false, true) => |m, p| bdev_delete(m, p, "Null disk"),
+    "nbd_get_disks" ["get_nbd_disks"] (false, true) => nbd_get_disks,
+];
+
+/// Finds a method by modern name or alias.
+pub fn lookup(name: &str) -> Option<&'static Method> {
+    METHODS
+        .iter()
+        .find(|m| m.name == name || m.aliases.contains(&name))
+}
+
+fn no_params(p: &Map<String, Value>) -> Result<(), RpcError> {
+    match p.keys().next() {
+        Some(k) => Err(RpcError::params(format!("unknown parameter `{k}`"))),
+        None => Ok(()),
+    }
+}
+
+fn only(p: &Map<String, Value>, allowed: &[&str]) -> Result<(), RpcError> {
+    match p.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(RpcError::params(format!("unknown parameter `{k}`"))),
+        None => Ok(()),
+    }
+}
+
+fn opt_name(p: &Map<String, Value>) -> Result<Option<&str>, RpcError> {
+    match p.get("name") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(RpcError::params("`name` must be a string")),
+    }
+}
+
+fn spdk_get_version(_: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
+    no_params(p)?;
+    let v = env!("CARGO_PKG_VERSION");
+    Ok(
+        json!({ "version": format!("ironbay {v}"), "fields": { "major": 0, "minor": 1, "patch": 0, "suffix": "" } }),
+    )
+}
+
+fn rpc_get_methods(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
+    only(p, &["current", "include_aliases"])?;
+    let current = p.get("current").and_then(Value::as_bool).unwrap_or(false);
+    let aliases = p
+        .get("include_aliases")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let mut names = Vec::new();
+    for meth in METHODS {
+        if current
+            && !(if *m.initialized {
+                meth.runtime
+            } else {
+                meth.startup
+            })
+        {
+            continue;
+        }
+        names.push(Value::String(meth.name.into()));
+        if aliases {
+            names.extend(meth.aliases.iter().map(|a| Value::String((*a).into())));
+        }
+    }
+    Ok(Value::Array(names))
+}
+
+fn framework_get_subsystems(_: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
+    no_params(p)?;
+    Ok(json!([
+        { "subsystem": "bdev", "depends_on": [] },
+        { "subsystem": "nbd", "depends_on": ["bdev"] },
+    ]))
+}
+
+/// The bdev subsystem's state as method calls (what `save_config` stores).
+fn bdev_config(m: &Model<'_>) -> Vec<Value> {
+    let mut calls = Vec::new();
+    for id in m.bdevs.ids() {
+        let Some(b) = m.bdevs.info(id) else { continue };
+        let method = match b.product.as_str() {
+            "Malloc disk" => "bdev_malloc_create",
+            "Null disk" => "bdev_null_create",
+            _ => continue, // hardware bdevs come back by themselves
+        };
+        calls.push(json!({
+            "method": method,
+            "params": {
+                "name": b.name, "num_blocks": b.num_blocks, "block_size": b.block_size, "uuid": b.uuid.to_string()
+            }
+        }));
+    }
+    calls
+}
+
+fn framework_get_config(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
+    only(p, &["name"])?;
+    match opt_name(p)? {
+        Some("bdev") => Ok(Value::Array(bdev_config(m))),
+        Some("nbd") => Ok(Value::Array(Vec::new())),
+        Some(other) => Err(RpcError::params(format!("no subsystem named {other}"))),
+        None => Ok(json!({ "subsystems": [
+            { "subsystem": "bdev", "config": bdev_config(m) },
+            { "subsystem": "nbd", "config": [] },
+        ]})),
+    }
+}
+
+fn framework_start_init(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
+    no_params(p)?;
+    *m.initialized = true;
+    Ok(Value::Bool(true))
+}
+
+fn bdev_json(m: &Model<'_>, id: ironbay_bdev::BdevId) -> Option<Value> {
+    let b = m.bdevs.info(id)?;
+    let io = |t| Value::Bool(b.io_types.contains(t));
+    Some(json!({
+        "name": b.name,
+        "aliases": m.bdevs.aliases(id),
+        "product_name": b.product,
+        "block_size": b.block_size,
+        "num_blocks": b.num_blocks,
+        "uuid": b.uuid.to_string(),
+        "claimed": false,
+        "zoned": false,
+        "supported_io_types": {
+            "read": io(IoType::Read), "write": io(IoType::Write), "unmap": io(IoType::Unmap),
+            "write_zeroes": io(IoType::WriteZeroes), "flush": io(IoType::Flush), "reset": false,
+            "nvme_admin": false, "nvme_io": false
+        },
+        "driver_specific": {}
+    }))
+}
+
+fn find(m: &Model<'_>, name: &str) -> Result<ironbay_bdev::BdevId, RpcError> {
+    m.bdevs
+        .find(name)
+        .ok_or_else(|| RpcError::params(format!("bdev {name} does not exist")))
+}
+
+fn bdev_get_bdevs(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
+    only(p, &["name", "timeout"])?;
+    let ids: Vec<_> = match opt_name(p)? {
+        Some(n) => alloc::vec![find(m, n)?],
+        None => m.bdevs.ids().collect(),
+    };
+    Ok(Value::Array(
+        ids.into_iter().filter_map(|id| bdev_json(m, id)).collect(),
+    ))
+}
+
+fn bdev_get_iostat(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
+    only(p, &["name", "per_channel"])?;
+    let ids: Vec<_> = match opt_name(p)? {
+        Some(n) => alloc::vec![find(m, n)?],
+        None => m.bdevs.ids().collect(),
+    };
+    let mut list = Vec::new();
+    for id in ids {
+        let (Some(b), Some(s)) = (m.bdevs.info(id), m.bdevs.stats(id)) else {
+            continue;
+        };
+        let t = |k| s.get(k);
+        list.push(json!({
+            "name": b.name,
+            "bytes_read": t(IoType::Read).bytes, "num_read_ops": t(IoType::Read).ops,
+            "bytes_written": t(IoType::Write).bytes, "num_write_ops": t(IoType::Write).ops,
+            "bytes_unmapped": 0, "num_unmap_ops": t(IoType::Unmap).ops,
+            "read_latency_ticks": t(IoType::Read).latency_sum_us,
+            "write_latency_ticks": t(IoType::Write).latency_sum_us,
+            "unmap_latency_ticks": t(IoType::Unmap).latency_sum_us,
+        }));
+    }
+    Ok(json!({ "tick_rate": 1_000_000, "ticks": 0, "bdevs": list }))
+}
+
+fn bdev_create(m: &mut Model<'_>, p: &Map<String, Value>, method: &str) -> Result<Value, RpcError> {
+    only(p, &["name", "num_blocks", "block_size", "uuid"])?;
+    let call = MethodCall {
+        method: method.into(),
+        params: p.clone(),
+    };
+    let name = ironbay_config::apply::bdev_call(m.bdevs, &call, m.memory_budget)
+        .map_err(RpcError::params)?;
+    if let (Some(nbd), Some(id)) = (m.nbd.as_deref_mut(), m.bdevs.find(&name))
+        && let Some(info) = m.bdevs.info(id)
+    {
+        nbd.list
+            .push(Export::new(&name, &info.product, id, info, false));
+    }
+    Ok(Value::String(name))
+}
+
+fn bdev_delete(
+    m: &mut Model<'_>,
+    p: &Map<String, Value>,
+    product: &str,
+) -> Result<Value, RpcError> {
+    only(p, &["name"])?;
+    let name = opt_name(p)?.ok_or_else(|| RpcError::params("missing `name`"))?;
+    let id = find(m, name)?;
+    if m.bdevs.info(id).is_some_and(|b| b.product != product) {
+        return Err(RpcError::params(format!("{name} is not a {product}")));
+    }
+    m.bdevs.remove(id).map_err(|e| RpcError {
+        code: code::INVALID_STATE,
+        message: e.to_string(),
+    })?;
+    if let Some(nbd) = m.nbd.as_deref_mut() {
+        nbd.list.retain(|e| e.name != name);
+    }
+    Ok(Value::Bool(true))
+}
+
+fn nbd_get_disks(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
+    only(p, &["nbd_device"])?;
+    // No /dev/nbdX on an appliance: the export name is the "device".
+    let list = m.nbd.as_deref().map_or(Vec::new(), |n| {
+        n.list
+            .iter()
+            .map(|e| json!({ "bdev_name": e.name, "nbd_device": e.name }))
+            .collect()
+    });
+    Ok(Value::Array(list))
+}
+
+/// Runs one call (boot config or RPC) through the table.
+pub fn call(m: &mut Model<'_>, name: &str, params: &Map<String, Value>) -> Result<Value, RpcError> {
+    let meth = lookup(name).ok_or_else(|| RpcError {
+        code: code::METHOD_NOT_FOUND,
+        message: "Method not found".into(),
+    })?;
+    let allowed = if *m.initialized {
+        meth.runtime
+    } else {
+        meth.startup
+    };
+    if !allowed {
+        let when = if *m.initialized { "after" } else { "before" };
+        return Err(RpcError {
+            code: code::INVALID_STATE,
+            message: format!("method {name} cannot run {when} framework_start_init"),
+        });
+    }
+    (meth.handler)(m, params)
+}

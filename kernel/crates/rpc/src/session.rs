@@ -1,0 +1,272 @@
+//! One JSON-RPC connection: a stream of JSON values in, responses out.
+
+use crate::methods::{self, Model, RpcError, code};
+use alloc::vec::Vec;
+use serde_json::{Map, Value, json};
+
+/// Largest request (or batch) accepted; a bigger one is a parse error and
+/// ends the connection, since the stream can no longer be trusted.
+pub const MAX_REQUEST: usize = 1 << 20;
+
+#[derive(Default)]
+pub struct Session {
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    closed: bool,
+}
+
+fn error(id: Value, e: RpcError) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "error": { "code": e.code, "message": e.message } })
+}
+
+fn invalid(message: &str) -> RpcError {
+    RpcError {
+        code: code::INVALID_REQUEST,
+        message: message.into(),
+    }
+}
+
+impl Session {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes received bytes and answers every complete request in them.
+    pub fn handle_input(&mut self, data: &[u8], model: &mut Model<'_>) {
+        if self.closed {
+            return;
+        }
+        self.buf.extend_from_slice(data);
+        loop {
+            let start = self
+                .buf
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(self.buf.len());
+            self.buf.drain(..start);
+            if self.buf.is_empty() {
+                return;
+            }
+            let mut stream = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
+            match stream.next() {
+                Some(Ok(v)) => {
+                    let used = stream.byte_offset();
+                    self.buf.drain(..used);
+                    if let Some(reply) = self.dispatch(v, model) {
+                        self.send(&reply);
+                    }
+                }
+                Some(Err(e)) if e.is_eof() => {
+                    if self.buf.len() > MAX_REQUEST {
+                        self.parse_error("request too large");
+                    }
+                    return;
+                }
+                Some(Err(_)) => return self.parse_error("Parse error"),
+                None => return,
+            }
+        }
+    }
+
+    fn parse_error(&mut self, message: &str) {
+        self.send(&error(
+            Value::Null,
+            RpcError {
+                code: code::PARSE_ERROR,
+                message: message.into(),
+            },
+        ));
+        self.buf.clear();
+        self.closed = true;
+    }
+
+    fn send(&mut self, v: &Value) {
+        if let Ok(s) = serde_json::to_string(v) {
+            self.out.extend_from_slice(s.as_bytes());
+            self.out.push(b'\n');
+        }
+    }
+
+    fn dispatch(&mut self, v: Value, model: &mut Model<'_>) -> Option<Value> {
+        match v {
+            Value::Array(reqs) if reqs.is_empty() => {
+                Some(error(Value::Null, invalid("empty batch")))
+            }
+            Value::Array(reqs) => {
+                let replies: Vec<Value> = reqs
+                    .into_iter()
+                    .filter_map(|r| self.one(r, model))
+                    .collect();
+                (!replies.is_empty()).then_some(Value::Array(replies))
+            }
+            other => self.one(other, model),
+        }
+    }
+
+    /// One request; `None` for notifications.
+    fn one(&mut self, v: Value, model: &mut Model<'_>) -> Option<Value> {
+        let Value::Object(mut req) = v else {
+            return Some(error(Value::Null, invalid("request must be an object")));
+        };
+        let id = req.remove("id");
+        let notification = id.is_none();
+        let id = id.unwrap_or(Value::Null);
+        if !matches!(id, Value::Null | Value::Number(_) | Value::String(_)) {
+            return Some(error(
+                Value::Null,
+                invalid("id must be a number, string or null"),
+            ));
+        }
+        if req.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return Some(error(id, invalid("jsonrpc must be \"2.0\"")));
+        }
+        let Some(Value::String(method)) = req.remove("method") else {
+            return Some(error(id, invalid("method must be a string")));
+        };
+        let params = match req.remove("params") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(p)) => p,
+            Some(_) => return Some(error(id, RpcError::params("params must be an object"))),
+        };
+        let result = methods::call(model, &method, &params);
+        if notification {
+            return None;
+        }
+        Some(match result {
+            Ok(r) => json!({ "jsonrpc": "2.0", "id": id, "result": r }),
+            Err(e) => error(id, e),
+        })
+    }
+
+    pub fn poll_output(&self) -> &[u8] {
+        &self.out
+    }
+
+    pub fn consume_output(&mut self, n: usize) {
+        self.out.drain(..n.min(self.out.len()));
+    }
+
+    /// A parse error ended the session; close once the output is sent.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Requests are not read while this much output waits.
+    pub fn wants_input(&self) -> bool {
+        !self.closed && self.out.len() < MAX_REQUEST
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ironbay_bdev::Registry;
+
+    fn session_with(input: &str) -> (Vec<Value>, Registry) {
+        let mut reg = Registry::new();
+        let mut init = true;
+        let mut s = Session::new();
+        let mut m = Model {
+            bdevs: &mut reg,
+            nbd: None,
+            memory_budget: 1 << 30,
+            initialized: &mut init,
+        };
+        s.handle_input(input.as_bytes(), &mut m);
+        let out = String::from_utf8(s.poll_output().to_vec()).unwrap();
+        let replies = serde_json::Deserializer::from_str(&out)
+            .into_iter::<Value>()
+            .map(Result::unwrap)
+            .collect();
+        (replies, reg)
+    }
+
+    fn code_of(v: &Value) -> i64 {
+        v["error"]["code"].as_i64().unwrap_or(0)
+    }
+
+    #[test]
+    fn create_list_delete_with_modern_and_seed_names() {
+        let (r, reg) = session_with(concat!(
+            r#"{"jsonrpc":"2.0","id":1,"method":"bdev_malloc_create","params":{"num_blocks":2048,"block_size":512}}"#,
+            r#"{"jsonrpc":"2.0","id":2,"method":"construct_null_bdev","params":{"name":"Null0","num_blocks":10,"block_size":4096}}"#,
+            "\n  ",
+            r#"{"jsonrpc":"2.0","id":3,"method":"get_bdevs","params":{"name":"Malloc0"}}"#,
+            r#"{"jsonrpc":"2.0","id":4,"method":"bdev_null_delete","params":{"name":"Null0"}}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"bdev_get_bdevs"}"#,
+        ));
+        assert_eq!(r[0]["result"], "Malloc0");
+        assert_eq!(r[1]["result"], "Null0");
+        assert_eq!(r[2]["result"][0]["num_blocks"], 2048);
+        assert_eq!(r[2]["result"][0]["product_name"], "Malloc disk");
+        assert_eq!(r[3]["result"], true);
+        assert_eq!(r[4]["result"].as_array().unwrap().len(), 1);
+        assert_eq!(reg.ids().count(), 1);
+    }
+
+    #[test]
+    fn every_error_code() {
+        let (r, _) = session_with(concat!(
+            r#"{"jsonrpc":"2.0","id":1,"method":"nope"}"#,
+            r#"{"jsonrpc":"2.0","id":2,"method":"bdev_malloc_create","params":{"num_blocks":"x","block_size":512}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"bdev_malloc_create","params":{"num_blocks":8,"block_size":512,"colour":1}}"#,
+            r#"{"jsonrpc":"2.0","id":4,"method":"bdev_malloc_create"}"#,
+            r#"{"jsonrpc":"1.0","id":5,"method":"spdk_get_version"}"#,
+            r#"{"jsonrpc":"2.0","id":6,"method":7}"#,
+            r#"{"jsonrpc":"2.0","id":7,"method":"framework_start_init"}"#,
+            r#"[]"#,
+            r#"{"jsonrpc":"2.0","id":8,"method":"bdev_get_bdevs","params":[1]}"#,
+            r#"{"jsonrpc":"2.0","id":9,"method":"bdev_malloc_delete","params":{"name":"X"}}"#,
+        ));
+        let codes: Vec<i64> = r.iter().map(code_of).collect();
+        assert_eq!(
+            codes,
+            vec![
+                -32601, -32602, -32602, -32602, -32600, -32600, -1, -32600, -32602, -32602
+            ]
+        );
+        assert!(
+            r[1]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("num_blocks")
+        );
+        assert!(
+            r[2]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("colour")
+        );
+    }
+
+    #[test]
+    fn notifications_batches_and_parse_errors() {
+        let (r, reg) = session_with(concat!(
+            r#"{"jsonrpc":"2.0","method":"bdev_malloc_create","params":{"num_blocks":8,"block_size":512}}"#,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"spdk_get_version"},{"jsonrpc":"2.0","method":"spdk_get_version"},{"jsonrpc":"2.0","id":2,"method":"rpc_get_methods"}]"#,
+            r#"{"jsonrpc": "2.0", "id": 3, "method": "#,
+        ));
+        assert_eq!(reg.ids().count(), 1, "the notification ran");
+        assert_eq!(r.len(), 1, "one batch reply; the half request waits");
+        assert_eq!(r[0].as_array().unwrap().len(), 2);
+        assert!(
+            r[0][1]["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m == "bdev_get_bdevs")
+        );
+        let (r, _) = session_with(r#"{"jsonrpc": "2.0", "id": 3, "method": ]}"#);
+        assert_eq!(code_of(&r[0]), -32700);
+    }
+
+    #[test]
+    fn oversized_request_is_refused() {
+        let big = alloc::format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"{}",
+            "x".repeat(MAX_REQUEST + 10)
+        );
+        let (r, _) = session_with(&big);
+        assert_eq!(code_of(&r[0]), -32700);
+    }
+}
