@@ -36,6 +36,20 @@ pub struct Nbd {
 
 pub struct Services {
     pub nbd: Option<Nbd>,
+    pub rpc: Option<Rpc>,
+}
+
+pub const RPC_PORT: u16 = 5260;
+const RPC_CONNECTIONS: usize = 8;
+
+/// The JSON-RPC server on the management NIC.
+pub struct Rpc {
+    stack: usize,
+    listener: Listener,
+    sessions: Vec<Option<ironbay_rpc::Session>>,
+    /// Client subnets allowed; empty means the management NIC's own subnet.
+    allow: Vec<ironbay_config::net::Ipv4Cidr>,
+    initialized: bool,
 }
 
 fn tag(slot: usize, generation: u16, engine: u64) -> u64 {
@@ -49,7 +63,8 @@ pub fn init(
 ) -> Services {
     let Some(stack) = network.stacks.iter().position(|s| s.role == Role::Data(0)) else {
         log::warn!("no data NIC: NBD target not started");
-        return Services { nbd: None };
+        let rpc = rpc_init(network, cmdline);
+        return Services { nbd: None, rpc };
     };
     // QAPI's max-connections: 0 is "no limit of our own", 1 withdraws multi-conn.
     let max: usize = cmdline.get_as("nbd.max_connections").unwrap_or(0);
@@ -89,6 +104,7 @@ pub fn init(
             generation: 0,
         })
         .collect();
+    let rpc = rpc_init(network, cmdline);
     Services {
         nbd: Some(Nbd {
             stack,
@@ -96,12 +112,145 @@ pub fn init(
             slots,
             exports,
         }),
+        rpc,
+    }
+}
+
+fn rpc_init(network: &mut Network, cmdline: &ironbay_config::Cmdline) -> Option<Rpc> {
+    let Some(stack) = network.stacks.iter().position(|s| s.role == Role::Mgmt) else {
+        log::warn!("no management NIC: JSON-RPC not started");
+        return None;
+    };
+    let allow: Vec<ironbay_config::net::Ipv4Cidr> = cmdline
+        .get("mgmt.allow")
+        .map(|l| l.split(',').filter_map(|c| c.parse().ok()).collect())
+        .unwrap_or_default();
+    let listener = Listener::new(
+        &mut network.stacks[stack].sockets,
+        RPC_PORT,
+        RPC_CONNECTIONS,
+        TcpTuning::MANAGEMENT,
+    );
+    if allow.is_empty() {
+        log::info!("mgmt: JSON-RPC on TCP port {RPC_PORT}, clients from the management subnet");
+    } else {
+        let list: Vec<alloc::string::String> =
+            allow.iter().map(|c| alloc::format!("{c}")).collect();
+        log::info!(
+            "mgmt: JSON-RPC on TCP port {RPC_PORT}, clients from {}",
+            list.join(" ")
+        );
+    }
+    Some(Rpc {
+        stack,
+        listener,
+        sessions: (0..RPC_CONNECTIONS).map(|_| None).collect(),
+        allow,
+        initialized: true,
+    })
+}
+
+impl Rpc {
+    fn allowed(&self, network: &Network, peer: smoltcp::wire::IpAddress) -> bool {
+        let smoltcp::wire::IpAddress::Ipv4(ip) = peer else {
+            return false;
+        };
+        let ip = core::net::Ipv4Addr::from(ip.octets());
+        if self.allow.is_empty() {
+            // Default: the management NIC's own subnet.
+            return network.stacks[self.stack].ipv4().is_some_and(|c| {
+                let addr = core::net::Ipv4Addr::from(c.address().octets());
+                ironbay_config::net::Ipv4Cidr {
+                    addr,
+                    prefix: c.prefix_len(),
+                }
+                .contains(ip)
+            });
+        }
+        self.allow.iter().any(|c| c.contains(ip))
+    }
+
+    fn poll(
+        &mut self,
+        network: &mut Network,
+        storage: &mut Storage,
+        mut nbd: Option<&mut Exports>,
+    ) -> bool {
+        let mut busy = false;
+        for (i, &h) in self.listener.sockets().iter().enumerate() {
+            let (state, peer) = {
+                let s = network.stacks[self.stack].sockets.get::<tcp::Socket<'_>>(h);
+                (s.state(), s.remote_endpoint())
+            };
+            if !matches!(state, tcp::State::Established | tcp::State::CloseWait) {
+                self.sessions[i] = None;
+                continue;
+            }
+            if self.sessions[i].is_none() {
+                if !peer.is_some_and(|p| self.allowed(network, p.addr)) {
+                    log::warn!(
+                        "mgmt: JSON-RPC connection from {peer:?} refused (not in the allow-list)"
+                    );
+                    network.stacks[self.stack]
+                        .sockets
+                        .get_mut::<tcp::Socket<'_>>(h)
+                        .abort();
+                    continue;
+                }
+                self.sessions[i] = Some(ironbay_rpc::Session::new());
+            }
+            let Some(session) = self.sessions[i].as_mut() else {
+                continue;
+            };
+            let s = network.stacks[self.stack]
+                .sockets
+                .get_mut::<tcp::Socket<'_>>(h);
+            if session.wants_input() && s.can_recv() {
+                let heap = crate::mem::heap_stats();
+                let mut model = ironbay_rpc::Model {
+                    bdevs: &mut storage.bdevs,
+                    nbd: nbd.as_deref_mut(),
+                    memory_budget: (heap.size - heap.used) as u64 / 2,
+                    initialized: &mut self.initialized,
+                };
+                let _ = s.recv(|b| {
+                    session.handle_input(b, &mut model);
+                    (b.len(), ())
+                });
+                busy = true;
+            }
+            while !session.poll_output().is_empty() {
+                match s.send_slice(session.poll_output()) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        session.consume_output(n);
+                        busy = true;
+                    }
+                }
+            }
+            if (session.closed() || s.state() == tcp::State::CloseWait)
+                && session.poll_output().is_empty()
+            {
+                s.close();
+            }
+        }
+        self.listener
+            .relisten(&mut network.stacks[self.stack].sockets);
+        busy
     }
 }
 
 impl Services {
     /// Moves bytes between sockets and engines and starts block I/O.
     pub fn poll(&mut self, network: &mut Network, storage: &mut Storage) -> bool {
+        let mut busy = false;
+        if let Some(rpc) = &mut self.rpc {
+            busy |= rpc.poll(network, storage, self.nbd.as_mut().map(|n| &mut n.exports));
+        }
+        busy | self.poll_nbd(network, storage)
+    }
+
+    fn poll_nbd(&mut self, network: &mut Network, storage: &mut Storage) -> bool {
         let Some(nbd) = &mut self.nbd else {
             return false;
         };

@@ -95,13 +95,19 @@ pub fn init(devices: &[Function], config: Option<&BootConfig>) -> Storage {
         }
     }
     if let Some(cfg) = config {
-        for (subsystem, call) in cfg.calls().filter(|(s, _)| *s == "bdev") {
-            // RAM bdevs may take half of what the heap has left.
+        // The boot config goes through the same method table as the JSON-RPC API.
+        let mut initialized = true;
+        for (subsystem, call) in cfg.calls() {
             let heap = mem::heap_stats();
-            let budget = (heap.size - heap.used) as u64 / 2;
-            match ironbay_config::apply::bdev_call(&mut s.bdevs, call, budget) {
-                Ok(name) => log::info!("{subsystem}: {} created {name}", call.method),
-                Err(e) => log::error!("{subsystem}: {} failed: {e}", call.method),
+            let mut model = ironbay_rpc::Model {
+                bdevs: &mut s.bdevs,
+                nbd: None,
+                memory_budget: (heap.size - heap.used) as u64 / 2,
+                initialized: &mut initialized,
+            };
+            match ironbay_rpc::methods::call(&mut model, &call.method, &call.params) {
+                Ok(r) => log::info!("{subsystem}: {} -> {r}", call.method),
+                Err(e) => log::error!("{subsystem}: {} failed: {}", call.method, e.message),
             }
         }
     }

@@ -199,6 +199,7 @@ fn lint() -> Result<(), String> {
 
 fn test(rest: &[String]) -> Result<(), String> {
     prereq::ensure_host_packages()?;
+    prereq::ensure_spdk_client()?;
     lint()?;
     let mut totals = Totals::default();
     totals.run(cargo().args(["test", "--workspace"]))?;

@@ -250,3 +250,11 @@ pub fn ensure_apt_lists() -> Result<(), String> {
     }
     sh(Command::new("apt-get").args(["update", "-qq"]))
 }
+
+/// SPDK's own Python client, for the JSON-RPC tests.
+pub fn ensure_spdk_client() -> Result<(), String> {
+    if present("spdk-rpc") {
+        return Ok(());
+    }
+    sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", "spdk"]))
+}

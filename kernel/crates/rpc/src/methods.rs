@@ -170,7 +170,7 @@ fn bdev_config(m: &Model<'_>) -> Vec<Value> {
 }
 
 fn framework_get_config(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
-    only(p, &["name"])?;
+    only(p, &["name", "with_batches"])?;
     match opt_name(p)? {
         Some("bdev") => Ok(Value::Array(bdev_config(m))),
         Some("nbd") => Ok(Value::Array(Vec::new())),
@@ -227,10 +227,30 @@ fn bdev_get_bdevs(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, Rp
 }
 
 fn bdev_get_iostat(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
-    only(p, &["name", "per_channel"])?;
-    let ids: Vec<_> = match opt_name(p)? {
-        Some(n) => alloc::vec![find(m, n)?],
-        None => m.bdevs.ids().collect(),
+    only(p, &["name", "names", "per_channel", "reset_mode"])?;
+    // Seed clients send `name`; today's send `names`, a list or a comma-separated string.
+    let mut wanted: Vec<String> = opt_name(p)?.map(String::from).into_iter().collect();
+    match p.get("names") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => wanted.extend(s.split(',').map(|n| n.trim().to_string())),
+        Some(Value::Array(a)) => {
+            for n in a {
+                wanted.push(
+                    n.as_str()
+                        .ok_or_else(|| RpcError::params("`names` must hold strings"))?
+                        .to_string(),
+                );
+            }
+        }
+        Some(_) => return Err(RpcError::params("`names` must be a string or a list")),
+    }
+    let ids: Vec<_> = if wanted.is_empty() {
+        m.bdevs.ids().collect()
+    } else {
+        wanted
+            .iter()
+            .map(|n| find(m, n))
+            .collect::<Result<_, _>>()?
     };
     let mut list = Vec::new();
     for id in ids {
@@ -251,8 +271,35 @@ fn bdev_get_iostat(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, R
     Ok(json!({ "tick_rate": 1_000_000, "ticks": 0, "bdevs": list }))
 }
 
+/// Parameters today's SPDK client sends with their defaults; we take them
+/// at those values and refuse features we do not have.
+const MUST_BE_OFF: &[&str] = &[
+    "md_size",
+    "md_interleave",
+    "dif_type",
+    "dif_is_head_of_md",
+    "dif_pi_format",
+    "dif_check_flags",
+];
+const IGNORED: &[&str] = &["optimal_io_boundary", "physical_block_size", "numa_id"];
+
+fn off(v: &Value) -> bool {
+    matches!(v, Value::Null | Value::Bool(false)) || v.as_u64() == Some(0)
+}
+
 fn bdev_create(m: &mut Model<'_>, p: &Map<String, Value>, method: &str) -> Result<Value, RpcError> {
-    only(p, &["name", "num_blocks", "block_size", "uuid"])?;
+    let mut known: Vec<&str> = alloc::vec!["name", "num_blocks", "block_size", "uuid"];
+    known.extend(MUST_BE_OFF);
+    known.extend(IGNORED);
+    only(p, &known)?;
+    if let Some(k) = MUST_BE_OFF
+        .iter()
+        .find(|k| p.get(**k).is_some_and(|v| !off(v)))
+    {
+        return Err(RpcError::params(format!(
+            "`{k}`: metadata and protection information are not supported"
+        )));
+    }
     let call = MethodCall {
         method: method.into(),
         params: p.clone(),

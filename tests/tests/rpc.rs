@@ -1,0 +1,217 @@
+//! The SPDK JSON-RPC API with SPDK's own Python client (`spdk-rpc` from
+//! PyPI), raw JSON error cases, and where management calls are refused.
+//! Run by `cargo xtask test`.
+
+use ironbay_tests::READY;
+use ironbay_tests::images::{kernel, require, target_dir};
+use ironbay_tests::machine::{Boot, Machine, Nic, free_port};
+use ironbay_tests::serial::Running;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+struct Appliance {
+    vm: Running,
+    rpc: u16,
+    nbd: u16,
+    rpc_on_data: u16,
+}
+
+fn boot(extra: &str, config: Option<PathBuf>) -> Appliance {
+    let (rpc, nbd, rpc_on_data) = (free_port(), free_port(), free_port());
+    let mut m = Machine::new(Boot::Kernel {
+        image: require(&kernel()),
+        append: format!("mgmt.ip=10.0.2.15/24 mgmt.gw=10.0.2.2 data.ip=10.0.3.15/24 {extra}"),
+        config,
+    });
+    m.forwards = vec![
+        (Nic::Mgmt, rpc, 5260),
+        (Nic::Data, nbd, 10809),
+        (Nic::Data, rpc_on_data, 5260),
+    ];
+    let mut vm = Running::spawn(m.command()).expect("start qemu");
+    vm.wait_for(READY, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    Appliance {
+        vm,
+        rpc,
+        nbd,
+        rpc_on_data,
+    }
+}
+
+impl Appliance {
+    fn spdk(&self, args: &[&str]) -> String {
+        let out = Command::new("spdk-rpc")
+            .args(["-s", "127.0.0.1", "-p", &self.rpc.to_string()])
+            .args(args)
+            .output()
+            .expect("spdk-rpc (pip install spdk)");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "spdk-rpc {args:?}\n{text}\n----- console -----\n{}",
+            self.vm.output()
+        );
+        text
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = target_dir().join("test-scratch").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn spdk_client_manages_bdevs_and_saved_config_boots_back() {
+    let dir = scratch("rpc-spdk");
+    let a = boot("", None);
+    assert!(a.spdk(&["spdk_get_version"]).contains("ironbay"));
+    assert_eq!(
+        a.spdk(&["bdev_malloc_create", "-b", "Malloc1", "32", "512"])
+            .trim(),
+        "Malloc1"
+    );
+    assert_eq!(
+        a.spdk(&["bdev_null_create", "Null1", "64", "4096"]).trim(),
+        "Null1"
+    );
+    let list = a.spdk(&["bdev_get_bdevs"]);
+    assert!(
+        list.contains("\"name\": \"Malloc1\"") && list.contains("\"num_blocks\": 65536"),
+        "{list}"
+    );
+    assert!(
+        a.spdk(&["bdev_get_bdevs", "-b", "Null1"])
+            .contains("\"block_size\": 4096")
+    );
+    // I/O over NBD shows up in iostat.
+    let src = dir.join("src.img");
+    std::fs::write(&src, vec![0x77u8; 4 << 20]).unwrap();
+    let out = Command::new("nbdcopy")
+        .arg(&src)
+        .arg(format!("nbd://127.0.0.1:{}/Malloc1", a.nbd))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stat = a.spdk(&["bdev_get_iostat", "--names", "Malloc1"]);
+    assert!(stat.contains("\"bytes_written\": 4194304"), "{stat}");
+    assert!(
+        a.spdk(&["nbd_get_disks"])
+            .contains("\"nbd_device\": \"Malloc1\"")
+    );
+    // Save, then delete; rebooting with the saved config restores it.
+    let saved = dir.join("saved.json");
+    std::fs::write(&saved, a.spdk(&["save_config"])).unwrap();
+    let uuid_line = list
+        .lines()
+        .find(|l| l.contains("\"uuid\""))
+        .unwrap()
+        .trim()
+        .to_string();
+    a.spdk(&["bdev_malloc_delete", "Malloc1"]);
+    a.spdk(&["bdev_null_delete", "Null1"]);
+    assert_eq!(a.spdk(&["bdev_get_bdevs"]).trim(), "[]");
+    drop(a);
+    let b = boot("", Some(saved));
+    let list = b.spdk(&["bdev_get_bdevs"]);
+    assert!(
+        list.contains("\"name\": \"Malloc1\"") && list.contains("\"name\": \"Null1\""),
+        "{list}"
+    );
+    assert!(
+        list.contains(&uuid_line),
+        "same UUIDs after the reboot\n{list}"
+    );
+}
+
+fn raw(port: u16, send: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(send).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut got = Vec::new();
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.ends_with(b"\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&got).to_string()
+}
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn raw_json_errors_stalls_and_refusals() {
+    let a = boot("", None);
+    // A client that sends half a request and stalls keeps its connection...
+    let mut stalled = TcpStream::connect(("127.0.0.1", a.rpc)).unwrap();
+    stalled
+        .write_all(br#"{"jsonrpc":"2.0","id":1,"met"#)
+        .unwrap();
+    // ...while others are served, error by error.
+    for (req, code) in [
+        (&br#"{"jsonrpc":"2.0","id":1,"method":"nonesuch"}"#[..], "-32601"),
+        (br#"{"jsonrpc":"2.0","id":2,"method":"bdev_malloc_create","params":{"num_blocks":"many","block_size":512}}"#, "-32602"),
+        (br#"{"jsonrpc":"2.0","id":3,"method":"bdev_malloc_create","params":{"block_size":512}}"#, "-32602"),
+        (br#"{"jsonrpc":"2.0","id":4,"method":"bdev_get_bdevs","params":{"bogus":1}}"#, "-32602"),
+        (br#"{"id":5,"method":"spdk_get_version"}"#, "-32600"),
+        (br#"{"jsonrpc":"2.0","id":6,"method":"framework_start_init"}"#, "\"code\":-1,"),
+        (br#"{"jsonrpc":"2.0","id":7,"method":]"#, "-32700"),
+    ] {
+        let reply = raw(a.rpc, req);
+        assert!(reply.contains(code), "{} -> {reply}", String::from_utf8_lossy(req));
+    }
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":8,"method":"{}"}}"#,
+        "x".repeat(1 << 21)
+    );
+    assert!(raw(a.rpc, big.as_bytes()).contains("-32700"));
+    let batch = raw(a.rpc, br#"[{"jsonrpc":"2.0","id":1,"method":"spdk_get_version"},{"jsonrpc":"2.0","method":"spdk_get_version"}]"#);
+    assert!(
+        batch.starts_with('[') && batch.matches("\"id\"").count() == 1,
+        "{batch}"
+    );
+    assert!(
+        a.spdk(&["spdk_get_version"]).contains("ironbay"),
+        "served while another client stalls"
+    );
+    // The management port does not exist on the data NIC.
+    assert_eq!(
+        raw(
+            a.rpc_on_data,
+            br#"{"jsonrpc":"2.0","id":1,"method":"spdk_get_version"}"#
+        ),
+        ""
+    );
+    drop(stalled);
+}
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn clients_outside_the_allow_list_are_refused() {
+    let a = boot("mgmt.allow=192.0.2.0/24", None);
+    assert_eq!(
+        raw(
+            a.rpc,
+            br#"{"jsonrpc":"2.0","id":1,"method":"spdk_get_version"}"#
+        ),
+        ""
+    );
+    let mut vm = a.vm;
+    vm.wait_for("refused (not in the allow-list)", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
