@@ -174,6 +174,9 @@ fn run(
             services.poll(network, storage);
             network.poll();
         }
+        if services.shutdown_requested() {
+            shutdown(storage, network, services);
+        }
         let now = time::uptime_us();
         if busy || network.has_pending_rx() {
             last_busy = now;
@@ -254,6 +257,25 @@ fn serde_params(call: &ironbay_config::MethodCall) -> alloc::string::String {
         let _ = write!(s, "{}{k}={v}", if i == 0 { "" } else { " " });
     }
     s
+}
+
+/// Orderly stop for `spdk_kill_instance`: let the reply go out, flush
+/// volatile caches, power off.
+fn shutdown(
+    storage: &mut storage::Storage,
+    network: &mut net::Network,
+    services: &mut services::Services,
+) -> ! {
+    log::info!("shutdown requested over JSON-RPC");
+    let until = time::uptime_us() + 200_000;
+    while time::uptime_us() < until {
+        services.poll(network, storage);
+        network.poll();
+    }
+    storage.flush_all();
+    log::info!("ironbay stopped; powering off");
+    acpi::power_off();
+    arch::halt_forever()
 }
 
 /// Leaves after a fatal error as the operator asked: reboot, or in test mode

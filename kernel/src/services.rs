@@ -50,6 +50,8 @@ pub struct Rpc {
     /// Client subnets allowed; empty means the management NIC's own subnet.
     allow: Vec<ironbay_config::net::Ipv4Cidr>,
     initialized: bool,
+    /// `spdk_kill_instance` asked for an orderly shutdown.
+    pub shutdown: bool,
 }
 
 fn tag(slot: usize, generation: u16, engine: u64) -> u64 {
@@ -147,6 +149,7 @@ fn rpc_init(network: &mut Network, cmdline: &ironbay_config::Cmdline) -> Option<
         sessions: (0..RPC_CONNECTIONS).map(|_| None).collect(),
         allow,
         initialized: true,
+        shutdown: false,
     })
 }
 
@@ -212,6 +215,7 @@ impl Rpc {
                     nbd: nbd.as_deref_mut(),
                     memory_budget: (heap.size - heap.used) as u64 / 2,
                     initialized: &mut self.initialized,
+                    shutdown: &mut self.shutdown,
                 };
                 let _ = s.recv(|b| {
                     session.handle_input(b, &mut model);
@@ -241,6 +245,10 @@ impl Rpc {
 }
 
 impl Services {
+    pub fn shutdown_requested(&self) -> bool {
+        self.rpc.as_ref().is_some_and(|r| r.shutdown)
+    }
+
     /// Moves bytes between sockets and engines and starts block I/O.
     pub fn poll(&mut self, network: &mut Network, storage: &mut Storage) -> bool {
         let mut busy = false;

@@ -64,6 +64,24 @@ impl Storage {
         result
     }
 
+    /// Flushes every bdev with a volatile write cache (before power-off).
+    pub fn flush_all(&mut self) {
+        let ids: Vec<BdevId> = self.bdevs.ids().collect();
+        for id in ids {
+            if self.bdevs.info(id).is_some_and(|b| b.write_cache) {
+                let name = self
+                    .bdevs
+                    .info(id)
+                    .map(|b| b.name.clone())
+                    .unwrap_or_default();
+                match self.run(id, ironbay_bdev::IoOp::Flush, 10_000_000) {
+                    Some(c) if c.status.is_ok() => log::info!("{name}: flushed"),
+                    _ => log::error!("{name}: flush failed"),
+                }
+            }
+        }
+    }
+
     pub fn nvme_controllers(&self) -> usize {
         self.controllers.len()
     }
@@ -96,7 +114,7 @@ pub fn init(devices: &[Function], config: Option<&BootConfig>) -> Storage {
     }
     if let Some(cfg) = config {
         // The boot config goes through the same method table as the JSON-RPC API.
-        let mut initialized = true;
+        let (mut initialized, mut shutdown) = (true, false);
         for (subsystem, call) in cfg.calls() {
             let heap = mem::heap_stats();
             let mut model = ironbay_rpc::Model {
@@ -104,6 +122,7 @@ pub fn init(devices: &[Function], config: Option<&BootConfig>) -> Storage {
                 nbd: None,
                 memory_budget: (heap.size - heap.used) as u64 / 2,
                 initialized: &mut initialized,
+                shutdown: &mut shutdown,
             };
             match ironbay_rpc::methods::call(&mut model, &call.method, &call.params) {
                 Ok(r) => log::info!("{subsystem}: {} -> {r}", call.method),

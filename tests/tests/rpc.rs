@@ -215,3 +215,44 @@ fn clients_outside_the_allow_list_are_refused() {
     vm.wait_for("refused (not in the allow-list)", Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn nbd_start_stop_disk_and_kill_instance() {
+    let a = boot(
+        "",
+        Some({
+            let d = scratch("rpc-nbd");
+            let cfg = d.join("config.json");
+            std::fs::write(&cfg, r#"{"subsystems":[{"subsystem":"bdev","config":[
+            {"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":2048,"block_size":512}}]}]}"#).unwrap();
+            cfg
+        }),
+    );
+    assert_eq!(
+        a.spdk(&["nbd_start_disk", "Malloc0", "scratch"]).trim(),
+        "scratch"
+    );
+    let disks = a.spdk(&["nbd_get_disks"]);
+    assert!(
+        disks.contains("\"nbd_device\": \"scratch\"")
+            && disks.contains("\"bdev_name\": \"Malloc0\""),
+        "{disks}"
+    );
+    let info = Command::new("nbdinfo")
+        .arg(format!("nbd://127.0.0.1:{}/scratch", a.nbd))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&info.stdout).contains("export-size: 1048576"));
+    a.spdk(&["nbd_stop_disk", "scratch"]);
+    assert!(!a.spdk(&["nbd_get_disks"]).contains("scratch"));
+    a.spdk(&["spdk_kill_instance", "SIGTERM"]);
+    let mut vm = a.vm;
+    assert_eq!(
+        vm.wait_exit(Duration::from_secs(60)).unwrap(),
+        0,
+        "orderly power-off\n{}",
+        vm.output()
+    );
+    assert!(vm.output().contains("powering off"));
+}

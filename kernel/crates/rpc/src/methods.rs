@@ -42,6 +42,8 @@ pub struct Model<'a> {
     pub memory_budget: u64,
     /// Set once `framework_start_init` ran (always, unless started deferred).
     pub initialized: &'a mut bool,
+    /// Set by `spdk_kill_instance`: the caller shuts down once replies are out.
+    pub shutdown: &'a mut bool,
 }
 
 type Handler = fn(&mut Model<'_>, &Map<String, Value>) -> Result<Value, RpcError>;
@@ -76,6 +78,9 @@ pub static METHODS: &[Method] = table![
     "bdev_null_create" ["construct_null_bdev"] (false, true) => |m, p| bdev_create(m, p, "bdev_null_create"),
     "bdev_null_delete" ["delete_null_bdev"] (false, true) => |m, p| bdev_delete(m, p, "Null disk"),
     "nbd_get_disks" ["get_nbd_disks"] (false, true) => nbd_get_disks,
+    "nbd_start_disk" ["start_nbd_disk"] (false, true) => nbd_start_disk,
+    "nbd_stop_disk" ["stop_nbd_disk"] (false, true) => nbd_stop_disk,
+    "spdk_kill_instance" ["kill_instance"] BOTH => spdk_kill_instance,
 ];
 
 /// Finds a method by modern name or alias.
@@ -346,6 +351,74 @@ fn nbd_get_disks(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, Rpc
             .collect()
     });
     Ok(Value::Array(list))
+}
+
+fn nbd_exports<'m>(m: &'m mut Model<'_>) -> Result<&'m mut Exports, RpcError> {
+    m.nbd.as_deref_mut().ok_or(RpcError {
+        code: code::INVALID_STATE,
+        message: "the NBD target is not running".into(),
+    })
+}
+
+/// Exports a bdev over NBD. The appliance has no /dev/nbdX: `nbd_device`
+/// names the export (default: the bdev's name) and is what clients ask for.
+fn nbd_start_disk(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
+    only(p, &["bdev_name", "nbd_device"])?;
+    let bdev = match p.get("bdev_name") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err(RpcError::params("`bdev_name` must be a string")),
+    };
+    let export = match p.get("nbd_device") {
+        None | Some(Value::Null) => bdev.clone(),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 4096 => s.clone(),
+        Some(_) => return Err(RpcError::params("`nbd_device` must be a non-empty string")),
+    };
+    let id = find(m, &bdev)?;
+    let info = m
+        .bdevs
+        .info(id)
+        .cloned()
+        .ok_or_else(|| RpcError::params("bdev vanished"))?;
+    let exports = nbd_exports(m)?;
+    if exports.list.iter().any(|e| e.name == export) {
+        return Err(RpcError::params(format!(
+            "NBD export {export} already exists"
+        )));
+    }
+    exports
+        .list
+        .push(Export::new(&export, &info.product, id, &info, false));
+    Ok(Value::String(export))
+}
+
+fn nbd_stop_disk(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
+    only(p, &["nbd_device"])?;
+    let name = match p.get("nbd_device") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err(RpcError::params("`nbd_device` must be a string")),
+    };
+    let exports = nbd_exports(m)?;
+    let before = exports.list.len();
+    exports.list.retain(|e| e.name != name);
+    if exports.list.len() == before {
+        return Err(RpcError::params(format!("no NBD export {name}")));
+    }
+    Ok(Value::Bool(true))
+}
+
+fn spdk_kill_instance(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
+    only(p, &["sig_name"])?;
+    match p.get("sig_name").and_then(Value::as_str) {
+        Some(
+            "SIGINT" | "SIGTERM" | "SIGQUIT" | "SIGHUP" | "SIGKILL" | "INT" | "TERM" | "QUIT"
+            | "HUP" | "KILL",
+        ) => {
+            *m.shutdown = true;
+            Ok(Value::Bool(true))
+        }
+        Some(other) => Err(RpcError::params(format!("unknown signal {other}"))),
+        None => Err(RpcError::params("missing `sig_name`")),
+    }
 }
 
 /// Runs one call (boot config or RPC) through the table.

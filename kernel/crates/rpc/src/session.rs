@@ -164,13 +164,14 @@ mod tests {
 
     fn session_with(input: &str) -> (Vec<Value>, Registry) {
         let mut reg = Registry::new();
-        let mut init = true;
+        let (mut init, mut down) = (true, false);
         let mut s = Session::new();
         let mut m = Model {
             bdevs: &mut reg,
             nbd: None,
             memory_budget: 1 << 30,
             initialized: &mut init,
+            shutdown: &mut down,
         };
         s.handle_input(input.as_bytes(), &mut m);
         let out = String::from_utf8(s.poll_output().to_vec()).unwrap();
