@@ -256,3 +256,57 @@ fn nbd_start_stop_disk_and_kill_instance() {
     );
     assert!(vm.output().contains("powering off"));
 }
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn qos_limit_caps_iops_seen_by_an_nbd_client() {
+    let a = boot(
+        "",
+        Some({
+            let d = scratch("rpc-qos");
+            let cfg = d.join("config.json");
+            std::fs::write(&cfg, r#"{"subsystems":[{"subsystem":"bdev","config":[
+            {"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":65536,"block_size":512}}]}]}"#).unwrap();
+            cfg
+        }),
+    );
+    a.spdk(&["bdev_set_qos_limit", "Malloc0", "--rw-ios-per-sec", "200"]);
+    assert!(
+        a.spdk(&["bdev_get_bdevs", "-b", "Malloc0"])
+            .contains("\"rw_ios_per_sec\": 200")
+    );
+    let fio = |secs: &str| -> f64 {
+        let out = Command::new("fio")
+            .args([
+                "--name=q",
+                "--ioengine=nbd",
+                &format!("--uri=nbd://127.0.0.1:{}/Malloc0", a.nbd),
+            ])
+            .args([
+                "--rw=randread",
+                "--bs=4k",
+                "--iodepth=16",
+                "--time_based",
+                &format!("--runtime={secs}"),
+                "--size=16m",
+            ])
+            .args(["--output-format=terse", "--terse-version=3"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        ironbay_tests::rig::fio::parse_terse(&text)
+            .unwrap_or_else(|| panic!("fio: {text}"))
+            .read_iops
+    };
+    let limited = fio("3");
+    assert!(
+        limited > 50.0 && limited < 260.0,
+        "{limited} IOPS under a 200 IOPS limit"
+    );
+    a.spdk(&["bdev_set_qos_limit", "Malloc0", "--rw-ios-per-sec", "0"]);
+    let free = fio("2");
+    assert!(
+        free > limited * 2.0,
+        "lifting the limit: {free} vs {limited} IOPS"
+    );
+}

@@ -40,12 +40,148 @@ struct InFlight {
     bytes: u64,
 }
 
+/// Rate limits on one bdev, as SPDK's QoS sets them; 0 means unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QosLimits {
+    pub ios_per_sec: u64,
+    pub bytes_per_sec: u64,
+    pub read_bytes_per_sec: u64,
+    pub write_bytes_per_sec: u64,
+}
+
+impl QosLimits {
+    pub fn is_unlimited(&self) -> bool {
+        *self == QosLimits::default()
+    }
+}
+
+/// Longest burst a limit allows: this much time's worth of allowance.
+const QOS_BURST_US: u64 = 1000;
+/// Requests waiting for allowance before submitters are pushed back.
+const QOS_QUEUE: usize = 4096;
+/// Allowance is kept in millionths so low rates accrue exactly.
+const UNIT: i64 = 1_000_000;
+
+struct Qos {
+    limits: QosLimits,
+    last_us: u64,
+    /// Allowance in millionths: I/Os, bytes, read bytes, write bytes.
+    left: [i64; 4],
+    queue: VecDeque<(IoRequest, u64)>,
+}
+
+impl Qos {
+    fn rates(&self) -> [u64; 4] {
+        let l = self.limits;
+        [
+            l.ios_per_sec,
+            l.bytes_per_sec,
+            l.read_bytes_per_sec,
+            l.write_bytes_per_sec,
+        ]
+    }
+
+    /// Token buckets: allowance accrues with time, up to a short burst (and
+    /// at least one whole unit, so slow rates still admit something).
+    fn refill(&mut self, now_us: u64) {
+        let elapsed = now_us.saturating_sub(self.last_us).min(QOS_BURST_US * 1000) as i64;
+        self.last_us = now_us;
+        let rates = self.rates();
+        for (left, rate) in self.left.iter_mut().zip(rates) {
+            let rate = rate.min(i64::MAX as u64 / (QOS_BURST_US * 1000)) as i64;
+            let cap = (rate * QOS_BURST_US as i64).max(UNIT);
+            *left = (*left + rate * elapsed).min(cap);
+        }
+    }
+
+    /// Takes allowance for `op` if every limit has some left; one request
+    /// may overdraw, and later ones wait until the debt is paid.
+    fn admit(&mut self, op: &IoOp) -> bool {
+        let bytes = op.data_bytes() as i64;
+        let t = op.io_type();
+        let costs = [
+            1,
+            bytes,
+            if t == IoType::Read { bytes } else { 0 },
+            if t == IoType::Write { bytes } else { 0 },
+        ];
+        let rates = self.rates();
+        if (0..4).any(|i| rates[i] > 0 && costs[i] > 0 && self.left[i] <= 0) {
+            return false;
+        }
+        for i in 0..4 {
+            if rates[i] > 0 {
+                self.left[i] -= costs[i].saturating_mul(UNIT);
+            }
+        }
+        true
+    }
+}
+
 struct Slot {
     dev: Box<dyn BlockDevice>,
+    qos: Option<Qos>,
     aliases: Vec<String>,
     stats: IoStats,
     in_flight: Vec<Option<InFlight>>,
     free: Vec<u32>,
+}
+
+impl Slot {
+    /// Hands a validated request to the device under an internal tag;
+    /// latency counts from `start_us`, when the caller submitted it.
+    fn dispatch(
+        &mut self,
+        mut req: IoRequest,
+        start_us: u64,
+        now_us: u64,
+    ) -> Result<(), IoRequest> {
+        let entry = InFlight {
+            tag: req.tag,
+            start_us,
+            io_type: req.op.io_type(),
+            bytes: req.op.data_bytes() as u64,
+        };
+        let internal = match self.free.pop() {
+            Some(i) => {
+                self.in_flight[i as usize] = Some(entry);
+                i
+            }
+            None => {
+                self.in_flight.push(Some(entry));
+                (self.in_flight.len() - 1) as u32
+            }
+        };
+        req.tag = internal as u64;
+        match self.dev.submit(req, now_us) {
+            Ok(()) => Ok(()),
+            Err(mut req) => {
+                let entry = self.in_flight[internal as usize].take();
+                self.free.push(internal);
+                req.tag = entry.map_or(0, |e| e.tag);
+                Err(req)
+            }
+        }
+    }
+
+    /// Starts queued requests as far as the rate limits allow.
+    fn release_queued(&mut self, now_us: u64) {
+        let Some(mut q) = self.qos.take() else { return };
+        q.refill(now_us);
+        while let Some((req, start)) = q.queue.pop_front() {
+            if !q.admit(&req.op) {
+                q.queue.push_front((req, start));
+                break;
+            }
+            if let Err(req) = self.dispatch(req, start, now_us) {
+                q.queue.push_front((req, start));
+                break;
+            }
+        }
+        if !(q.limits.is_unlimited() && q.queue.is_empty()) {
+            self.qos = Some(q);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -126,6 +262,7 @@ impl Registry {
         }
         let slot = Slot {
             dev,
+            qos: None,
             aliases: Vec::new(),
             stats: IoStats::default(),
             in_flight: Vec::new(),
@@ -151,7 +288,8 @@ impl Registry {
     /// Unregisters a device with nothing in flight and hands it back.
     pub fn remove(&mut self, id: BdevId) -> Result<Box<dyn BlockDevice>, RegistryError> {
         let slot = self.slot(id).ok_or(RegistryError::NotFound)?;
-        if slot.dev.in_flight() > 0 || slot.in_flight.iter().any(Option::is_some) {
+        let queued = slot.qos.as_ref().is_some_and(|q| !q.queue.is_empty());
+        if queued || slot.dev.in_flight() > 0 || slot.in_flight.iter().any(Option::is_some) {
             return Err(RegistryError::Busy);
         }
         let slot = self.slots[id.index as usize]
@@ -210,13 +348,39 @@ impl Registry {
     }
 
     pub fn in_flight(&self, id: BdevId) -> usize {
-        self.slot(id).map_or(0, |s| s.dev.in_flight())
+        self.slot(id).map_or(0, |s| {
+            s.dev.in_flight() + s.qos.as_ref().map_or(0, |q| q.queue.len())
+        })
+    }
+
+    /// Sets (or with all zeroes, lifts) the rate limits of a bdev.
+    pub fn set_qos(&mut self, id: BdevId, limits: QosLimits) -> Result<(), RegistryError> {
+        let slot = self.slot_mut(id).ok_or(RegistryError::NotFound)?;
+        match &mut slot.qos {
+            Some(q) => q.limits = limits,
+            None if limits.is_unlimited() => {}
+            None => {
+                slot.qos = Some(Qos {
+                    limits,
+                    last_us: 0,
+                    left: [UNIT; 4],
+                    queue: VecDeque::new(),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    pub fn qos(&self, id: BdevId) -> QosLimits {
+        self.slot(id)
+            .and_then(|s| s.qos.as_ref())
+            .map_or(QosLimits::default(), |q| q.limits)
     }
 
     /// Starts a request. Invalid requests are accepted and complete with an
     /// error at the next poll; `Err` gives the request back only when the
     /// device queue is full.
-    pub fn submit(&mut self, id: BdevId, mut req: IoRequest, now_us: u64) -> Result<(), IoRequest> {
+    pub fn submit(&mut self, id: BdevId, req: IoRequest, now_us: u64) -> Result<(), IoRequest> {
         let io_type = req.op.io_type();
         let Some(slot) = self.slot_mut(id) else {
             let c = IoCompletion {
@@ -236,32 +400,17 @@ impl Registry {
             self.rejected.push_back((id, c, io_type));
             return Ok(());
         }
-        let entry = InFlight {
-            tag: req.tag,
-            start_us: now_us,
-            io_type,
-            bytes: req.op.data_bytes() as u64,
-        };
-        let internal = match slot.free.pop() {
-            Some(i) => {
-                slot.in_flight[i as usize] = Some(entry);
-                i
-            }
-            None => {
-                slot.in_flight.push(Some(entry));
-                (slot.in_flight.len() - 1) as u32
-            }
-        };
-        req.tag = internal as u64;
-        match slot.dev.submit(req, now_us) {
-            Ok(()) => Ok(()),
-            Err(mut req) => {
-                let entry = slot.in_flight[internal as usize].take();
-                slot.free.push(internal);
-                req.tag = entry.map_or(0, |e| e.tag);
-                Err(req)
+        if let Some(q) = &mut slot.qos {
+            q.refill(now_us);
+            if !q.queue.is_empty() || !q.admit(&req.op) {
+                if q.queue.len() >= QOS_QUEUE {
+                    return Err(req);
+                }
+                q.queue.push_back((req, now_us));
+                return Ok(());
             }
         }
+        slot.dispatch(req, now_us, now_us)
     }
 
     /// Collects finished requests from every device into `out`.
@@ -279,6 +428,9 @@ impl Registry {
             let Some(slot) = self.slot_mut(id) else {
                 continue;
             };
+            if slot.qos.is_some() {
+                slot.release_queued(now_us);
+            }
             if slot.dev.in_flight() == 0 {
                 continue;
             }
@@ -468,6 +620,81 @@ mod tests {
         reg.remove(id).unwrap();
         let c = run(&mut reg, stale, req(3, IoOp::Flush));
         assert_eq!(c.status, IoStatus::DeviceFailed);
+    }
+
+    #[test]
+    fn qos_meters_ios_and_bytes_per_slice() {
+        let mut reg = Registry::new();
+        let id = reg
+            .add(Box::new(MallocBdev::new("Malloc0", 2048, 512)))
+            .unwrap();
+        // 200 IOPS: one every 5 ms.
+        reg.set_qos(
+            id,
+            QosLimits {
+                ios_per_sec: 200,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for t in 0..10 {
+            reg.submit(
+                id,
+                req(
+                    t,
+                    IoOp::Read {
+                        lba: 0,
+                        buf: IoBuf::new(512),
+                    },
+                ),
+                0,
+            )
+            .unwrap();
+        }
+        let mut out = Vec::new();
+        let mut done = 0;
+        for ms in 0..25u64 {
+            out.clear();
+            reg.poll(ms * 1000, &mut out);
+            done += out.len();
+        }
+        assert!((5..=7).contains(&done), "{done} I/Os in 25 ms at 200 IOPS");
+        for ms in 25..60u64 {
+            out.clear();
+            reg.poll(ms * 1000, &mut out);
+        }
+        assert_eq!(reg.in_flight(id), 0);
+        // 1 MB/s of writes: a 4 KiB write every ~4 ms.
+        reg.set_qos(
+            id,
+            QosLimits {
+                write_bytes_per_sec: 1_000_000,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for t in 0..4 {
+            reg.submit(
+                id,
+                req(
+                    t,
+                    IoOp::Write {
+                        lba: 0,
+                        buf: IoBuf::new(4096),
+                    },
+                ),
+                60_000,
+            )
+            .unwrap();
+        }
+        out.clear();
+        reg.poll(60_000, &mut out);
+        assert_eq!(out.len(), 1);
+        reg.set_qos(id, QosLimits::default()).unwrap();
+        out.clear();
+        reg.poll(61_000, &mut out);
+        assert_eq!(out.len(), 3, "lifting the limit releases the queue");
+        assert_eq!(reg.qos(id), QosLimits::default());
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub static METHODS: &[Method] = table![
     "bdev_malloc_delete" ["delete_malloc_bdev"] (false, true) => |m, p| bdev_delete(m, p, "Malloc disk"),
     "bdev_null_create" ["construct_null_bdev"] (false, true) => |m, p| bdev_create(m, p, "bdev_null_create"),
     "bdev_null_delete" ["delete_null_bdev"] (false, true) => |m, p| bdev_delete(m, p, "Null disk"),
+    "bdev_set_qos_limit" ["set_bdev_qos_limit"] (false, true) => bdev_set_qos_limit,
     "nbd_get_disks" ["get_nbd_disks"] (false, true) => nbd_get_disks,
     "nbd_start_disk" ["start_nbd_disk"] (false, true) => nbd_start_disk,
     "nbd_stop_disk" ["stop_nbd_disk"] (false, true) => nbd_stop_disk,
@@ -210,8 +211,70 @@ fn bdev_json(m: &Model<'_>, id: ironbay_bdev::BdevId) -> Option<Value> {
             "write_zeroes": io(IoType::WriteZeroes), "flush": io(IoType::Flush), "reset": false,
             "nvme_admin": false, "nvme_io": false
         },
+        "assigned_rate_limits": {
+            "rw_ios_per_sec": m.bdevs.qos(id).ios_per_sec,
+            "rw_mbytes_per_sec": m.bdevs.qos(id).bytes_per_sec / 1_000_000,
+            "r_mbytes_per_sec": m.bdevs.qos(id).read_bytes_per_sec / 1_000_000,
+            "w_mbytes_per_sec": m.bdevs.qos(id).write_bytes_per_sec / 1_000_000
+        },
         "driver_specific": {}
     }))
+}
+
+/// SPDK's QoS: IOPS and MB/s limits (MB = 10^6 bytes), 0 lifts a limit;
+/// limits not named keep their value. Enforced in the bdev layer.
+fn bdev_set_qos_limit(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
+    only(
+        p,
+        &[
+            "name",
+            "rw_ios_per_sec",
+            "rw_mbytes_per_sec",
+            "r_mbytes_per_sec",
+            "w_mbytes_per_sec",
+        ],
+    )?;
+    let name = opt_name(p)?.ok_or_else(|| RpcError::params("missing `name`"))?;
+    let id = find(m, name)?;
+    let mut limits = m.bdevs.qos(id);
+    let num = |k: &str| -> Result<Option<u64>, RpcError> {
+        match p.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| RpcError::params(format!("`{k}` must be a non-negative integer"))),
+        }
+    };
+    let mb = |v: u64| {
+        v.checked_mul(1_000_000)
+            .ok_or_else(|| RpcError::params("limit too large"))
+    };
+    let given = [
+        "rw_ios_per_sec",
+        "rw_mbytes_per_sec",
+        "r_mbytes_per_sec",
+        "w_mbytes_per_sec",
+    ];
+    if given.iter().all(|k| !p.contains_key(*k)) {
+        return Err(RpcError::params("no limit given"));
+    }
+    if let Some(v) = num("rw_ios_per_sec")? {
+        limits.ios_per_sec = v;
+    }
+    if let Some(v) = num("rw_mbytes_per_sec")? {
+        limits.bytes_per_sec = mb(v)?;
+    }
+    if let Some(v) = num("r_mbytes_per_sec")? {
+        limits.read_bytes_per_sec = mb(v)?;
+    }
+    if let Some(v) = num("w_mbytes_per_sec")? {
+        limits.write_bytes_per_sec = mb(v)?;
+    }
+    m.bdevs
+        .set_qos(id, limits)
+        .map_err(|e| RpcError::params(e.to_string()))?;
+    Ok(Value::Bool(true))
 }
 
 fn find(m: &Model<'_>, name: &str) -> Result<ironbay_bdev::BdevId, RpcError> {
