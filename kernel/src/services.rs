@@ -212,6 +212,7 @@ impl Rpc {
                 let heap = crate::mem::heap_stats();
                 let mut model = ironbay_rpc::Model {
                     bdevs: &mut storage.bdevs,
+                    devices: Some(&mut storage.hw),
                     nbd: nbd.as_deref_mut(),
                     memory_budget: (heap.size - heap.used) as u64 / 2,
                     initialized: &mut self.initialized,

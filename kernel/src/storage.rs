@@ -9,7 +9,7 @@ use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
-use ironbay_bdev::{BdevId, IoCompletion, Registry};
+use ironbay_bdev::{BdevId, BlockDevice, IoCompletion, Registry};
 use ironbay_config::BootConfig;
 use ironbay_nvme::{Controller, NvmeBdev, Options};
 use ironbay_platform::pci::{Function, Size};
@@ -17,8 +17,167 @@ use ironbay_virtio_blk::VirtioBlk;
 
 pub struct Storage {
     pub bdevs: Registry,
-    controllers: Vec<Rc<RefCell<Controller<nvme::Hal>>>>,
+    pub hw: Hardware,
     completions: Vec<(BdevId, IoCompletion)>,
+}
+
+/// The NVMe controllers and virtio-blk devices found at boot, attached
+/// (named) or not; JSON-RPC attaches and detaches them by PCI address.
+#[derive(Default)]
+pub struct Hardware {
+    nvme: Vec<NvmeEntry>,
+    virtio: Vec<VirtioEntry>,
+}
+
+struct NvmeEntry {
+    function: Function,
+    name: Option<String>,
+    ctrl: Rc<RefCell<Controller<nvme::Hal>>>,
+}
+
+struct VirtioEntry {
+    function: Function,
+    name: Option<String>,
+}
+
+/// `0000:00:04.0` or `00:04.0`.
+fn same_address(f: &Function, traddr: &str) -> bool {
+    let full = format!("{}", f.bdf);
+    full == traddr || full.get(5..) == Some(traddr)
+}
+
+/// Bdevs named `{controller}n{nsid}` for every namespace of `ctrl`.
+fn expose_nvme(
+    bdevs: &mut Registry,
+    ctrl: &Rc<RefCell<Controller<nvme::Hal>>>,
+    name: &str,
+) -> Vec<String> {
+    let (namespaces, queues) = {
+        let c = ctrl.borrow();
+        (c.namespaces.clone(), c.io_queues().max(1))
+    };
+    let mut names = Vec::new();
+    for (i, ns) in namespaces.iter().enumerate() {
+        let bdev = NvmeBdev::new(ctrl, name, ns, i % queues);
+        let bdev_name = bdev.info().name.clone();
+        match bdevs.add(alloc::boxed::Box::new(bdev)) {
+            Ok(_) => names.push(bdev_name),
+            Err(e) => log::error!("{bdev_name}: {e}"),
+        }
+    }
+    names
+}
+
+/// Removes every bdev in `names`, or none if any is busy.
+fn remove_all(bdevs: &mut Registry, names: &[String]) -> Result<(), String> {
+    let ids: Vec<BdevId> = names.iter().filter_map(|n| bdevs.find(n)).collect();
+    if let Some(busy) = ids.iter().find(|&&id| bdevs.in_flight(id) > 0) {
+        let name = bdevs
+            .info(*busy)
+            .map(|b| b.name.clone())
+            .unwrap_or_default();
+        return Err(format!("{name} has I/O in flight"));
+    }
+    for id in ids {
+        bdevs.remove(id).map_err(|e| format!("{e}"))?;
+    }
+    Ok(())
+}
+
+impl ironbay_rpc::Devices for Hardware {
+    fn nvme_attach(
+        &mut self,
+        bdevs: &mut Registry,
+        name: &str,
+        traddr: &str,
+    ) -> Result<Vec<String>, String> {
+        let e = self
+            .nvme
+            .iter_mut()
+            .find(|e| same_address(&e.function, traddr))
+            .ok_or_else(|| format!("no NVMe controller at {traddr}"))?;
+        if let Some(current) = &e.name {
+            return Err(format!(
+                "the controller at {traddr} is attached as {current}"
+            ));
+        }
+        if self_name_taken(bdevs, name) {
+            return Err(format!("bdevs named {name}n* already exist"));
+        }
+        let names = expose_nvme(bdevs, &e.ctrl, name);
+        e.name = Some(name.into());
+        log::info!(
+            "{name}: NVMe controller at {traddr} attached, bdevs {}",
+            names.join(" ")
+        );
+        Ok(names)
+    }
+
+    fn nvme_detach(&mut self, bdevs: &mut Registry, name: &str) -> Result<(), String> {
+        let e = self
+            .nvme
+            .iter_mut()
+            .find(|e| e.name.as_deref() == Some(name))
+            .ok_or_else(|| format!("no NVMe controller named {name}"))?;
+        let prefix = format!("{name}n");
+        let names: Vec<String> = bdevs
+            .ids()
+            .filter_map(|id| bdevs.info(id))
+            .filter(|b| b.product == "NVMe disk" && b.name.starts_with(&prefix))
+            .map(|b| b.name.clone())
+            .collect();
+        remove_all(bdevs, &names)?;
+        e.name = None;
+        log::info!("{name}: NVMe controller detached");
+        Ok(())
+    }
+
+    fn virtio_attach(
+        &mut self,
+        bdevs: &mut Registry,
+        name: &str,
+        traddr: &str,
+    ) -> Result<Vec<String>, String> {
+        let e = self
+            .virtio
+            .iter_mut()
+            .find(|e| same_address(&e.function, traddr))
+            .ok_or_else(|| format!("no virtio-blk device at {traddr}"))?;
+        if let Some(current) = &e.name {
+            return Err(format!("the device at {traddr} is attached as {current}"));
+        }
+        if bdevs.find(name).is_some() {
+            return Err(format!("a bdev named {name} already exists"));
+        }
+        // A fresh transport resets the device before the queues are set up again.
+        let transport = virtio::transport(&e.function)?;
+        let blk =
+            VirtioBlk::<virtio::Hal, _>::new(transport, name).map_err(|err| format!("{err}"))?;
+        bdevs
+            .add(alloc::boxed::Box::new(blk))
+            .map_err(|err| format!("{err}"))?;
+        e.name = Some(name.into());
+        Ok(alloc::vec![name.into()])
+    }
+
+    fn virtio_detach(&mut self, bdevs: &mut Registry, name: &str) -> Result<(), String> {
+        let e = self
+            .virtio
+            .iter_mut()
+            .find(|e| e.name.as_deref() == Some(name))
+            .ok_or_else(|| format!("no virtio-blk device named {name}"))?;
+        remove_all(bdevs, &[name.into()])?;
+        e.name = None;
+        Ok(())
+    }
+}
+
+fn self_name_taken(bdevs: &Registry, controller: &str) -> bool {
+    let prefix = format!("{controller}n");
+    bdevs
+        .ids()
+        .filter_map(|id| bdevs.info(id))
+        .any(|b| b.name.starts_with(&prefix))
 }
 
 impl Storage {
@@ -83,7 +242,7 @@ impl Storage {
     }
 
     pub fn nvme_controllers(&self) -> usize {
-        self.controllers.len()
+        self.hw.nvme.len()
     }
 }
 
@@ -94,7 +253,7 @@ fn is_virtio_blk(f: &Function) -> bool {
 pub fn init(devices: &[Function], config: Option<&BootConfig>) -> Storage {
     let mut s = Storage {
         bdevs: Registry::new(),
-        controllers: Vec::new(),
+        hw: Hardware::default(),
         completions: Vec::new(),
     };
     let (mut nvme_index, mut virtio_index) = (0, 0);
@@ -106,9 +265,17 @@ pub fn init(devices: &[Function], config: Option<&BootConfig>) -> Storage {
             nvme_index += 1;
         } else if is_virtio_blk(f) {
             let name = format!("VirtioBlk{virtio_index}");
-            if let Err(e) = attach_virtio_blk(&mut s, f, &name) {
-                log::error!("{name} at {}: {e}; device left alone", f.bdf);
-            }
+            let attached = match attach_virtio_blk(&mut s, f, &name) {
+                Ok(()) => Some(name),
+                Err(e) => {
+                    log::error!("{name} at {}: {e}; device left alone", f.bdf);
+                    None
+                }
+            };
+            s.hw.virtio.push(VirtioEntry {
+                function: f.clone(),
+                name: attached,
+            });
             virtio_index += 1;
         }
     }
@@ -119,6 +286,7 @@ pub fn init(devices: &[Function], config: Option<&BootConfig>) -> Storage {
             let heap = mem::heap_stats();
             let mut model = ironbay_rpc::Model {
                 bdevs: &mut s.bdevs,
+                devices: Some(&mut s.hw),
                 nbd: None,
                 memory_budget: (heap.size - heap.used) as u64 / 2,
                 initialized: &mut initialized,
@@ -176,16 +344,14 @@ fn attach_nvme(s: &mut Storage, f: &Function, index: usize) -> Result<(), String
     for note in &ctrl.notes {
         log::warn!("Nvme{index}: {note}");
     }
-    let namespaces = ctrl.namespaces.clone();
-    let queues = ctrl.io_queues().max(1);
     let ctrl = Rc::new(RefCell::new(ctrl));
-    for (i, ns) in namespaces.iter().enumerate() {
-        let bdev = NvmeBdev::new(&ctrl, index, ns, i % queues);
-        if let Err(e) = s.bdevs.add(alloc::boxed::Box::new(bdev)) {
-            log::error!("Nvme{index}n{}: {e}", ns.nsid);
-        }
-    }
-    s.controllers.push(ctrl);
+    let name = format!("Nvme{index}");
+    expose_nvme(&mut s.bdevs, &ctrl, &name);
+    s.hw.nvme.push(NvmeEntry {
+        function: f.clone(),
+        name: Some(name),
+        ctrl,
+    });
     Ok(())
 }
 

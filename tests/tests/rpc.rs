@@ -310,3 +310,94 @@ fn qos_limit_caps_iops_seen_by_an_nbd_client() {
         "lifting the limit: {free} vs {limited} IOPS"
     );
 }
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn nvme_and_virtio_controllers_detach_and_attach_by_pci_address() {
+    let dir = scratch("rpc-attach");
+    let (n, v) = (dir.join("n.img"), dir.join("v.img"));
+    std::fs::write(&n, vec![0x4eu8; 8 << 20]).unwrap();
+    std::fs::write(&v, vec![0x56u8; 8 << 20]).unwrap();
+    let (rpc, nbd) = (free_port(), free_port());
+    let mut m = Machine::new(Boot::Kernel {
+        image: require(&kernel()),
+        append: "mgmt.ip=10.0.2.15/24 mgmt.gw=10.0.2.2 data.ip=10.0.3.15/24".into(),
+        config: None,
+    });
+    m.disks = vec![
+        ironbay_tests::machine::Disk::nvme(0, 1, n),
+        ironbay_tests::machine::Disk::virtio(v),
+    ];
+    m.forwards = vec![(Nic::Mgmt, rpc, 5260), (Nic::Data, nbd, 10809)];
+    let mut vm = Running::spawn(m.command()).expect("start qemu");
+    vm.wait_for(READY, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = vm.output();
+    let addr = |what: &str| -> String {
+        let line = out
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what}\n{out}"));
+        line.split(" at ")
+            .nth(1)
+            .unwrap()
+            .split(':')
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let (nvme_addr, virtio_addr) = (addr("Nvme0 at"), addr("VirtioBlk0 at"));
+    let a = Appliance {
+        vm,
+        rpc,
+        nbd,
+        rpc_on_data: 0,
+    };
+    a.spdk(&["bdev_nvme_detach_controller", "Nvme0"]);
+    a.spdk(&["bdev_virtio_detach_controller", "VirtioBlk0"]);
+    assert_eq!(a.spdk(&["bdev_get_bdevs"]).trim(), "[]");
+    assert!(
+        a.spdk(&[
+            "bdev_nvme_attach_controller",
+            "-b",
+            "Fast",
+            "-t",
+            "PCIe",
+            "-a",
+            &nvme_addr
+        ])
+        .contains("Fastn1")
+    );
+    assert!(
+        a.spdk(&[
+            "bdev_virtio_attach_controller",
+            "-t",
+            "pci",
+            "-a",
+            &virtio_addr,
+            "-d",
+            "blk",
+            "Virt"
+        ])
+        .contains("Virt")
+    );
+    // The data is still there, through the re-attached bdevs.
+    for (export, byte) in [("Fastn1", 0x4eu8), ("Virt", 0x56)] {
+        a.spdk(&["nbd_start_disk", export]);
+        let back = dir.join(format!("{export}.img"));
+        let out = Command::new("nbdcopy")
+            .arg(format!("nbd://127.0.0.1:{}/{export}", a.nbd))
+            .arg(&back)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            std::fs::read(&back).unwrap().iter().all(|&b| b == byte),
+            "{export}"
+        );
+    }
+}

@@ -39,11 +39,12 @@ pub struct NvmeBdev<H: NvmeHal> {
 }
 
 impl<H: NvmeHal> NvmeBdev<H> {
-    /// The bdev for namespace `ns` of controller number `index`, using I/O
-    /// queue `queue` (namespaces may share one).
+    /// The bdev `{controller}n{nsid}` for namespace `ns` of the controller
+    /// named `controller` (SPDK's `Nvme0`), using I/O queue `queue`
+    /// (namespaces may share one).
     pub fn new(
         ctrl: &Rc<RefCell<Controller<H>>>,
-        index: usize,
+        controller: &str,
         ns: &Namespace,
         queue: usize,
     ) -> Self {
@@ -59,7 +60,7 @@ impl<H: NvmeHal> NvmeBdev<H> {
         if c.identity.oncs.write_zeroes() {
             io_types = io_types.with(IoType::WriteZeroes);
         }
-        let name = format!("Nvme{index}n{}", ns.nsid);
+        let name = format!("{controller}n{}", ns.nsid);
         let uuid = if ns.uuid == [0; 16] {
             Uuid::from_name(&[c.identity.serial.as_bytes(), &ns.nsid.to_le_bytes()])
         } else {

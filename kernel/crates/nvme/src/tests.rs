@@ -117,7 +117,10 @@ fn rig(dev: Device, opts: Options) -> Rig {
     let ids = namespaces
         .iter()
         .enumerate()
-        .map(|(i, ns)| reg.add(Box::new(NvmeBdev::new(&ctrl, 0, ns, i))).unwrap())
+        .map(|(i, ns)| {
+            reg.add(Box::new(NvmeBdev::new(&ctrl, "Nvme0", ns, i)))
+                .unwrap()
+        })
         .collect();
     Rig {
         hal,

@@ -17,5 +17,5 @@ extern crate alloc;
 pub mod methods;
 mod session;
 
-pub use methods::{METHODS, Method, Model, RpcError};
+pub use methods::{Devices, METHODS, Method, Model, RpcError};
 pub use session::Session;

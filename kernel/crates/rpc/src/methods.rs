@@ -33,9 +33,35 @@ impl RpcError {
     }
 }
 
+/// Hardware the methods can attach and detach: the kernel's NVMe and
+/// virtio-blk devices. Addresses are PCI `segment:bus:device.function`.
+pub trait Devices {
+    /// Exposes the namespaces of the NVMe controller at `traddr` as
+    /// `{name}n{nsid}` bdevs; returns their names.
+    fn nvme_attach(
+        &mut self,
+        bdevs: &mut Registry,
+        name: &str,
+        traddr: &str,
+    ) -> Result<Vec<String>, String>;
+    /// Removes the bdevs of controller `name` (refused while they have I/O).
+    fn nvme_detach(&mut self, bdevs: &mut Registry, name: &str) -> Result<(), String>;
+    /// (Re)starts the virtio-blk device at `traddr` as bdev `name`.
+    fn virtio_attach(
+        &mut self,
+        bdevs: &mut Registry,
+        name: &str,
+        traddr: &str,
+    ) -> Result<Vec<String>, String>;
+    /// Stops virtio-blk bdev `name`.
+    fn virtio_detach(&mut self, bdevs: &mut Registry, name: &str) -> Result<(), String>;
+}
+
 /// What the methods manage. The kernel owns these; tests make their own.
 pub struct Model<'a> {
     pub bdevs: &'a mut Registry,
+    /// NVMe and virtio controllers, where the caller has hardware.
+    pub devices: Option<&'a mut dyn Devices>,
     /// NBD exports, when the NBD target runs.
     pub nbd: Option<&'a mut Exports>,
     /// Bytes a new RAM bdev may take.
@@ -78,6 +104,10 @@ pub static METHODS: &[Method] = table![
     "bdev_null_create" ["construct_null_bdev"] (false, true) => |m, p| bdev_create(m, p, "bdev_null_create"),
     "bdev_null_delete" ["delete_null_bdev"] (false, true) => |m, p| bdev_delete(m, p, "Null disk"),
     "bdev_set_qos_limit" ["set_bdev_qos_limit"] (false, true) => bdev_set_qos_limit,
+    "bdev_nvme_attach_controller" ["construct_nvme_bdev"] (false, true) => bdev_nvme_attach_controller,
+    "bdev_nvme_detach_controller" ["delete_nvme_controller"] (false, true) => bdev_nvme_detach_controller,
+    "bdev_virtio_attach_controller" ["construct_virtio_dev"] (false, true) => bdev_virtio_attach_controller,
+    "bdev_virtio_detach_controller" ["remove_virtio_bdev"] (false, true) => bdev_virtio_detach_controller,
     "nbd_get_disks" ["get_nbd_disks"] (false, true) => nbd_get_disks,
     "nbd_start_disk" ["start_nbd_disk"] (false, true) => nbd_start_disk,
     "nbd_stop_disk" ["stop_nbd_disk"] (false, true) => nbd_stop_disk,
@@ -414,6 +444,138 @@ fn nbd_get_disks(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, Rpc
             .collect()
     });
     Ok(Value::Array(list))
+}
+
+fn str_param<'p>(p: &'p Map<String, Value>, key: &str) -> Result<&'p str, RpcError> {
+    match p.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(_) => Err(RpcError::params(format!(
+            "`{key}` must be a non-empty string"
+        ))),
+        None => Err(RpcError::params(format!("missing `{key}`"))),
+    }
+}
+
+fn devices<'m>(m: &'m mut Model<'_>) -> Result<(&'m mut dyn Devices, &'m mut Registry), RpcError> {
+    let d = m.devices.as_deref_mut().ok_or(RpcError {
+        code: code::INVALID_STATE,
+        message: "no hardware here".into(),
+    })?;
+    Ok((d, &mut *m.bdevs))
+}
+
+/// PCIe only: fabrics controllers are the targets' business, not bdevs here.
+fn bdev_nvme_attach_controller(
+    m: &mut Model<'_>,
+    p: &Map<String, Value>,
+) -> Result<Value, RpcError> {
+    // The client sends these at their defaults; digests and protection info
+    // mean nothing for PCIe, so anything but the default is refused.
+    const OFF: &[&str] = &[
+        "prchk_reftag",
+        "prchk_guard",
+        "hdgst",
+        "ddgst",
+        "allow_unrecognized_csi",
+        "disable_sq_flow_control",
+    ];
+    let mut known = alloc::vec![
+        "name",
+        "trtype",
+        "traddr",
+        "adrfam",
+        "trsvcid",
+        "subnqn",
+        "hostnqn",
+        "multipath"
+    ];
+    known.extend(OFF);
+    only(p, &known)?;
+    if let Some(k) = OFF.iter().find(|k| p.get(**k).is_some_and(|v| !off(v))) {
+        return Err(RpcError::params(format!(
+            "`{k}` is not supported for PCIe controllers"
+        )));
+    }
+    let name = str_param(p, "name")?;
+    let trtype = str_param(p, "trtype")?;
+    if !trtype.eq_ignore_ascii_case("pcie") {
+        return Err(RpcError::params(format!(
+            "trtype {trtype}: only PCIe controllers can be attached"
+        )));
+    }
+    let traddr = str_param(p, "traddr")?;
+    let (d, bdevs) = devices(m)?;
+    let names = d
+        .nvme_attach(bdevs, name, traddr)
+        .map_err(RpcError::params)?;
+    Ok(Value::Array(names.into_iter().map(Value::String).collect()))
+}
+
+fn bdev_nvme_detach_controller(
+    m: &mut Model<'_>,
+    p: &Map<String, Value>,
+) -> Result<Value, RpcError> {
+    only(
+        p,
+        &[
+            "name",
+            "trtype",
+            "traddr",
+            "adrfam",
+            "trsvcid",
+            "subnqn",
+            "hostaddr",
+            "hostsvcid",
+        ],
+    )?;
+    let name = str_param(p, "name")?.to_string();
+    let (d, bdevs) = devices(m)?;
+    d.nvme_detach(bdevs, &name).map_err(RpcError::params)?;
+    if let Some(nbd) = m.nbd.as_deref_mut() {
+        nbd.list.retain(|e| m.bdevs.info(e.bdev).is_some());
+    }
+    Ok(Value::Bool(true))
+}
+
+fn bdev_virtio_attach_controller(
+    m: &mut Model<'_>,
+    p: &Map<String, Value>,
+) -> Result<Value, RpcError> {
+    only(
+        p,
+        &[
+            "name", "trtype", "traddr", "dev_type", "vq_count", "vq_size",
+        ],
+    )?;
+    let name = str_param(p, "name")?;
+    if !str_param(p, "trtype")?.eq_ignore_ascii_case("pci") {
+        return Err(RpcError::params(
+            "trtype: only pci virtio devices can be attached",
+        ));
+    }
+    if str_param(p, "dev_type")? != "blk" {
+        return Err(RpcError::params("dev_type: only blk"));
+    }
+    let traddr = str_param(p, "traddr")?;
+    let (d, bdevs) = devices(m)?;
+    let names = d
+        .virtio_attach(bdevs, name, traddr)
+        .map_err(RpcError::params)?;
+    Ok(Value::Array(names.into_iter().map(Value::String).collect()))
+}
+
+fn bdev_virtio_detach_controller(
+    m: &mut Model<'_>,
+    p: &Map<String, Value>,
+) -> Result<Value, RpcError> {
+    only(p, &["name"])?;
+    let name = str_param(p, "name")?.to_string();
+    let (d, bdevs) = devices(m)?;
+    d.virtio_detach(bdevs, &name).map_err(RpcError::params)?;
+    if let Some(nbd) = m.nbd.as_deref_mut() {
+        nbd.list.retain(|e| m.bdevs.info(e.bdev).is_some());
+    }
+    Ok(Value::Bool(true))
 }
 
 fn nbd_exports<'m>(m: &'m mut Model<'_>) -> Result<&'m mut Exports, RpcError> {

@@ -168,6 +168,7 @@ mod tests {
         let mut s = Session::new();
         let mut m = Model {
             bdevs: &mut reg,
+            devices: None,
             nbd: None,
             memory_budget: 1 << 30,
             initialized: &mut init,
