@@ -35,7 +35,7 @@ mod types;
 pub use buf::IoBuf;
 pub use malloc::MallocBdev;
 pub use null::NullBdev;
-pub use registry::{BdevId, QosLimits, Registry, RegistryError};
+pub use registry::{BdevId, BdevOptions, QosLimits, Registry, RegistryError};
 pub use rng::Rng;
 pub use stats::{IoStats, LatencyHistogram};
 pub use types::{

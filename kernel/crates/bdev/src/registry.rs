@@ -184,8 +184,29 @@ impl Slot {
     }
 }
 
+/// Layer-wide options (SPDK's `bdev_set_options`). The pools they size in
+/// SPDK do not exist here, as every request owns its buffer; they are kept so
+/// a saved configuration round-trips.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BdevOptions {
+    pub bdev_io_pool_size: u64,
+    pub bdev_io_cache_size: u64,
+    pub bdev_auto_examine: bool,
+}
+
+impl Default for BdevOptions {
+    fn default() -> Self {
+        BdevOptions {
+            bdev_io_pool_size: 65535,
+            bdev_io_cache_size: 256,
+            bdev_auto_examine: true,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Registry {
+    pub options: BdevOptions,
     slots: Vec<Option<Slot>>,
     generations: Vec<u32>,
     /// Requests refused by validation, delivered at the next poll.

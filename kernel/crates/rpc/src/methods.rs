@@ -103,6 +103,7 @@ pub static METHODS: &[Method] = table![
     "bdev_malloc_delete" ["delete_malloc_bdev"] (false, true) => |m, p| bdev_delete(m, p, "Malloc disk"),
     "bdev_null_create" ["construct_null_bdev"] (false, true) => |m, p| bdev_create(m, p, "bdev_null_create"),
     "bdev_null_delete" ["delete_null_bdev"] (false, true) => |m, p| bdev_delete(m, p, "Null disk"),
+    "bdev_set_options" ["set_bdev_options"] BOTH => bdev_set_options,
     "bdev_set_qos_limit" ["set_bdev_qos_limit"] (false, true) => bdev_set_qos_limit,
     "bdev_nvme_attach_controller" ["construct_nvme_bdev"] (false, true) => bdev_nvme_attach_controller,
     "bdev_nvme_detach_controller" ["delete_nvme_controller"] (false, true) => bdev_nvme_detach_controller,
@@ -187,7 +188,15 @@ fn framework_get_subsystems(_: &mut Model<'_>, p: &Map<String, Value>) -> Result
 
 /// The bdev subsystem's state as method calls (what `save_config` stores).
 fn bdev_config(m: &Model<'_>) -> Vec<Value> {
-    let mut calls = Vec::new();
+    let o = m.bdevs.options;
+    let mut calls = alloc::vec![json!({
+        "method": "bdev_set_options",
+        "params": {
+            "bdev_io_pool_size": o.bdev_io_pool_size,
+            "bdev_io_cache_size": o.bdev_io_cache_size,
+            "bdev_auto_examine": o.bdev_auto_examine
+        }
+    })];
     for id in m.bdevs.ids() {
         let Some(b) = m.bdevs.info(id) else { continue };
         let method = match b.product.as_str() {
@@ -249,6 +258,48 @@ fn bdev_json(m: &Model<'_>, id: ironbay_bdev::BdevId) -> Option<Value> {
         },
         "driver_specific": {}
     }))
+}
+
+/// Layer options. SPDK allows them only before init; here the layer has no
+/// pools to resize, so they may change at any time.
+fn bdev_set_options(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
+    const IGNORED: &[&str] = &[
+        "small_buf_pool_size",
+        "large_buf_pool_size",
+        "iobuf_small_cache_size",
+        "iobuf_large_cache_size",
+    ];
+    let mut known = alloc::vec![
+        "bdev_io_pool_size",
+        "bdev_io_cache_size",
+        "bdev_auto_examine"
+    ];
+    known.extend(IGNORED);
+    only(p, &known)?;
+    let mut o = m.bdevs.options;
+    for (key, slot) in [
+        ("bdev_io_pool_size", &mut o.bdev_io_pool_size),
+        ("bdev_io_cache_size", &mut o.bdev_io_cache_size),
+    ] {
+        if let Some(v) = p.get(key) {
+            *slot = v
+                .as_u64()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| RpcError::params(format!("`{key}` must be a positive integer")))?;
+        }
+    }
+    if let Some(v) = p.get("bdev_auto_examine") {
+        o.bdev_auto_examine = v
+            .as_bool()
+            .ok_or_else(|| RpcError::params("`bdev_auto_examine` must be a boolean"))?;
+    }
+    if o.bdev_io_cache_size > o.bdev_io_pool_size {
+        return Err(RpcError::params(
+            "`bdev_io_cache_size` cannot exceed `bdev_io_pool_size`",
+        ));
+    }
+    m.bdevs.options = o;
+    Ok(Value::Bool(true))
 }
 
 /// SPDK's QoS: IOPS and MB/s limits (MB = 10^6 bytes), 0 lifts a limit;

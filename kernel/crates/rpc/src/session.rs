@@ -204,6 +204,15 @@ mod tests {
         assert_eq!(r[3]["result"], true);
         assert_eq!(r[4]["result"].as_array().unwrap().len(), 1);
         assert_eq!(reg.ids().count(), 1);
+        let (r, reg) = session_with(concat!(
+            r#"{"jsonrpc":"2.0","id":1,"method":"bdev_set_options","params":{"bdev_io_pool_size":1024,"bdev_io_cache_size":16}}"#,
+            r#"{"jsonrpc":"2.0","id":2,"method":"set_bdev_options","params":{"bdev_io_cache_size":2048}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"framework_get_config","params":{"name":"bdev"}}"#,
+        ));
+        assert_eq!(r[0]["result"], true);
+        assert_eq!(code_of(&r[1]), -32602);
+        assert_eq!(r[2]["result"][0]["params"]["bdev_io_pool_size"], 1024);
+        assert_eq!(reg.options.bdev_io_cache_size, 16);
     }
 
     #[test]
