@@ -168,7 +168,7 @@ fn run(
         if storage.poll(&mut completions) > 0 {
             busy = true;
             for (_, c) in completions.drain(..) {
-                services.complete(c);
+                services.complete(c, storage);
             }
             // Send the replies these completions produced now, not next round.
             services.poll(network, storage);

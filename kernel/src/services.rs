@@ -52,7 +52,14 @@ pub struct Rpc {
     initialized: bool,
     /// `spdk_kill_instance` asked for an orderly shutdown.
     pub shutdown: bool,
+    /// A benchmark `bdevperf_run` asked for, and the one running (with the
+    /// session waiting for its result).
+    bench_request: Option<ironbay_bdev::bench::BenchSpec>,
+    running: Option<(usize, ironbay_bdev::bench::Bench)>,
 }
+
+/// Tags of benchmark I/O, kept apart from the NBD service's.
+const BENCH_TAG: u64 = 1 << 63;
 
 fn tag(slot: usize, generation: u16, engine: u64) -> u64 {
     (slot as u64) << SLOT_SHIFT | (generation as u64) << GEN_SHIFT | (engine & ENGINE_MASK)
@@ -150,6 +157,8 @@ fn rpc_init(network: &mut Network, cmdline: &ironbay_config::Cmdline) -> Option<
         allow,
         initialized: true,
         shutdown: false,
+        bench_request: None,
+        running: None,
     })
 }
 
@@ -180,6 +189,18 @@ impl Rpc {
         mut nbd: Option<&mut Exports>,
     ) -> bool {
         let mut busy = false;
+        if let Some((owner, bench)) = &mut self.running {
+            busy = true;
+            if bench.tick(&mut storage.bdevs, crate::time::uptime_us()) {
+                let report = bench.report();
+                log::info!("mgmt: benchmark done: {:.0} IOPS", report.iops);
+                // The asker may have gone; then the result has nowhere to go.
+                if let Some(session) = self.sessions[*owner].as_mut() {
+                    session.complete_deferred(Ok(ironbay_rpc::methods::bench_result(&report)));
+                }
+                self.running = None;
+            }
+        }
         for (i, &h) in self.listener.sockets().iter().enumerate() {
             let (state, peer) = {
                 let s = network.stacks[self.stack].sockets.get::<tcp::Socket<'_>>(h);
@@ -217,12 +238,31 @@ impl Rpc {
                     memory_budget: (heap.size - heap.used) as u64 / 2,
                     initialized: &mut self.initialized,
                     shutdown: &mut self.shutdown,
+                    bench: Some(&mut self.bench_request),
                 };
                 let _ = s.recv(|b| {
                     session.handle_input(b, &mut model);
                     (b.len(), ())
                 });
                 busy = true;
+            }
+            if let Some(spec) = self.bench_request.take() {
+                if self.running.is_some() {
+                    session.complete_deferred(Err(ironbay_rpc::RpcError {
+                        code: ironbay_rpc::methods::code::INVALID_STATE,
+                        message: "a benchmark is already running".into(),
+                    }));
+                } else {
+                    match ironbay_bdev::bench::Bench::new(spec, &storage.bdevs) {
+                        Ok(mut bench) => {
+                            log::info!("mgmt: benchmark started over JSON-RPC");
+                            bench.set_tag_base(BENCH_TAG);
+                            bench.start(&mut storage.bdevs, crate::time::uptime_us());
+                            self.running = Some((i, bench));
+                        }
+                        Err(e) => session.complete_deferred(Err(ironbay_rpc::RpcError::params(e))),
+                    }
+                }
             }
             while !session.poll_output().is_empty() {
                 match s.send_slice(session.poll_output()) {
@@ -334,7 +374,15 @@ impl Services {
     }
 
     /// Hands a block completion to the engine that asked for it.
-    pub fn complete(&mut self, c: IoCompletion) {
+    pub fn complete(&mut self, c: IoCompletion, storage: &mut Storage) {
+        if c.tag & BENCH_TAG != 0 {
+            if let Some(rpc) = &mut self.rpc
+                && let Some((_, bench)) = &mut rpc.running
+            {
+                bench.handle(&mut storage.bdevs, c, crate::time::uptime_us());
+            }
+            return;
+        }
         let Some(nbd) = &mut self.nbd else { return };
         let slot = (c.tag >> SLOT_SHIFT) as usize;
         let generation = (c.tag >> GEN_SHIFT) as u16;

@@ -291,6 +291,7 @@ pub fn init(devices: &[Function], config: Option<&BootConfig>) -> Storage {
                 memory_budget: (heap.size - heap.used) as u64 / 2,
                 initialized: &mut initialized,
                 shutdown: &mut shutdown,
+                bench: None,
             };
             match ironbay_rpc::methods::call(&mut model, &call.method, &call.params) {
                 Ok(r) => log::info!("{subsystem}: {} -> {r}", call.method),

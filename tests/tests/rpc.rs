@@ -401,3 +401,64 @@ fn nvme_and_virtio_controllers_detach_and_attach_by_pci_address() {
         );
     }
 }
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn bdevperf_run_answers_when_the_benchmark_ends() {
+    let a = boot(
+        "",
+        Some({
+            let d = scratch("rpc-bench");
+            let cfg = d.join("config.json");
+            std::fs::write(&cfg, r#"{"subsystems":[{"subsystem":"bdev","config":[
+            {"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":8192,"block_size":512}}]}]}"#).unwrap();
+            cfg
+        }),
+    );
+    // SPDK's own client library, called the way bdevperf.py calls it.
+    let script = format!(
+        r#"
+import json
+from spdk.rpc.client import JSONRPCClient
+c = JSONRPCClient("127.0.0.1", {port}, timeout=60.0)
+r = c.call("perform_tests", {{"bdev_name": "Malloc0", "workload": "randwrite", "io_size": 4096,
+                             "queue_depth": 8, "time_in_sec": 1}})
+print(json.dumps(r))
+try:
+    c.call("bdevperf_run", {{"bdev_name": "Nope", "workload": "read", "io_size": 4096,
+                            "queue_depth": 1, "time_in_sec": 1}})
+except Exception as e:
+    print("refused:", " ".join(str(e).split()))
+print(json.dumps(c.call("spdk_get_version")))
+"#,
+        port = a.rpc
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 with the spdk package");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}\n----- console -----\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.vm.output()
+    );
+    let mut lines = text.lines();
+    let result: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(result["bdev_name"], "Malloc0", "{text}");
+    assert_eq!(result["workload"], "randwrite");
+    assert!(result["ops"].as_u64().unwrap() > 0, "{text}");
+    assert!(result["iops"].as_f64().unwrap() > 0.0, "{text}");
+    assert_eq!(result["errors"], 0);
+    assert_eq!(result["miscompares"], 0);
+    let refused = lines.next().unwrap();
+    assert!(
+        refused.starts_with("refused:") && refused.contains("Nope"),
+        "{text}"
+    );
+    assert!(
+        lines.next().unwrap().contains("version"),
+        "the session goes on: {text}"
+    );
+}

@@ -153,6 +153,9 @@ pub struct Bench {
     errors: u64,
     miscompares: u64,
     histogram: LatencyHistogram,
+    /// Added to every tag, so the bench's completions can share a registry
+    /// with other users' (the caller routes by it).
+    tag_base: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -247,8 +250,27 @@ impl Bench {
             errors: 0,
             miscompares: 0,
             histogram: LatencyHistogram::default(),
+            tag_base: 0,
             spec,
         })
+    }
+
+    /// Tags this bench uses start at `base` (see [`Bench::handle`]).
+    pub fn set_tag_base(&mut self, base: u64) {
+        self.tag_base = base;
+    }
+
+    pub fn bdev(&self) -> BdevId {
+        self.id
+    }
+
+    /// Retries submissions the device refused; for callers that poll the
+    /// registry themselves and feed completions to [`Bench::handle`].
+    pub fn tick(&mut self, reg: &mut Registry, now_us: u64) -> bool {
+        for i in core::mem::take(&mut self.retry) {
+            self.issue_next(reg, i, now_us);
+        }
+        self.finished()
     }
 
     /// The queue depth actually used (capped by the device's).
@@ -305,7 +327,7 @@ impl Bench {
         if let Err(req) = reg.submit(
             self.id,
             IoRequest {
-                tag: i as u64,
+                tag: self.tag_base + i as u64,
                 op,
                 fua: false,
             },
@@ -319,7 +341,7 @@ impl Bench {
 
     /// Feeds one completion of this bench's bdev.
     pub fn handle(&mut self, reg: &mut Registry, c: IoCompletion, now_us: u64) {
-        let i = c.tag as usize;
+        let i = c.tag.wrapping_sub(self.tag_base) as usize;
         let Some(slot) = self.slots.get_mut(i) else {
             return;
         };
@@ -347,7 +369,7 @@ impl Bench {
                 buf.as_mut_slice().fill(0);
                 slot.issued_us = now_us;
                 let req = IoRequest {
-                    tag: i as u64,
+                    tag: self.tag_base + i as u64,
                     op: IoOp::Read { lba, buf },
                     fua: false,
                 };
@@ -389,10 +411,7 @@ impl Bench {
                 self.handle(reg, c, now_us);
             }
         }
-        for i in core::mem::take(&mut self.retry) {
-            self.issue_next(reg, i, now_us);
-        }
-        self.finished()
+        self.tick(reg, now_us)
     }
 
     pub fn finished(&self) -> bool {

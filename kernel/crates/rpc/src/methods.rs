@@ -70,6 +70,9 @@ pub struct Model<'a> {
     pub initialized: &'a mut bool,
     /// Set by `spdk_kill_instance`: the caller shuts down once replies are out.
     pub shutdown: &'a mut bool,
+    /// Where `bdevperf_run` leaves the benchmark it asks for; the caller runs
+    /// it and answers the request when it ends. `None`: not offered.
+    pub bench: Option<&'a mut Option<ironbay_bdev::bench::BenchSpec>>,
 }
 
 type Handler = fn(&mut Model<'_>, &Map<String, Value>) -> Result<Value, RpcError>;
@@ -113,6 +116,7 @@ pub static METHODS: &[Method] = table![
     "nbd_start_disk" ["start_nbd_disk"] (false, true) => nbd_start_disk,
     "nbd_stop_disk" ["stop_nbd_disk"] (false, true) => nbd_stop_disk,
     "spdk_kill_instance" ["kill_instance"] BOTH => spdk_kill_instance,
+    "bdevperf_run" ["perform_tests"] (false, true) => bdevperf_run,
 ];
 
 /// Finds a method by modern name or alias.
@@ -695,6 +699,57 @@ fn spdk_kill_instance(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value
         Some(other) => Err(RpcError::params(format!("unknown signal {other}"))),
         None => Err(RpcError::params("missing `sig_name`")),
     }
+}
+
+/// The built-in benchmark, bdevperf-style: the reply comes when it ends.
+fn bdevperf_run(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
+    only(
+        p,
+        &[
+            "bdev_name",
+            "workload",
+            "io_size",
+            "queue_depth",
+            "time_in_sec",
+        ],
+    )?;
+    let bdev = str_param(p, "bdev_name")?;
+    let workload = str_param(p, "workload")?;
+    let num = |k: &str| {
+        p.get(k)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| RpcError::params(format!("`{k}` must be a positive integer")))
+    };
+    let spec = format!(
+        "{bdev}:{workload}:{}:{}:{}",
+        num("io_size")?,
+        num("queue_depth")?,
+        num("time_in_sec")?
+    );
+    let spec: ironbay_bdev::bench::BenchSpec = spec.parse().map_err(RpcError::params)?;
+    find(m, bdev)?;
+    let slot = m.bench.as_deref_mut().ok_or(RpcError {
+        code: code::INVALID_STATE,
+        message: "benchmarks are not offered here".into(),
+    })?;
+    if slot.is_some() {
+        return Err(RpcError {
+            code: code::INVALID_STATE,
+            message: "a benchmark is already running".into(),
+        });
+    }
+    *slot = Some(spec);
+    Ok(Value::Null)
+}
+
+/// The reply for a finished benchmark.
+pub fn bench_result(r: &ironbay_bdev::bench::BenchReport) -> Value {
+    json!({
+        "bdev_name": r.spec.bdev, "workload": r.spec.workload.name(), "io_size": r.spec.block_size,
+        "queue_depth": r.spec.queue_depth, "runtime_sec": r.seconds, "ops": r.ops, "iops": r.iops,
+        "mibps": r.mb_per_s * 1e6 / 1048576.0, "avg_latency_us": r.avg_us, "p50_latency_us": r.p50_us,
+        "p99_latency_us": r.p99_us, "p999_latency_us": r.p999_us, "errors": r.errors, "miscompares": r.miscompares
+    })
 }
 
 /// Runs one call (boot config or RPC) through the table.

@@ -13,6 +13,8 @@ pub struct Session {
     buf: Vec<u8>,
     out: Vec<u8>,
     closed: bool,
+    /// The id of a request answered later (a running benchmark).
+    deferred: Option<Value>,
 }
 
 fn error(id: Value, e: RpcError) -> Value {
@@ -95,16 +97,16 @@ impl Session {
             Value::Array(reqs) => {
                 let replies: Vec<Value> = reqs
                     .into_iter()
-                    .filter_map(|r| self.one(r, model))
+                    .filter_map(|r| self.one(r, model, true))
                     .collect();
                 (!replies.is_empty()).then_some(Value::Array(replies))
             }
-            other => self.one(other, model),
+            other => self.one(other, model, false),
         }
     }
 
     /// One request; `None` for notifications.
-    fn one(&mut self, v: Value, model: &mut Model<'_>) -> Option<Value> {
+    fn one(&mut self, v: Value, model: &mut Model<'_>, batched: bool) -> Option<Value> {
         let Value::Object(mut req) = v else {
             return Some(error(Value::Null, invalid("request must be an object")));
         };
@@ -128,14 +130,40 @@ impl Session {
             Some(Value::Object(p)) => p,
             Some(_) => return Some(error(id, RpcError::params("params must be an object"))),
         };
+        let deferring = methods::lookup(&method).is_some_and(|m| m.name == "bdevperf_run");
+        if deferring && notification {
+            // Nobody would hear the result.
+            return None;
+        }
+        if deferring && (batched || self.deferred.is_some()) {
+            return Some(error(
+                id,
+                invalid("bdevperf_run must be sent alone, one at a time"),
+            ));
+        }
         let result = methods::call(model, &method, &params);
         if notification {
+            return None;
+        }
+        if deferring && result.is_ok() {
+            self.deferred = Some(id);
             return None;
         }
         Some(match result {
             Ok(r) => json!({ "jsonrpc": "2.0", "id": id, "result": r }),
             Err(e) => error(id, e),
         })
+    }
+
+    /// Answers the deferred request (a benchmark that ended).
+    pub fn complete_deferred(&mut self, result: Result<Value, RpcError>) {
+        if let Some(id) = self.deferred.take() {
+            let v = match result {
+                Ok(r) => json!({ "jsonrpc": "2.0", "id": id, "result": r }),
+                Err(e) => error(id, e),
+            };
+            self.send(&v);
+        }
     }
 
     pub fn poll_output(&self) -> &[u8] {
@@ -173,6 +201,7 @@ mod tests {
             memory_budget: 1 << 30,
             initialized: &mut init,
             shutdown: &mut down,
+            bench: None,
         };
         s.handle_input(input.as_bytes(), &mut m);
         let out = String::from_utf8(s.poll_output().to_vec()).unwrap();
@@ -269,6 +298,54 @@ mod tests {
         );
         let (r, _) = session_with(r#"{"jsonrpc": "2.0", "id": 3, "method": ]}"#);
         assert_eq!(code_of(&r[0]), -32700);
+    }
+
+    #[test]
+    fn benchmark_reply_waits_for_the_run() {
+        let mut reg = Registry::new();
+        let (mut init, mut down) = (true, false);
+        let mut slot = None;
+        let mut s = Session::new();
+        let mut m = Model {
+            bdevs: &mut reg,
+            devices: None,
+            nbd: None,
+            memory_budget: 1 << 30,
+            initialized: &mut init,
+            shutdown: &mut down,
+            bench: Some(&mut slot),
+        };
+        let run = |id: u32| {
+            alloc::format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"perform_tests","params":{{"bdev_name":"Malloc0","workload":"randread","io_size":4096,"queue_depth":4,"time_in_sec":1}}}}"#
+            )
+        };
+        let input = alloc::format!(
+            "{}{}{}{}",
+            r#"{"jsonrpc":"2.0","id":1,"method":"bdev_malloc_create","params":{"num_blocks":64,"block_size":4096}}"#,
+            r#"[{"jsonrpc":"2.0","id":9,"method":"bdevperf_run","params":{}}]"#,
+            run(2),
+            run(3)
+        );
+        s.handle_input(input.as_bytes(), &mut m);
+        let replies: Vec<Value> = serde_json::Deserializer::from_slice(s.poll_output())
+            .into_iter::<Value>()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(replies.len(), 3, "no reply yet for the run: {replies:?}");
+        assert_eq!(code_of(&replies[1][0]), -32600, "not in a batch");
+        assert_eq!(replies[2]["id"], 3);
+        assert_eq!(code_of(&replies[2]), -32600, "one at a time");
+        let spec = slot.take().unwrap();
+        assert_eq!((spec.bdev.as_str(), spec.queue_depth), ("Malloc0", 4));
+        let consumed = s.poll_output().len();
+        s.consume_output(consumed);
+        s.complete_deferred(Ok(json!({ "iops": 1.0 })));
+        let v: Value = serde_json::from_slice(s.poll_output()).unwrap();
+        assert_eq!(
+            (v["id"].clone(), v["result"]["iops"].clone()),
+            (json!(2), json!(1.0))
+        );
     }
 
     #[test]
