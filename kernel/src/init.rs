@@ -110,9 +110,16 @@ extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
     let devices = pci::init(acpi.map_or(&[], |a| a.ecam.as_slice()));
 
     let config = load_boot_config(&boot);
-    let mut storage = storage::init(devices, config.as_ref());
+    let wait_for_init = cmdline.flag("mgmt.wait_for_init");
+    let mut storage = storage::init(devices, config.as_ref(), wait_for_init);
     let mut network = net::init(devices, &cmdline);
     let mut services = services::init(&mut network, &storage, &cmdline);
+    if wait_for_init && !services.has_rpc() {
+        log::warn!("mgmt.wait_for_init: no JSON-RPC service to start init; starting now");
+        storage.finish_init();
+    } else if wait_for_init {
+        log::info!("mgmt: waiting for framework_start_init over JSON-RPC");
+    }
     let lapic = acpi.map_or(0xFEE0_0000, |a| a.lapic_base);
     match arch::lapic::init(lapic) {
         Ok(hz) => log::info!(

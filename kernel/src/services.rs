@@ -155,7 +155,7 @@ fn rpc_init(network: &mut Network, cmdline: &ironbay_config::Cmdline) -> Option<
         listener,
         sessions: (0..RPC_CONNECTIONS).map(|_| None).collect(),
         allow,
-        initialized: true,
+        initialized: !cmdline.flag("mgmt.wait_for_init"),
         shutdown: false,
         bench_request: None,
         running: None,
@@ -189,6 +189,7 @@ impl Rpc {
         mut nbd: Option<&mut Exports>,
     ) -> bool {
         let mut busy = false;
+        let was_initialized = self.initialized;
         if let Some((owner, bench)) = &mut self.running {
             busy = true;
             if bench.tick(&mut storage.bdevs, crate::time::uptime_us()) {
@@ -196,7 +197,10 @@ impl Rpc {
                 log::info!("mgmt: benchmark done: {:.0} IOPS", report.iops);
                 // The asker may have gone; then the result has nowhere to go.
                 if let Some(session) = self.sessions[*owner].as_mut() {
-                    session.complete_deferred(Ok(ironbay_rpc::methods::bench_result(&report)));
+                    session.complete_deferred(
+                        ironbay_rpc::Wait::Bench,
+                        Ok(ironbay_rpc::methods::bench_result(&report)),
+                    );
                 }
                 self.running = None;
             }
@@ -248,10 +252,13 @@ impl Rpc {
             }
             if let Some(spec) = self.bench_request.take() {
                 if self.running.is_some() {
-                    session.complete_deferred(Err(ironbay_rpc::RpcError {
-                        code: ironbay_rpc::methods::code::INVALID_STATE,
-                        message: "a benchmark is already running".into(),
-                    }));
+                    session.complete_deferred(
+                        ironbay_rpc::Wait::Bench,
+                        Err(ironbay_rpc::RpcError {
+                            code: ironbay_rpc::methods::code::INVALID_STATE,
+                            message: "a benchmark is already running".into(),
+                        }),
+                    );
                 } else {
                     match ironbay_bdev::bench::Bench::new(spec, &storage.bdevs) {
                         Ok(mut bench) => {
@@ -260,7 +267,10 @@ impl Rpc {
                             bench.start(&mut storage.bdevs, crate::time::uptime_us());
                             self.running = Some((i, bench));
                         }
-                        Err(e) => session.complete_deferred(Err(ironbay_rpc::RpcError::params(e))),
+                        Err(e) => session.complete_deferred(
+                            ironbay_rpc::Wait::Bench,
+                            Err(ironbay_rpc::RpcError::params(e)),
+                        ),
                     }
                 }
             }
@@ -279,6 +289,14 @@ impl Rpc {
                 s.close();
             }
         }
+        if !was_initialized && self.initialized {
+            storage.finish_init();
+            for session in self.sessions.iter_mut().flatten() {
+                session
+                    .complete_deferred(ironbay_rpc::Wait::Init, Ok(serde_json::Value::Bool(true)));
+            }
+            busy = true;
+        }
         self.listener
             .relisten(&mut network.stacks[self.stack].sockets);
         busy
@@ -286,6 +304,11 @@ impl Rpc {
 }
 
 impl Services {
+    /// Whether anything serves JSON-RPC (and so could start a deferred init).
+    pub fn has_rpc(&self) -> bool {
+        self.rpc.is_some()
+    }
+
     pub fn shutdown_requested(&self) -> bool {
         self.rpc.as_ref().is_some_and(|r| r.shutdown)
     }

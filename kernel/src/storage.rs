@@ -10,7 +10,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use ironbay_bdev::{BdevId, BlockDevice, IoCompletion, Registry};
-use ironbay_config::BootConfig;
+use ironbay_config::{BootConfig, MethodCall};
 use ironbay_nvme::{Controller, NvmeBdev, Options};
 use ironbay_platform::pci::{Function, Size};
 use ironbay_virtio_blk::VirtioBlk;
@@ -19,6 +19,8 @@ pub struct Storage {
     pub bdevs: Registry,
     pub hw: Hardware,
     completions: Vec<(BdevId, IoCompletion)>,
+    /// Boot config calls held back until `framework_start_init`.
+    pending: Vec<(String, MethodCall)>,
 }
 
 /// The NVMe controllers and virtio-blk devices found at boot, attached
@@ -181,6 +183,34 @@ fn self_name_taken(bdevs: &Registry, controller: &str) -> bool {
 }
 
 impl Storage {
+    /// Runs boot config calls through the JSON-RPC method table.
+    fn apply(&mut self, calls: Vec<(String, MethodCall)>, initialized: bool) {
+        let (mut initialized, mut shutdown) = (initialized, false);
+        for (subsystem, call) in calls {
+            let heap = mem::heap_stats();
+            let mut model = ironbay_rpc::Model {
+                bdevs: &mut self.bdevs,
+                devices: Some(&mut self.hw),
+                nbd: None,
+                memory_budget: (heap.size - heap.used) as u64 / 2,
+                initialized: &mut initialized,
+                shutdown: &mut shutdown,
+                bench: None,
+            };
+            match ironbay_rpc::methods::call(&mut model, &call.method, &call.params) {
+                Ok(r) => log::info!("{subsystem}: {} -> {r}", call.method),
+                Err(e) => log::error!("{subsystem}: {} failed: {}", call.method, e.message),
+            }
+        }
+    }
+
+    /// `framework_start_init` arrived: the held-back boot config runs now.
+    pub fn finish_init(&mut self) {
+        let calls = core::mem::take(&mut self.pending);
+        log::info!("framework_start_init: {} boot config calls", calls.len());
+        self.apply(calls, true);
+    }
+
     /// Polls every device once; completions land in `out`.
     pub fn poll(&mut self, out: &mut Vec<(BdevId, IoCompletion)>) -> usize {
         self.bdevs.poll(crate::time::uptime_us(), out)
@@ -250,11 +280,15 @@ fn is_virtio_blk(f: &Function) -> bool {
     f.vendor == 0x1af4 && matches!(f.device, 0x1001 | 0x1042)
 }
 
-pub fn init(devices: &[Function], config: Option<&BootConfig>) -> Storage {
+/// Finds the disks and applies the boot config. With `wait_for_init` only
+/// the config's startup methods run now; the rest waits for
+/// `framework_start_init` (SPDK's `--wait-for-rpc`).
+pub fn init(devices: &[Function], config: Option<&BootConfig>, wait_for_init: bool) -> Storage {
     let mut s = Storage {
         bdevs: Registry::new(),
         hw: Hardware::default(),
         completions: Vec::new(),
+        pending: Vec::new(),
     };
     let (mut nvme_index, mut virtio_index) = (0, 0);
     for f in devices {
@@ -280,24 +314,14 @@ pub fn init(devices: &[Function], config: Option<&BootConfig>) -> Storage {
         }
     }
     if let Some(cfg) = config {
-        // The boot config goes through the same method table as the JSON-RPC API.
-        let (mut initialized, mut shutdown) = (true, false);
-        for (subsystem, call) in cfg.calls() {
-            let heap = mem::heap_stats();
-            let mut model = ironbay_rpc::Model {
-                bdevs: &mut s.bdevs,
-                devices: Some(&mut s.hw),
-                nbd: None,
-                memory_budget: (heap.size - heap.used) as u64 / 2,
-                initialized: &mut initialized,
-                shutdown: &mut shutdown,
-                bench: None,
-            };
-            match ironbay_rpc::methods::call(&mut model, &call.method, &call.params) {
-                Ok(r) => log::info!("{subsystem}: {} -> {r}", call.method),
-                Err(e) => log::error!("{subsystem}: {} failed: {}", call.method, e.message),
-            }
-        }
+        let (now, later): (Vec<_>, Vec<_>) = cfg
+            .calls()
+            .map(|(sub, c)| (String::from(sub), c.clone()))
+            .partition(|(_, c)| {
+                !wait_for_init || ironbay_rpc::methods::lookup(&c.method).is_some_and(|m| m.startup)
+            });
+        s.apply(now, !wait_for_init);
+        s.pending = later;
     }
     log::info!("{} block devices:", s.bdevs.ids().count());
     for id in s.bdevs.ids() {

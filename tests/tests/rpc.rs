@@ -462,3 +462,65 @@ print(json.dumps(c.call("spdk_get_version")))
         "the session goes on: {text}"
     );
 }
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn wait_for_init_holds_the_config_until_framework_start_init() {
+    let a = boot(
+        "mgmt.wait_for_init=1",
+        Some({
+            let d = scratch("rpc-wait");
+            let cfg = d.join("config.json");
+            std::fs::write(&cfg, r#"{"subsystems":[{"subsystem":"bdev","config":[
+            {"method":"bdev_set_options","params":{"bdev_io_pool_size":4096}},
+            {"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":2048,"block_size":512}}]}]}"#).unwrap();
+            cfg
+        }),
+    );
+    let early = Command::new("spdk-rpc")
+        .args([
+            "-s",
+            "127.0.0.1",
+            "-p",
+            &a.rpc.to_string(),
+            "bdev_get_bdevs",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&early.stderr).to_string()
+        + &String::from_utf8_lossy(&early.stdout);
+    assert!(
+        !early.status.success() && text.contains("framework_start_init"),
+        "runtime methods wait for init: {text}"
+    );
+    // A second client waits for init while the first starts it.
+    let mut waiter = Command::new("spdk-rpc")
+        .args([
+            "-s",
+            "127.0.0.1",
+            "-p",
+            &a.rpc.to_string(),
+            "-t",
+            "60",
+            "framework_wait_init",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "framework_wait_init answered before init started"
+    );
+    a.spdk(&["framework_start_init"]);
+    assert!(waiter.wait().unwrap().success(), "{}", a.vm.output());
+    let list = a.spdk(&["bdev_get_bdevs"]);
+    assert!(list.contains("\"name\": \"Malloc0\""), "{list}");
+    let cfg = a.spdk(&["framework_get_config", "bdev"]);
+    assert!(cfg.contains("\"bdev_io_pool_size\": 4096"), "{cfg}");
+    let again = Command::new("spdk-rpc")
+        .args(["-s", "127.0.0.1", "-p", &a.rpc.to_string()])
+        .arg("framework_start_init")
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "init starts once");
+}

@@ -87,6 +87,12 @@ fn is_mtu(v: &str) -> Result<(), &'static str> {
         _ => Err("MTU is 576-9000"),
     }
 }
+fn is_bool(v: &str) -> Result<(), &'static str> {
+    match v {
+        "0" | "1" | "yes" | "no" | "on" | "off" | "true" | "false" => Ok(()),
+        _ => Err("expected 1|0, yes|no, on|off or true|false"),
+    }
+}
 fn is_count(v: &str) -> Result<(), &'static str> {
     match v.parse::<u16>() {
         Ok(n) if n <= 256 => Ok(()),
@@ -198,6 +204,11 @@ pub static OPTIONS: &[OptionSpec] = &[
         help: "management clients allowed, CIDR list",
     },
     OptionSpec {
+        key: "mgmt.wait_for_init",
+        check: is_bool,
+        help: "hold the boot config's runtime methods until framework_start_init over JSON-RPC",
+    },
+    OptionSpec {
         key: "diag",
         check: is_diag,
         help: "TCP diagnostics service on the first data NIC: discard|echo|source:PORT",
@@ -302,6 +313,11 @@ impl Cmdline {
     /// so a failure here means the table and the caller disagree.
     pub fn get_as<T: FromStr>(&self, key: &str) -> Option<T> {
         self.get(key).and_then(|v| v.parse().ok())
+    }
+
+    /// A yes/no option; absent is no.
+    pub fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("1" | "yes" | "on" | "true"))
     }
 
     pub fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -503,5 +519,14 @@ mod tests {
         assert!(c.diagnostics.is_empty());
         let c = Cmdline::parse("k mgmt.allow=10.0.2.0/24,nope");
         assert_eq!(c.diagnostics.len(), 1);
+    }
+
+    #[test]
+    fn flags() {
+        let c = Cmdline::parse("k mgmt.wait_for_init=yes");
+        assert!(c.flag("mgmt.wait_for_init") && !c.flag("absent"));
+        let c = Cmdline::parse("k mgmt.wait_for_init=maybe");
+        assert_eq!(c.diagnostics.len(), 1);
+        assert!(!c.flag("mgmt.wait_for_init"));
     }
 }

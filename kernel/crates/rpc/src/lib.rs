@@ -18,4 +18,4 @@ pub mod methods;
 mod session;
 
 pub use methods::{Devices, METHODS, Method, Model, RpcError};
-pub use session::Session;
+pub use session::{Session, Wait};

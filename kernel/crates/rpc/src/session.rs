@@ -1,6 +1,7 @@
 //! One JSON-RPC connection: a stream of JSON values in, responses out.
 
 use crate::methods::{self, Model, RpcError, code};
+use alloc::format;
 use alloc::vec::Vec;
 use serde_json::{Map, Value, json};
 
@@ -8,13 +9,22 @@ use serde_json::{Map, Value, json};
 /// ends the connection, since the stream can no longer be trusted.
 pub const MAX_REQUEST: usize = 1 << 20;
 
+/// What a deferred reply waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// `bdevperf_run`: the benchmark's end.
+    Bench,
+    /// `framework_wait_init` before `framework_start_init`.
+    Init,
+}
+
 #[derive(Default)]
 pub struct Session {
     buf: Vec<u8>,
     out: Vec<u8>,
     closed: bool,
-    /// The id of a request answered later (a running benchmark).
-    deferred: Option<Value>,
+    /// A request answered later, and what it waits for.
+    deferred: Option<(Value, Wait)>,
 }
 
 fn error(id: Value, e: RpcError) -> Value {
@@ -130,23 +140,29 @@ impl Session {
             Some(Value::Object(p)) => p,
             Some(_) => return Some(error(id, RpcError::params("params must be an object"))),
         };
-        let deferring = methods::lookup(&method).is_some_and(|m| m.name == "bdevperf_run");
-        if deferring && notification {
+        let wait = match methods::lookup(&method).map(|m| m.name) {
+            Some("bdevperf_run") => Some(Wait::Bench),
+            Some("framework_wait_init") if !*model.initialized => Some(Wait::Init),
+            _ => None,
+        };
+        if wait.is_some() && notification {
             // Nobody would hear the result.
             return None;
         }
-        if deferring && (batched || self.deferred.is_some()) {
+        if wait.is_some() && (batched || self.deferred.is_some()) {
             return Some(error(
                 id,
-                invalid("bdevperf_run must be sent alone, one at a time"),
+                invalid(&format!("{method} must be sent alone, one at a time")),
             ));
         }
         let result = methods::call(model, &method, &params);
         if notification {
             return None;
         }
-        if deferring && result.is_ok() {
-            self.deferred = Some(id);
+        if let Some(w) = wait
+            && result.is_ok()
+        {
+            self.deferred = Some((id, w));
             return None;
         }
         Some(match result {
@@ -155,9 +171,9 @@ impl Session {
         })
     }
 
-    /// Answers the deferred request (a benchmark that ended).
-    pub fn complete_deferred(&mut self, result: Result<Value, RpcError>) {
-        if let Some(id) = self.deferred.take() {
+    /// Answers the deferred request if it waits for `what`.
+    pub fn complete_deferred(&mut self, what: Wait, result: Result<Value, RpcError>) {
+        if let Some((id, _)) = self.deferred.take_if(|(_, w)| *w == what) {
             let v = match result {
                 Ok(r) => json!({ "jsonrpc": "2.0", "id": id, "result": r }),
                 Err(e) => error(id, e),
@@ -340,12 +356,58 @@ mod tests {
         assert_eq!((spec.bdev.as_str(), spec.queue_depth), ("Malloc0", 4));
         let consumed = s.poll_output().len();
         s.consume_output(consumed);
-        s.complete_deferred(Ok(json!({ "iops": 1.0 })));
+        s.complete_deferred(Wait::Init, Ok(json!({})));
+        assert!(s.poll_output().is_empty(), "waits for the bench, not init");
+        s.complete_deferred(Wait::Bench, Ok(json!({ "iops": 1.0 })));
         let v: Value = serde_json::from_slice(s.poll_output()).unwrap();
         assert_eq!(
             (v["id"].clone(), v["result"]["iops"].clone()),
             (json!(2), json!(1.0))
         );
+    }
+
+    #[test]
+    fn wait_init_replies_once_init_starts() {
+        let mut reg = Registry::new();
+        let (mut init, mut down) = (false, false);
+        let mut s = Session::new();
+        let mut m = Model {
+            bdevs: &mut reg,
+            devices: None,
+            nbd: None,
+            memory_budget: 1 << 30,
+            initialized: &mut init,
+            shutdown: &mut down,
+            bench: None,
+        };
+        s.handle_input(
+            concat!(
+                r#"{"jsonrpc":"2.0","id":1,"method":"framework_wait_init"}"#,
+                r#"{"jsonrpc":"2.0","id":2,"method":"bdev_get_bdevs"}"#,
+                r#"{"jsonrpc":"2.0","id":3,"method":"bdev_set_options","params":{"bdev_io_pool_size":4096}}"#,
+                r#"{"jsonrpc":"2.0","id":4,"method":"framework_start_init"}"#,
+                r#"{"jsonrpc":"2.0","id":5,"method":"framework_wait_init"}"#,
+            )
+            .as_bytes(),
+            &mut m,
+        );
+        let r: Vec<Value> = serde_json::Deserializer::from_slice(s.poll_output())
+            .into_iter::<Value>()
+            .map(Result::unwrap)
+            .collect();
+        let ids: Vec<&Value> = r.iter().map(|v| &v["id"]).collect();
+        assert_eq!(ids, [2, 3, 4, 5], "id 1 waits: {r:?}");
+        assert_eq!(code_of(&r[0]), -1);
+        assert_eq!(
+            (&r[1]["result"], &r[2]["result"]),
+            (&json!(true), &json!(true))
+        );
+        assert!(init);
+        let n = s.poll_output().len();
+        s.consume_output(n);
+        s.complete_deferred(Wait::Init, Ok(json!(true)));
+        let v: Value = serde_json::from_slice(s.poll_output()).unwrap();
+        assert_eq!((&v["id"], &v["result"]), (&json!(1), &json!(true)));
     }
 
     #[test]
