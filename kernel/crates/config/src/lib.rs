@@ -5,14 +5,12 @@
 //!   diagnostics for the console; parsing never fails as a whole.
 //! - [`bootconfig`]: an SPDK-format JSON configuration file handed over as a
 //!   boot module, validated into a list of method calls per subsystem.
-//! - [`apply`]: turns the bdev subsystem's calls into block devices.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
-pub mod apply;
 pub mod bootconfig;
 pub mod cmdline;
 pub mod net;

@@ -5,9 +5,9 @@
 //! - [`Session`]: one connection; bytes in, response bytes out.
 //! - [`methods`]: the method table (modern name, seed-era aliases, handler,
 //!   whether it may run before or after `framework_start_init`).
-//! - [`Model`]: what the methods operate on, supplied by the caller: the bdev
-//!   registry and the NBD exports. Later front ends (targetd, QMP, REST) call
-//!   the same operations.
+//! - [`Model`] (from `ironbay-model`): what the methods operate on, supplied
+//!   by the caller. Handlers only translate JSON to its operations and back,
+//!   so later front ends (targetd, QMP, REST) share the same operations.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -17,5 +17,6 @@ extern crate alloc;
 pub mod methods;
 mod session;
 
-pub use methods::{Devices, METHODS, Method, Model, RpcError};
+pub use ironbay_model::{Devices, Model};
+pub use methods::{METHODS, Method, RpcError};
 pub use session::{Session, Wait};

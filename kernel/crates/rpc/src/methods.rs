@@ -1,11 +1,10 @@
-//! The method table and the operations behind it.
+//! The method table: JSON parameters in, [`Model`] operations, JSON out.
 
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use ironbay_bdev::{IoType, Registry};
-use ironbay_config::bootconfig::MethodCall;
-use ironbay_nbd::{Export, Exports};
+use ironbay_bdev::{IoType, Uuid};
+use ironbay_model::{Model, RamBdev, RamKind};
 use serde_json::{Map, Value, json};
 
 /// JSON-RPC error codes as SPDK uses them.
@@ -33,46 +32,16 @@ impl RpcError {
     }
 }
 
-/// Hardware the methods can attach and detach: the kernel's NVMe and
-/// virtio-blk devices. Addresses are PCI `segment:bus:device.function`.
-pub trait Devices {
-    /// Exposes the namespaces of the NVMe controller at `traddr` as
-    /// `{name}n{nsid}` bdevs; returns their names.
-    fn nvme_attach(
-        &mut self,
-        bdevs: &mut Registry,
-        name: &str,
-        traddr: &str,
-    ) -> Result<Vec<String>, String>;
-    /// Removes the bdevs of controller `name` (refused while they have I/O).
-    fn nvme_detach(&mut self, bdevs: &mut Registry, name: &str) -> Result<(), String>;
-    /// (Re)starts the virtio-blk device at `traddr` as bdev `name`.
-    fn virtio_attach(
-        &mut self,
-        bdevs: &mut Registry,
-        name: &str,
-        traddr: &str,
-    ) -> Result<Vec<String>, String>;
-    /// Stops virtio-blk bdev `name`.
-    fn virtio_detach(&mut self, bdevs: &mut Registry, name: &str) -> Result<(), String>;
-}
-
-/// What the methods manage. The kernel owns these; tests make their own.
-pub struct Model<'a> {
-    pub bdevs: &'a mut Registry,
-    /// NVMe and virtio controllers, where the caller has hardware.
-    pub devices: Option<&'a mut dyn Devices>,
-    /// NBD exports, when the NBD target runs.
-    pub nbd: Option<&'a mut Exports>,
-    /// Bytes a new RAM bdev may take.
-    pub memory_budget: u64,
-    /// Set once `framework_start_init` ran (always, unless started deferred).
-    pub initialized: &'a mut bool,
-    /// Set by `spdk_kill_instance`: the caller shuts down once replies are out.
-    pub shutdown: &'a mut bool,
-    /// Where `bdevperf_run` leaves the benchmark it asks for; the caller runs
-    /// it and answers the request when it ends. `None`: not offered.
-    pub bench: Option<&'a mut Option<ironbay_bdev::bench::BenchSpec>>,
+impl From<ironbay_model::Error> for RpcError {
+    fn from(e: ironbay_model::Error) -> Self {
+        RpcError {
+            code: match e.kind {
+                ironbay_model::ErrorKind::InvalidParams => code::INVALID_PARAMS,
+                ironbay_model::ErrorKind::InvalidState => code::INVALID_STATE,
+            },
+            message: e.message,
+        }
+    }
 }
 
 type Handler = fn(&mut Model<'_>, &Map<String, Value>) -> Result<Value, RpcError>;
@@ -102,10 +71,10 @@ pub static METHODS: &[Method] = table![
     "framework_wait_init" ["wait_subsystem_init"] BOTH => |_, _| Ok(Value::Bool(true)),
     "bdev_get_bdevs" ["get_bdevs"] (false, true) => bdev_get_bdevs,
     "bdev_get_iostat" ["get_bdevs_iostat"] (false, true) => bdev_get_iostat,
-    "bdev_malloc_create" ["construct_malloc_bdev"] (false, true) => |m, p| bdev_create(m, p, "bdev_malloc_create"),
-    "bdev_malloc_delete" ["delete_malloc_bdev"] (false, true) => |m, p| bdev_delete(m, p, "Malloc disk"),
-    "bdev_null_create" ["construct_null_bdev"] (false, true) => |m, p| bdev_create(m, p, "bdev_null_create"),
-    "bdev_null_delete" ["delete_null_bdev"] (false, true) => |m, p| bdev_delete(m, p, "Null disk"),
+    "bdev_malloc_create" ["construct_malloc_bdev"] (false, true) => |m, p| bdev_create(m, p, RamKind::Malloc),
+    "bdev_malloc_delete" ["delete_malloc_bdev"] (false, true) => |m, p| bdev_delete(m, p, RamKind::Malloc),
+    "bdev_null_create" ["construct_null_bdev"] (false, true) => |m, p| bdev_create(m, p, RamKind::Null),
+    "bdev_null_delete" ["delete_null_bdev"] (false, true) => |m, p| bdev_delete(m, p, RamKind::Null),
     "bdev_set_options" ["set_bdev_options"] BOTH => bdev_set_options,
     "bdev_set_qos_limit" ["set_bdev_qos_limit"] (false, true) => bdev_set_qos_limit,
     "bdev_nvme_attach_controller" ["construct_nvme_bdev"] (false, true) => bdev_nvme_attach_controller,
@@ -233,7 +202,7 @@ fn framework_get_config(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Val
 
 fn framework_start_init(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
     no_params(p)?;
-    *m.initialized = true;
+    m.start_init()?;
     Ok(Value::Bool(true))
 }
 
@@ -297,12 +266,7 @@ fn bdev_set_options(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, 
             .as_bool()
             .ok_or_else(|| RpcError::params("`bdev_auto_examine` must be a boolean"))?;
     }
-    if o.bdev_io_cache_size > o.bdev_io_pool_size {
-        return Err(RpcError::params(
-            "`bdev_io_cache_size` cannot exceed `bdev_io_pool_size`",
-        ));
-    }
-    m.bdevs.options = o;
+    m.set_options(o)?;
     Ok(Value::Bool(true))
 }
 
@@ -320,8 +284,7 @@ fn bdev_set_qos_limit(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value
         ],
     )?;
     let name = opt_name(p)?.ok_or_else(|| RpcError::params("missing `name`"))?;
-    let id = find(m, name)?;
-    let mut limits = m.bdevs.qos(id);
+    let mut limits = m.bdevs.qos(m.find(name)?);
     let num = |k: &str| -> Result<Option<u64>, RpcError> {
         match p.get(k) {
             None | Some(Value::Null) => Ok(None),
@@ -356,16 +319,12 @@ fn bdev_set_qos_limit(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value
     if let Some(v) = num("w_mbytes_per_sec")? {
         limits.write_bytes_per_sec = mb(v)?;
     }
-    m.bdevs
-        .set_qos(id, limits)
-        .map_err(|e| RpcError::params(e.to_string()))?;
+    m.set_qos(name, limits)?;
     Ok(Value::Bool(true))
 }
 
 fn find(m: &Model<'_>, name: &str) -> Result<ironbay_bdev::BdevId, RpcError> {
-    m.bdevs
-        .find(name)
-        .ok_or_else(|| RpcError::params(format!("bdev {name} does not exist")))
+    Ok(m.find(name)?)
 }
 
 fn bdev_get_bdevs(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
@@ -440,7 +399,26 @@ fn off(v: &Value) -> bool {
     matches!(v, Value::Null | Value::Bool(false)) || v.as_u64() == Some(0)
 }
 
-fn bdev_create(m: &mut Model<'_>, p: &Map<String, Value>, method: &str) -> Result<Value, RpcError> {
+fn u64_param(p: &Map<String, Value>, key: &str) -> Result<u64, RpcError> {
+    p.get(key)
+        .ok_or_else(|| RpcError::params(format!("missing `{key}`")))?
+        .as_u64()
+        .ok_or_else(|| RpcError::params(format!("`{key}` must be a non-negative integer")))
+}
+
+fn opt_str<'p>(p: &'p Map<String, Value>, key: &str) -> Result<Option<&'p str>, RpcError> {
+    match p.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(RpcError::params(format!("`{key}` must be a string"))),
+    }
+}
+
+fn bdev_create(
+    m: &mut Model<'_>,
+    p: &Map<String, Value>,
+    kind: RamKind,
+) -> Result<Value, RpcError> {
     let mut known: Vec<&str> = alloc::vec!["name", "num_blocks", "block_size", "uuid"];
     known.extend(MUST_BE_OFF);
     known.extend(IGNORED);
@@ -453,52 +431,42 @@ fn bdev_create(m: &mut Model<'_>, p: &Map<String, Value>, method: &str) -> Resul
             "`{k}`: metadata and protection information are not supported"
         )));
     }
-    let call = MethodCall {
-        method: method.into(),
-        params: p.clone(),
+    let spec = RamBdev {
+        kind,
+        block_size: u64_param(p, "block_size")?,
+        num_blocks: u64_param(p, "num_blocks")?,
+        name: opt_str(p, "name")?.map(String::from),
+        uuid: opt_str(p, "uuid")?
+            .map(|s| {
+                Uuid::parse(s).ok_or_else(|| RpcError::params(format!("`uuid` {s} is not a UUID")))
+            })
+            .transpose()?,
     };
-    let name = ironbay_config::apply::bdev_call(m.bdevs, &call, m.memory_budget)
-        .map_err(RpcError::params)?;
-    if let (Some(nbd), Some(id)) = (m.nbd.as_deref_mut(), m.bdevs.find(&name))
-        && let Some(info) = m.bdevs.info(id)
-    {
-        nbd.list
-            .push(Export::new(&name, &info.product, id, info, false));
-    }
-    Ok(Value::String(name))
+    Ok(Value::String(m.create_ram_bdev(spec)?))
 }
 
 fn bdev_delete(
     m: &mut Model<'_>,
     p: &Map<String, Value>,
-    product: &str,
+    kind: RamKind,
 ) -> Result<Value, RpcError> {
     only(p, &["name"])?;
     let name = opt_name(p)?.ok_or_else(|| RpcError::params("missing `name`"))?;
-    let id = find(m, name)?;
-    if m.bdevs.info(id).is_some_and(|b| b.product != product) {
-        return Err(RpcError::params(format!("{name} is not a {product}")));
-    }
-    m.bdevs.remove(id).map_err(|e| RpcError {
-        code: code::INVALID_STATE,
-        message: e.to_string(),
-    })?;
-    if let Some(nbd) = m.nbd.as_deref_mut() {
-        nbd.list.retain(|e| e.name != name);
-    }
+    m.delete_bdev(name, kind)?;
     Ok(Value::Bool(true))
 }
 
 fn nbd_get_disks(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
     only(p, &["nbd_device"])?;
+    let wanted = opt_str(p, "nbd_device")?;
     // No /dev/nbdX on an appliance: the export name is the "device".
-    let list = m.nbd.as_deref().map_or(Vec::new(), |n| {
-        n.list
-            .iter()
-            .map(|e| json!({ "bdev_name": e.name, "nbd_device": e.name }))
-            .collect()
-    });
-    Ok(Value::Array(list))
+    Ok(Value::Array(
+        m.nbd_exports_list()
+            .into_iter()
+            .filter(|(export, _)| wanted.is_none_or(|w| w == export))
+            .map(|(export, bdev)| json!({ "bdev_name": bdev, "nbd_device": export }))
+            .collect(),
+    ))
 }
 
 fn str_param<'p>(p: &'p Map<String, Value>, key: &str) -> Result<&'p str, RpcError> {
@@ -509,14 +477,6 @@ fn str_param<'p>(p: &'p Map<String, Value>, key: &str) -> Result<&'p str, RpcErr
         ))),
         None => Err(RpcError::params(format!("missing `{key}`"))),
     }
-}
-
-fn devices<'m>(m: &'m mut Model<'_>) -> Result<(&'m mut dyn Devices, &'m mut Registry), RpcError> {
-    let d = m.devices.as_deref_mut().ok_or(RpcError {
-        code: code::INVALID_STATE,
-        message: "no hardware here".into(),
-    })?;
-    Ok((d, &mut *m.bdevs))
 }
 
 /// PCIe only: fabrics controllers are the targets' business, not bdevs here.
@@ -558,11 +518,7 @@ fn bdev_nvme_attach_controller(
             "trtype {trtype}: only PCIe controllers can be attached"
         )));
     }
-    let traddr = str_param(p, "traddr")?;
-    let (d, bdevs) = devices(m)?;
-    let names = d
-        .nvme_attach(bdevs, name, traddr)
-        .map_err(RpcError::params)?;
+    let names = m.attach_nvme(name, str_param(p, "traddr")?)?;
     Ok(Value::Array(names.into_iter().map(Value::String).collect()))
 }
 
@@ -583,12 +539,7 @@ fn bdev_nvme_detach_controller(
             "hostsvcid",
         ],
     )?;
-    let name = str_param(p, "name")?.to_string();
-    let (d, bdevs) = devices(m)?;
-    d.nvme_detach(bdevs, &name).map_err(RpcError::params)?;
-    if let Some(nbd) = m.nbd.as_deref_mut() {
-        nbd.list.retain(|e| m.bdevs.info(e.bdev).is_some());
-    }
+    m.detach_nvme(str_param(p, "name")?)?;
     Ok(Value::Bool(true))
 }
 
@@ -611,11 +562,7 @@ fn bdev_virtio_attach_controller(
     if str_param(p, "dev_type")? != "blk" {
         return Err(RpcError::params("dev_type: only blk"));
     }
-    let traddr = str_param(p, "traddr")?;
-    let (d, bdevs) = devices(m)?;
-    let names = d
-        .virtio_attach(bdevs, name, traddr)
-        .map_err(RpcError::params)?;
+    let names = m.attach_virtio(name, str_param(p, "traddr")?)?;
     Ok(Value::Array(names.into_iter().map(Value::String).collect()))
 }
 
@@ -624,65 +571,22 @@ fn bdev_virtio_detach_controller(
     p: &Map<String, Value>,
 ) -> Result<Value, RpcError> {
     only(p, &["name"])?;
-    let name = str_param(p, "name")?.to_string();
-    let (d, bdevs) = devices(m)?;
-    d.virtio_detach(bdevs, &name).map_err(RpcError::params)?;
-    if let Some(nbd) = m.nbd.as_deref_mut() {
-        nbd.list.retain(|e| m.bdevs.info(e.bdev).is_some());
-    }
+    m.detach_virtio(str_param(p, "name")?)?;
     Ok(Value::Bool(true))
-}
-
-fn nbd_exports<'m>(m: &'m mut Model<'_>) -> Result<&'m mut Exports, RpcError> {
-    m.nbd.as_deref_mut().ok_or(RpcError {
-        code: code::INVALID_STATE,
-        message: "the NBD target is not running".into(),
-    })
 }
 
 /// Exports a bdev over NBD. The appliance has no /dev/nbdX: `nbd_device`
 /// names the export (default: the bdev's name) and is what clients ask for.
 fn nbd_start_disk(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
     only(p, &["bdev_name", "nbd_device"])?;
-    let bdev = match p.get("bdev_name") {
-        Some(Value::String(s)) => s.clone(),
-        _ => return Err(RpcError::params("`bdev_name` must be a string")),
-    };
-    let export = match p.get("nbd_device") {
-        None | Some(Value::Null) => bdev.clone(),
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 4096 => s.clone(),
-        Some(_) => return Err(RpcError::params("`nbd_device` must be a non-empty string")),
-    };
-    let id = find(m, &bdev)?;
-    let info = m
-        .bdevs
-        .info(id)
-        .cloned()
-        .ok_or_else(|| RpcError::params("bdev vanished"))?;
-    let exports = nbd_exports(m)?;
-    if exports.list.iter().any(|e| e.name == export) {
-        return Err(RpcError::params(format!(
-            "NBD export {export} already exists"
-        )));
-    }
-    exports
-        .list
-        .push(Export::new(&export, &info.product, id, &info, false));
-    Ok(Value::String(export))
+    let bdev = str_param(p, "bdev_name")?;
+    let export = opt_str(p, "nbd_device")?;
+    Ok(Value::String(m.export_nbd(bdev, export)?))
 }
 
 fn nbd_stop_disk(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
     only(p, &["nbd_device"])?;
-    let name = match p.get("nbd_device") {
-        Some(Value::String(s)) => s.clone(),
-        _ => return Err(RpcError::params("`nbd_device` must be a string")),
-    };
-    let exports = nbd_exports(m)?;
-    let before = exports.list.len();
-    exports.list.retain(|e| e.name != name);
-    if exports.list.len() == before {
-        return Err(RpcError::params(format!("no NBD export {name}")));
-    }
+    m.unexport_nbd(str_param(p, "nbd_device")?)?;
     Ok(Value::Bool(true))
 }
 
@@ -693,7 +597,7 @@ fn spdk_kill_instance(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value
             "SIGINT" | "SIGTERM" | "SIGQUIT" | "SIGHUP" | "SIGKILL" | "INT" | "TERM" | "QUIT"
             | "HUP" | "KILL",
         ) => {
-            *m.shutdown = true;
+            m.request_shutdown();
             Ok(Value::Bool(true))
         }
         Some(other) => Err(RpcError::params(format!("unknown signal {other}"))),
@@ -727,18 +631,7 @@ fn bdevperf_run(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcE
         num("time_in_sec")?
     );
     let spec: ironbay_bdev::bench::BenchSpec = spec.parse().map_err(RpcError::params)?;
-    find(m, bdev)?;
-    let slot = m.bench.as_deref_mut().ok_or(RpcError {
-        code: code::INVALID_STATE,
-        message: "benchmarks are not offered here".into(),
-    })?;
-    if slot.is_some() {
-        return Err(RpcError {
-            code: code::INVALID_STATE,
-            message: "a benchmark is already running".into(),
-        });
-    }
-    *slot = Some(spec);
+    m.request_bench(spec)?;
     Ok(Value::Null)
 }
 

@@ -1,8 +1,9 @@
 //! One JSON-RPC connection: a stream of JSON values in, responses out.
 
-use crate::methods::{self, Model, RpcError, code};
+use crate::methods::{self, RpcError, code};
 use alloc::format;
 use alloc::vec::Vec;
+use ironbay_model::Model;
 use serde_json::{Map, Value, json};
 
 /// Largest request (or batch) accepted; a bigger one is a parse error and
@@ -293,6 +294,31 @@ mod tests {
                 .unwrap()
                 .contains("colour")
         );
+    }
+
+    #[test]
+    fn create_params_are_checked_before_anything_is_made() {
+        let (r, reg) = session_with(concat!(
+            r#"{"jsonrpc":"2.0","id":1,"method":"bdev_malloc_create","params":{"num_blocks":8}}"#,
+            r#"{"jsonrpc":"2.0","id":2,"method":"bdev_malloc_create","params":{"num_blocks":-1,"block_size":512}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"bdev_malloc_create","params":{"num_blocks":8,"block_size":512,"uuid":"x"}}"#,
+            r#"{"jsonrpc":"2.0","id":4,"method":"bdev_null_create","params":{"name":7,"num_blocks":8,"block_size":512}}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"bdev_malloc_create","params":{"num_blocks":8,"block_size":1000}}"#,
+            r#"{"jsonrpc":"2.0","id":6,"method":"bdev_malloc_create","params":{"num_blocks":8,"block_size":512,"dif_type":1}}"#,
+        ));
+        for (reply, why) in r.iter().zip([
+            "missing `block_size`",
+            "non-negative",
+            "not a UUID",
+            "must be a string",
+            "multiple of 512",
+            "not supported",
+        ]) {
+            assert_eq!(code_of(reply), -32602);
+            let msg = reply["error"]["message"].as_str().unwrap();
+            assert!(msg.contains(why), "{msg} lacks {why}");
+        }
+        assert_eq!(reg.ids().count(), 0);
     }
 
     #[test]

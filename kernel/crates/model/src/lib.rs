@@ -1,0 +1,509 @@
+//! The appliance's object model: block devices, the hardware behind them and
+//! the exports that serve them, with the operations the management front ends
+//! share. JSON-RPC is the first front end; targetd, QMP and REST call the same
+//! operations with their own parameter formats.
+//!
+//! Every operation validates fully before it changes anything, so a failed
+//! call leaves nothing half made. Errors say what was wrong in words a client
+//! can show; [`ErrorKind`] tells a front end which of its codes to use.
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use ironbay_bdev::bench::BenchSpec;
+use ironbay_bdev::{BdevId, BdevOptions, MallocBdev, NullBdev, QosLimits, Registry, Uuid};
+use ironbay_nbd::{Export, Exports};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request itself is wrong: a bad value, an unknown name.
+    InvalidParams,
+    /// The request is fine but the appliance cannot do it now or here.
+    InvalidState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Error {
+    pub fn params(message: impl Into<String>) -> Self {
+        Error {
+            kind: ErrorKind::InvalidParams,
+            message: message.into(),
+        }
+    }
+
+    pub fn state(message: impl Into<String>) -> Self {
+        Error {
+            kind: ErrorKind::InvalidState,
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T> = core::result::Result<T, Error>;
+
+/// Hardware the model can attach and detach: the kernel's NVMe and
+/// virtio-blk devices. Addresses are PCI `segment:bus:device.function`.
+pub trait Devices {
+    /// Exposes the namespaces of the NVMe controller at `traddr` as
+    /// `{name}n{nsid}` bdevs; returns their names.
+    fn nvme_attach(
+        &mut self,
+        bdevs: &mut Registry,
+        name: &str,
+        traddr: &str,
+    ) -> core::result::Result<Vec<String>, String>;
+    /// Removes the bdevs of controller `name` (refused while they have I/O).
+    fn nvme_detach(&mut self, bdevs: &mut Registry, name: &str)
+    -> core::result::Result<(), String>;
+    /// (Re)starts the virtio-blk device at `traddr` as bdev `name`.
+    fn virtio_attach(
+        &mut self,
+        bdevs: &mut Registry,
+        name: &str,
+        traddr: &str,
+    ) -> core::result::Result<Vec<String>, String>;
+    /// Stops virtio-blk bdev `name`.
+    fn virtio_detach(
+        &mut self,
+        bdevs: &mut Registry,
+        name: &str,
+    ) -> core::result::Result<(), String>;
+}
+
+/// What the operations manage. The kernel owns these; tests make their own.
+pub struct Model<'a> {
+    pub bdevs: &'a mut Registry,
+    /// NVMe and virtio controllers, where the caller has hardware.
+    pub devices: Option<&'a mut dyn Devices>,
+    /// NBD exports, when the NBD target runs.
+    pub nbd: Option<&'a mut Exports>,
+    /// Bytes a new RAM bdev may take.
+    pub memory_budget: u64,
+    /// Set once init ran (always, unless started with init deferred).
+    pub initialized: &'a mut bool,
+    /// Set by an orderly shutdown request: the caller stops once replies are out.
+    pub shutdown: &'a mut bool,
+    /// Where a benchmark request is left; the caller runs it and reports when
+    /// it ends. `None`: not offered.
+    pub bench: Option<&'a mut Option<BenchSpec>>,
+}
+
+/// The RAM-backed bdev kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RamKind {
+    /// Stores data (`Malloc0`, ...).
+    Malloc,
+    /// Discards writes, reads zeroes: a target for protocol benchmarks.
+    Null,
+}
+
+impl RamKind {
+    /// The product name the bdev reports.
+    pub fn product(self) -> &'static str {
+        match self {
+            RamKind::Malloc => "Malloc disk",
+            RamKind::Null => "Null disk",
+        }
+    }
+}
+
+/// A RAM bdev to create.
+#[derive(Clone, Debug)]
+pub struct RamBdev {
+    pub kind: RamKind,
+    /// `None`: the first free `Malloc<N>` (malloc only; null needs a name).
+    pub name: Option<String>,
+    pub num_blocks: u64,
+    pub block_size: u64,
+    pub uuid: Option<Uuid>,
+}
+
+/// Bdev names in the registry and as export names.
+pub const MAX_NAME: usize = 255;
+
+impl Model<'_> {
+    pub fn find(&self, name: &str) -> Result<BdevId> {
+        self.bdevs
+            .find(name)
+            .ok_or_else(|| Error::params(format!("bdev {name} does not exist")))
+    }
+
+    fn check_new_name(&self, name: &str) -> Result<()> {
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Err(Error::params(format!(
+                "`name` must be 1-{MAX_NAME} characters"
+            )));
+        }
+        if self.bdevs.find(name).is_some() {
+            return Err(Error::params(format!("a bdev named {name} already exists")));
+        }
+        Ok(())
+    }
+
+    /// Creates a malloc or null bdev, checked the way SPDK checks it, and
+    /// exports it over NBD when the target exports every bdev.
+    pub fn create_ram_bdev(&mut self, spec: RamBdev) -> Result<String> {
+        let bs = spec.block_size;
+        if !((512..=65536).contains(&bs) && bs.is_multiple_of(512)) {
+            return Err(Error::params(format!(
+                "`block_size` {bs} must be a multiple of 512 from 512 to 65536"
+            )));
+        }
+        if spec.num_blocks == 0 {
+            return Err(Error::params("`num_blocks` must be at least 1"));
+        }
+        let name = match (spec.name, spec.kind) {
+            (Some(n), _) => n,
+            (None, RamKind::Malloc) => (0..)
+                .map(|i| format!("Malloc{i}"))
+                .find(|n| self.bdevs.find(n).is_none())
+                .unwrap_or_default(),
+            (None, RamKind::Null) => return Err(Error::params("missing `name`")),
+        };
+        self.check_new_name(&name)?;
+        let bytes = spec
+            .num_blocks
+            .checked_mul(bs)
+            .ok_or_else(|| Error::params("size overflows"))?;
+        let bdev: Box<dyn ironbay_bdev::BlockDevice> = match spec.kind {
+            RamKind::Malloc => {
+                if bytes > self.memory_budget {
+                    return Err(Error::params(format!(
+                        "{bytes} bytes requested, {} available for RAM bdevs",
+                        self.memory_budget
+                    )));
+                }
+                let mut m = MallocBdev::new(&name, spec.num_blocks, bs as u32);
+                if let Some(u) = spec.uuid {
+                    m.set_uuid(u);
+                }
+                Box::new(m)
+            }
+            RamKind::Null => {
+                let mut n = NullBdev::new(&name, spec.num_blocks, bs as u32);
+                if let Some(u) = spec.uuid {
+                    n.set_uuid(u);
+                }
+                Box::new(n)
+            }
+        };
+        let id = self
+            .bdevs
+            .add(bdev)
+            .map_err(|e| Error::params(e.to_string()))?;
+        if let (Some(nbd), Some(info)) = (self.nbd.as_deref_mut(), self.bdevs.info(id)) {
+            nbd.list
+                .push(Export::new(&name, &info.product, id, info, false));
+        }
+        Ok(name)
+    }
+
+    /// Deletes a bdev of the given product (refused while it has I/O) and
+    /// its exports.
+    pub fn delete_bdev(&mut self, name: &str, kind: RamKind) -> Result<()> {
+        let id = self.find(name)?;
+        if self
+            .bdevs
+            .info(id)
+            .is_some_and(|b| b.product != kind.product())
+        {
+            return Err(Error::params(format!("{name} is not a {}", kind.product())));
+        }
+        self.bdevs
+            .remove(id)
+            .map_err(|e| Error::state(e.to_string()))?;
+        self.prune_exports();
+        Ok(())
+    }
+
+    /// Drops exports whose bdev is gone.
+    fn prune_exports(&mut self) {
+        if let Some(nbd) = self.nbd.as_deref_mut() {
+            nbd.list.retain(|e| self.bdevs.info(e.bdev).is_some());
+        }
+    }
+
+    /// Block layer options; the cache can not exceed the pool.
+    pub fn set_options(&mut self, o: BdevOptions) -> Result<()> {
+        if o.bdev_io_pool_size == 0 || o.bdev_io_cache_size == 0 {
+            return Err(Error::params("pool and cache sizes must be positive"));
+        }
+        if o.bdev_io_cache_size > o.bdev_io_pool_size {
+            return Err(Error::params(
+                "`bdev_io_cache_size` cannot exceed `bdev_io_pool_size`",
+            ));
+        }
+        self.bdevs.options = o;
+        Ok(())
+    }
+
+    /// Replaces a bdev's QoS limits (0 = none); enforced in the bdev layer.
+    pub fn set_qos(&mut self, name: &str, limits: QosLimits) -> Result<()> {
+        let id = self.find(name)?;
+        self.bdevs
+            .set_qos(id, limits)
+            .map_err(|e| Error::params(e.to_string()))
+    }
+
+    fn devices(&mut self) -> Result<(&mut dyn Devices, &mut Registry)> {
+        let d = self
+            .devices
+            .as_deref_mut()
+            .ok_or_else(|| Error::state("no hardware here"))?;
+        Ok((d, &mut *self.bdevs))
+    }
+
+    /// Attaches the NVMe controller at PCI address `traddr` as `name`.
+    pub fn attach_nvme(&mut self, name: &str, traddr: &str) -> Result<Vec<String>> {
+        let (d, bdevs) = self.devices()?;
+        d.nvme_attach(bdevs, name, traddr).map_err(Error::params)
+    }
+
+    pub fn detach_nvme(&mut self, name: &str) -> Result<()> {
+        let (d, bdevs) = self.devices()?;
+        d.nvme_detach(bdevs, name).map_err(Error::params)?;
+        self.prune_exports();
+        Ok(())
+    }
+
+    /// Attaches the virtio-blk device at PCI address `traddr` as `name`.
+    pub fn attach_virtio(&mut self, name: &str, traddr: &str) -> Result<Vec<String>> {
+        let (d, bdevs) = self.devices()?;
+        d.virtio_attach(bdevs, name, traddr).map_err(Error::params)
+    }
+
+    pub fn detach_virtio(&mut self, name: &str) -> Result<()> {
+        let (d, bdevs) = self.devices()?;
+        d.virtio_detach(bdevs, name).map_err(Error::params)?;
+        self.prune_exports();
+        Ok(())
+    }
+
+    fn nbd_exports(&mut self) -> Result<&mut Exports> {
+        self.nbd
+            .as_deref_mut()
+            .ok_or_else(|| Error::state("the NBD target is not running"))
+    }
+
+    /// Exports `bdev` over NBD under `export` (default: the bdev's name).
+    pub fn export_nbd(&mut self, bdev: &str, export: Option<&str>) -> Result<String> {
+        let export = export.unwrap_or(bdev);
+        if export.is_empty() || export.len() > 4096 {
+            return Err(Error::params("export names are 1-4096 bytes"));
+        }
+        let id = self.find(bdev)?;
+        let info = self
+            .bdevs
+            .info(id)
+            .cloned()
+            .ok_or_else(|| Error::params("bdev vanished"))?;
+        let exports = self.nbd_exports()?;
+        if exports.list.iter().any(|e| e.name == export) {
+            return Err(Error::params(format!("NBD export {export} already exists")));
+        }
+        exports
+            .list
+            .push(Export::new(export, &info.product, id, &info, false));
+        Ok(export.to_string())
+    }
+
+    pub fn unexport_nbd(&mut self, export: &str) -> Result<()> {
+        let exports = self.nbd_exports()?;
+        let before = exports.list.len();
+        exports.list.retain(|e| e.name != export);
+        if exports.list.len() == before {
+            return Err(Error::params(format!("no NBD export {export}")));
+        }
+        Ok(())
+    }
+
+    /// (export name, bdev name) of every NBD export.
+    pub fn nbd_exports_list(&self) -> Vec<(String, String)> {
+        let Some(nbd) = self.nbd.as_deref() else {
+            return Vec::new();
+        };
+        nbd.list
+            .iter()
+            .map(|e| {
+                let bdev = self
+                    .bdevs
+                    .info(e.bdev)
+                    .map_or_else(|| e.name.clone(), |b| b.name.clone());
+                (e.name.clone(), bdev)
+            })
+            .collect()
+    }
+
+    /// Ends the deferred start: the caller applies what waited for it.
+    pub fn start_init(&mut self) -> Result<()> {
+        if *self.initialized {
+            return Err(Error::state("init already ran"));
+        }
+        *self.initialized = true;
+        Ok(())
+    }
+
+    pub fn request_shutdown(&mut self) {
+        *self.shutdown = true;
+    }
+
+    /// Asks the caller to run a benchmark on an existing bdev.
+    pub fn request_bench(&mut self, spec: BenchSpec) -> Result<()> {
+        self.find(&spec.bdev)?;
+        let slot = self
+            .bench
+            .as_deref_mut()
+            .ok_or_else(|| Error::state("benchmarks are not offered here"))?;
+        if slot.is_some() {
+            return Err(Error::state("a benchmark is already running"));
+        }
+        *slot = Some(spec);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ram(kind: RamKind, name: Option<&str>, num_blocks: u64, block_size: u64) -> RamBdev {
+        RamBdev {
+            kind,
+            name: name.map(String::from),
+            num_blocks,
+            block_size,
+            uuid: None,
+        }
+    }
+
+    fn with_model(budget: u64, f: impl FnOnce(&mut Model<'_>)) -> (Registry, Exports) {
+        let mut reg = Registry::new();
+        let mut exports = Exports::default();
+        let (mut init, mut down) = (true, false);
+        let mut m = Model {
+            bdevs: &mut reg,
+            devices: None,
+            nbd: Some(&mut exports),
+            memory_budget: budget,
+            initialized: &mut init,
+            shutdown: &mut down,
+            bench: None,
+        };
+        f(&mut m);
+        (reg, exports)
+    }
+
+    #[test]
+    fn ram_bdevs_are_named_checked_and_exported() {
+        let (reg, exports) = with_model(1 << 20, |m| {
+            let malloc = ram(RamKind::Malloc, None, 128, 512);
+            assert_eq!(m.create_ram_bdev(malloc.clone()).unwrap(), "Malloc0");
+            assert_eq!(m.create_ram_bdev(malloc).unwrap(), "Malloc1");
+            let mut null = ram(RamKind::Null, Some("Null0"), 1_000_000, 4096);
+            null.uuid = Uuid::parse("8f1a2b3c-0000-4000-8000-000000000001");
+            assert_eq!(m.create_ram_bdev(null).unwrap(), "Null0");
+            let e = m.delete_bdev("Null0", RamKind::Malloc).unwrap_err();
+            assert!(e.message.contains("not a Malloc disk"), "{e:?}");
+            m.delete_bdev("Malloc1", RamKind::Malloc).unwrap();
+        });
+        let id = reg.find("Null0").unwrap();
+        assert_eq!(
+            reg.info(id).unwrap().uuid.to_string(),
+            "8f1a2b3c-0000-4000-8000-000000000001"
+        );
+        let names: Vec<&str> = exports.list.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["Malloc0", "Null0"],
+            "the deleted bdev's export went"
+        );
+    }
+
+    #[test]
+    fn bad_requests_say_why_and_change_nothing() {
+        let (reg, exports) = with_model(1 << 20, |m| {
+            for (spec, why) in [
+                (ram(RamKind::Malloc, None, 8, 1000), "multiple of 512"),
+                (ram(RamKind::Malloc, None, 0, 512), "at least 1"),
+                (
+                    ram(RamKind::Malloc, None, 9_007_199_254_740_993, 65536),
+                    "overflows",
+                ),
+                (ram(RamKind::Malloc, None, 4096, 512), "available"),
+                (ram(RamKind::Null, None, 8, 512), "missing `name`"),
+                (ram(RamKind::Null, Some(""), 8, 512), "1-255"),
+            ] {
+                let e = m.create_ram_bdev(spec).unwrap_err();
+                assert!(e.message.contains(why), "{e:?} lacks {why}");
+                assert_eq!(e.kind, ErrorKind::InvalidParams);
+            }
+            m.create_ram_bdev(ram(RamKind::Null, Some("A"), 8, 512))
+                .unwrap();
+            let e = m
+                .create_ram_bdev(ram(RamKind::Malloc, Some("A"), 8, 512))
+                .unwrap_err();
+            assert!(e.message.contains("already exists"));
+            assert!(m.export_nbd("A", None).is_err(), "already exported");
+            assert!(m.export_nbd("B", Some("b")).is_err(), "no bdev B");
+            assert!(m.unexport_nbd("b").is_err());
+            let e = m.attach_nvme("Nvme0", "0000:00:04.0").unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidState, "no hardware here");
+            let o = m.bdevs.options;
+            let mut bad = o;
+            bad.bdev_io_cache_size = bad.bdev_io_pool_size + 1;
+            assert!(m.set_options(bad).is_err());
+            assert_eq!(m.bdevs.options, o);
+            assert_eq!(m.start_init().unwrap_err().kind, ErrorKind::InvalidState);
+        });
+        assert_eq!(reg.ids().count(), 1);
+        assert_eq!(exports.list.len(), 1);
+    }
+
+    #[test]
+    fn exports_and_requests() {
+        let mut slot = None;
+        let mut reg = Registry::new();
+        let mut exports = Exports::default();
+        let (mut init, mut down) = (false, false);
+        let mut m = Model {
+            bdevs: &mut reg,
+            devices: None,
+            nbd: Some(&mut exports),
+            memory_budget: 1 << 20,
+            initialized: &mut init,
+            shutdown: &mut down,
+            bench: Some(&mut slot),
+        };
+        m.create_ram_bdev(ram(RamKind::Malloc, Some("M"), 64, 4096))
+            .unwrap();
+        assert_eq!(m.export_nbd("M", Some("scratch")).unwrap(), "scratch");
+        assert_eq!(
+            m.nbd_exports_list(),
+            [
+                ("M".to_string(), "M".to_string()),
+                ("scratch".to_string(), "M".to_string())
+            ]
+        );
+        m.unexport_nbd("scratch").unwrap();
+        let spec: BenchSpec = "M:randread:4096:4:1".parse().unwrap();
+        m.request_bench(spec.clone()).unwrap();
+        assert_eq!(
+            m.request_bench(spec).unwrap_err().kind,
+            ErrorKind::InvalidState
+        );
+        m.start_init().unwrap();
+        m.request_shutdown();
+        assert!(init && down && slot.is_some());
+    }
+}
