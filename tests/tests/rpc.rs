@@ -67,6 +67,14 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// A boot config whose bdev subsystem holds `calls` (JSON objects, comma-separated).
+fn bdev_config(name: &str, calls: &str) -> PathBuf {
+    let cfg = scratch(name).join("config.json");
+    let json = format!(r#"{{"subsystems":[{{"subsystem":"bdev","config":[{calls}]}}]}}"#);
+    std::fs::write(&cfg, json).unwrap();
+    cfg
+}
+
 #[test]
 #[ignore = "boots QEMU; run through cargo xtask test"]
 fn spdk_client_manages_bdevs_and_saved_config_boots_back() {
@@ -221,13 +229,10 @@ fn clients_outside_the_allow_list_are_refused() {
 fn nbd_start_stop_disk_and_kill_instance() {
     let a = boot(
         "",
-        Some({
-            let d = scratch("rpc-nbd");
-            let cfg = d.join("config.json");
-            std::fs::write(&cfg, r#"{"subsystems":[{"subsystem":"bdev","config":[
-            {"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":2048,"block_size":512}}]}]}"#).unwrap();
-            cfg
-        }),
+        Some(bdev_config(
+            "rpc-nbd",
+            r#"{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":2048,"block_size":512}}"#,
+        )),
     );
     assert_eq!(
         a.spdk(&["nbd_start_disk", "Malloc0", "scratch"]).trim(),
@@ -262,13 +267,10 @@ fn nbd_start_stop_disk_and_kill_instance() {
 fn qos_limit_caps_iops_seen_by_an_nbd_client() {
     let a = boot(
         "",
-        Some({
-            let d = scratch("rpc-qos");
-            let cfg = d.join("config.json");
-            std::fs::write(&cfg, r#"{"subsystems":[{"subsystem":"bdev","config":[
-            {"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":65536,"block_size":512}}]}]}"#).unwrap();
-            cfg
-        }),
+        Some(bdev_config(
+            "rpc-qos",
+            r#"{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":65536,"block_size":512}}"#,
+        )),
     );
     a.spdk(&["bdev_set_qos_limit", "Malloc0", "--rw-ios-per-sec", "200"]);
     assert!(
@@ -407,13 +409,10 @@ fn nvme_and_virtio_controllers_detach_and_attach_by_pci_address() {
 fn bdevperf_run_answers_when_the_benchmark_ends() {
     let a = boot(
         "",
-        Some({
-            let d = scratch("rpc-bench");
-            let cfg = d.join("config.json");
-            std::fs::write(&cfg, r#"{"subsystems":[{"subsystem":"bdev","config":[
-            {"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":8192,"block_size":512}}]}]}"#).unwrap();
-            cfg
-        }),
+        Some(bdev_config(
+            "rpc-bench",
+            r#"{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":8192,"block_size":512}}"#,
+        )),
     );
     // SPDK's own client library, called the way bdevperf.py calls it.
     let script = format!(
@@ -468,14 +467,11 @@ print(json.dumps(c.call("spdk_get_version")))
 fn wait_for_init_holds_the_config_until_framework_start_init() {
     let a = boot(
         "mgmt.wait_for_init=1",
-        Some({
-            let d = scratch("rpc-wait");
-            let cfg = d.join("config.json");
-            std::fs::write(&cfg, r#"{"subsystems":[{"subsystem":"bdev","config":[
-            {"method":"bdev_set_options","params":{"bdev_io_pool_size":4096}},
-            {"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":2048,"block_size":512}}]}]}"#).unwrap();
-            cfg
-        }),
+        Some(bdev_config(
+            "rpc-wait",
+            r#"{"method":"bdev_set_options","params":{"bdev_io_pool_size":4096}},
+            {"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":2048,"block_size":512}}"#,
+        )),
     );
     let early = Command::new("spdk-rpc")
         .args([

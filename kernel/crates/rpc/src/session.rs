@@ -207,26 +207,51 @@ mod tests {
     use super::*;
     use ironbay_bdev::Registry;
 
-    fn session_with(input: &str) -> (Vec<Value>, Registry) {
-        let mut reg = Registry::new();
-        let (mut init, mut down) = (true, false);
-        let mut s = Session::new();
-        let mut m = Model {
-            bdevs: &mut reg,
-            devices: None,
-            nbd: None,
-            memory_budget: 1 << 30,
-            initialized: &mut init,
-            shutdown: &mut down,
-            bench: None,
-        };
-        s.handle_input(input.as_bytes(), &mut m);
-        let out = String::from_utf8(s.poll_output().to_vec()).unwrap();
-        let replies = serde_json::Deserializer::from_str(&out)
+    /// State a test session works on.
+    struct World {
+        reg: Registry,
+        init: bool,
+        down: bool,
+        bench: Option<ironbay_bdev::bench::BenchSpec>,
+    }
+
+    impl World {
+        fn new(init: bool) -> Self {
+            World {
+                reg: Registry::new(),
+                init,
+                down: false,
+                bench: None,
+            }
+        }
+
+        /// Feeds `input` to `s` and returns every reply so far.
+        fn feed(&mut self, s: &mut Session, input: &str) -> Vec<Value> {
+            let mut m = Model {
+                bdevs: &mut self.reg,
+                devices: None,
+                nbd: None,
+                memory_budget: 1 << 30,
+                initialized: &mut self.init,
+                shutdown: &mut self.down,
+                bench: Some(&mut self.bench),
+            };
+            s.handle_input(input.as_bytes(), &mut m);
+            replies(s)
+        }
+    }
+
+    fn replies(s: &Session) -> Vec<Value> {
+        serde_json::Deserializer::from_slice(s.poll_output())
             .into_iter::<Value>()
             .map(Result::unwrap)
-            .collect();
-        (replies, reg)
+            .collect()
+    }
+
+    fn session_with(input: &str) -> (Vec<Value>, Registry) {
+        let mut w = World::new(true);
+        let r = w.feed(&mut Session::new(), input);
+        (r, w.reg)
     }
 
     fn code_of(v: &Value) -> i64 {
@@ -344,19 +369,8 @@ mod tests {
 
     #[test]
     fn benchmark_reply_waits_for_the_run() {
-        let mut reg = Registry::new();
-        let (mut init, mut down) = (true, false);
-        let mut slot = None;
+        let mut w = World::new(true);
         let mut s = Session::new();
-        let mut m = Model {
-            bdevs: &mut reg,
-            devices: None,
-            nbd: None,
-            memory_budget: 1 << 30,
-            initialized: &mut init,
-            shutdown: &mut down,
-            bench: Some(&mut slot),
-        };
         let run = |id: u32| {
             alloc::format!(
                 r#"{{"jsonrpc":"2.0","id":{id},"method":"perform_tests","params":{{"bdev_name":"Malloc0","workload":"randread","io_size":4096,"queue_depth":4,"time_in_sec":1}}}}"#
@@ -369,16 +383,12 @@ mod tests {
             run(2),
             run(3)
         );
-        s.handle_input(input.as_bytes(), &mut m);
-        let replies: Vec<Value> = serde_json::Deserializer::from_slice(s.poll_output())
-            .into_iter::<Value>()
-            .map(Result::unwrap)
-            .collect();
+        let replies = w.feed(&mut s, &input);
         assert_eq!(replies.len(), 3, "no reply yet for the run: {replies:?}");
         assert_eq!(code_of(&replies[1][0]), -32600, "not in a batch");
         assert_eq!(replies[2]["id"], 3);
         assert_eq!(code_of(&replies[2]), -32600, "one at a time");
-        let spec = slot.take().unwrap();
+        let spec = w.bench.take().unwrap();
         assert_eq!((spec.bdev.as_str(), spec.queue_depth), ("Malloc0", 4));
         let consumed = s.poll_output().len();
         s.consume_output(consumed);
@@ -394,33 +404,18 @@ mod tests {
 
     #[test]
     fn wait_init_replies_once_init_starts() {
-        let mut reg = Registry::new();
-        let (mut init, mut down) = (false, false);
+        let mut w = World::new(false);
         let mut s = Session::new();
-        let mut m = Model {
-            bdevs: &mut reg,
-            devices: None,
-            nbd: None,
-            memory_budget: 1 << 30,
-            initialized: &mut init,
-            shutdown: &mut down,
-            bench: None,
-        };
-        s.handle_input(
+        let r = w.feed(
+            &mut s,
             concat!(
                 r#"{"jsonrpc":"2.0","id":1,"method":"framework_wait_init"}"#,
                 r#"{"jsonrpc":"2.0","id":2,"method":"bdev_get_bdevs"}"#,
                 r#"{"jsonrpc":"2.0","id":3,"method":"bdev_set_options","params":{"bdev_io_pool_size":4096}}"#,
                 r#"{"jsonrpc":"2.0","id":4,"method":"framework_start_init"}"#,
                 r#"{"jsonrpc":"2.0","id":5,"method":"framework_wait_init"}"#,
-            )
-            .as_bytes(),
-            &mut m,
+            ),
         );
-        let r: Vec<Value> = serde_json::Deserializer::from_slice(s.poll_output())
-            .into_iter::<Value>()
-            .map(Result::unwrap)
-            .collect();
         let ids: Vec<&Value> = r.iter().map(|v| &v["id"]).collect();
         assert_eq!(ids, [2, 3, 4, 5], "id 1 waits: {r:?}");
         assert_eq!(code_of(&r[0]), -1);
@@ -428,7 +423,7 @@ mod tests {
             (&r[1]["result"], &r[2]["result"]),
             (&json!(true), &json!(true))
         );
-        assert!(init);
+        assert!(w.init);
         let n = s.poll_output().len();
         s.consume_output(n);
         s.complete_deferred(Wait::Init, Ok(json!(true)));
