@@ -152,7 +152,7 @@ impl Model<'_> {
     }
 
     /// Creates a malloc or null bdev, checked the way SPDK checks it, and
-    /// exports it over NBD when the target exports every bdev.
+    /// exports it over NBD under its own name when the NBD target runs.
     pub fn create_ram_bdev(&mut self, spec: RamBdev) -> Result<String> {
         let bs = spec.block_size;
         if !((512..=65536).contains(&bs) && bs.is_multiple_of(512)) {
@@ -361,6 +361,15 @@ impl Model<'_> {
     /// Asks the caller to run a benchmark on an existing bdev.
     pub fn request_bench(&mut self, spec: BenchSpec) -> Result<()> {
         self.find(&spec.bdev)?;
+        // One buffer per queue slot: refuse what the heap cannot hold rather
+        // than fail an allocation mid-run.
+        let bytes = spec.block_size as u64 * spec.queue_depth as u64;
+        if bytes > self.memory_budget {
+            return Err(Error::params(format!(
+                "io_size x queue_depth is {bytes} bytes, {} available",
+                self.memory_budget
+            )));
+        }
         let slot = self
             .bench
             .as_deref_mut()
@@ -496,6 +505,13 @@ mod tests {
             ]
         );
         m.unexport_nbd("scratch").unwrap();
+        let huge: BenchSpec = "M:randread:32M:4096:1".parse().unwrap();
+        assert!(
+            m.request_bench(huge)
+                .unwrap_err()
+                .message
+                .contains("available")
+        );
         let spec: BenchSpec = "M:randread:4096:4:1".parse().unwrap();
         m.request_bench(spec.clone()).unwrap();
         assert_eq!(
