@@ -131,6 +131,10 @@ pub struct RamBdev {
 
 /// Bdev names in the registry and as export names.
 pub const MAX_NAME: usize = 255;
+/// Caps on objects a management client can create, so memory stays bounded
+/// even for null bdevs, which cost no data memory.
+pub const MAX_BDEVS: usize = 4096;
+pub const MAX_EXPORTS: usize = 4096;
 
 impl Model<'_> {
     pub fn find(&self, name: &str) -> Result<BdevId> {
@@ -172,6 +176,9 @@ impl Model<'_> {
             (None, RamKind::Null) => return Err(Error::params("missing `name`")),
         };
         self.check_new_name(&name)?;
+        if self.bdevs.ids().count() >= MAX_BDEVS {
+            return Err(Error::state(format!("{MAX_BDEVS} bdevs exist already")));
+        }
         let bytes = spec
             .num_blocks
             .checked_mul(bs)
@@ -309,6 +316,11 @@ impl Model<'_> {
             .cloned()
             .ok_or_else(|| Error::params("bdev vanished"))?;
         let exports = self.nbd_exports()?;
+        if exports.list.len() >= MAX_EXPORTS {
+            return Err(Error::state(format!(
+                "{MAX_EXPORTS} NBD exports exist already"
+            )));
+        }
         if exports.list.iter().any(|e| e.name == export) {
             return Err(Error::params(format!("NBD export {export} already exists")));
         }
@@ -477,6 +489,25 @@ mod tests {
         });
         assert_eq!(reg.ids().count(), 1);
         assert_eq!(exports.list.len(), 1);
+    }
+
+    #[test]
+    fn object_counts_are_capped() {
+        let (reg, exports) = with_model(0, |m| {
+            for i in 0..MAX_BDEVS {
+                let name = format!("N{i}");
+                m.create_ram_bdev(ram(RamKind::Null, Some(&name), 1, 512))
+                    .unwrap();
+            }
+            let e = m
+                .create_ram_bdev(ram(RamKind::Null, Some("one-more"), 1, 512))
+                .unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidState);
+            let e = m.export_nbd("N0", Some("one-more")).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidState);
+        });
+        assert_eq!(reg.ids().count(), MAX_BDEVS);
+        assert_eq!(exports.list.len(), MAX_EXPORTS);
     }
 
     #[test]
