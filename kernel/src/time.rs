@@ -136,9 +136,17 @@ fn from_cpuid() -> Option<(u64, Source)> {
     None
 }
 
-/// Counts TSC ticks while PIT channel 2 counts down 10 ms in mode 0.
+/// Calibrates on the PIT over 1 ms and 10 ms. A machine without a PIT can
+/// still flip the status bit we poll; two counts that disagree mean nothing
+/// counted, and the caller falls back to other clocks.
 fn calibrate_pit() -> Option<u64> {
-    const TICKS: u16 = (clock::PIT_HZ / 100) as u16;
+    let short = count_pit((clock::PIT_HZ / 1000) as u16)?;
+    let long = count_pit((clock::PIT_HZ / 100) as u16)?;
+    clock::rates_agree(short, long).then_some(long)
+}
+
+/// Counts TSC ticks while PIT channel 2 counts `ticks` down in mode 0.
+fn count_pit(ticks: u16) -> Option<u64> {
     // Bounds the wait: a missing PIT must not hang the boot.
     const MAX_POLLS: u32 = 50_000_000;
     let mut gate: Port<u8> = Port::new(0x61);
@@ -151,8 +159,8 @@ fn calibrate_pit() -> Option<u64> {
         let v = gate.read();
         gate.write((v & !0x02) & !0x01); // gate low, speaker off
         command.write(0b1011_0000); // channel 2, lo/hi byte, mode 0, binary
-        ch2.write(TICKS as u8);
-        ch2.write((TICKS >> 8) as u8);
+        ch2.write(ticks as u8);
+        ch2.write((ticks >> 8) as u8);
         let v = gate.read();
         gate.write(v | 0x01); // gate high: counting starts
         let start = rdtsc();
@@ -166,6 +174,6 @@ fn calibrate_pit() -> Option<u64> {
         let end = rdtsc();
         let v = gate.read();
         gate.write(v & !0x01);
-        clock::tsc_hz_from_pit(end - start, TICKS as u64)
+        clock::tsc_hz_from_pit(end - start, ticks as u64)
     }
 }

@@ -51,6 +51,13 @@ pub fn tsc_hz_from_hypervisor(eax_khz: u32) -> Option<u64> {
     plausible(eax_khz as u64 * 1000)
 }
 
+/// Two measurements of one rate agree within 10 % (the short one carries
+/// more polling overhead).
+pub fn rates_agree(a: u64, b: u64) -> bool {
+    let (lo, hi) = (a.min(b) as u128, a.max(b) as u128);
+    hi * 10 <= lo * 11
+}
+
 /// Rejects frequencies no x86_64 CPU runs at (10 MHz .. 20 GHz).
 fn plausible(hz: u64) -> Option<u64> {
     (10_000_000..=20_000_000_000).contains(&hz).then_some(hz)
@@ -76,6 +83,9 @@ mod tests {
         assert_eq!(tsc_hz_from_pit(0, 100), None);
         assert_eq!(tsc_hz_from_pit(100, 0), None);
         assert_eq!(tsc_hz_from_pit(1, PIT_HZ), None);
+        assert!(rates_agree(2_500_000_000, 2_600_000_000));
+        assert!(!rates_agree(11_000_000, 110_000_000));
+        assert!(rates_agree(u64::MAX, u64::MAX));
     }
 
     #[test]
