@@ -27,19 +27,44 @@ pub struct Storage {
 /// (named) or not; JSON-RPC attaches and detaches them by PCI address.
 #[derive(Default)]
 pub struct Hardware {
-    nvme: Vec<NvmeEntry>,
-    virtio: Vec<VirtioEntry>,
+    nvme: Vec<Slot<Rc<RefCell<Controller<nvme::Hal>>>>>,
+    virtio: Vec<Slot<()>>,
 }
 
-struct NvmeEntry {
+/// A device found at boot: its PCI function, the name it is attached as
+/// (if it is), and what the driver keeps across detach and attach.
+struct Slot<T> {
     function: Function,
     name: Option<String>,
-    ctrl: Rc<RefCell<Controller<nvme::Hal>>>,
+    device: T,
 }
 
-struct VirtioEntry {
-    function: Function,
-    name: Option<String>,
+/// The detached device at `traddr`; `what` names the kind in errors.
+fn free_slot<'s, T>(
+    slots: &'s mut [Slot<T>],
+    traddr: &str,
+    what: &str,
+) -> Result<&'s mut Slot<T>, String> {
+    let e = slots
+        .iter_mut()
+        .find(|e| same_address(&e.function, traddr))
+        .ok_or_else(|| format!("no {what} at {traddr}"))?;
+    if let Some(current) = &e.name {
+        return Err(format!("the {what} at {traddr} is attached as {current}"));
+    }
+    Ok(e)
+}
+
+/// The device attached as `name`.
+fn named_slot<'s, T>(
+    slots: &'s mut [Slot<T>],
+    name: &str,
+    what: &str,
+) -> Result<&'s mut Slot<T>, String> {
+    slots
+        .iter_mut()
+        .find(|e| e.name.as_deref() == Some(name))
+        .ok_or_else(|| format!("no {what} named {name}"))
 }
 
 /// `0000:00:04.0` or `00:04.0`.
@@ -93,20 +118,11 @@ impl ironbay_rpc::Devices for Hardware {
         name: &str,
         traddr: &str,
     ) -> Result<Vec<String>, String> {
-        let e = self
-            .nvme
-            .iter_mut()
-            .find(|e| same_address(&e.function, traddr))
-            .ok_or_else(|| format!("no NVMe controller at {traddr}"))?;
-        if let Some(current) = &e.name {
-            return Err(format!(
-                "the controller at {traddr} is attached as {current}"
-            ));
-        }
+        let e = free_slot(&mut self.nvme, traddr, "NVMe controller")?;
         if self_name_taken(bdevs, name) {
             return Err(format!("bdevs named {name}n* already exist"));
         }
-        let names = expose_nvme(bdevs, &e.ctrl, name);
+        let names = expose_nvme(bdevs, &e.device, name);
         e.name = Some(name.into());
         log::info!(
             "{name}: NVMe controller at {traddr} attached, bdevs {}",
@@ -116,11 +132,7 @@ impl ironbay_rpc::Devices for Hardware {
     }
 
     fn nvme_detach(&mut self, bdevs: &mut Registry, name: &str) -> Result<(), String> {
-        let e = self
-            .nvme
-            .iter_mut()
-            .find(|e| e.name.as_deref() == Some(name))
-            .ok_or_else(|| format!("no NVMe controller named {name}"))?;
+        let e = named_slot(&mut self.nvme, name, "NVMe controller")?;
         let prefix = format!("{name}n");
         let names: Vec<String> = bdevs
             .ids()
@@ -140,14 +152,7 @@ impl ironbay_rpc::Devices for Hardware {
         name: &str,
         traddr: &str,
     ) -> Result<Vec<String>, String> {
-        let e = self
-            .virtio
-            .iter_mut()
-            .find(|e| same_address(&e.function, traddr))
-            .ok_or_else(|| format!("no virtio-blk device at {traddr}"))?;
-        if let Some(current) = &e.name {
-            return Err(format!("the device at {traddr} is attached as {current}"));
-        }
+        let e = free_slot(&mut self.virtio, traddr, "virtio-blk device")?;
         if bdevs.find(name).is_some() {
             return Err(format!("a bdev named {name} already exists"));
         }
@@ -163,11 +168,7 @@ impl ironbay_rpc::Devices for Hardware {
     }
 
     fn virtio_detach(&mut self, bdevs: &mut Registry, name: &str) -> Result<(), String> {
-        let e = self
-            .virtio
-            .iter_mut()
-            .find(|e| e.name.as_deref() == Some(name))
-            .ok_or_else(|| format!("no virtio-blk device named {name}"))?;
+        let e = named_slot(&mut self.virtio, name, "virtio-blk device")?;
         remove_all(bdevs, &[name.into()])?;
         e.name = None;
         Ok(())
@@ -306,9 +307,10 @@ pub fn init(devices: &[Function], config: Option<&BootConfig>, wait_for_init: bo
                     None
                 }
             };
-            s.hw.virtio.push(VirtioEntry {
+            s.hw.virtio.push(Slot {
                 function: f.clone(),
                 name: attached,
+                device: (),
             });
             virtio_index += 1;
         }
@@ -372,10 +374,10 @@ fn attach_nvme(s: &mut Storage, f: &Function, index: usize) -> Result<(), String
     let ctrl = Rc::new(RefCell::new(ctrl));
     let name = format!("Nvme{index}");
     expose_nvme(&mut s.bdevs, &ctrl, &name);
-    s.hw.nvme.push(NvmeEntry {
+    s.hw.nvme.push(Slot {
         function: f.clone(),
         name: Some(name),
-        ctrl,
+        device: ctrl,
     });
     Ok(())
 }
