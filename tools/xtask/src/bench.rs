@@ -25,14 +25,9 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn boot(args: &[String]) -> Result<(), String> {
-    let runs = match args {
-        [flag, n] if flag == "--runs" => n
-            .parse::<usize>()
-            .map_err(|_| "--runs needs a number")?
-            .max(1),
-        [] => 5,
-        _ => return Err(USAGE.into()),
-    };
+    let mut runs = 5;
+    crate::number_flags(args, &mut [("--runs", &mut runs)], USAGE)?;
+    let runs = runs.max(1) as usize;
     crate::prereq::ensure_host_packages()?;
     let images = build::build(true)?;
     let (mut host, mut entry, mut reset) = (Vec::new(), Vec::new(), Vec::new());
@@ -93,14 +88,9 @@ pub fn filled_disk(path: &std::path::Path, bytes: u64) -> Result<(), String> {
 /// The appliance's own block benchmark on a QEMU NVMe disk and a virtio-blk
 /// disk: 4k random reads at queue depth 32 and 128k sequential reads at 8.
 fn blk(args: &[String]) -> Result<(), String> {
-    let seconds = match args {
-        [flag, n] if flag == "--seconds" => n
-            .parse::<u32>()
-            .map_err(|_| "--seconds needs a number")?
-            .max(1),
-        [] => 10,
-        _ => return Err(USAGE.into()),
-    };
+    let mut seconds = 10;
+    crate::number_flags(args, &mut [("--seconds", &mut seconds)], USAGE)?;
+    let seconds = seconds.max(1);
     crate::prereq::ensure_host_packages()?;
     let images = build::build(true)?;
     let dir = crate::workspace_root().join("target/bench");

@@ -104,6 +104,26 @@ pub fn sh(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
+/// Parses `--flag N` pairs into `flags`, which hold their defaults;
+/// anything else is an error carrying `usage`.
+pub fn number_flags(
+    args: &[String],
+    flags: &mut [(&str, &mut u32)],
+    usage: &str,
+) -> Result<(), String> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let Some((_, slot)) = flags.iter_mut().find(|(f, _)| f == a) else {
+            return Err(usage.into());
+        };
+        **slot = it
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or(format!("{a} needs a number"))?;
+    }
+    Ok(())
+}
+
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(workspace_root());
@@ -132,13 +152,12 @@ pub fn build_hosted() -> Result<std::path::PathBuf, String> {
 /// The cargo-fuzz targets need a nightly toolchain (libFuzzer, sanitizers);
 /// the rest of the project stays on the pinned release.
 fn fuzz(rest: &[String]) -> Result<(), String> {
-    let seconds = match rest {
-        [flag, n] if flag == "--seconds" => {
-            n.parse::<u32>().map_err(|_| "--seconds needs a number")?
-        }
-        [] => 20,
-        _ => return Err("usage: cargo xtask fuzz [--seconds N]".into()),
-    };
+    let mut seconds = 20;
+    number_flags(
+        rest,
+        &mut [("--seconds", &mut seconds)],
+        "usage: cargo xtask fuzz [--seconds N]",
+    )?;
     let nightly = |args: &[&str]| {
         let mut c = Command::new("cargo");
         c.arg("+nightly")

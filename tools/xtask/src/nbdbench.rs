@@ -107,19 +107,12 @@ fn print(label: &str, rows: &[(f64, f64)], base: Option<&[(f64, f64)]>) {
 }
 
 pub fn bench(args: &[String]) -> Result<(), String> {
-    let (mut seconds, mut runs) = (10u32, 3u32);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let v = it
-            .next()
-            .and_then(|v| v.parse().ok())
-            .ok_or(format!("{a} needs a number"))?;
-        match a.as_str() {
-            "--seconds" => seconds = v,
-            "--runs" => runs = v,
-            _ => return Err("usage: cargo xtask bench nbd [--seconds N] [--runs N]".into()),
-        }
-    }
+    let (mut seconds, mut runs) = (10, 3);
+    crate::number_flags(
+        args,
+        &mut [("--seconds", &mut seconds), ("--runs", &mut runs)],
+        "usage: cargo xtask bench nbd [--seconds N] [--runs N]",
+    )?;
     crate::prereq::ensure_host_packages()?;
     let images = build::build(true)?;
     let hosted = build_hosted()?;

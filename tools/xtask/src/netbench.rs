@@ -134,11 +134,13 @@ fn idle_cpu(kernel: &std::path::Path) -> Result<f64, String> {
 }
 
 pub fn bench(args: &[String]) -> Result<(), String> {
-    let secs = match args {
-        [flag, n] if flag == "--seconds" => n.parse().map_err(|_| "--seconds needs a number")?,
-        [] => 10,
-        _ => return Err("usage: cargo xtask bench net [--seconds N]".into()),
-    };
+    let mut secs = 10;
+    crate::number_flags(
+        args,
+        &mut [("--seconds", &mut secs)],
+        "usage: cargo xtask bench net [--seconds N]",
+    )?;
+    let secs = u64::from(secs);
     crate::prereq::ensure_host_packages()?;
     let images = build::build(true)?;
     let guest = rig::build()?;

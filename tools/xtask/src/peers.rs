@@ -88,20 +88,12 @@ fn iperf_mbits(line: &str) -> Option<f64> {
 }
 
 pub fn peers(args: &[String]) -> Result<(), String> {
-    let mut seconds = 10u32;
-    let mut runs = 3u32;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let v = it
-            .next()
-            .and_then(|v| v.parse().ok())
-            .ok_or(format!("{a} needs a number"))?;
-        match a.as_str() {
-            "--seconds" => seconds = v,
-            "--runs" => runs = v,
-            _ => return Err("usage: cargo xtask bench peers [--seconds N] [--runs N]".into()),
-        }
-    }
+    let (mut seconds, mut runs) = (10, 3);
+    crate::number_flags(
+        args,
+        &mut [("--seconds", &mut seconds), ("--runs", &mut runs)],
+        "usage: cargo xtask bench peers [--seconds N] [--runs N]",
+    )?;
     crate::prereq::ensure_host_packages()?;
     let image = rig::build()?;
     let dir = crate::workspace_root().join("target/bench");
