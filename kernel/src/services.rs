@@ -18,9 +18,13 @@ pub const NBD_PORT: u16 = 10809;
 /// Connections when `nbd.max_connections` is 0 or absent.
 const NBD_CONNECTIONS: usize = 16;
 
-const SLOT_SHIFT: u32 = 56;
-const GEN_SHIFT: u32 = 40;
+// Storage tags: bit 63 marks benchmark I/O, then 8 bits of socket slot (up
+// to 256 connections), 16 of generation, 39 of engine tag.
+const BENCH_TAG: u64 = 1 << 63;
+const SLOT_SHIFT: u32 = 55;
+const GEN_SHIFT: u32 = 39;
 const ENGINE_MASK: u64 = (1 << GEN_SHIFT) - 1;
+const _: () = assert!(SLOT_SHIFT + 8 == 63 && GEN_SHIFT + 16 == SLOT_SHIFT);
 
 struct Slot {
     conn: Option<Connection>,
@@ -57,9 +61,6 @@ pub struct Rpc {
     bench_request: Option<ironbay_bdev::bench::BenchSpec>,
     running: Option<(usize, ironbay_bdev::bench::Bench)>,
 }
-
-/// Tags of benchmark I/O, kept apart from the NBD service's.
-const BENCH_TAG: u64 = 1 << 63;
 
 fn tag(slot: usize, generation: u16, engine: u64) -> u64 {
     (slot as u64) << SLOT_SHIFT | (generation as u64) << GEN_SHIFT | (engine & ENGINE_MASK)
