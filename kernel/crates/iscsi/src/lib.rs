@@ -1,0 +1,18 @@
+//! A sans-IO iSCSI target (RFC 7143) with an SBC-3 / SPC-4 SCSI layer.
+//!
+//! The engine owns no socket and no device: a [`Connection`] takes the bytes
+//! an initiator sent and gives back bytes to send and block I/O to start;
+//! completions come back in. The kernel drives it over smoltcp sockets and
+//! the bdev registry, the hosted runner over std sockets and file bdevs.
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod config;
+pub mod scsi;
+pub mod target;
+
+pub use config::Config;
+pub use target::{ConnInfo, Target};
