@@ -112,6 +112,13 @@ extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
     let config = load_boot_config(&boot);
     let wait_for_init = cmdline.flag("mgmt.wait_for_init");
     let mut storage = storage::init(devices, config.as_ref(), wait_for_init);
+    // CHAP challenges must not be predictable: RDRAND where there is one,
+    // else at least the boot's TSC.
+    let seed = arch::cpu::rdrand().unwrap_or_else(|| {
+        log::warn!("no RDRAND: CHAP challenges are seeded from the TSC only");
+        arch::cpu::rdtsc()
+    });
+    storage.iscsi.seed_entropy(seed);
     let mut network = net::init(devices, &cmdline);
     let mut services = services::init(&mut network, &storage, &cmdline);
     if wait_for_init && !services.has_rpc() {

@@ -1,9 +1,10 @@
 //! Target services on the data NICs, glued to sockets and the bdev layer.
 //!
-//! Today: the NBD server on port 10809 of `data0`, exporting every bdev under
-//! its own name, read-write. Each listening socket carries at most one
-//! engine; storage tags carry the socket slot and a generation so a
-//! completion for a connection that has since closed is dropped, not
+//! The NBD server on port 10809 of `data0`, exporting every bdev under its
+//! own name, read-write, and the iSCSI target on port 3260 serving the target
+//! nodes of the object model. Each listening socket carries at most one
+//! engine; storage tags carry the service, the socket slot and a generation
+//! so a completion for a connection that has since closed is dropped, not
 //! delivered to its successor.
 
 use crate::net::Network;
@@ -18,28 +19,67 @@ pub const NBD_PORT: u16 = 10809;
 /// Connections when `nbd.max_connections` is 0 or absent.
 const NBD_CONNECTIONS: usize = 16;
 
-// Storage tags: bit 63 marks benchmark I/O, then 8 bits of socket slot (up
-// to 256 connections), 16 of generation, 39 of engine tag.
-const BENCH_TAG: u64 = 1 << 63;
-const SLOT_SHIFT: u32 = 55;
-const GEN_SHIFT: u32 = 39;
-const ENGINE_MASK: u64 = (1 << GEN_SHIFT) - 1;
-const _: () = assert!(SLOT_SHIFT + 8 == 63 && GEN_SHIFT + 16 == SLOT_SHIFT);
+pub const ISCSI_PORT: u16 = 3260;
+/// Connections when `iscsi.max_connections` is absent.
+const ISCSI_CONNECTIONS: usize = 16;
 
-struct Slot {
-    conn: Option<Connection>,
+// Storage tags: bit 63 marks benchmark I/O, bits 61-62 the service, then 8
+// bits of socket slot (up to 256 connections per service), 14 of generation
+// and 39 of engine tag.
+const BENCH_TAG: u64 = 1 << 63;
+const SERVICE_SHIFT: u32 = 61;
+const SLOT_SHIFT: u32 = 53;
+const GEN_SHIFT: u32 = 39;
+const GEN_MASK: u16 = (1 << (SLOT_SHIFT - GEN_SHIFT)) - 1;
+const ENGINE_MASK: u64 = (1 << GEN_SHIFT) - 1;
+const _: () = assert!(SLOT_SHIFT + 8 == SERVICE_SHIFT && SERVICE_SHIFT + 2 == 63);
+const NBD_SERVICE: u64 = 0;
+const ISCSI_SERVICE: u64 = 1;
+
+/// One listening socket's engine, and the generation its tags carry.
+struct Slot<C> {
+    conn: Option<C>,
     generation: u16,
+}
+
+impl<C> Slot<C> {
+    fn pool(n: usize) -> Vec<Slot<C>> {
+        (0..n)
+            .map(|_| Slot {
+                conn: None,
+                generation: 0,
+            })
+            .collect()
+    }
+
+    /// The socket closed: later completions for it are stale.
+    fn retire(&mut self) -> Option<C> {
+        let conn = self.conn.take();
+        if conn.is_some() {
+            self.generation = self.generation.wrapping_add(1) & GEN_MASK;
+        }
+        conn
+    }
 }
 
 pub struct Nbd {
     stack: usize,
     listener: Listener,
-    slots: Vec<Slot>,
+    slots: Vec<Slot<Connection>>,
     pub exports: Exports,
+}
+
+/// The iSCSI target's sockets; its configuration lives in the object model
+/// (`Storage::iscsi`).
+pub struct Iscsi {
+    stack: usize,
+    listener: Listener,
+    slots: Vec<Slot<ironbay_iscsi::Connection>>,
 }
 
 pub struct Services {
     pub nbd: Option<Nbd>,
+    pub iscsi: Option<Iscsi>,
     pub rpc: Option<Rpc>,
 }
 
@@ -62,8 +102,23 @@ pub struct Rpc {
     running: Option<(usize, ironbay_bdev::bench::Bench)>,
 }
 
-fn tag(slot: usize, generation: u16, engine: u64) -> u64 {
-    (slot as u64) << SLOT_SHIFT | (generation as u64) << GEN_SHIFT | (engine & ENGINE_MASK)
+fn tag(service: u64, slot: usize, generation: u16, engine: u64) -> u64 {
+    service << SERVICE_SHIFT
+        | (slot as u64) << SLOT_SHIFT
+        | ((generation & GEN_MASK) as u64) << GEN_SHIFT
+        | (engine & ENGINE_MASK)
+}
+
+fn endpoint(e: smoltcp::wire::IpEndpoint) -> core::net::SocketAddr {
+    let ip = match e.addr {
+        smoltcp::wire::IpAddress::Ipv4(a) => {
+            core::net::IpAddr::V4(core::net::Ipv4Addr::from(a.octets()))
+        }
+        smoltcp::wire::IpAddress::Ipv6(a) => {
+            core::net::IpAddr::V6(core::net::Ipv6Addr::from(a.octets()))
+        }
+    };
+    core::net::SocketAddr::new(ip, e.port)
 }
 
 pub fn init(
@@ -72,9 +127,13 @@ pub fn init(
     cmdline: &ironbay_config::Cmdline,
 ) -> Services {
     let Some(stack) = network.stacks.iter().position(|s| s.role == Role::Data(0)) else {
-        log::warn!("no data NIC: NBD target not started");
+        log::warn!("no data NIC: NBD and iSCSI targets not started");
         let rpc = rpc_init(network, cmdline);
-        return Services { nbd: None, rpc };
+        return Services {
+            nbd: None,
+            iscsi: None,
+            rpc,
+        };
     };
     // QAPI's max-connections: 0 is "no limit of our own", 1 withdraws multi-conn.
     let max: usize = cmdline.get_as("nbd.max_connections").unwrap_or(0);
@@ -108,21 +167,32 @@ pub fn init(
         "data0: NBD target on TCP port {NBD_PORT}, up to {connections} connections, exports: {}",
         names.join(" ")
     );
-    let slots = (0..connections)
-        .map(|_| Slot {
-            conn: None,
-            generation: 0,
-        })
-        .collect();
+    let iscsi = iscsi_init(network, stack, cmdline);
     let rpc = rpc_init(network, cmdline);
     Services {
         nbd: Some(Nbd {
             stack,
             listener,
-            slots,
+            slots: Slot::pool(connections),
             exports,
         }),
+        iscsi: Some(iscsi),
         rpc,
+    }
+}
+
+fn iscsi_init(network: &mut Network, stack: usize, cmdline: &ironbay_config::Cmdline) -> Iscsi {
+    let connections: usize = cmdline
+        .get_as("iscsi.max_connections")
+        .filter(|&n: &usize| (1..=256).contains(&n))
+        .unwrap_or(ISCSI_CONNECTIONS);
+    let sockets = &mut network.stacks[stack].sockets;
+    let listener = Listener::new(sockets, ISCSI_PORT, connections, TcpTuning::STORAGE);
+    log::info!("data0: iSCSI target on TCP port {ISCSI_PORT}, up to {connections} connections");
+    Iscsi {
+        stack,
+        listener,
+        slots: Slot::pool(connections),
     }
 }
 
@@ -240,6 +310,7 @@ impl Rpc {
                     bdevs: &mut storage.bdevs,
                     devices: Some(&mut storage.hw),
                     nbd: nbd.as_deref_mut(),
+                    iscsi: Some(&mut storage.iscsi),
                     memory_budget: (heap.size - heap.used) as u64 / 2,
                     initialized: &mut self.initialized,
                     shutdown: &mut self.shutdown,
@@ -320,7 +391,98 @@ impl Services {
         if let Some(rpc) = &mut self.rpc {
             busy |= rpc.poll(network, storage, self.nbd.as_mut().map(|n| &mut n.exports));
         }
-        busy | self.poll_nbd(network, storage)
+        busy | self.poll_nbd(network, storage) | self.poll_iscsi(network, storage)
+    }
+
+    fn poll_iscsi(&mut self, network: &mut Network, storage: &mut Storage) -> bool {
+        let Some(iscsi) = &mut self.iscsi else {
+            return false;
+        };
+        let now_ms = crate::time::uptime_us() / 1000;
+        let sockets = &mut network.stacks[iscsi.stack].sockets;
+        let target = &mut storage.iscsi;
+        let bdevs = &mut storage.bdevs;
+        let mut busy = false;
+        for (i, &h) in iscsi.listener.sockets().iter().enumerate() {
+            let s = sockets.get_mut::<tcp::Socket<'_>>(h);
+            let slot = &mut iscsi.slots[i];
+            let open = matches!(s.state(), tcp::State::Established | tcp::State::CloseWait);
+            if !open {
+                if let Some(mut conn) = slot.retire() {
+                    conn.closed(target);
+                }
+                continue;
+            }
+            if slot.conn.is_none() {
+                let (Some(local), Some(peer)) = (s.local_endpoint(), s.remote_endpoint()) else {
+                    continue;
+                };
+                slot.conn = Some(ironbay_iscsi::Connection::new(
+                    endpoint(local),
+                    endpoint(peer),
+                    now_ms,
+                ));
+            }
+            let Some(conn) = slot.conn.as_mut() else {
+                continue;
+            };
+            if conn.wants_input()
+                && s.can_recv()
+                && let Ok(n) = s.recv(|b| {
+                    let n = conn.handle_input(b, target, bdevs, now_ms);
+                    (n, n)
+                })
+            {
+                busy |= n > 0;
+            }
+            if conn.poll_timeout().is_some_and(|t| t <= now_ms) {
+                conn.handle_timeout(target, bdevs, now_ms);
+            }
+            while let Some(io) = conn.poll_io() {
+                let ironbay_iscsi::BlockIo {
+                    tag: t,
+                    bdev,
+                    op,
+                    fua,
+                } = io;
+                let req = IoRequest {
+                    tag: tag(ISCSI_SERVICE, i, slot.generation, t),
+                    op,
+                    fua,
+                };
+                if let Err(back) = bdevs.submit(bdev, req, now_ms * 1000) {
+                    conn.retry_io(ironbay_iscsi::BlockIo {
+                        tag: t,
+                        bdev,
+                        op: back.op,
+                        fua,
+                    });
+                    break;
+                }
+                busy = true;
+            }
+            while let Some(out) = conn.poll_output() {
+                match s.send_slice(out) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        conn.consume_output(n);
+                        busy = true;
+                    }
+                }
+            }
+            if let Some(why) = conn.error.take() {
+                log::warn!("iSCSI initiator {:?}: {why}", s.remote_endpoint());
+            }
+            if conn.finished()
+                || (s.state() == tcp::State::CloseWait
+                    && !s.can_recv()
+                    && conn.poll_output().is_none())
+            {
+                s.close();
+            }
+        }
+        iscsi.listener.relisten(sockets);
+        busy
     }
 
     fn poll_nbd(&mut self, network: &mut Network, storage: &mut Storage) -> bool {
@@ -335,9 +497,7 @@ impl Services {
             let slot = &mut nbd.slots[i];
             let open = matches!(s.state(), tcp::State::Established | tcp::State::CloseWait);
             if !open {
-                if slot.conn.take().is_some() {
-                    slot.generation = slot.generation.wrapping_add(1);
-                }
+                slot.retire();
                 continue;
             }
             let conn = slot.conn.get_or_insert_with(Connection::new);
@@ -358,7 +518,7 @@ impl Services {
                     fua,
                 } = io;
                 let req = IoRequest {
-                    tag: tag(i, slot.generation, t),
+                    tag: tag(NBD_SERVICE, i, slot.generation, t),
                     op,
                     fua,
                 };
@@ -407,14 +567,30 @@ impl Services {
             }
             return;
         }
-        let Some(nbd) = &mut self.nbd else { return };
-        let slot = (c.tag >> SLOT_SHIFT) as usize;
-        let generation = (c.tag >> GEN_SHIFT) as u16;
-        if let Some(s) = nbd.slots.get_mut(slot)
-            && s.generation == generation
-            && let Some(conn) = s.conn.as_mut()
-        {
-            conn.handle_completion(c.tag & ENGINE_MASK, c);
+        let slot = (c.tag >> SLOT_SHIFT) as usize & 0xff;
+        let generation = (c.tag >> GEN_SHIFT) as u16 & GEN_MASK;
+        let engine = c.tag & ENGINE_MASK;
+        match (c.tag >> SERVICE_SHIFT) & 3 {
+            NBD_SERVICE => {
+                if let Some(nbd) = &mut self.nbd
+                    && let Some(s) = nbd.slots.get_mut(slot)
+                    && s.generation == generation
+                    && let Some(conn) = s.conn.as_mut()
+                {
+                    conn.handle_completion(engine, c);
+                }
+            }
+            ISCSI_SERVICE => {
+                if let Some(iscsi) = &mut self.iscsi
+                    && let Some(s) = iscsi.slots.get_mut(slot)
+                    && s.generation == generation
+                    && let Some(conn) = s.conn.as_mut()
+                {
+                    let now_ms = crate::time::uptime_us() / 1000;
+                    conn.handle_completion(engine, c, &mut storage.iscsi, &storage.bdevs, now_ms);
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -17,6 +17,8 @@ use ironbay_virtio_blk::VirtioBlk;
 
 pub struct Storage {
     pub bdevs: Registry,
+    /// The iSCSI part of the object model: nodes, groups, live sessions.
+    pub iscsi: ironbay_iscsi::Target,
     pub hw: Hardware,
     completions: Vec<(BdevId, IoCompletion)>,
     /// Boot config calls held back until `framework_start_init`.
@@ -193,6 +195,7 @@ impl Storage {
                 bdevs: &mut self.bdevs,
                 devices: Some(&mut self.hw),
                 nbd: None,
+                iscsi: Some(&mut self.iscsi),
                 memory_budget: (heap.size - heap.used) as u64 / 2,
                 initialized: &mut initialized,
                 shutdown: &mut shutdown,
@@ -287,6 +290,7 @@ fn is_virtio_blk(f: &Function) -> bool {
 pub fn init(devices: &[Function], config: Option<&BootConfig>, wait_for_init: bool) -> Storage {
     let mut s = Storage {
         bdevs: Registry::new(),
+        iscsi: ironbay_iscsi::Target::default(),
         hw: Hardware::default(),
         completions: Vec::new(),
         pending: Vec::new(),

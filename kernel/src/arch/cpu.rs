@@ -38,6 +38,26 @@ pub fn rdtsc() -> u64 {
     ((hi as u64) << 32) | lo as u64
 }
 
+/// A random number from RDRAND, where the CPU has it (CPUID.1:ECX[30]).
+pub fn rdrand() -> Option<u64> {
+    if cpuid(1, 0).ecx & (1 << 30) == 0 {
+        return None;
+    }
+    // The instruction may fail transiently (CF clear); Intel suggests 10 tries.
+    for _ in 0..10 {
+        let (value, ok): (u64, u8);
+        // SAFETY: CPUID reports RDRAND; it only writes the register and CF.
+        unsafe {
+            asm!("rdrand {v}", "setc {ok}", v = out(reg) value, ok = out(reg_byte) ok,
+                 options(nomem, nostack))
+        };
+        if ok != 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
 /// The hypervisor's vendor signature, if CPUID says we run under one.
 pub fn hypervisor() -> Option<[u8; 12]> {
     if cpuid(1, 0).ecx & (1 << 31) == 0 {

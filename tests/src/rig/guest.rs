@@ -1,6 +1,6 @@
 //! Builds the rig's Linux guest from Debian packages: the bookworm kernel and
-//! its modules, busybox, nvme-cli, open-iscsi, fio and iperf3 with the
-//! libraries they load. Packages come from `apt-get download` and are
+//! its modules, busybox, nvme-cli, open-iscsi, fio, iperf3, e2fsprogs,
+//! qemu-nbd and nbdkit with the libraries they load. Packages come from `apt-get download` and are
 //! unpacked with `dpkg -x`; libraries are found with the unpacked system's own
 //! loader; the initramfs is written here, so the host needs no cpio or kmod.
 //! The result is cached under `target/rig/` and rebuilt only when the recipe
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Bump when the recipe below changes, so caches are rebuilt.
-const RECIPE: &str = "ironbay-rig-4";
+const RECIPE: &str = "ironbay-rig-5";
 
 const TOOLS: &[&str] = &[
     "busybox-static",
@@ -22,6 +22,7 @@ const TOOLS: &[&str] = &[
     "iperf3",
     "qemu-utils",
     "nbdkit",
+    "e2fsprogs",
 ];
 
 const MODULES: &[&str] = &[
@@ -47,6 +48,7 @@ const MODULES: &[&str] = &[
     "brd",
     "crc32c_generic",
     "qemu_fw_cfg",
+    "ext4",
 ];
 
 /// Binaries copied into the guest with the libraries they need.
@@ -59,6 +61,8 @@ const BINARIES: &[&str] = &[
     "usr/bin/iperf3",
     "usr/bin/qemu-nbd",
     "usr/bin/nbdkit",
+    "sbin/mke2fs",
+    "sbin/e2fsck",
     // Loaded by nbdkit at run time, so listed here for its libraries too.
     "usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-file-plugin.so",
 ];
@@ -112,6 +116,7 @@ fn library_packages() -> Result<Vec<String>, String> {
         "iperf3",
         "qemu-utils",
         "nbdkit",
+        "e2fsprogs",
     ]))?;
     let set: BTreeSet<String> = out
         .lines()

@@ -1,23 +1,126 @@
-//! `ironbay-hosted`: the NBD engine and the block layer as an ordinary Linux
-//! process, over std TCP sockets and file-backed or RAM bdevs. The same
-//! protocol code as the appliance; only this glue differs. It makes real
-//! client tests fast and lets the engine be benchmarked without a VM.
+//! `ironbay-hosted`: the NBD and iSCSI engines and the block layer as an
+//! ordinary Linux process, over std TCP sockets and file-backed or RAM bdevs.
+//! The same protocol code as the appliance; only this glue differs. It makes
+//! real client tests fast and lets the engines be benchmarked without a VM.
 //!
-//! ironbay-hosted --listen 127.0.0.1:10809 [--export NAME=FILE[:ro]]... [--malloc NAME=MIB]...
+//! ironbay-hosted [--listen ADDR] [--iscsi ADDR] [--chap USER:SECRET[:MUSER:MSECRET]]
+//!                [--export NAME=FILE[:ro]]... [--malloc NAME=MIB]...
+//!
+//! `--listen` serves NBD (default 127.0.0.1:10809 when `--iscsi` is absent);
+//! `--iscsi` serves one target node per bdev, `iqn.2016-06.io.ironbay:NAME`
+//! with the bdev as LUN 0, to any initiator (CHAP required with `--chap`).
 
 mod file;
 
-use ironbay_bdev::{IoRequest, MallocBdev, Registry};
-use ironbay_nbd::{BlockIo, Connection, Export, Exports};
+use ironbay_bdev::{BdevId, IoCompletion, IoOp, IoRequest, MallocBdev, Registry};
+use ironbay_iscsi::config::{
+    AuthGroup, ChapPolicy, InitiatorGroup, Lun, PgIgMap, Portal, PortalGroup, Secret, TargetNode,
+};
+use ironbay_iscsi::{Config, Target};
+use ironbay_nbd::{Export, Exports};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 const MAX_CONNECTIONS: usize = 64;
 
+/// Node names of the hosted iSCSI target.
+const IQN_BASE: &str = "iqn.2016-06.io.ironbay";
+
+enum Engine {
+    Nbd(Box<ironbay_nbd::Connection>),
+    Iscsi(Box<ironbay_iscsi::Connection>),
+}
+
+/// What the engines serve, shared by all connections.
+struct Served {
+    reg: Registry,
+    exports: Exports,
+    target: Target,
+}
+
+impl Engine {
+    fn wants_input(&self) -> bool {
+        match self {
+            Engine::Nbd(c) => c.wants_input(),
+            Engine::Iscsi(c) => c.wants_input(),
+        }
+    }
+
+    fn handle_input(&mut self, b: &[u8], s: &mut Served, now_ms: u64) -> usize {
+        match self {
+            Engine::Nbd(c) => c.handle_input(b, &s.exports, &s.reg),
+            Engine::Iscsi(c) => c.handle_input(b, &mut s.target, &s.reg, now_ms),
+        }
+    }
+
+    fn handle_timeout(&mut self, s: &mut Served, now_ms: u64) {
+        if let Engine::Iscsi(c) = self
+            && c.poll_timeout().is_some_and(|t| t <= now_ms)
+        {
+            c.handle_timeout(&mut s.target, &s.reg, now_ms);
+        }
+    }
+
+    fn poll_io(&mut self) -> Option<(u64, BdevId, IoOp, bool)> {
+        match self {
+            Engine::Nbd(c) => c.poll_io().map(|io| (io.tag, io.bdev, io.op, io.fua)),
+            Engine::Iscsi(c) => c.poll_io().map(|io| (io.tag, io.bdev, io.op, io.fua)),
+        }
+    }
+
+    fn retry_io(&mut self, tag: u64, bdev: BdevId, op: IoOp, fua: bool) {
+        match self {
+            Engine::Nbd(c) => c.retry_io(ironbay_nbd::BlockIo { tag, bdev, op, fua }),
+            Engine::Iscsi(c) => c.retry_io(ironbay_iscsi::BlockIo { tag, bdev, op, fua }),
+        }
+    }
+
+    fn handle_completion(&mut self, tag: u64, comp: IoCompletion, s: &mut Served, now_ms: u64) {
+        match self {
+            Engine::Nbd(c) => c.handle_completion(tag, comp),
+            Engine::Iscsi(c) => c.handle_completion(tag, comp, &mut s.target, &s.reg, now_ms),
+        }
+    }
+
+    fn poll_output(&self) -> Option<&[u8]> {
+        match self {
+            Engine::Nbd(c) => c.poll_output(),
+            Engine::Iscsi(c) => c.poll_output(),
+        }
+    }
+
+    fn consume_output(&mut self, n: usize) {
+        match self {
+            Engine::Nbd(c) => c.consume_output(n),
+            Engine::Iscsi(c) => c.consume_output(n),
+        }
+    }
+
+    fn finished(&self) -> bool {
+        match self {
+            Engine::Nbd(c) => c.finished(),
+            Engine::Iscsi(c) => c.finished(),
+        }
+    }
+
+    fn take_error(&mut self) -> Option<&'static str> {
+        match self {
+            Engine::Nbd(c) => c.error.take(),
+            Engine::Iscsi(c) => c.error.take(),
+        }
+    }
+
+    fn closed(&mut self, s: &mut Served) {
+        if let Engine::Iscsi(c) = self {
+            c.closed(&mut s.target);
+        }
+    }
+}
+
 struct Client {
     sock: TcpStream,
-    conn: Connection,
+    engine: Engine,
     /// Received bytes the engine has not taken yet.
     pending: Vec<u8>,
     generation: u32,
@@ -25,21 +128,108 @@ struct Client {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: ironbay-hosted --listen ADDR [--export NAME=FILE[:ro]]... [--malloc NAME=MIB]..."
+        "usage: ironbay-hosted [--listen ADDR] [--iscsi ADDR] [--chap USER:SECRET[:MUSER:MSECRET]] \
+         [--export NAME=FILE[:ro]]... [--malloc NAME=MIB]..."
     );
     std::process::exit(2)
 }
 
+fn fail(what: impl std::fmt::Display) -> ! {
+    eprintln!("ironbay-hosted: {what}");
+    std::process::exit(1)
+}
+
+fn bind(addr: &str) -> TcpListener {
+    let l = TcpListener::bind(addr).unwrap_or_else(|e| fail(format!("{addr}: {e}")));
+    l.set_nonblocking(true).unwrap_or_else(|e| fail(e));
+    l
+}
+
+/// One node per bdev, every initiator allowed through one portal group.
+fn iscsi_config(addr: SocketAddr, luns: &[(String, BdevId, bool)], chap: Option<Secret>) -> Config {
+    let mut config = Config::default();
+    config.portal_groups.push(PortalGroup {
+        tag: 1,
+        portals: vec![Portal {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }],
+        private: false,
+    });
+    config.initiator_groups.push(InitiatorGroup {
+        tag: 1,
+        initiators: vec!["ANY".into()],
+        netmasks: vec!["ANY".into()],
+    });
+    let policy = match chap {
+        Some(secret) => {
+            let mutual = secret.muser.is_some();
+            config.auth_groups.push(AuthGroup {
+                tag: 1,
+                secrets: vec![secret],
+            });
+            ChapPolicy {
+                disable: false,
+                require: true,
+                mutual,
+                group: 1,
+            }
+        }
+        None => ChapPolicy::default(),
+    };
+    for (name, bdev, read_only) in luns {
+        config.nodes.push(TargetNode {
+            name: format!("{IQN_BASE}:{}", name.to_ascii_lowercase()),
+            alias: name.clone(),
+            pg_ig_maps: vec![PgIgMap {
+                pg_tag: 1,
+                ig_tag: 1,
+            }],
+            luns: vec![Lun {
+                id: 0,
+                bdev_name: name.clone(),
+                bdev: *bdev,
+                read_only: *read_only,
+            }],
+            queue_depth: config.options.max_queue_depth,
+            chap: policy.clone(),
+            header_digest: false,
+            data_digest: false,
+        });
+    }
+    config
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut listen = "127.0.0.1:10809".to_string();
+    let (mut nbd_addr, mut iscsi_addr, mut chap) = (None, None, None);
     let mut reg = Registry::new();
     let mut exports = Exports::default();
+    let mut luns = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let v = it.next().unwrap_or_else(|| usage());
         match a.as_str() {
-            "--listen" => listen = v.clone(),
+            "--listen" => nbd_addr = Some(v.clone()),
+            "--iscsi" => iscsi_addr = Some(v.clone()),
+            "--chap" => {
+                let p: Vec<&str> = v.split(':').collect();
+                chap = Some(match p.as_slice() {
+                    [u, s] => Secret {
+                        user: u.to_string(),
+                        secret: s.to_string(),
+                        muser: None,
+                        msecret: None,
+                    },
+                    [u, s, mu, ms] => Secret {
+                        user: u.to_string(),
+                        secret: s.to_string(),
+                        muser: Some(mu.to_string()),
+                        msecret: Some(ms.to_string()),
+                    },
+                    _ => usage(),
+                });
+            }
             "--export" | "--malloc" => {
                 let (name, what) = v.split_once('=').unwrap_or_else(|| usage());
                 let (dev, ro): (Box<dyn ironbay_bdev::BlockDevice>, bool) = if a == "--export" {
@@ -47,40 +237,85 @@ fn main() {
                         Some(p) => (p, true),
                         None => (what, false),
                     };
-                    let f = file::FileBdev::open(name, path, 512, ro).unwrap_or_else(|e| {
-                        eprintln!("{path}: {e}");
-                        std::process::exit(1)
-                    });
+                    let f = file::FileBdev::open(name, path, 512, ro)
+                        .unwrap_or_else(|e| fail(format!("{path}: {e}")));
                     (Box::new(f), ro)
                 } else {
                     let mib: u64 = what.parse().unwrap_or_else(|_| usage());
                     (Box::new(MallocBdev::new(name, mib * 2048, 512)), false)
                 };
-                let id = reg.add(dev).unwrap_or_else(|e| {
-                    eprintln!("{e}");
-                    std::process::exit(1)
-                });
+                let id = reg.add(dev).unwrap_or_else(|e| fail(e));
                 let info = reg.info(id).cloned().unwrap_or_else(|| usage());
                 exports
                     .list
                     .push(Export::new(name, &info.product, id, &info, ro));
+                luns.push((name.to_string(), id, ro));
             }
             _ => usage(),
         }
     }
-    let listener = TcpListener::bind(&listen).unwrap_or_else(|e| {
-        eprintln!("{listen}: {e}");
-        std::process::exit(1)
-    });
-    listener.set_nonblocking(true).unwrap_or_else(|_| usage());
-    eprintln!(
-        "ironbay-hosted: NBD on {listen}, {} exports",
-        exports.list.len()
-    );
-    serve(listener, reg, exports)
+    if nbd_addr.is_none() && iscsi_addr.is_none() {
+        nbd_addr = Some("127.0.0.1:10809".into());
+    }
+    let nbd = nbd_addr.as_deref().map(bind);
+    let iscsi = iscsi_addr.as_deref().map(bind);
+    let mut target = Target::default();
+    if let Some(l) = &iscsi {
+        let addr = l.local_addr().unwrap_or_else(|e| fail(e));
+        target = Target::new(iscsi_config(addr, &luns, chap));
+        eprintln!(
+            "ironbay-hosted: iSCSI on {addr}, {} target nodes",
+            luns.len()
+        );
+    }
+    if let Some(a) = &nbd_addr {
+        eprintln!("ironbay-hosted: NBD on {a}, {} exports", exports.list.len());
+    }
+    let served = Served {
+        reg,
+        exports,
+        target,
+    };
+    serve(nbd, iscsi, served)
 }
 
-fn serve(listener: TcpListener, mut reg: Registry, exports: Exports) -> ! {
+fn accept(
+    listener: Option<&TcpListener>,
+    clients: &mut [Option<Client>],
+    generations: &mut [u32],
+    now_ms: u64,
+    iscsi: bool,
+) -> bool {
+    let mut busy = false;
+    while let Some(Ok((sock, peer))) = listener.map(|l| l.accept()) {
+        busy = true;
+        let Some(i) = clients.iter().position(Option::is_none) else {
+            continue;
+        };
+        let _ = sock.set_nonblocking(true);
+        let _ = sock.set_nodelay(true);
+        let engine = if iscsi {
+            let Ok(local) = sock.local_addr() else {
+                continue;
+            };
+            Engine::Iscsi(Box::new(ironbay_iscsi::Connection::new(
+                local, peer, now_ms,
+            )))
+        } else {
+            Engine::Nbd(Box::new(ironbay_nbd::Connection::new()))
+        };
+        generations[i] = generations[i].wrapping_add(1);
+        clients[i] = Some(Client {
+            sock,
+            engine,
+            pending: Vec::new(),
+            generation: generations[i],
+        });
+    }
+    busy
+}
+
+fn serve(nbd: Option<TcpListener>, iscsi: Option<TcpListener>, mut s: Served) -> ! {
     let mut clients: Vec<Option<Client>> = (0..MAX_CONNECTIONS).map(|_| None).collect();
     let mut generations = vec![0u32; MAX_CONNECTIONS];
     let mut done = Vec::new();
@@ -88,26 +323,13 @@ fn serve(listener: TcpListener, mut reg: Registry, exports: Exports) -> ! {
     let start = Instant::now();
     loop {
         let now = start.elapsed().as_micros() as u64;
-        let mut busy = false;
-        while let Ok((sock, _)) = listener.accept() {
-            busy = true;
-            let Some(i) = clients.iter().position(Option::is_none) else {
-                continue;
-            };
-            let _ = sock.set_nonblocking(true);
-            let _ = sock.set_nodelay(true);
-            generations[i] = generations[i].wrapping_add(1);
-            clients[i] = Some(Client {
-                sock,
-                conn: Connection::new(),
-                pending: Vec::new(),
-                generation: generations[i],
-            });
-        }
+        let now_ms = now / 1000;
+        let mut busy = accept(nbd.as_ref(), &mut clients, &mut generations, now_ms, false);
+        busy |= accept(iscsi.as_ref(), &mut clients, &mut generations, now_ms, true);
         for (i, slot) in clients.iter_mut().enumerate() {
             let Some(c) = slot else { continue };
             let mut closed = false;
-            if c.conn.wants_input() {
+            if c.engine.wants_input() {
                 if c.pending.is_empty() {
                     match c.sock.read(&mut buf) {
                         Ok(0) => closed = true,
@@ -117,30 +339,25 @@ fn serve(listener: TcpListener, mut reg: Registry, exports: Exports) -> ! {
                     }
                 }
                 if !c.pending.is_empty() {
-                    let n = c.conn.handle_input(&c.pending, &exports, &reg);
+                    let n = c.engine.handle_input(&c.pending, &mut s, now_ms);
                     c.pending.drain(..n);
                     busy |= n > 0;
                 }
             }
-            while let Some(io) = c.conn.poll_io() {
-                let BlockIo { tag, bdev, op, fua } = io;
+            c.engine.handle_timeout(&mut s, now_ms);
+            while let Some((tag, bdev, op, fua)) = c.engine.poll_io() {
                 let t = (i as u64) << 56 | (c.generation as u64 & 0xffff) << 40 | tag;
-                if let Err(back) = reg.submit(bdev, IoRequest { tag: t, op, fua }, now) {
-                    c.conn.retry_io(BlockIo {
-                        tag,
-                        bdev,
-                        op: back.op,
-                        fua,
-                    });
+                if let Err(back) = s.reg.submit(bdev, IoRequest { tag: t, op, fua }, now) {
+                    c.engine.retry_io(tag, bdev, back.op, fua);
                     break;
                 }
                 busy = true;
             }
-            while let Some(out) = c.conn.poll_output() {
+            while let Some(out) = c.engine.poll_output() {
                 match c.sock.write(out) {
                     Ok(0) => break,
                     Ok(n) => {
-                        c.conn.consume_output(n);
+                        c.engine.consume_output(n);
                         busy = true;
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -150,15 +367,16 @@ fn serve(listener: TcpListener, mut reg: Registry, exports: Exports) -> ! {
                     }
                 }
             }
-            if let Some(why) = c.conn.error.take() {
+            if let Some(why) = c.engine.take_error() {
                 eprintln!("ironbay-hosted: client {i}: {why}");
             }
-            if closed || c.conn.finished() {
+            if closed || (c.engine.finished() && c.engine.poll_output().is_none()) {
+                c.engine.closed(&mut s);
                 *slot = None;
             }
         }
         done.clear();
-        reg.poll(now, &mut done);
+        s.reg.poll(now, &mut done);
         for (_, comp) in done.drain(..) {
             busy = true;
             let i = (comp.tag >> 56) as usize;
@@ -166,7 +384,8 @@ fn serve(listener: TcpListener, mut reg: Registry, exports: Exports) -> ! {
             if let Some(Some(c)) = clients.get_mut(i)
                 && c.generation & 0xffff == generation
             {
-                c.conn.handle_completion(comp.tag & ((1 << 40) - 1), comp);
+                let tag = comp.tag & ((1 << 40) - 1);
+                c.engine.handle_completion(tag, comp, &mut s, now_ms);
             }
         }
         if !busy {

@@ -6,7 +6,7 @@ use ironbay_tests::serial::Running;
 use ironbay_tests::{EXIT_SUCCESS, READY};
 use std::time::Duration;
 
-const USAGE: &str = "usage: cargo xtask bench boot [--runs N] | blk [--seconds N] | net [--seconds N] | nbd [--seconds N] [--runs N] | peers [--seconds N] [--runs N]";
+const USAGE: &str = "usage: cargo xtask bench boot [--runs N] | blk [--seconds N] | net [--seconds N] | nbd [--seconds N] [--runs N] | iscsi [--seconds N] [--runs N] | peers [--seconds N] [--runs N]";
 
 pub fn bench(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
@@ -15,6 +15,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         Some("peers") => crate::peers::peers(&args[1..]),
         Some("net") => crate::netbench::bench(&args[1..]),
         Some("nbd") => crate::nbdbench::bench(&args[1..]),
+        Some("iscsi") => crate::iscsibench::bench(&args[1..]),
         _ => Err(USAGE.into()),
     }
 }

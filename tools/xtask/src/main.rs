@@ -15,6 +15,7 @@
 
 mod bench;
 mod build;
+mod iscsibench;
 mod nbdbench;
 mod netbench;
 mod peers;
@@ -82,11 +83,15 @@ const USAGE: &str = "usage: cargo xtask <command>
   bench net [--seconds N]  TCP throughput both ways against Linux, idle CPU
   bench nbd [--seconds N] [--runs N]
                            NBD with fio: hosted runner vs qemu-nbd and nbdkit, and the VM
+  bench iscsi [--seconds N] [--runs N]
+                           iSCSI: hosted runner vs tgt (iscsi-perf), appliance VM vs LIO
+                           (fio in a Linux guest and iscsi-perf), same run
   bench peers [--seconds N] [--runs N]
                            Linux nvmet-tcp and LIO figures and the bridge ceiling
-  hosted ARGS              the NBD engine as a Linux process: --listen ADDR
+  hosted ARGS              the NBD and iSCSI engines as a Linux process: --listen ADDR
+                           --iscsi ADDR --chap USER:SECRET[:MUSER:MSECRET]
                            --export NAME=FILE[:ro] --malloc NAME=MIB
-  fuzz [--seconds N]       run the NBD fuzz target (nightly + cargo-fuzz) for N s (20)
+  fuzz [--seconds N]       run the NBD and iSCSI fuzz targets (nightly + cargo-fuzz), N s each (20)
   rig build                build the Linux guest (cached under target/rig)
   rig shell SCRIPT         boot the guest, run SCRIPT in it, print its output";
 
@@ -182,14 +187,22 @@ fn fuzz(rest: &[String]) -> Result<(), String> {
             .args(["install", "cargo-fuzz", "--locked"])
             .env_remove("RUSTUP_TOOLCHAIN"))?;
     }
-    let dir = workspace_root().join("kernel/crates/nbd/fuzz");
-    let corpus = dir.join("corpus/connection");
-    std::fs::create_dir_all(&corpus).map_err(|e| e.to_string())?;
-    let mut c = nightly(&["fuzz", "run", "connection"]);
-    c.arg(&corpus).arg(dir.join("../fixtures"));
-    c.args(["--", &format!("-max_total_time={seconds}")])
-        .current_dir(&dir);
-    sh(&mut c)
+    // Each engine's connection target, seeded with its captured traffic.
+    for engine in ["nbd", "iscsi"] {
+        let dir = workspace_root().join(format!("kernel/crates/{engine}/fuzz"));
+        let corpus = dir.join("corpus/connection");
+        std::fs::create_dir_all(&corpus).map_err(|e| e.to_string())?;
+        let mut c = nightly(&["fuzz", "run", "connection"]);
+        c.arg(&corpus);
+        let fixtures = dir.join("../fixtures");
+        if fixtures.is_dir() {
+            c.arg(fixtures);
+        }
+        c.args(["--", &format!("-max_total_time={seconds}")])
+            .current_dir(&dir);
+        sh(&mut c)?;
+    }
+    Ok(())
 }
 
 fn lint() -> Result<(), String> {

@@ -94,6 +94,14 @@ const NEEDS: &[Need] = &[
         probe: "nbdkit",
         package: "nbdkit",
     },
+    Need {
+        probe: "iscsi-test-cu",
+        package: "libiscsi-bin",
+    },
+    Need {
+        probe: "tgtd",
+        package: "tgt",
+    },
 ];
 
 fn present(probe: &str) -> bool {

@@ -123,4 +123,28 @@ impl BlockDevice for MallocBdev {
         }
         Some(runs)
     }
+
+    /// Grows only: the new blocks read as zeroes. Shrinking would pull data
+    /// from under exports that cached the size.
+    fn resize(&mut self, num_blocks: u64) -> Result<(), IoStatus> {
+        if num_blocks < self.info.num_blocks {
+            return Err(IoStatus::Unsupported);
+        }
+        let bytes = num_blocks
+            .checked_mul(self.info.block_size as u64)
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or(IoStatus::NoMemory)?;
+        let words = num_blocks.div_ceil(64) as usize;
+        // Fallible: a resize request must not abort the kernel on OOM.
+        self.data
+            .try_reserve_exact(bytes - self.data.len())
+            .map_err(|_| IoStatus::NoMemory)?;
+        self.allocated
+            .try_reserve_exact(words - self.allocated.len())
+            .map_err(|_| IoStatus::NoMemory)?;
+        self.data.resize(bytes, 0);
+        self.allocated.resize(words, 0);
+        self.info.num_blocks = num_blocks;
+        Ok(())
+    }
 }

@@ -53,4 +53,10 @@ impl BlockDevice for NullBdev {
     fn in_flight(&self) -> usize {
         self.done.len()
     }
+
+    /// Any size: nothing is stored.
+    fn resize(&mut self, num_blocks: u64) -> Result<(), IoStatus> {
+        self.info.num_blocks = num_blocks;
+        Ok(())
+    }
 }

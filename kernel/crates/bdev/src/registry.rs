@@ -21,6 +21,9 @@ pub enum RegistryError {
     NotFound,
     /// The device still has I/O in flight.
     Busy,
+    /// The device refused a new size (`Unsupported`: not that size,
+    /// `NoMemory`: no memory for it).
+    Resize(IoStatus),
 }
 
 impl fmt::Display for RegistryError {
@@ -29,6 +32,10 @@ impl fmt::Display for RegistryError {
             RegistryError::NameTaken(n) => write!(f, "a bdev named {n} already exists"),
             RegistryError::NotFound => write!(f, "no such bdev"),
             RegistryError::Busy => write!(f, "bdev has I/O in flight"),
+            RegistryError::Resize(IoStatus::Unsupported) => {
+                write!(f, "the bdev cannot take that size")
+            }
+            RegistryError::Resize(s) => write!(f, "cannot resize the bdev: {s}"),
         }
     }
 }
@@ -374,6 +381,22 @@ impl Registry {
         })
     }
 
+    /// Changes a device's capacity to `num_blocks`. Requests already
+    /// accepted finish as they were checked; new ones are checked against
+    /// the new size. Users notice through [`BdevInfo::num_blocks`].
+    pub fn resize(&mut self, id: BdevId, num_blocks: u64) -> Result<(), RegistryError> {
+        let slot = self.slot_mut(id).ok_or(RegistryError::NotFound)?;
+        let info = slot.dev.info();
+        // The size in bytes must stay a u64.
+        if num_blocks == 0 || num_blocks.checked_mul(info.block_size as u64).is_none() {
+            return Err(RegistryError::Resize(IoStatus::Unsupported));
+        }
+        if num_blocks == info.num_blocks {
+            return Ok(());
+        }
+        slot.dev.resize(num_blocks).map_err(RegistryError::Resize)
+    }
+
     /// Sets (or with all zeroes, lifts) the rate limits of a bdev.
     pub fn set_qos(&mut self, id: BdevId, limits: QosLimits) -> Result<(), RegistryError> {
         let slot = self.slot_mut(id).ok_or(RegistryError::NotFound)?;
@@ -716,6 +739,78 @@ mod tests {
         reg.poll(61_000, &mut out);
         assert_eq!(out.len(), 3, "lifting the limit releases the queue");
         assert_eq!(reg.qos(id), QosLimits::default());
+    }
+
+    #[test]
+    fn ram_bdevs_resize() {
+        let mut reg = Registry::new();
+        let m = reg
+            .add(Box::new(MallocBdev::new("Malloc0", 64, 512)))
+            .unwrap();
+        let mut w = IoBuf::new(512);
+        w.as_mut_slice().fill(0xa5);
+        let write = |lba, buf| req(1, IoOp::Write { lba, buf });
+        let read = |lba| {
+            req(
+                2,
+                IoOp::Read {
+                    lba,
+                    buf: IoBuf::new(512),
+                },
+            )
+        };
+        assert!(run(&mut reg, m, write(63, w)).status.is_ok());
+        assert_eq!(run(&mut reg, m, read(64)).status, IoStatus::OutOfRange);
+        reg.resize(m, 200).unwrap();
+        assert_eq!(reg.info(m).unwrap().num_blocks, 200);
+        let c = run(&mut reg, m, read(63));
+        assert!(
+            c.buf.unwrap().as_slice().iter().all(|&b| b == 0xa5),
+            "data kept"
+        );
+        let c = run(&mut reg, m, read(199));
+        assert!(
+            c.buf.unwrap().as_slice().iter().all(|&b| b == 0),
+            "new blocks are zero"
+        );
+        assert_eq!(
+            reg.allocation(m, 60, 140).unwrap(),
+            [(3, false), (1, true), (136, false)]
+        );
+        assert_eq!(
+            reg.resize(m, 100),
+            Err(RegistryError::Resize(IoStatus::Unsupported))
+        );
+        assert_eq!(
+            reg.resize(m, 0),
+            Err(RegistryError::Resize(IoStatus::Unsupported))
+        );
+        assert_eq!(
+            reg.resize(m, 1 << 50),
+            Err(RegistryError::Resize(IoStatus::NoMemory))
+        );
+        assert_eq!(
+            reg.info(m).unwrap().num_blocks,
+            200,
+            "failed resizes change nothing"
+        );
+        reg.resize(m, 200).unwrap();
+        let n = reg.add(Box::new(NullBdev::new("Null0", 64, 4096))).unwrap();
+        reg.resize(n, 8).unwrap();
+        assert_eq!(
+            run(&mut reg, n, req(3, IoOp::Unmap { lba: 8, blocks: 1 })).status,
+            IoStatus::OutOfRange
+        );
+        reg.resize(n, 1 << 40).unwrap();
+        assert_eq!(reg.info(n).unwrap().num_blocks, 1 << 40);
+        assert_eq!(
+            reg.resize(n, u64::MAX / 4096 + 1),
+            Err(RegistryError::Resize(IoStatus::Unsupported)),
+            "bytes overflow"
+        );
+        let stale = n;
+        reg.remove(n).unwrap();
+        assert_eq!(reg.resize(stale, 8), Err(RegistryError::NotFound));
     }
 
     #[test]

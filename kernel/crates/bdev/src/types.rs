@@ -316,6 +316,13 @@ pub trait BlockDevice {
     fn allocation(&self, _lba: u64, _blocks: u64) -> Option<Vec<(u64, bool)>> {
         None
     }
+
+    /// Changes the capacity to `num_blocks` (at least 1; the registry
+    /// checks). `Unsupported` if the device cannot take that size,
+    /// `NoMemory` if a RAM device cannot get the memory.
+    fn resize(&mut self, _num_blocks: u64) -> Result<(), IoStatus> {
+        Err(IoStatus::Unsupported)
+    }
 }
 
 #[cfg(test)]

@@ -10,9 +10,19 @@
 
 extern crate alloc;
 
+pub mod chap;
 pub mod config;
+pub mod conn;
+pub mod login;
+pub mod pdu;
 pub mod scsi;
+mod session;
 pub mod target;
+pub mod text;
+
+#[cfg(test)]
+mod tests;
 
 pub use config::Config;
+pub use conn::{BlockIo, Connection};
 pub use target::{ConnInfo, Target};

@@ -2,7 +2,9 @@
 //! connections, per-LUN state shared by sessions). Connections take it by
 //! `&mut` while they handle input, one at a time.
 
+use crate::chap::Entropy;
 use crate::config::Config;
+use crate::scsi::{LunState, NexusState, UnitAttention};
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -24,10 +26,53 @@ pub struct ConnInfo {
     pub state: &'static str,
 }
 
-#[derive(Debug, Default)]
+/// A session in full feature phase.
+#[derive(Debug)]
+struct SessionRec {
+    id: u64,
+    tsih: u16,
+    isid: [u8; 6],
+    initiator: String,
+    /// Empty for discovery sessions.
+    target: String,
+    conns: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct LunRec {
+    node: String,
+    lun: u64,
+    state: LunState,
+    /// Bumped by LUN and target resets: tasks started before are aborted.
+    epoch: u64,
+}
+
+#[derive(Debug)]
+struct NexusRec {
+    session: u64,
+    lun: u64,
+    state: NexusState,
+}
+
+#[derive(Debug)]
 pub struct Target {
     pub config: Config,
     connections: Vec<ConnInfo>,
+    next_conn: u32,
+    sessions: Vec<SessionRec>,
+    next_session: u64,
+    next_tsih: u16,
+    luns: Vec<LunRec>,
+    nexus: Vec<NexusRec>,
+    /// Connections told to end (session reinstatement, target cold reset).
+    ended: Vec<u32>,
+    entropy: Entropy,
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Target::new(Config::default())
+    }
 }
 
 impl Target {
@@ -35,11 +80,285 @@ impl Target {
         Target {
             config,
             connections: Vec::new(),
+            next_conn: 1,
+            sessions: Vec::new(),
+            next_session: 1,
+            next_tsih: 1,
+            luns: Vec::new(),
+            nexus: Vec::new(),
+            ended: Vec::new(),
+            entropy: Entropy::new(0x1b0b_a1ce_5eed_0001),
         }
     }
 
     /// Live connections.
     pub fn connections(&self) -> &[ConnInfo] {
         &self.connections
+    }
+
+    /// Mixes unpredictability into the CHAP challenge generator. The
+    /// generator is not a CSPRNG: challenges are only as good as the seeds
+    /// (RDRAND or TSC jitter in the kernel, OS randomness when hosted).
+    pub fn seed_entropy(&mut self, seed: u64) {
+        self.entropy.mix(seed);
+    }
+
+    pub(crate) fn entropy(&mut self) -> &mut Entropy {
+        &mut self.entropy
+    }
+
+    pub(crate) fn register(&mut self, mut info: ConnInfo) -> u32 {
+        let id = self.next_conn;
+        self.next_conn = self.next_conn.wrapping_add(1).max(1);
+        info.id = id;
+        self.connections.push(info);
+        id
+    }
+
+    pub(crate) fn update_conn(&mut self, id: u32, f: impl FnOnce(&mut ConnInfo)) {
+        if let Some(c) = self.connections.iter_mut().find(|c| c.id == id) {
+            f(c);
+        }
+    }
+
+    /// The connection is gone: forget it, and its session if it was the last.
+    pub(crate) fn unregister(&mut self, id: u32) {
+        self.connections.retain(|c| c.id != id);
+        self.ended.retain(|&e| e != id);
+        let mut gone = Vec::new();
+        for s in &mut self.sessions {
+            s.conns.retain(|&c| c != id);
+            if s.conns.is_empty() {
+                gone.push(s.id);
+            }
+        }
+        for s in gone {
+            self.drop_session(s);
+        }
+    }
+
+    fn drop_session(&mut self, id: u64) {
+        self.sessions.retain(|s| s.id != id);
+        self.nexus.retain(|n| n.session != id);
+    }
+
+    pub(crate) fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether a session with this TSIH exists for this initiator and ISID.
+    pub(crate) fn session_exists(&self, tsih: u16, initiator: &str, isid: [u8; 6]) -> bool {
+        self.sessions.iter().any(|s| {
+            s.tsih == tsih && s.isid == isid && s.initiator.eq_ignore_ascii_case(initiator)
+        })
+    }
+
+    /// Ends every session with the same initiator, ISID and target
+    /// (session reinstatement): their connections are told to end.
+    pub(crate) fn reinstate(&mut self, initiator: &str, isid: [u8; 6], target: &str) {
+        let old: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|s| {
+                s.isid == isid
+                    && s.initiator.eq_ignore_ascii_case(initiator)
+                    && s.target.eq_ignore_ascii_case(target)
+            })
+            .map(|s| s.id)
+            .collect();
+        for id in old {
+            if let Some(s) = self.sessions.iter().find(|s| s.id == id) {
+                self.ended.extend(s.conns.iter().copied());
+            }
+            self.drop_session(id);
+        }
+    }
+
+    /// A new session for `conn`; returns (session id, TSIH).
+    pub(crate) fn new_session(
+        &mut self,
+        conn: u32,
+        isid: [u8; 6],
+        initiator: &str,
+        target: &str,
+    ) -> (u64, u16) {
+        let mut tsih = self.next_tsih;
+        while tsih == 0 || self.sessions.iter().any(|s| s.tsih == tsih) {
+            tsih = tsih.wrapping_add(1);
+        }
+        self.next_tsih = tsih.wrapping_add(1);
+        let id = self.next_session;
+        self.next_session += 1;
+        self.sessions.push(SessionRec {
+            id,
+            tsih,
+            isid,
+            initiator: initiator.into(),
+            target: target.into(),
+            conns: alloc::vec![conn],
+        });
+        (id, tsih)
+    }
+
+    /// Whether `conn` was told to end.
+    pub(crate) fn should_end(&self, conn: u32) -> bool {
+        self.ended.contains(&conn)
+    }
+
+    /// Tells every connection of every normal session to `node` to end.
+    pub(crate) fn end_node_sessions(&mut self, node: &str, except: u32) {
+        for s in &self.sessions {
+            if s.target.eq_ignore_ascii_case(node) {
+                self.ended
+                    .extend(s.conns.iter().copied().filter(|&c| c != except));
+            }
+        }
+    }
+
+    fn lun_index(&mut self, node: &str, lun: u64) -> usize {
+        match self
+            .luns
+            .iter()
+            .position(|l| l.lun == lun && l.node.eq_ignore_ascii_case(node))
+        {
+            Some(i) => i,
+            None => {
+                self.luns.push(LunRec {
+                    node: node.into(),
+                    lun,
+                    state: LunState::default(),
+                    epoch: 0,
+                });
+                self.luns.len() - 1
+            }
+        }
+    }
+
+    fn nexus_index(&mut self, session: u64, lun: u64) -> usize {
+        match self
+            .nexus
+            .iter()
+            .position(|n| n.session == session && n.lun == lun)
+        {
+            Some(i) => i,
+            None => {
+                self.nexus.push(NexusRec {
+                    session,
+                    lun,
+                    state: NexusState::default(),
+                });
+                self.nexus.len() - 1
+            }
+        }
+    }
+
+    /// The shared LU state and this session's nexus state, for a task.
+    pub(crate) fn lun_states(
+        &mut self,
+        node: &str,
+        lun: u64,
+        session: u64,
+    ) -> (&mut LunState, &mut NexusState) {
+        let l = self.lun_index(node, lun);
+        let n = self.nexus_index(session, lun);
+        (&mut self.luns[l].state, &mut self.nexus[n].state)
+    }
+
+    pub(crate) fn lun_epoch(&self, node: &str, lun: u64) -> u64 {
+        self.luns
+            .iter()
+            .find(|l| l.lun == lun && l.node.eq_ignore_ascii_case(node))
+            .map_or(0, |l| l.epoch)
+    }
+
+    /// A reset of `lun` on `node` by `session`: tasks of other sessions on
+    /// it are aborted (they watch the epoch) and those nexuses get `ua`.
+    pub(crate) fn reset_lun(
+        &mut self,
+        node: &str,
+        lun: u64,
+        session: u64,
+        ua: Option<UnitAttention>,
+    ) {
+        let l = self.lun_index(node, lun);
+        self.luns[l].epoch += 1;
+        let others: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|s| s.id != session && s.target.eq_ignore_ascii_case(node))
+            .map(|s| s.id)
+            .collect();
+        if let Some(ua) = ua {
+            for s in others {
+                let n = self.nexus_index(s, lun);
+                self.nexus[n].state.raise(ua);
+            }
+        }
+    }
+
+    /// Raises `ua` on this session's nexus to `lun`.
+    pub(crate) fn raise(&mut self, session: u64, lun: u64, ua: UnitAttention) {
+        let n = self.nexus_index(session, lun);
+        self.nexus[n].state.raise(ua);
+    }
+
+    /// Forgets LU state for LUNs no longer configured.
+    pub(crate) fn prune_luns(&mut self) {
+        let cfg = &self.config;
+        self.luns.retain(|l| {
+            cfg.node(&l.node)
+                .is_some_and(|n| n.luns.iter().any(|x| x.id == l.lun))
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_tsih_and_reinstatement() {
+        let mut t = Target::default();
+        let c1 = t.register(info());
+        let c2 = t.register(info());
+        assert_ne!(c1, c2);
+        let (s1, tsih1) = t.new_session(c1, [1; 6], "iqn.i", "iqn.t");
+        let (_, tsih2) = t.new_session(c2, [2; 6], "iqn.i", "iqn.t");
+        assert_ne!(tsih1, 0);
+        assert_ne!(tsih1, tsih2);
+        assert!(t.session_exists(tsih1, "IQN.I", [1; 6]));
+        t.raise(s1, 0, UnitAttention::PowerOnReset);
+        t.reinstate("iqn.i", [1; 6], "iqn.t");
+        assert!(t.should_end(c1) && !t.should_end(c2));
+        assert_eq!(t.session_count(), 1);
+        t.unregister(c1);
+        assert!(!t.should_end(c1));
+        assert_eq!(t.connections().len(), 1);
+        t.unregister(c2);
+        assert_eq!(t.session_count(), 0);
+    }
+
+    #[test]
+    fn lun_reset_bumps_the_epoch() {
+        let mut t = Target::default();
+        assert_eq!(t.lun_epoch("n", 0), 0);
+        t.reset_lun("n", 0, 1, Some(UnitAttention::LunReset));
+        assert_eq!(t.lun_epoch("N", 0), 1);
+        assert_eq!(t.lun_epoch("n", 1), 0);
+    }
+
+    fn info() -> ConnInfo {
+        ConnInfo {
+            id: 0,
+            cid: 0,
+            tsih: 0,
+            isid: [0; 6],
+            initiator_name: String::new(),
+            initiator_addr: String::new(),
+            target_name: String::new(),
+            target_addr: String::new(),
+            portal_group_tag: 0,
+            state: "login",
+        }
     }
 }

@@ -17,8 +17,17 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use ironbay_bdev::bench::BenchSpec;
-use ironbay_bdev::{BdevId, BdevOptions, MallocBdev, NullBdev, QosLimits, Registry, Uuid};
+use ironbay_bdev::{
+    BdevId, BdevOptions, IoStatus, MallocBdev, NullBdev, QosLimits, Registry, RegistryError, Uuid,
+};
+use ironbay_iscsi::config::{
+    ChapPolicy, Config, ConfigError, NodeSpec, Options, PgIgMap, Portal, Secret,
+};
+use ironbay_iscsi::{ConnInfo, Target};
 use ironbay_nbd::{Export, Exports};
+
+/// The iSCSI engine's types, for front ends.
+pub use ironbay_iscsi as iscsi;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -51,6 +60,15 @@ impl Error {
 }
 
 pub type Result<T> = core::result::Result<T, Error>;
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        match e {
+            ConfigError::Invalid(m) => Error::params(m),
+            ConfigError::Busy(m) => Error::state(m),
+        }
+    }
+}
 
 /// Hardware the model can attach and detach: the kernel's NVMe and
 /// virtio-blk devices. Addresses are PCI `segment:bus:device.function`.
@@ -88,6 +106,9 @@ pub struct Model<'a> {
     pub devices: Option<&'a mut dyn Devices>,
     /// NBD exports, when the NBD target runs.
     pub nbd: Option<&'a mut Exports>,
+    /// The iSCSI target (its configuration and live connections), when it
+    /// runs.
+    pub iscsi: Option<&'a mut Target>,
     /// Bytes a new RAM bdev may take.
     pub memory_budget: u64,
     /// Set once init ran (always, unless started with init deferred).
@@ -234,11 +255,66 @@ impl Model<'_> {
         Ok(())
     }
 
-    /// Drops exports whose bdev is gone.
+    /// Drops NBD exports and iSCSI LUNs whose bdev is gone (hot removal).
     fn prune_exports(&mut self) {
         if let Some(nbd) = self.nbd.as_deref_mut() {
             nbd.list.retain(|e| self.bdevs.info(e.bdev).is_some());
         }
+        if let Some(t) = self.iscsi.as_deref_mut() {
+            let mut gone: Vec<BdevId> = Vec::new();
+            for l in t.config.nodes.iter().flat_map(|n| &n.luns) {
+                if self.bdevs.info(l.bdev).is_none() && !gone.contains(&l.bdev) {
+                    gone.push(l.bdev);
+                }
+            }
+            for id in gone {
+                t.config.remove_bdev(id);
+            }
+        }
+    }
+
+    /// Changes the size of a RAM bdev: malloc bdevs only grow (within the
+    /// memory budget), null bdevs take any size. NBD exports of it offer the
+    /// new size to new clients; iSCSI sessions see it on their next command.
+    pub fn resize_bdev(&mut self, name: &str, kind: RamKind, num_blocks: u64) -> Result<()> {
+        let id = self.find(name)?;
+        let info = self
+            .bdevs
+            .info(id)
+            .cloned()
+            .ok_or_else(|| Error::params("bdev vanished"))?;
+        if info.product != kind.product() {
+            return Err(Error::params(format!("{name} is not a {}", kind.product())));
+        }
+        if num_blocks == 0 {
+            return Err(Error::params("the new size must be at least one block"));
+        }
+        if kind == RamKind::Malloc {
+            if num_blocks < info.num_blocks {
+                return Err(Error::params(format!(
+                    "{name} has {} blocks; malloc bdevs only grow",
+                    info.num_blocks
+                )));
+            }
+            let extra = (num_blocks - info.num_blocks).saturating_mul(info.block_size as u64);
+            if extra > self.memory_budget {
+                return Err(Error::params(format!(
+                    "{extra} more bytes requested, {} available for RAM bdevs",
+                    self.memory_budget
+                )));
+            }
+        }
+        self.bdevs.resize(id, num_blocks).map_err(|e| match e {
+            RegistryError::Resize(IoStatus::NoMemory) => Error::state(e.to_string()),
+            e => Error::params(e.to_string()),
+        })?;
+        let size = num_blocks * info.block_size as u64;
+        if let Some(nbd) = self.nbd.as_deref_mut() {
+            for e in nbd.list.iter_mut().filter(|e| e.bdev == id) {
+                e.size = size;
+            }
+        }
+        Ok(())
     }
 
     /// Block layer options; the cache can not exceed the pool.
@@ -357,6 +433,151 @@ impl Model<'_> {
             .collect()
     }
 
+    fn target(&mut self) -> Result<&mut Target> {
+        self.iscsi
+            .as_deref_mut()
+            .ok_or_else(|| Error::state("the iSCSI target is not running"))
+    }
+
+    fn iscsi_mut(&mut self) -> Result<&mut Config> {
+        Ok(&mut self.target()?.config)
+    }
+
+    /// The iSCSI configuration, when the target runs.
+    pub fn iscsi_config(&self) -> Option<&Config> {
+        self.iscsi.as_deref().map(|t| &t.config)
+    }
+
+    /// Live iSCSI connections (none when the target does not run).
+    pub fn iscsi_connections(&self) -> &[ConnInfo] {
+        self.iscsi.as_deref().map_or(&[], |t| t.connections())
+    }
+
+    /// Global iSCSI options, and the discovery CHAP policy if given. SPDK
+    /// takes them only before init; here sessions read them at login, so
+    /// like the bdev layer options they may change at any time.
+    pub fn iscsi_set_options(
+        &mut self,
+        options: Options,
+        discovery: Option<ChapPolicy>,
+    ) -> Result<()> {
+        let c = self.iscsi_mut()?;
+        if let Some(d) = &discovery {
+            d.check()?;
+        }
+        c.set_options(options)?;
+        if let Some(d) = discovery {
+            c.set_discovery_auth(d)?;
+        }
+        Ok(())
+    }
+
+    pub fn iscsi_set_discovery_auth(&mut self, chap: ChapPolicy) -> Result<()> {
+        Ok(self.iscsi_mut()?.set_discovery_auth(chap)?)
+    }
+
+    pub fn iscsi_create_auth_group(&mut self, tag: u32, secrets: Vec<Secret>) -> Result<()> {
+        Ok(self.iscsi_mut()?.create_auth_group(tag, secrets)?)
+    }
+
+    pub fn iscsi_delete_auth_group(&mut self, tag: u32) -> Result<()> {
+        Ok(self.iscsi_mut()?.delete_auth_group(tag)?)
+    }
+
+    pub fn iscsi_add_secret(&mut self, tag: u32, secret: Secret) -> Result<()> {
+        Ok(self.iscsi_mut()?.add_secret(tag, secret)?)
+    }
+
+    pub fn iscsi_remove_secret(&mut self, tag: u32, user: &str) -> Result<()> {
+        Ok(self.iscsi_mut()?.remove_secret(tag, user)?)
+    }
+
+    pub fn iscsi_create_portal_group(
+        &mut self,
+        tag: u32,
+        portals: Vec<Portal>,
+        private: bool,
+    ) -> Result<()> {
+        Ok(self
+            .iscsi_mut()?
+            .create_portal_group(tag, portals, private)?)
+    }
+
+    pub fn iscsi_delete_portal_group(&mut self, tag: u32) -> Result<()> {
+        Ok(self.iscsi_mut()?.delete_portal_group(tag)?)
+    }
+
+    pub fn iscsi_create_initiator_group(
+        &mut self,
+        tag: u32,
+        initiators: Vec<String>,
+        netmasks: Vec<String>,
+    ) -> Result<()> {
+        Ok(self
+            .iscsi_mut()?
+            .create_initiator_group(tag, initiators, netmasks)?)
+    }
+
+    pub fn iscsi_delete_initiator_group(&mut self, tag: u32) -> Result<()> {
+        Ok(self.iscsi_mut()?.delete_initiator_group(tag)?)
+    }
+
+    pub fn iscsi_add_initiators(
+        &mut self,
+        tag: u32,
+        initiators: Vec<String>,
+        netmasks: Vec<String>,
+    ) -> Result<()> {
+        Ok(self
+            .iscsi_mut()?
+            .add_initiators(tag, initiators, netmasks)?)
+    }
+
+    pub fn iscsi_remove_initiators(
+        &mut self,
+        tag: u32,
+        initiators: &[String],
+        netmasks: &[String],
+    ) -> Result<()> {
+        Ok(self
+            .iscsi_mut()?
+            .remove_initiators(tag, initiators, netmasks)?)
+    }
+
+    /// Creates a target node on existing bdevs; returns its full name.
+    pub fn iscsi_create_target_node(&mut self, spec: NodeSpec) -> Result<String> {
+        let t = self
+            .iscsi
+            .as_deref_mut()
+            .ok_or_else(|| Error::state("the iSCSI target is not running"))?;
+        Ok(t.config.create_target_node(spec, self.bdevs)?)
+    }
+
+    pub fn iscsi_delete_target_node(&mut self, name: &str) -> Result<()> {
+        Ok(self.iscsi_mut()?.delete_target_node(name)?)
+    }
+
+    /// Adds a LUN (`id` `None`: the lowest free one); returns its id.
+    pub fn iscsi_add_lun(&mut self, node: &str, bdev: &str, id: Option<u64>) -> Result<u64> {
+        let t = self
+            .iscsi
+            .as_deref_mut()
+            .ok_or_else(|| Error::state("the iSCSI target is not running"))?;
+        Ok(t.config.add_lun(node, bdev, id, self.bdevs)?)
+    }
+
+    pub fn iscsi_add_pg_ig_maps(&mut self, node: &str, maps: &[PgIgMap]) -> Result<()> {
+        Ok(self.iscsi_mut()?.add_pg_ig_maps(node, maps)?)
+    }
+
+    pub fn iscsi_remove_pg_ig_maps(&mut self, node: &str, maps: &[PgIgMap]) -> Result<()> {
+        Ok(self.iscsi_mut()?.remove_pg_ig_maps(node, maps)?)
+    }
+
+    pub fn iscsi_set_node_auth(&mut self, node: &str, chap: ChapPolicy) -> Result<()> {
+        Ok(self.iscsi_mut()?.set_node_auth(node, chap)?)
+    }
+
     /// Ends the deferred start: the caller applies what waited for it.
     pub fn start_init(&mut self) -> Result<()> {
         if *self.initialized {
@@ -416,6 +637,7 @@ mod tests {
             bdevs: &mut reg,
             devices: None,
             nbd: Some(&mut exports),
+            iscsi: None,
             memory_budget: budget,
             initialized: &mut init,
             shutdown: &mut down,
@@ -520,6 +742,7 @@ mod tests {
             bdevs: &mut reg,
             devices: None,
             nbd: Some(&mut exports),
+            iscsi: None,
             memory_budget: 1 << 20,
             initialized: &mut init,
             shutdown: &mut down,
@@ -552,5 +775,156 @@ mod tests {
         m.start_init().unwrap();
         m.request_shutdown();
         assert!(init && down && slot.is_some());
+    }
+
+    fn with_iscsi(f: impl FnOnce(&mut Model<'_>)) -> (Registry, Exports, Target) {
+        let mut reg = Registry::new();
+        let mut exports = Exports::default();
+        let mut target = Target::default();
+        let (mut init, mut down) = (true, false);
+        let mut m = Model {
+            bdevs: &mut reg,
+            devices: None,
+            nbd: Some(&mut exports),
+            iscsi: Some(&mut target),
+            memory_budget: 1 << 20,
+            initialized: &mut init,
+            shutdown: &mut down,
+            bench: None,
+        };
+        f(&mut m);
+        (reg, exports, target)
+    }
+
+    fn node(name: &str, luns: &[(&str, Option<u64>)]) -> NodeSpec {
+        NodeSpec {
+            name: name.into(),
+            luns: luns
+                .iter()
+                .map(|(b, id)| ironbay_iscsi::config::LunSpec {
+                    bdev_name: b.to_string(),
+                    id: *id,
+                    read_only: false,
+                })
+                .collect(),
+            pg_ig_maps: alloc::vec![PgIgMap {
+                pg_tag: 1,
+                ig_tag: 1
+            }],
+            queue_depth: 16,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn iscsi_nodes_follow_their_bdevs() {
+        let (reg, exports, target) = with_iscsi(|m| {
+            m.create_ram_bdev(ram(RamKind::Malloc, Some("M"), 64, 512))
+                .unwrap();
+            m.create_ram_bdev(ram(RamKind::Null, Some("N"), 64, 512))
+                .unwrap();
+            m.iscsi_create_portal_group(
+                1,
+                alloc::vec![Portal {
+                    host: "127.0.0.1".into(),
+                    port: 3260
+                }],
+                false,
+            )
+            .unwrap();
+            m.iscsi_create_initiator_group(1, alloc::vec!["ANY".into()], alloc::vec!["ANY".into()])
+                .unwrap();
+            let name = m
+                .iscsi_create_target_node(node("disk1", &[("M", Some(0)), ("N", None)]))
+                .unwrap();
+            assert_eq!(name, "iqn.2016-06.io.spdk:disk1");
+            assert_eq!(m.iscsi_add_lun("disk1", "N", None).unwrap(), 2);
+            let e = m
+                .iscsi_create_target_node(node("disk2", &[("X", None)]))
+                .unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidParams);
+            assert!(e.message.contains("bdev X"), "{e:?}");
+            let e = m.iscsi_delete_portal_group(1).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidState, "mapped");
+            let generation = m.iscsi_config().unwrap().generation;
+            m.delete_bdev("N", RamKind::Null).unwrap();
+            let c = m.iscsi_config().unwrap();
+            assert!(c.generation > generation);
+            let luns: Vec<&str> = c.nodes[0]
+                .luns
+                .iter()
+                .map(|l| l.bdev_name.as_str())
+                .collect();
+            assert_eq!(luns, ["M"], "LUNs on the deleted bdev went");
+            assert!(m.iscsi_connections().is_empty());
+            let mut o = c.options.clone();
+            o.max_queue_depth = 8;
+            let e = m
+                .iscsi_set_options(o.clone(), Some(ChapPolicy::default()))
+                .unwrap_err();
+            assert!(e.message.contains("below the queue depth"), "{e:?}");
+            o.max_queue_depth = 16;
+            let bad = ChapPolicy {
+                mutual: true,
+                ..Default::default()
+            };
+            assert!(m.iscsi_set_options(o.clone(), Some(bad)).is_err());
+            assert_eq!(
+                m.iscsi_config().unwrap().options.max_queue_depth,
+                64,
+                "untouched"
+            );
+            let chap = ChapPolicy {
+                require: true,
+                group: 3,
+                ..Default::default()
+            };
+            m.iscsi_set_options(o, Some(chap.clone())).unwrap();
+            assert_eq!(m.iscsi_config().unwrap().discovery_auth, chap);
+        });
+        assert_eq!(reg.ids().count(), 1);
+        assert_eq!(exports.list.len(), 1);
+        assert_eq!(target.config.nodes.len(), 1);
+        assert_eq!(target.config.options.max_queue_depth, 16);
+    }
+
+    #[test]
+    fn iscsi_needs_a_running_target() {
+        with_model(1 << 20, |m| {
+            assert!(m.iscsi_config().is_none());
+            assert!(m.iscsi_connections().is_empty());
+            let e = m.iscsi_create_auth_group(1, Vec::new()).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidState);
+            let e = m.iscsi_create_target_node(node("d", &[])).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidState);
+        });
+    }
+
+    #[test]
+    fn ram_bdevs_resize() {
+        let (reg, exports, _) = with_iscsi(|m| {
+            m.create_ram_bdev(ram(RamKind::Malloc, Some("M"), 64, 512))
+                .unwrap();
+            m.create_ram_bdev(ram(RamKind::Null, Some("N"), 64, 4096))
+                .unwrap();
+            m.resize_bdev("M", RamKind::Malloc, 128).unwrap();
+            m.resize_bdev("N", RamKind::Null, 1 << 30).unwrap();
+            m.resize_bdev("N", RamKind::Null, 8).unwrap();
+            for (name, kind, blocks, why) in [
+                ("M", RamKind::Malloc, 64, "only grow"),
+                ("M", RamKind::Malloc, 1 << 20, "available"),
+                ("M", RamKind::Null, 256, "not a Null disk"),
+                ("N", RamKind::Null, 0, "at least one block"),
+                ("N", RamKind::Null, u64::MAX, "cannot take that size"),
+                ("X", RamKind::Null, 8, "does not exist"),
+            ] {
+                let e = m.resize_bdev(name, kind, blocks).unwrap_err();
+                assert!(e.message.contains(why), "{e:?} lacks {why}");
+            }
+        });
+        let size = |n: &str| reg.info(reg.find(n).unwrap()).unwrap().size_bytes();
+        assert_eq!((size("M"), size("N")), (128 * 512, 8 * 4096));
+        let sizes: Vec<u64> = exports.list.iter().map(|e| e.size).collect();
+        assert_eq!(sizes, [128 * 512, 8 * 4096], "exports offer the new size");
     }
 }

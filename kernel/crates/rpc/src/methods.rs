@@ -7,6 +7,8 @@ use ironbay_bdev::{IoType, Uuid};
 use ironbay_model::{Model, RamBdev, RamKind};
 use serde_json::{Map, Value, json};
 
+mod iscsi;
+
 /// JSON-RPC error codes as SPDK uses them.
 pub mod code {
     pub const INVALID_STATE: i64 = -1;
@@ -75,6 +77,7 @@ pub static METHODS: &[Method] = table![
     "bdev_malloc_delete" ["delete_malloc_bdev"] (false, true) => |m, p| bdev_delete(m, p, RamKind::Malloc),
     "bdev_null_create" ["construct_null_bdev"] (false, true) => |m, p| bdev_create(m, p, RamKind::Null),
     "bdev_null_delete" ["delete_null_bdev"] (false, true) => |m, p| bdev_delete(m, p, RamKind::Null),
+    "bdev_null_resize" [] (false, true) => bdev_null_resize,
     "bdev_set_options" ["set_bdev_options"] BOTH => bdev_set_options,
     "bdev_set_qos_limit" ["set_bdev_qos_limit"] (false, true) => bdev_set_qos_limit,
     "bdev_nvme_attach_controller" ["construct_nvme_bdev"] (false, true) => bdev_nvme_attach_controller,
@@ -84,6 +87,31 @@ pub static METHODS: &[Method] = table![
     "nbd_get_disks" ["get_nbd_disks"] (false, true) => nbd_get_disks,
     "nbd_start_disk" ["start_nbd_disk"] (false, true) => nbd_start_disk,
     "nbd_stop_disk" ["stop_nbd_disk"] (false, true) => nbd_stop_disk,
+    "iscsi_set_options" ["set_iscsi_options"] BOTH => iscsi::set_options,
+    "iscsi_get_options" ["get_iscsi_global_params"] (false, true) => iscsi::get_options,
+    "iscsi_set_discovery_auth" ["set_iscsi_discovery_auth"] (false, true) => iscsi::set_discovery_auth,
+    "iscsi_create_auth_group" ["add_iscsi_auth_group"] (false, true) => iscsi::create_auth_group,
+    "iscsi_delete_auth_group" ["delete_iscsi_auth_group"] (false, true) => iscsi::delete_auth_group,
+    "iscsi_auth_group_add_secret" ["add_secret_to_iscsi_auth_group"] (false, true) => iscsi::add_secret,
+    "iscsi_auth_group_remove_secret" ["delete_secret_from_iscsi_auth_group"] (false, true) => iscsi::remove_secret,
+    "iscsi_get_auth_groups" ["get_iscsi_auth_groups"] (false, true) => iscsi::get_auth_groups,
+    "iscsi_create_portal_group" ["add_portal_group"] (false, true) => iscsi::create_portal_group,
+    "iscsi_start_portal_group" [] (false, true) => iscsi::start_portal_group,
+    "iscsi_delete_portal_group" ["delete_portal_group"] (false, true) => iscsi::delete_portal_group,
+    "iscsi_get_portal_groups" ["get_portal_groups"] (false, true) => iscsi::get_portal_groups,
+    "iscsi_create_initiator_group" ["add_initiator_group"] (false, true) => iscsi::create_initiator_group,
+    "iscsi_delete_initiator_group" ["delete_initiator_group"] (false, true) => iscsi::delete_initiator_group,
+    "iscsi_initiator_group_add_initiators" ["add_initiators_to_initiator_group"] (false, true) => iscsi::add_initiators,
+    "iscsi_initiator_group_remove_initiators" ["delete_initiators_from_initiator_group"] (false, true) => iscsi::remove_initiators,
+    "iscsi_get_initiator_groups" ["get_initiator_groups"] (false, true) => iscsi::get_initiator_groups,
+    "iscsi_create_target_node" ["construct_target_node"] (false, true) => iscsi::create_target_node,
+    "iscsi_delete_target_node" ["delete_target_node"] (false, true) => iscsi::delete_target_node,
+    "iscsi_target_node_add_lun" ["target_node_add_lun"] (false, true) => iscsi::add_lun,
+    "iscsi_target_node_add_pg_ig_maps" ["add_pg_ig_maps"] (false, true) => iscsi::add_pg_ig_maps,
+    "iscsi_target_node_remove_pg_ig_maps" ["delete_pg_ig_maps"] (false, true) => iscsi::remove_pg_ig_maps,
+    "iscsi_target_node_set_auth" ["set_iscsi_target_node_auth"] (false, true) => iscsi::set_node_auth,
+    "iscsi_get_target_nodes" ["get_target_nodes"] (false, true) => iscsi::get_target_nodes,
+    "iscsi_get_connections" ["get_iscsi_connections"] (false, true) => iscsi::get_connections,
     "spdk_kill_instance" ["kill_instance"] BOTH => spdk_kill_instance,
     "bdevperf_run" ["perform_tests"] (false, true) => bdevperf_run,
 ];
@@ -156,6 +184,7 @@ fn framework_get_subsystems(_: &mut Model<'_>, p: &Map<String, Value>) -> Result
     Ok(json!([
         { "subsystem": "bdev", "depends_on": [] },
         { "subsystem": "nbd", "depends_on": ["bdev"] },
+        { "subsystem": "iscsi", "depends_on": ["bdev"] },
     ]))
 }
 
@@ -192,10 +221,12 @@ fn framework_get_config(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Val
     match opt_name(p)? {
         Some("bdev") => Ok(Value::Array(bdev_config(m))),
         Some("nbd") => Ok(Value::Array(Vec::new())),
+        Some("iscsi") => Ok(Value::Array(iscsi::config(m))),
         Some(other) => Err(RpcError::params(format!("no subsystem named {other}"))),
         None => Ok(json!({ "subsystems": [
             { "subsystem": "bdev", "config": bdev_config(m) },
             { "subsystem": "nbd", "config": [] },
+            { "subsystem": "iscsi", "config": iscsi::config(m) },
         ]})),
     }
 }
@@ -453,6 +484,22 @@ fn bdev_delete(
     only(p, &["name"])?;
     let name = opt_name(p)?.ok_or_else(|| RpcError::params("missing `name`"))?;
     m.delete_bdev(name, kind)?;
+    Ok(Value::Bool(true))
+}
+
+/// SPDK's null bdev resize: `new_size` in MiB (whole blocks of it). Here
+/// a null bdev may shrink as well as grow.
+fn bdev_null_resize(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
+    only(p, &["name", "new_size"])?;
+    let name = str_param(p, "name")?;
+    let mib = u64_param(p, "new_size")?;
+    let info = m.bdevs.info(find(m, name)?).cloned();
+    let block_size = info.map_or(512, |i| i.block_size as u64);
+    let blocks = mib
+        .checked_mul(1 << 20)
+        .map(|b| b / block_size)
+        .ok_or_else(|| RpcError::params("`new_size` too large"))?;
+    m.resize_bdev(name, RamKind::Null, blocks)?;
     Ok(Value::Bool(true))
 }
 

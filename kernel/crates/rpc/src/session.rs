@@ -231,6 +231,7 @@ mod tests {
                 bdevs: &mut self.reg,
                 devices: None,
                 nbd: None,
+                iscsi: None,
                 memory_budget: 1 << 30,
                 initialized: &mut self.init,
                 shutdown: &mut self.down,

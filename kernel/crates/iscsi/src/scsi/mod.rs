@@ -6,13 +6,56 @@
 //! 2. if [`Task::data_out_len`] is non-zero, the transport moves the
 //!    initiator's data in with [`Task::write_data_out`] (any order of
 //!    offsets) and then calls [`Task::data_out_done`];
-//! 3. every [`Task::poll_io`] is started on the bdev layer and its
-//!    completion given back with [`Task::handle_completion`];
-//! 4. once [`Task::is_done`], [`Task::take_response`] gives status, sense
+//! 3. if [`Task::wants_allocation`] asks for it (GET LBA STATUS), the
+//!    transport looks the range up in the bdev registry and hands the runs
+//!    to [`Task::handle_allocation`];
+//! 4. every [`Task::poll_io`] is started on the bdev layer and its
+//!    completion given back with [`Task::handle_completion`]; `poll_io` is
+//!    called again after every completion (a task keeps a bounded number
+//!    of I/Os in flight and a COMPARE AND WRITE may wait for the LU's
+//!    lock, see [`Task::is_blocked`]);
+//! 5. once [`Task::is_done`], [`Task::take_response`] gives status, sense
 //!    and the data-in buffers.
+//!
+//! Data-in is the full amount the CDB asks for (truncated to its
+//! allocation length); the transport trims it to the initiator's expected
+//! length and reports residuals. For data-out the transport passes the
+//! expected length to [`Task::new`]: when it is shorter than the CDB asks
+//! for, a block command runs on the whole blocks that arrive (or fails
+//! with INVALID FIELD IN COMMAND INFORMATION UNIT if that is not a whole
+//! number of blocks); [`Task::cdb_out_len`] gives the CDB's own length for
+//! the residual.
+//!
+//! Thin provisioning is reported (LBPME, LBPRZ, UNMAP, WRITE SAME with
+//! UNMAP) when the bdev can unmap, on the understanding that unmapped
+//! blocks of an ironbay bdev read as zeroes. WRITE SAME with the UNMAP bit
+//! unmaps whatever the data block holds, as SBC allows.
+//!
+//! Not done here: protection information, persistent and SPC-2
+//! reservations, ORWRITE, XCOPY and removable media commands (all answer
+//! INVALID COMMAND OPERATION CODE). COMPARE AND WRITE holds a per-LU lock
+//! against other COMPARE AND WRITEs only; plain writes to the same blocks
+//! are not held off.
 
+mod cdb;
+mod io;
+mod sbc;
+pub mod sense;
+mod spc;
+#[cfg(test)]
+mod tests;
+
+use alloc::sync::Arc;
+use alloc::vec;
 use alloc::vec::Vec;
-use ironbay_bdev::{BdevId, BdevInfo, IoBuf, IoCompletion, IoOp};
+use cdb::{Cdb, op};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use io::{DataOut, Keep, Phase, io_failure};
+use ironbay_bdev::{BdevId, BdevInfo, IoBuf, IoCompletion, IoOp, IoType};
+use sbc::lba_len;
+pub use sense::Sense;
+use sense::{asc, key};
+pub use spc::{decode_lun, encode_lun};
 
 /// SCSI status codes (SAM-5).
 pub mod status {
@@ -24,6 +67,25 @@ pub mod status {
     pub const TASK_SET_FULL: u8 = 0x28;
     pub const TASK_ABORTED: u8 = 0x40;
 }
+
+/// Largest data transfer of one command (block limits MAXIMUM TRANSFER
+/// LENGTH); larger ones are refused before any memory is allocated.
+pub const MAX_TRANSFER_BYTES: usize = 8 << 20;
+/// MAXIMUM WRITE SAME LENGTH in blocks.
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 0xffff;
+/// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
+pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+/// Most blocks one GET LBA STATUS looks at (the allocation map walk).
+pub const LBA_STATUS_SPAN: u64 = 1 << 20;
+/// MAXIMUM COMPARE AND WRITE LENGTH (the CDB field is one byte).
+const MAX_CAW_BLOCKS: u64 = 255;
+/// I/Os one task keeps in flight.
+const MAX_IN_FLIGHT: usize = 32;
+/// WRITE SAME buffers: size and how many are out at once.
+const FILL_CHUNK_BYTES: u64 = 1 << 20;
+const FILL_IN_FLIGHT: usize = 4;
+/// GET LBA STATUS descriptors in one answer.
+const MAX_LBA_STATUS_DESCRIPTORS: usize = 4096;
 
 /// The logical unit a command addresses, as the transport sees it now.
 pub struct LunRef<'a> {
@@ -42,19 +104,51 @@ pub struct LunRef<'a> {
 }
 
 /// Per logical unit state shared by all sessions.
+///
+/// Tasks keep a handle on it after [`Task::new`] (MODE SELECT applies its
+/// changes once the data-out has arrived; COMPARE AND WRITE holds the LU
+/// lock), so the inside is reference counted.
 #[derive(Debug, Default)]
-pub struct LunState {}
+pub struct LunState {
+    inner: Arc<LuShared>,
+}
+
+#[derive(Debug, Default)]
+struct LuShared {
+    /// Write cache setting from MODE SELECT: 0 the bdev's own, 1 off, 2 on.
+    wce: AtomicU8,
+    /// Bumped by every MODE SELECT that changes something.
+    mode_gen: AtomicU64,
+    /// Held by the COMPARE AND WRITE running on this LU.
+    caw: AtomicBool,
+}
+
+impl LunState {
+    /// Whether writes may sit in the bdev's volatile cache (caching mode
+    /// page WCE), for a bdev with `info`.
+    pub fn write_cache_enabled(&self, info: &BdevInfo) -> bool {
+        info.write_cache && self.inner.wce.load(Ordering::Relaxed) != 1
+    }
+}
 
 /// Per I_T_L nexus state.
 #[derive(Debug, Default)]
-pub struct NexusState {}
+pub struct NexusState {
+    pending: Vec<UnitAttention>,
+    /// Mode generation this nexus has been told about.
+    mode_seen: Arc<AtomicU64>,
+    mode_synced: bool,
+    /// Capacity (blocks, block size) the nexus last saw.
+    capacity: Option<(u64, u32)>,
+}
 
 /// Why a unit attention is raised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnitAttention {
     /// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29h/00h).
     PowerOnReset,
-    /// LOGICAL UNIT RESET by another nexus (29h/03h... per SAM).
+    /// LOGICAL UNIT RESET by another nexus: BUS DEVICE RESET FUNCTION
+    /// OCCURRED (29h/03h).
     LunReset,
     /// CAPACITY DATA HAS CHANGED (2Ah/09h).
     CapacityChanged,
@@ -64,10 +158,55 @@ pub enum UnitAttention {
     ModeParametersChanged,
 }
 
+impl UnitAttention {
+    pub fn sense(self) -> Sense {
+        let code = match self {
+            UnitAttention::PowerOnReset => asc::POWER_ON_RESET,
+            UnitAttention::LunReset => asc::BUS_DEVICE_RESET,
+            UnitAttention::CapacityChanged => asc::CAPACITY_DATA_CHANGED,
+            UnitAttention::ReportedLunsChanged => asc::REPORTED_LUNS_CHANGED,
+            UnitAttention::ModeParametersChanged => asc::MODE_PARAMETERS_CHANGED,
+        };
+        Sense::new(key::UNIT_ATTENTION, code)
+    }
+}
+
 impl NexusState {
-    /// Queues a unit attention for this nexus.
+    /// Queues a unit attention for this nexus (once: one already pending
+    /// is not queued again, which also bounds the queue).
     pub fn raise(&mut self, ua: UnitAttention) {
-        let _ = ua;
+        if !self.pending.contains(&ua) {
+            self.pending.push(ua);
+        }
+    }
+
+    /// Unit attentions not reported yet, oldest first.
+    pub fn pending(&self) -> &[UnitAttention] {
+        &self.pending
+    }
+
+    /// Drops every pending unit attention.
+    pub fn clear(&mut self) {
+        self.pending.clear();
+    }
+
+    fn pop(&mut self) -> Option<UnitAttention> {
+        (!self.pending.is_empty()).then(|| self.pending.remove(0))
+    }
+
+    /// Notices capacity and mode page changes made elsewhere.
+    fn sync(&mut self, info: &BdevInfo, lu: &LuShared) {
+        let cap = (info.num_blocks, info.block_size);
+        if self.capacity.is_some_and(|c| c != cap) {
+            self.raise(UnitAttention::CapacityChanged);
+        }
+        self.capacity = Some(cap);
+        let generation = lu.mode_gen.load(Ordering::Relaxed);
+        let seen = self.mode_seen.swap(generation, Ordering::Relaxed);
+        if self.mode_synced && seen != generation {
+            self.raise(UnitAttention::ModeParametersChanged);
+        }
+        self.mode_synced = true;
     }
 }
 
@@ -85,57 +224,816 @@ impl Response {
     pub fn data_len(&self) -> usize {
         self.data.iter().map(|b| b.len()).sum()
     }
+
+    /// CHECK CONDITION with fixed format sense data.
+    pub fn check_condition(key: u8, asc: u8, ascq: u8) -> Response {
+        Response::from_sense(&Sense::new(key, (asc, ascq)))
+    }
+
+    pub fn from_sense(s: &Sense) -> Response {
+        Response {
+            status: status::CHECK_CONDITION,
+            sense: s.to_fixed(),
+            data: Vec::new(),
+        }
+    }
+}
+
+/// What the LU looks like to a task.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Geo {
+    pub bs: u64,
+    pub num_blocks: u64,
+    /// Blocks per data I/O (the bdev's largest transfer).
+    pub chunk_blocks: u64,
+    /// Blocks per command (MAXIMUM TRANSFER LENGTH).
+    pub max_xfer_blocks: u64,
+    pub unmap: bool,
+    pub write_zeroes: bool,
+    pub flush: bool,
+    pub max_unmap_op: u64,
+    pub max_zeroes_op: u64,
+    pub read_only: bool,
+    /// The bdev has a volatile write cache.
+    pub cache: bool,
+}
+
+impl Geo {
+    fn new(info: &BdevInfo, read_only: bool) -> Geo {
+        let bs = (info.block_size as u64).max(1);
+        let max_xfer_blocks = (MAX_TRANSFER_BYTES as u64 / bs).max(1);
+        Geo {
+            bs,
+            num_blocks: info.num_blocks,
+            chunk_blocks: (info.max_transfer as u64 / bs).clamp(1, max_xfer_blocks),
+            max_xfer_blocks,
+            unmap: info.io_types.contains(IoType::Unmap),
+            write_zeroes: info.io_types.contains(IoType::WriteZeroes),
+            flush: info.io_types.contains(IoType::Flush),
+            max_unmap_op: (info.max_unmap_blocks as u64).max(1),
+            max_zeroes_op: (info.max_write_zeroes_blocks as u64).max(1),
+            read_only: read_only || info.read_only,
+            cache: info.write_cache,
+        }
+    }
+
+    pub fn max_caw_blocks(&self) -> u64 {
+        MAX_CAW_BLOCKS.min(self.max_xfer_blocks)
+    }
+
+    fn check_range(&self, lba: u64, blocks: u64) -> Result<(), Sense> {
+        match lba.checked_add(blocks) {
+            Some(end) if end <= self.num_blocks => Ok(()),
+            _ => Err(Sense::lba_out_of_range()),
+        }
+    }
+}
+
+/// How a command ended, when not with GOOD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    Check(Sense),
+    Status(u8),
+}
+
+impl From<Sense> for Failure {
+    fn from(s: Sense) -> Failure {
+        Failure::Check(s)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cmp {
+    None,
+    /// Data-out holds every block.
+    Full,
+    /// Data-out holds one block, compared with each.
+    One,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Cmd {
+    None,
+    Read,
+    Write {
+        lba: u64,
+        blocks: u64,
+        fua: bool,
+        /// WRITE AND VERIFY: read back after writing, comparing if true.
+        verify: Option<bool>,
+    },
+    Verify {
+        lba: u64,
+        blocks: u64,
+        cmp: Cmp,
+    },
+    CompareAndWrite {
+        lba: u64,
+        blocks: u64,
+        fua: bool,
+    },
+    WriteSame {
+        lba: u64,
+        blocks: u64,
+        fua: bool,
+        unmap: bool,
+    },
+    Unmap,
+    ModeSelect {
+        ten: bool,
+    },
+    Flush,
+    LbaStatus {
+        lba: u64,
+        blocks: u64,
+        alloc: usize,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Result known; I/O may still be draining.
+    Done,
+    DataOut,
+    /// COMPARE AND WRITE waiting for the LU lock.
+    Lock,
+    /// GET LBA STATUS waiting for the allocation map.
+    Allocation,
+    /// Running I/O phase n of the command.
+    Io(u8),
 }
 
 /// One SCSI command.
-pub struct Task {}
+pub struct Task {
+    stage: Stage,
+    cmd: Cmd,
+    geo: Geo,
+    /// Result once known.
+    status: u8,
+    sense: Option<Sense>,
+    data: Vec<IoBuf>,
+    taken: bool,
+    dout: DataOut,
+    cdb_out: usize,
+    /// The I/O phase in progress, its next piece and the pieces in flight
+    /// by sub-tag.
+    phase: Phase,
+    next_piece: u64,
+    slots: Vec<Option<u64>>,
+    in_flight: usize,
+    limit: usize,
+    error: Option<Failure>,
+    aborted: bool,
+    /// Read data kept for data-in, by piece.
+    din: Vec<Option<IoBuf>>,
+    /// Lowest byte offset of a miscompare.
+    miscompare: Option<u64>,
+    /// WRITE SAME block and the buffers that came back for reuse.
+    pattern: Vec<u8>,
+    pool: Vec<IoBuf>,
+    lu: Option<Arc<LuShared>>,
+    nexus_mode: Option<Arc<AtomicU64>>,
+    caw_held: bool,
+}
 
 impl Task {
+    fn empty() -> Task {
+        Task {
+            stage: Stage::Done,
+            cmd: Cmd::None,
+            geo: Geo::default(),
+            status: status::GOOD,
+            sense: None,
+            data: Vec::new(),
+            taken: false,
+            dout: DataOut::default(),
+            cdb_out: 0,
+            phase: Phase::Idle,
+            next_piece: 0,
+            slots: Vec::new(),
+            in_flight: 0,
+            limit: MAX_IN_FLIGHT,
+            error: None,
+            aborted: false,
+            din: Vec::new(),
+            miscompare: None,
+            pattern: Vec::new(),
+            pool: Vec::new(),
+            lu: None,
+            nexus_mode: None,
+            caw_held: false,
+        }
+    }
+
     /// Parses `cdb` for `lun` (`None`: the LUN does not exist; REPORT LUNS,
     /// INQUIRY and REQUEST SENSE still answer). `luns` lists the LUN numbers
     /// the nexus sees, for REPORT LUNS. `expected_out` is the initiator's
-    /// expected data-out length (iSCSI EDTL for writes).
+    /// expected data-out length (iSCSI EDTL for writes, 0 otherwise).
     pub fn new(cdb: &[u8], lun: Option<LunRef<'_>>, luns: &[u64], expected_out: u32) -> Task {
-        let _ = (cdb, lun, luns, expected_out);
-        Task {}
+        let mut t = Task::empty();
+        let c = Cdb(cdb);
+        if cdb.is_empty() {
+            t.fail(Sense::illegal(asc::INVALID_OPCODE));
+            return t;
+        }
+        let opcode = c.opcode();
+        let Some(lun) = lun else {
+            match opcode {
+                op::INQUIRY => t.inquiry(c, None),
+                op::REPORT_LUNS => t.report_luns(c, luns),
+                op::REQUEST_SENSE => {
+                    let s = Sense::illegal(asc::LU_NOT_SUPPORTED);
+                    t.request_sense(c, Some(s))
+                }
+                _ => t.fail(Sense::illegal(asc::LU_NOT_SUPPORTED)),
+            }
+            return t;
+        };
+        t.geo = Geo::new(lun.info, lun.read_only);
+        lun.nexus.sync(lun.info, &lun.shared.inner);
+        match opcode {
+            op::INQUIRY => {
+                t.inquiry(c, Some(&lun));
+                return t;
+            }
+            op::REPORT_LUNS => {
+                lun.nexus
+                    .pending
+                    .retain(|&u| u != UnitAttention::ReportedLunsChanged);
+                t.report_luns(c, luns);
+                return t;
+            }
+            op::REQUEST_SENSE => {
+                let ua = lun.nexus.pop().map(UnitAttention::sense);
+                t.request_sense(c, ua);
+                return t;
+            }
+            _ => {}
+        }
+        if let Some(ua) = lun.nexus.pop() {
+            t.fail(ua.sense());
+            return t;
+        }
+        t.lu = Some(lun.shared.inner.clone());
+        if let Err(f) = t.dispatch(c, expected_out as usize) {
+            t.finish(Err(f));
+        }
+        if matches!(t.cmd, Cmd::ModeSelect { .. }) {
+            t.nexus_mode = Some(lun.nexus.mode_seen.clone());
+        }
+        t
     }
+
+    fn dispatch(&mut self, c: Cdb<'_>, edtl: usize) -> Result<(), Failure> {
+        let g = self.geo.clone();
+        match c.opcode() {
+            op::TEST_UNIT_READY | op::START_STOP_UNIT => self.good(),
+            op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 => self.read(c)?,
+            op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 => {
+                self.write(c, None, edtl)?
+            }
+            op::WRITE_VERIFY_10 | op::WRITE_VERIFY_12 | op::WRITE_VERIFY_16 => {
+                let bytchk = (c.b(1) >> 1) & 3;
+                if bytchk > 1 {
+                    return Err(Sense::invalid_cdb(1, Some(2)).into());
+                }
+                self.write(c, Some(bytchk == 1), edtl)?
+            }
+            op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => self.verify(c, edtl)?,
+            op::COMPARE_AND_WRITE => self.compare_and_write(c, edtl)?,
+            op::WRITE_SAME_10 | op::WRITE_SAME_16 => self.write_same(c, edtl)?,
+            op::UNMAP => self.unmap(c, edtl)?,
+            op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => {
+                let (lba, blocks) = lba_len(c);
+                if lba > g.num_blocks {
+                    return Err(Sense::lba_out_of_range().into());
+                }
+                if blocks != 0 {
+                    g.check_range(lba, blocks)?;
+                }
+                if g.flush {
+                    self.cmd = Cmd::Flush;
+                    self.start_phase(0, Phase::Flush);
+                } else {
+                    self.good();
+                }
+            }
+            op::PRE_FETCH_10 | op::PRE_FETCH_16 => {
+                let (lba, blocks) = lba_len(c);
+                g.check_range(lba, blocks)?;
+                self.good();
+            }
+            op::MODE_SENSE_6 | op::MODE_SENSE_10 => {
+                let ten = c.opcode() == op::MODE_SENSE_10;
+                let m = self.mode_state();
+                let d = spc::mode_sense(c, ten, &g, &m)?;
+                let alloc = if ten { c.be(7, 2) } else { c.b(4) as u64 };
+                self.reply(d, alloc);
+            }
+            op::MODE_SELECT_6 | op::MODE_SELECT_10 => {
+                let ten = c.opcode() == op::MODE_SELECT_10;
+                if c.b(1) & 0x01 != 0 {
+                    return Err(Sense::invalid_cdb(1, Some(0)).into());
+                }
+                let len = if ten { c.be(7, 2) } else { c.b(4) as u64 } as usize;
+                self.cdb_out = len;
+                self.cmd = Cmd::ModeSelect { ten };
+                let n = len.min(edtl);
+                if n == 0 {
+                    self.good();
+                } else {
+                    self.expect_out(DataOut::new(n, 0, n));
+                }
+            }
+            op::READ_CAPACITY_10 => {
+                if c.b(8) & 1 == 0 && c.be(2, 4) != 0 {
+                    return Err(Sense::invalid_cdb(2, None).into());
+                }
+                self.reply(spc::read_capacity_10(&g), 8);
+            }
+            op::SERVICE_ACTION_IN_16 => match c.sa() {
+                op::SA_READ_CAPACITY_16 => self.reply(spc::read_capacity_16(&g), c.be(10, 4)),
+                op::SA_GET_LBA_STATUS => {
+                    let lba = c.be(2, 8);
+                    let alloc = c.be(10, 4).min(u32::MAX as u64) as usize;
+                    if lba >= g.num_blocks {
+                        return Err(Sense::lba_out_of_range().into());
+                    }
+                    if alloc == 0 {
+                        self.good();
+                    } else {
+                        let blocks = (g.num_blocks - lba).min(LBA_STATUS_SPAN);
+                        self.cmd = Cmd::LbaStatus { lba, blocks, alloc };
+                        self.stage = Stage::Allocation;
+                    }
+                }
+                _ => return Err(Sense::invalid_cdb(1, Some(4)).into()),
+            },
+            op::MAINTENANCE_IN => match c.sa() {
+                op::SA_REPORT_SUPPORTED_OPCODES => {
+                    let rctd = c.b(2) & 0x80 != 0;
+                    let options = c.b(2) & 0x07;
+                    let d = if options == 0 {
+                        spc::supported_opcodes_all(rctd, g.unmap)
+                    } else {
+                        spc::supported_opcodes_one(
+                            options,
+                            c.b(3),
+                            c.be(4, 2) as u16,
+                            rctd,
+                            g.unmap,
+                        )?
+                    };
+                    self.reply(d, c.be(6, 4));
+                }
+                _ => return Err(Sense::invalid_cdb(1, Some(4)).into()),
+            },
+            _ => return Err(Sense::illegal(asc::INVALID_OPCODE).into()),
+        }
+        Ok(())
+    }
+
+    fn mode_state(&self) -> spc::ModeState {
+        spc::ModeState {
+            wce: self.wce(),
+            cache: self.geo.cache,
+        }
+    }
+
+    /// Write cache enabled (caching mode page WCE).
+    fn wce(&self) -> bool {
+        self.geo.cache
+            && self
+                .lu
+                .as_ref()
+                .is_none_or(|l| l.wce.load(Ordering::Relaxed) != 1)
+    }
+
+    fn inquiry(&mut self, c: Cdb<'_>, lun: Option<&LunRef<'_>>) {
+        let evpd = c.b(1) & 0x01 != 0;
+        let alloc = c.be(3, 2);
+        let r = if c.b(1) & 0x02 != 0 {
+            Err(Sense::invalid_cdb(1, Some(1)))
+        } else if !evpd {
+            if c.b(2) != 0 {
+                Err(Sense::invalid_cdb(2, Some(7)))
+            } else {
+                Ok(spc::standard_inquiry(lun.map(|l| l.info)))
+            }
+        } else {
+            match lun {
+                None => Err(Sense::illegal(asc::LU_NOT_SUPPORTED)),
+                Some(l) => spc::vpd(c.b(2), l.info, l.target_name, &self.geo)
+                    .ok_or(Sense::invalid_cdb(2, Some(7))),
+            }
+        };
+        match r {
+            Ok(d) => self.reply(d, alloc),
+            Err(s) => self.fail(s),
+        }
+    }
+
+    fn report_luns(&mut self, c: Cdb<'_>, luns: &[u64]) {
+        let d = match c.b(2) {
+            0x00 | 0x02 => spc::report_luns(luns),
+            // Well-known and administrative LUs: there are none.
+            0x01 | 0x10 | 0x11 => spc::report_luns(&[]),
+            _ => return self.fail(Sense::invalid_cdb(2, Some(7))),
+        };
+        self.reply(d, c.be(6, 4));
+    }
+
+    fn request_sense(&mut self, c: Cdb<'_>, s: Option<Sense>) {
+        if c.b(1) & 0x01 != 0 {
+            // Descriptor format is not offered.
+            return self.fail(Sense::invalid_cdb(1, Some(0)));
+        }
+        let s = s.unwrap_or(Sense::new(key::NO_SENSE, asc::NONE));
+        self.reply(s.to_fixed(), c.b(4) as u64);
+    }
+
+    // Results.
+
+    fn finish(&mut self, r: Result<Vec<IoBuf>, Failure>) {
+        self.stage = Stage::Done;
+        match r {
+            Ok(d) => {
+                self.status = status::GOOD;
+                self.data = d;
+            }
+            Err(Failure::Check(s)) => {
+                self.status = status::CHECK_CONDITION;
+                self.sense = Some(s);
+            }
+            Err(Failure::Status(st)) => self.status = st,
+        }
+        if self.in_flight == 0 {
+            self.release_lock();
+        }
+    }
+
+    fn good(&mut self) {
+        self.finish(Ok(Vec::new()));
+    }
+
+    fn fail(&mut self, s: Sense) {
+        self.finish(Err(s.into()));
+    }
+
+    /// Parameter data, cut to the allocation length.
+    fn reply(&mut self, mut d: Vec<u8>, alloc: u64) {
+        d.truncate(alloc.min(d.len() as u64) as usize);
+        let data = if d.is_empty() {
+            Vec::new()
+        } else {
+            let mut b = IoBuf::new(d.len());
+            b.as_mut_slice().copy_from_slice(&d);
+            vec![b]
+        };
+        self.finish(Ok(data));
+    }
+
+    fn expect_out(&mut self, d: DataOut) {
+        self.dout = d;
+        self.stage = Stage::DataOut;
+    }
+
+    fn release_lock(&mut self) {
+        if self.caw_held {
+            if let Some(lu) = &self.lu {
+                lu.caw.store(false, Ordering::Release);
+            }
+            self.caw_held = false;
+        }
+    }
+
+    fn try_lock(&mut self) {
+        if self.stage != Stage::Lock {
+            return;
+        }
+        let got = self.lu.as_ref().is_none_or(|lu| {
+            lu.caw
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        });
+        if !got {
+            return;
+        }
+        self.caw_held = self.lu.is_some();
+        if let Cmd::CompareAndWrite { lba, blocks, .. } = self.cmd {
+            let chunk = self.geo.chunk_blocks;
+            self.start_phase(
+                0,
+                Phase::Read {
+                    lba,
+                    blocks,
+                    chunk,
+                    keep: Keep::Compare { base: 0 },
+                },
+            );
+        }
+    }
+
+    // Data-out.
 
     /// Bytes of data-out the command takes before it can run (0: none, or it
     /// already failed).
     pub fn data_out_len(&self) -> usize {
-        0
+        if self.stage == Stage::DataOut {
+            self.dout.len
+        } else {
+            0
+        }
+    }
+
+    /// Data-out bytes the CDB itself asks for (SCSI's expected data
+    /// transfer length), before any cut to what the initiator sends: what
+    /// the transport compares with EDTL for residuals.
+    pub fn cdb_out_len(&self) -> usize {
+        self.cdb_out
     }
 
     /// Copies data-out bytes at `offset`; false if outside the data-out length.
     pub fn write_data_out(&mut self, offset: usize, bytes: &[u8]) -> bool {
-        let _ = (offset, bytes);
-        false
+        self.stage == Stage::DataOut && self.dout.write(offset, bytes)
     }
 
     /// All data-out arrived (or the transport stopped waiting: `complete`
     /// is false and the command ends with an error).
     pub fn data_out_done(&mut self, complete: bool) {
-        let _ = complete;
+        if self.stage != Stage::DataOut {
+            return;
+        }
+        if !complete {
+            return self.fail(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR));
+        }
+        self.dout.fill_missing();
+        let chunk = self.geo.chunk_blocks;
+        match self.cmd {
+            Cmd::Write {
+                lba, blocks, fua, ..
+            } => self.start_phase(
+                0,
+                Phase::Write {
+                    lba,
+                    blocks,
+                    chunk,
+                    base: 0,
+                    fua,
+                },
+            ),
+            Cmd::Verify { .. } => self.begin_verify_read(),
+            Cmd::CompareAndWrite { .. } => {
+                self.stage = Stage::Lock;
+                self.try_lock();
+            }
+            Cmd::WriteSame { .. } => {
+                self.pattern = self.dout.bytes();
+                self.pattern.resize(self.geo.bs as usize, 0);
+                self.begin_write_same();
+            }
+            Cmd::Unmap => {
+                let d = self.dout.bytes();
+                match self.unmap_list(&d) {
+                    Ok(ranges) => {
+                        let max = self.geo.max_unmap_op.min(u32::MAX as u64);
+                        self.start_phase(
+                            0,
+                            Phase::Ranges {
+                                ranges,
+                                idx: 0,
+                                off: 0,
+                                max,
+                            },
+                        );
+                    }
+                    Err(s) => self.fail(s),
+                }
+            }
+            Cmd::ModeSelect { ten } => self.mode_select(ten),
+            _ => self.good(),
+        }
     }
+
+    fn mode_select(&mut self, ten: bool) {
+        let d = self.dout.bytes();
+        let m = self.mode_state();
+        match spc::mode_select(ten, &d, &self.geo, &m) {
+            Ok(Some(wce)) => {
+                if let Some(lu) = &self.lu {
+                    lu.wce.store(if wce { 2 } else { 1 }, Ordering::Relaxed);
+                    let generation = lu.mode_gen.fetch_add(1, Ordering::Relaxed) + 1;
+                    // The nexus that made the change is not told about it.
+                    if let Some(seen) = &self.nexus_mode {
+                        seen.store(generation, Ordering::Relaxed);
+                    }
+                }
+                self.good();
+            }
+            Ok(None) => self.good(),
+            Err(s) => self.fail(s),
+        }
+    }
+
+    // GET LBA STATUS.
+
+    /// The range whose allocation map the task needs, as (lba, blocks),
+    /// until [`Task::handle_allocation`] gives it.
+    pub fn wants_allocation(&self) -> Option<(u64, u64)> {
+        match (self.stage, self.cmd) {
+            (Stage::Allocation, Cmd::LbaStatus { lba, blocks, .. }) => Some((lba, blocks)),
+            _ => None,
+        }
+    }
+
+    /// The allocation runs (blocks, allocated) of [`Task::wants_allocation`]'s
+    /// range, as `Registry::allocation` gives them (`None`: not tracked,
+    /// all mapped).
+    pub fn handle_allocation(&mut self, runs: Option<Vec<(u64, bool)>>) {
+        let (Stage::Allocation, Cmd::LbaStatus { lba, blocks, alloc }) = (self.stage, self.cmd)
+        else {
+            return;
+        };
+        let max = (alloc.saturating_sub(8) / 16).clamp(1, MAX_LBA_STATUS_DESCRIPTORS);
+        let end = lba + blocks;
+        let mut descs: Vec<(u64, u64, bool)> = Vec::new();
+        let mut at = lba;
+        for (n, allocated) in runs.unwrap_or_else(|| vec![(blocks, true)]) {
+            let n = n.min(end - at);
+            if n == 0 {
+                if at == end {
+                    break;
+                }
+                continue;
+            }
+            let full = descs.len() == max;
+            match descs.last_mut() {
+                Some(d) if d.2 == allocated => d.1 += n,
+                _ if full => break,
+                _ => descs.push((at, n, allocated)),
+            }
+            at += n;
+        }
+        if descs.is_empty() {
+            descs.push((lba, blocks, true));
+        }
+        let mut d = ((4 + 16 * descs.len()) as u32).to_be_bytes().to_vec();
+        d.extend([0u8; 4]);
+        for (l, n, allocated) in descs {
+            d.extend(l.to_be_bytes());
+            d.extend((n.min(u32::MAX as u64) as u32).to_be_bytes());
+            // Provisioning status: mapped, or deallocated.
+            d.push(if allocated { 0 } else { 1 });
+            d.extend([0u8; 3]);
+        }
+        self.reply(d, alloc as u64);
+    }
+
+    // Block I/O.
 
     /// The next block I/O to start: a sub-tag (below 2^16) for the completion,
     /// the op and FUA.
     pub fn poll_io(&mut self) -> Option<(u32, IoOp, bool)> {
-        None
+        self.try_lock();
+        if !matches!(self.stage, Stage::Io(_))
+            || self.aborted
+            || self.error.is_some()
+            || self.in_flight >= self.limit
+            || self.issued_all()
+        {
+            return None;
+        }
+        let slot = self.slots.iter().position(Option::is_none)?;
+        let piece = self.next_piece;
+        let (op, fua) = self.make_piece(piece)?;
+        self.next_piece += 1;
+        self.slots[slot] = Some(piece);
+        self.in_flight += 1;
+        Some((slot as u32, op, fua))
     }
 
     /// A completion for an I/O from [`Task::poll_io`].
     pub fn handle_completion(&mut self, sub: u32, c: IoCompletion) {
-        let _ = (sub, c);
+        let Some(piece) = self.slots.get_mut(sub as usize).and_then(Option::take) else {
+            return;
+        };
+        self.in_flight -= 1;
+        if c.status.is_ok() {
+            if let Err(f) = self.piece_done(piece, c.buf) {
+                self.error.get_or_insert(f);
+            }
+        } else {
+            let f = io_failure(c.status, &self.phase);
+            self.error.get_or_insert(f);
+        }
+        self.check_phase_end();
+    }
+
+    /// Moves on once the phase has nothing left in flight.
+    fn check_phase_end(&mut self) {
+        if self.in_flight > 0 {
+            return;
+        }
+        let Stage::Io(n) = self.stage else {
+            if self.stage == Stage::Done {
+                self.release_lock();
+            }
+            return;
+        };
+        if let Some(f) = self.error.take() {
+            return self.finish(Err(f));
+        }
+        if self.issued_all() {
+            self.advance(n);
+        }
+    }
+
+    fn advance(&mut self, n: u8) {
+        let chunk = self.geo.chunk_blocks;
+        let checked = match self.miscompare {
+            Some(off) => Err(Sense::miscompare(off.min(u32::MAX as u64) as u32).into()),
+            None => Ok(Vec::new()),
+        };
+        match self.cmd {
+            Cmd::Read => {
+                let data = self.din.drain(..).flatten().collect();
+                self.finish(Ok(data));
+            }
+            Cmd::Write {
+                lba,
+                blocks,
+                verify: Some(compare),
+                ..
+            } if n == 0 => {
+                let keep = if compare {
+                    Keep::Compare { base: 0 }
+                } else {
+                    Keep::Discard
+                };
+                self.start_phase(
+                    1,
+                    Phase::Read {
+                        lba,
+                        blocks,
+                        chunk,
+                        keep,
+                    },
+                );
+            }
+            Cmd::CompareAndWrite { lba, blocks, fua } if n == 0 && checked.is_ok() => {
+                let base = self.dout.seg0_bufs();
+                self.start_phase(
+                    1,
+                    Phase::Write {
+                        lba,
+                        blocks,
+                        chunk,
+                        base,
+                        fua,
+                    },
+                );
+            }
+            _ => self.finish(checked),
+        }
     }
 
     /// No I/O outstanding and the result is known.
     pub fn is_done(&self) -> bool {
-        true
+        self.stage == Stage::Done && self.in_flight == 0
+    }
+
+    /// A COMPARE AND WRITE waiting for another one on the same LU to end;
+    /// it starts from [`Task::poll_io`] once the lock is free.
+    pub fn is_blocked(&self) -> bool {
+        self.stage == Stage::Lock
+    }
+
+    /// Stops the command (ABORT TASK, LU reset, connection loss): nothing
+    /// new is started and it ends with TASK ABORTED once the I/O in flight
+    /// has come back.
+    pub fn abort(&mut self) {
+        self.aborted = true;
+        if self.stage != Stage::Done {
+            self.finish(Err(Failure::Status(status::TASK_ABORTED)));
+        }
     }
 
     /// The result; call once, when done.
     pub fn take_response(&mut self) -> Response {
-        Response::default()
+        if self.taken {
+            return Response::default();
+        }
+        self.taken = true;
+        Response {
+            status: self.status,
+            sense: self.sense.map(|s| s.to_fixed()).unwrap_or_default(),
+            data: core::mem::take(&mut self.data),
+        }
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.release_lock();
     }
 }

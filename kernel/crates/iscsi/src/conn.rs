@@ -1,0 +1,845 @@
+//! One iSCSI connection as a state machine (RFC 7143 target side).
+//!
+//! Driving order, per poll-loop turn:
+//! 1. feed received bytes to [`Connection::handle_input`]; it returns how
+//!    many it took, and the rest must be offered again later (it stops at a
+//!    PDU boundary while too much output or read data is queued, see
+//!    [`Connection::wants_input`]);
+//! 2. start every [`Connection::poll_io`] on the bdev layer, giving back any
+//!    the layer refuses with [`Connection::retry_io`] (same order);
+//! 3. feed each completion to [`Connection::handle_completion`];
+//! 4. when the clock passes [`Connection::poll_timeout`], call
+//!    [`Connection::handle_timeout`] (NOP-In pings, their timeout, LUN map
+//!    and capacity changes, session reinstatement by another connection);
+//! 5. send what [`Connection::poll_output`] offers and report it with
+//!    [`Connection::consume_output`];
+//! 6. close the socket once [`Connection::finished`], and call
+//!    [`Connection::closed`] whenever the socket goes away.
+//!
+//! Memory per connection is bounded: one PDU of at most the declared
+//! MaxRecvDataSegmentLength is assembled at a time, out-of-order commands
+//! are held only inside the CmdSN window, and no new PDU is read while the
+//! queued output plus read data in flight exceed [`MAX_BUFFERED`].
+
+use crate::pdu::{self, BHS_LEN, Bhs, FrameError, NO_TAG, Pdu};
+use crate::session::{Cmd, Pending};
+use crate::target::{ConnInfo, Target};
+use crate::text::Params;
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::rc::Rc;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::net::SocketAddr;
+use ironbay_bdev::{BdevId, IoBuf, IoCompletion, IoOp, IoStatus, Registry};
+
+/// Output plus read data in flight before reading pauses.
+pub const MAX_BUFFERED: usize = 32 << 20;
+/// Commands per connection, whatever the node's queue depth says.
+pub const MAX_TASKS: usize = 256;
+/// How soon a command waiting for the LU's COMPARE AND WRITE lock retries.
+const BLOCKED_RETRY_MS: u64 = 5;
+/// Login data segments (RFC 7143 §6.1: 8192 until negotiated).
+pub const LOGIN_MRDSL: usize = 8192;
+
+/// A block I/O the connection wants started. `tag` stays below 2^39.
+#[derive(Debug)]
+pub struct BlockIo {
+    pub tag: u64,
+    pub bdev: BdevId,
+    pub op: IoOp,
+    pub fua: bool,
+}
+
+const SUB_BITS: u32 = 16;
+const GEN_BITS: u32 = 7;
+const GEN_MASK: u8 = (1 << GEN_BITS) - 1;
+
+pub(crate) fn make_tag(slot: u16, generation: u8, sub: u32) -> u64 {
+    (slot as u64) << (SUB_BITS + GEN_BITS)
+        | ((generation & GEN_MASK) as u64) << SUB_BITS
+        | (sub & 0xffff) as u64
+}
+
+fn split_tag(tag: u64) -> (usize, u8, u32) {
+    (
+        (tag >> (SUB_BITS + GEN_BITS)) as usize & 0xffff,
+        (tag >> SUB_BITS) as u8 & GEN_MASK,
+        tag as u32 & 0xffff,
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Login,
+    FullFeature,
+    /// No more input: finish what is in flight, flush, then close.
+    Closing,
+}
+
+pub(crate) enum Out {
+    Bytes(Vec<u8>),
+    Data {
+        buf: Rc<IoBuf>,
+        start: usize,
+        end: usize,
+    },
+}
+
+impl Out {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Out::Bytes(v) => v,
+            Out::Data { buf, start, end } => buf.as_slice().get(*start..*end).unwrap_or(&[]),
+        }
+    }
+}
+
+pub(crate) enum Slot {
+    Free,
+    Active(Box<Cmd>),
+    /// Aborted with block I/O still at the device: the slot (and so its
+    /// tags) stays taken until the completions are back, and the task sees
+    /// them (it may hold the LU's COMPARE AND WRITE lock until then).
+    Zombie(Box<Cmd>),
+}
+
+/// What the session is, once login has succeeded.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionInfo {
+    pub id: u64,
+    pub tsih: u16,
+    pub isid: [u8; 6],
+    pub cid: u16,
+    pub initiator: String,
+    /// `None` for discovery sessions.
+    pub target: Option<String>,
+    pub pg_tag: u32,
+}
+
+pub struct Connection {
+    /// Why the connection ended early, for the log.
+    pub error: Option<&'static str>,
+    pub(crate) local: SocketAddr,
+    pub(crate) peer: SocketAddr,
+    /// Engine-wide number, 0 until registered with the target.
+    pub(crate) id: u32,
+    pub(crate) phase: Phase,
+    rx: Vec<u8>,
+    need: usize,
+    out: VecDeque<Out>,
+    out_pos: usize,
+    out_bytes: usize,
+    /// Digests in force (from the first full feature phase PDU on).
+    pub(crate) hd: bool,
+    pub(crate) dd: bool,
+    pub(crate) login: Option<Box<crate::login::Login>>,
+    pub(crate) sess: Option<SessionInfo>,
+    pub(crate) params: Params,
+    pub(crate) stat_sn: u32,
+    pub(crate) exp_cmd_sn: u32,
+    /// Commands the node lets a session have in flight.
+    pub(crate) depth: u32,
+    /// Non-immediate commands that arrived ahead of a CmdSN gap.
+    pub(crate) queued: Vec<Pdu>,
+    pub(crate) slots: Vec<Slot>,
+    pub(crate) free: Vec<u16>,
+    pub(crate) generation: u8,
+    pub(crate) ios: VecDeque<BlockIo>,
+    /// Read data expected from commands running at the device.
+    pub(crate) executing_bytes: usize,
+    pub(crate) next_ttt: u32,
+    pub(crate) pending: Vec<Pending>,
+    pub(crate) text: crate::session::TextState,
+    pub(crate) now: u64,
+    last_rx: u64,
+    started: u64,
+    /// Outstanding NOP-In ping: its TTT and the deadline for the answer.
+    ping: Option<(u32, u64)>,
+    next_tick: u64,
+    /// Config generation and (LUN, blocks) last seen, for change events.
+    pub(crate) seen_generation: u64,
+    pub(crate) seen_luns: Vec<(u64, Option<u64>)>,
+    /// The SCSI Command being executed arrived with a bad data digest.
+    pub(crate) digest_failed_cmd: bool,
+}
+
+impl Connection {
+    pub fn new(local: SocketAddr, peer: SocketAddr, now_ms: u64) -> Self {
+        Connection {
+            error: None,
+            local,
+            peer,
+            id: 0,
+            phase: Phase::Login,
+            rx: Vec::new(),
+            need: 0,
+            out: VecDeque::new(),
+            out_pos: 0,
+            out_bytes: 0,
+            hd: false,
+            dd: false,
+            login: Some(Box::default()),
+            sess: None,
+            params: Params::default(),
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            depth: 1,
+            queued: Vec::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            generation: 0,
+            ios: VecDeque::new(),
+            executing_bytes: 0,
+            next_ttt: 1,
+            pending: Vec::new(),
+            text: Default::default(),
+            now: now_ms,
+            last_rx: now_ms,
+            started: now_ms,
+            ping: None,
+            next_tick: now_ms,
+            seen_generation: 0,
+            seen_luns: Vec::new(),
+            digest_failed_cmd: false,
+        }
+    }
+
+    /// Ends the connection: no more input, flush what is queued.
+    pub(crate) fn fail(&mut self, why: &'static str) {
+        self.error.get_or_insert(why);
+        self.close();
+    }
+
+    /// Stops reading; in-flight work drains and output flushes first.
+    pub(crate) fn close(&mut self) {
+        self.phase = Phase::Closing;
+        self.queued.clear();
+        self.rx.clear();
+        self.need = 0;
+    }
+
+    pub(crate) fn send(&mut self, v: Vec<u8>) {
+        self.out_bytes += v.len();
+        self.out.push_back(Out::Bytes(v));
+    }
+
+    /// Queues a PDU with the digests in force.
+    pub(crate) fn send_pdu(&mut self, bhs: &Bhs, data: &[u8]) {
+        let v = pdu::encode(bhs, &[], data, self.hd, self.dd);
+        self.send(v);
+    }
+
+    /// Queues a PDU whose data segment is pieces of read buffers.
+    pub(crate) fn send_data_pdu(&mut self, bhs: &Bhs, pieces: &[(Rc<IoBuf>, usize, usize)]) {
+        let len: usize = pieces.iter().map(|p| p.2 - p.1).sum();
+        let mut b = *bhs;
+        b.set_data_len(len);
+        let mut head = b.0.to_vec();
+        if self.hd {
+            head.extend_from_slice(&pdu::digest_bytes(ironbay_crc::crc32c(&b.0)));
+        }
+        self.send(head);
+        for (buf, start, end) in pieces {
+            self.out_bytes += end - start;
+            self.out.push_back(Out::Data {
+                buf: buf.clone(),
+                start: *start,
+                end: *end,
+            });
+        }
+        let mut tail = alloc::vec![0u8; pdu::pad_len(len)];
+        if self.dd && len > 0 {
+            let crc = pdu::data_digest(
+                pieces
+                    .iter()
+                    .map(|(b, s, e)| b.as_slice().get(*s..*e).unwrap_or(&[])),
+            );
+            tail.extend_from_slice(&pdu::digest_bytes(crc));
+        }
+        if !tail.is_empty() {
+            self.send(tail);
+        }
+    }
+
+    /// The MaxCmdSN to advertise: the window shrinks with commands held.
+    pub(crate) fn max_cmd_sn(&self) -> u32 {
+        let held = (self.active_tasks() + self.queued.len()) as u32;
+        let credit = self.depth.saturating_sub(held);
+        self.exp_cmd_sn.wrapping_add(credit).wrapping_sub(1)
+    }
+
+    pub(crate) fn active_tasks(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Active(_)))
+            .count()
+    }
+
+    /// StatSN for a status-bearing PDU; advances it.
+    pub(crate) fn next_stat_sn(&mut self) -> u32 {
+        let s = self.stat_sn;
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+        s
+    }
+
+    /// Sets StatSN (advancing it), ExpCmdSN and MaxCmdSN.
+    pub(crate) fn stamp(&mut self, b: &mut Bhs) {
+        let s = self.next_stat_sn();
+        b.set_sns(s, self.exp_cmd_sn, self.max_cmd_sn());
+    }
+
+    /// Sets StatSN (without advancing it), ExpCmdSN and MaxCmdSN.
+    pub(crate) fn stamp_peek(&self, b: &mut Bhs) {
+        b.set_sns(self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn());
+    }
+
+    pub(crate) fn new_ttt(&mut self) -> u32 {
+        let t = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == NO_TAG {
+            self.next_ttt = 1;
+        }
+        t
+    }
+
+    /// Sends a Reject carrying the offending header.
+    pub(crate) fn reject(&mut self, reason: u8, bad: &Bhs) {
+        let mut b = Bhs::new(pdu::op::REJECT);
+        b.set_flags(pdu::flag::FINAL)
+            .set_byte(2, reason)
+            .set_itt(NO_TAG);
+        self.stamp(&mut b);
+        self.send_pdu(&b, &bad.0);
+    }
+
+    fn busy(&self) -> bool {
+        self.out_bytes + self.executing_bytes > MAX_BUFFERED
+    }
+
+    fn recv_limit(&self) -> usize {
+        match self.phase {
+            Phase::Login => LOGIN_MRDSL,
+            _ => (self.params.target_mrdsl as usize).max(LOGIN_MRDSL),
+        }
+    }
+
+    fn register(&mut self, target: &mut Target) {
+        if self.id != 0 {
+            return;
+        }
+        self.id = target.register(ConnInfo {
+            id: 0,
+            cid: 0,
+            tsih: 0,
+            isid: [0; 6],
+            initiator_name: String::new(),
+            initiator_addr: alloc::format!("{}", self.peer.ip()),
+            target_name: String::new(),
+            target_addr: alloc::format!("{}", self.local.ip()),
+            portal_group_tag: 0,
+            state: "login",
+        });
+        target.seed_entropy(self.now ^ (self.peer.port() as u64) << 48 ^ self.id as u64);
+    }
+
+    /// Things other connections or the configuration changed.
+    fn sync(&mut self, target: &mut Target) {
+        self.register(target);
+        if self.phase != Phase::Closing && target.should_end(self.id) {
+            self.abort_all();
+            self.fail("session reinstated or reset elsewhere");
+            return;
+        }
+        if self.phase == Phase::FullFeature {
+            self.check_resets(target);
+        }
+    }
+
+    pub fn wants_input(&self) -> bool {
+        self.phase != Phase::Closing && !self.busy()
+    }
+
+    /// Takes bytes from the initiator; returns how many were used. Fewer
+    /// than offered means "later": offer the rest again.
+    pub fn handle_input(
+        &mut self,
+        bytes: &[u8],
+        target: &mut Target,
+        bdevs: &Registry,
+        now_ms: u64,
+    ) -> usize {
+        self.now = now_ms;
+        self.sync(target);
+        let mut used = 0;
+        loop {
+            if self.phase == Phase::Closing || (self.rx.is_empty() && self.busy()) {
+                break;
+            }
+            let want = if self.need == 0 { BHS_LEN } else { self.need };
+            if self.rx.len() < want {
+                if used == bytes.len() {
+                    break;
+                }
+                let n = (want - self.rx.len()).min(bytes.len() - used);
+                self.rx.extend_from_slice(&bytes[used..used + n]);
+                used += n;
+                continue;
+            }
+            if self.need == 0 {
+                let Some(bhs) = Bhs::from_slice(&self.rx) else {
+                    break;
+                };
+                let f = pdu::frame(&bhs, self.hd, self.dd);
+                if f.data > self.recv_limit() {
+                    self.fail("data segment longer than MaxRecvDataSegmentLength");
+                    break;
+                }
+                self.need = f.total;
+                continue;
+            }
+            let mut raw = core::mem::take(&mut self.rx);
+            self.need = 0;
+            self.frame(&raw, target, bdevs);
+            raw.clear();
+            if raw.capacity() <= 2 * LOGIN_MRDSL {
+                self.rx = raw;
+            }
+        }
+        if used > 0 {
+            self.last_rx = now_ms;
+        }
+        used
+    }
+
+    fn frame(&mut self, raw: &[u8], target: &mut Target, bdevs: &Registry) {
+        match Pdu::parse(raw, self.hd, self.dd) {
+            Ok(p) => self.dispatch(p, target, bdevs),
+            Err((FrameError::DataDigest, Some(bhs))) => {
+                self.data_digest_error(bhs, raw, target, bdevs)
+            }
+            Err(_) => self.fail("header digest error"),
+        }
+    }
+
+    fn data_digest_error(&mut self, bhs: Bhs, raw: &[u8], target: &mut Target, bdevs: &Registry) {
+        self.reject(pdu::reject::DATA_DIGEST, &bhs);
+        match bhs.opcode() {
+            pdu::op::DATA_OUT => self.data_out_digest_error(&bhs, bdevs),
+            pdu::op::SCSI_CMD => {
+                // Keep CmdSN order: the command runs without its data and
+                // fails with a CRC error.
+                if let Ok(mut p) = Pdu::parse(raw, self.hd, false) {
+                    p.data.clear();
+                    self.digest_failed_cmd = true;
+                    self.command(p, target, bdevs);
+                    self.digest_failed_cmd = false;
+                }
+            }
+            _ if !bhs.immediate() && bhs.cmd_sn() == self.exp_cmd_sn => {
+                self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            }
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, p: Pdu, target: &mut Target, bdevs: &Registry) {
+        use pdu::op;
+        if self.phase == Phase::Login {
+            if p.bhs.opcode() == op::LOGIN_REQ {
+                return self.login_pdu(p, target, bdevs);
+            }
+            return self.fail("non-login PDU during login");
+        }
+        if self.phase != Phase::FullFeature {
+            return;
+        }
+        match p.bhs.opcode() {
+            op::NOP_OUT if p.bhs.itt() == NO_TAG => self.nop_answer(&p),
+            op::SCSI_CMD | op::NOP_OUT | op::TMF_REQ | op::TEXT_REQ | op::LOGOUT_REQ => {
+                self.command(p, target, bdevs)
+            }
+            op::DATA_OUT => self.data_out(p, bdevs),
+            op::SNACK | op::LOGIN_REQ => self.reject(pdu::reject::PROTOCOL_ERROR, &p.bhs),
+            _ => self.reject(pdu::reject::NOT_SUPPORTED, &p.bhs),
+        }
+    }
+
+    /// CmdSN ordering (RFC 7143 §3.2.2.1): immediate commands run now,
+    /// in-order ones run and release any queued successors, in-window
+    /// early ones wait, the rest are dropped silently.
+    fn command(&mut self, p: Pdu, target: &mut Target, bdevs: &Registry) {
+        if p.bhs.immediate() {
+            return self.execute(p, target, bdevs);
+        }
+        let sn = p.bhs.cmd_sn();
+        let ahead = sn.wrapping_sub(self.exp_cmd_sn);
+        if ahead == 0 {
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            self.execute(p, target, bdevs);
+            while let Some(i) = self
+                .queued
+                .iter()
+                .position(|q| q.bhs.cmd_sn() == self.exp_cmd_sn)
+            {
+                let q = self.queued.swap_remove(i);
+                self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+                self.execute(q, target, bdevs);
+                if self.phase != Phase::FullFeature {
+                    break;
+                }
+            }
+            return;
+        }
+        let window = self.max_cmd_sn().wrapping_sub(self.exp_cmd_sn);
+        if ahead <= window
+            && (ahead as i32) > 0
+            && self.queued.len() < MAX_TASKS
+            && !self.queued.iter().any(|q| q.bhs.cmd_sn() == sn)
+        {
+            self.queued.push(p);
+        }
+    }
+
+    fn execute(&mut self, p: Pdu, target: &mut Target, bdevs: &Registry) {
+        use pdu::op;
+        let discovery = self.sess.as_ref().is_none_or(|s| s.target.is_none());
+        match p.bhs.opcode() {
+            op::NOP_OUT => self.nop_out(&p),
+            op::TEXT_REQ => self.text_request(&p, target),
+            op::LOGOUT_REQ => self.logout(&p),
+            op::SCSI_CMD | op::TMF_REQ if discovery => {
+                self.reject(pdu::reject::PROTOCOL_ERROR, &p.bhs)
+            }
+            op::SCSI_CMD => self.scsi_command(p, target, bdevs),
+            op::TMF_REQ => self.tmf(&p, target),
+            _ => {}
+        }
+    }
+
+    /// Takes a free task slot.
+    pub(crate) fn alloc_slot(&mut self, cmd: Box<Cmd>) -> Option<u16> {
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None if self.slots.len() < MAX_TASKS => {
+                self.slots.push(Slot::Free);
+                (self.slots.len() - 1) as u16
+            }
+            None => return None,
+        };
+        *self.slots.get_mut(i as usize)? = Slot::Active(cmd);
+        Some(i)
+    }
+
+    pub(crate) fn cmd_mut(&mut self, i: usize) -> Option<&mut Cmd> {
+        match self.slots.get_mut(i) {
+            Some(Slot::Active(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn free_slot(&mut self, i: usize) {
+        if let Some(s) = self.slots.get_mut(i) {
+            *s = Slot::Free;
+            self.free.push(i as u16);
+        }
+    }
+
+    pub(crate) fn next_generation(&mut self) -> u8 {
+        self.generation = self.generation.wrapping_add(1) & GEN_MASK;
+        self.generation
+    }
+
+    /// Moves the task's block I/O to the queue and finishes it when done.
+    pub(crate) fn pump(&mut self, i: usize, bdevs: &Registry) {
+        let Some(Slot::Active(c)) = self.slots.get_mut(i) else {
+            return;
+        };
+        if !c.running {
+            return;
+        }
+        if let Some((lba, blocks)) = c.task.wants_allocation() {
+            let runs = c.bdev.and_then(|b| bdevs.allocation(b, lba, blocks));
+            c.task.handle_allocation(runs);
+        }
+        let mut local_fail = Vec::new();
+        while let Some((sub, op, fua)) = c.task.poll_io() {
+            let tag = make_tag(i as u16, c.generation, sub);
+            match c.bdev {
+                Some(bdev) => {
+                    c.outstanding += 1;
+                    self.ios.push_back(BlockIo { tag, bdev, op, fua });
+                }
+                None => local_fail.push((sub, op)),
+            }
+        }
+        for (sub, op) in local_fail {
+            c.task.handle_completion(
+                sub,
+                IoCompletion {
+                    tag: 0,
+                    status: IoStatus::DeviceFailed,
+                    buf: op.into_buf(),
+                },
+            );
+        }
+        if c.outstanding == 0 && c.task.is_done() {
+            self.finish(i);
+        }
+    }
+
+    pub fn poll_io(&mut self) -> Option<BlockIo> {
+        self.ios.pop_front()
+    }
+
+    /// Gives back an I/O the bdev layer could not take yet.
+    pub fn retry_io(&mut self, io: BlockIo) {
+        let (i, g, sub) = split_tag(io.tag);
+        match self.slots.get_mut(i) {
+            Some(Slot::Active(c)) if c.generation == g => self.ios.push_front(io),
+            Some(Slot::Zombie(c)) if c.generation == g => {
+                let done = IoCompletion {
+                    tag: io.tag,
+                    status: IoStatus::DeviceFailed,
+                    buf: io.op.into_buf(),
+                };
+                self.zombie_completion(i, sub, done);
+            }
+            _ => {}
+        }
+    }
+
+    fn zombie_completion(&mut self, i: usize, sub: u32, done: IoCompletion) {
+        if let Some(Slot::Zombie(c)) = self.slots.get_mut(i) {
+            c.outstanding = c.outstanding.saturating_sub(1);
+            c.task.handle_completion(sub, done);
+            if c.outstanding == 0 {
+                self.free_slot(i);
+                self.check_pending();
+            }
+        }
+    }
+
+    pub fn handle_completion(
+        &mut self,
+        tag: u64,
+        c: IoCompletion,
+        target: &mut Target,
+        bdevs: &Registry,
+        now_ms: u64,
+    ) {
+        self.now = now_ms;
+        let (i, g, sub) = split_tag(tag);
+        match self.slots.get_mut(i) {
+            Some(Slot::Active(cmd)) if cmd.generation == g => {
+                cmd.outstanding = cmd.outstanding.saturating_sub(1);
+                cmd.task.handle_completion(sub, c);
+                self.pump(i, bdevs);
+            }
+            Some(Slot::Zombie(cmd)) if cmd.generation == g => self.zombie_completion(i, sub, c),
+            _ => {}
+        }
+        self.sync(target);
+        self.pump_blocked(bdevs);
+    }
+
+    /// Aborts a task without a response; its I/O at the device is waited
+    /// for quietly.
+    pub(crate) fn abort_slot(&mut self, i: usize) {
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        let Slot::Active(mut c) = core::mem::replace(slot, Slot::Free) else {
+            return;
+        };
+        if c.running && c.failed.is_none() {
+            self.executing_bytes = self.executing_bytes.saturating_sub(c.read_len as usize);
+        }
+        c.task.abort();
+        let generation = c.generation;
+        let mut queued = Vec::new();
+        self.ios.retain_mut(|io| {
+            let (s, g, sub) = split_tag(io.tag);
+            let mine = s == i && g == generation;
+            if mine {
+                let op = core::mem::replace(&mut io.op, IoOp::Flush);
+                queued.push((sub, op));
+            }
+            !mine
+        });
+        for (sub, op) in queued {
+            c.outstanding = c.outstanding.saturating_sub(1);
+            c.task.handle_completion(
+                sub,
+                IoCompletion {
+                    tag: 0,
+                    status: IoStatus::DeviceFailed,
+                    buf: op.into_buf(),
+                },
+            );
+        }
+        if c.outstanding == 0 {
+            self.free.push(i as u16);
+        } else if let Some(s) = self.slots.get_mut(i) {
+            *s = Slot::Zombie(c);
+        }
+    }
+
+    /// COMPARE AND WRITEs waiting for the LU lock get another try.
+    pub(crate) fn pump_blocked(&mut self, bdevs: &Registry) {
+        for i in 0..self.slots.len() {
+            if matches!(&self.slots[i], Slot::Active(c) if c.running && c.task.is_blocked()) {
+                self.pump(i, bdevs);
+            }
+        }
+    }
+
+    fn any_blocked(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| matches!(s, Slot::Active(c) if c.running && c.task.is_blocked()))
+    }
+
+    pub(crate) fn abort_all(&mut self) {
+        for i in 0..self.slots.len() {
+            self.abort_slot(i);
+        }
+        self.queued.clear();
+    }
+
+    /// Whether slot `i` still has I/O at the device.
+    pub(crate) fn slot_busy(&self, i: usize) -> bool {
+        matches!(self.slots.get(i), Some(Slot::Zombie(_)))
+    }
+
+    pub fn handle_timeout(&mut self, target: &mut Target, bdevs: &Registry, now_ms: u64) {
+        self.now = now_ms;
+        self.sync(target);
+        self.pump_blocked(bdevs);
+        let o = &target.config.options;
+        let timeout = o.nop_timeout as u64 * 1000;
+        let interval = o.nop_in_interval as u64 * 1000;
+        match self.phase {
+            Phase::Login if timeout > 0 && now_ms >= self.started + timeout.max(30_000) => {
+                self.fail("login took too long")
+            }
+            Phase::FullFeature => {
+                if let Some((_, deadline)) = self.ping
+                    && now_ms >= deadline
+                {
+                    self.abort_all();
+                    return self.fail("NOP-In not answered");
+                }
+                if self.ping.is_none() && interval > 0 && now_ms >= self.last_rx + interval {
+                    let ttt = self.new_ttt();
+                    let mut b = Bhs::new(pdu::op::NOP_IN);
+                    b.set_flags(pdu::flag::FINAL)
+                        .set_itt(NO_TAG)
+                        .set_u32(pdu::at::W20, ttt);
+                    self.stamp_peek(&mut b);
+                    self.send_pdu(&b, &[]);
+                    let deadline = if timeout > 0 {
+                        now_ms + timeout
+                    } else {
+                        u64::MAX
+                    };
+                    self.ping = Some((ttt, deadline));
+                }
+            }
+            _ => {}
+        }
+        if self.phase == Phase::FullFeature && now_ms >= self.next_tick {
+            self.check_luns(target, bdevs);
+        }
+        if now_ms >= self.next_tick {
+            self.next_tick = now_ms + 1000;
+        }
+        if self.any_blocked() {
+            self.next_tick = self.next_tick.min(now_ms + BLOCKED_RETRY_MS);
+        }
+    }
+
+    /// The initiator's NOP-Out answering our ping (ITT 0xffffffff).
+    fn nop_answer(&mut self, p: &Pdu) {
+        let ttt = p.bhs.u32_at(pdu::at::W20);
+        if self.ping.is_some_and(|(t, _)| t == ttt) {
+            self.ping = None;
+        }
+    }
+
+    /// The next time [`Connection::handle_timeout`] wants to run.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.phase == Phase::Closing {
+            return None;
+        }
+        let mut t = self.next_tick;
+        if let Some((_, d)) = self.ping {
+            t = t.min(d);
+        }
+        Some(t)
+    }
+
+    /// Bytes waiting to be sent (a prefix of them, at least one if any).
+    pub fn poll_output(&self) -> Option<&[u8]> {
+        self.out
+            .front()
+            .map(|o| o.bytes().get(self.out_pos..).unwrap_or(&[]))
+    }
+
+    pub fn consume_output(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.out.front() else {
+                return;
+            };
+            let len = front.bytes().len();
+            let k = n.min(len - self.out_pos);
+            self.out_pos += k;
+            self.out_bytes -= k;
+            n -= k;
+            if self.out_pos == len {
+                self.out.pop_front();
+                self.out_pos = 0;
+            }
+        }
+    }
+
+    /// Nothing more to do: close the socket once this is true.
+    pub fn finished(&self) -> bool {
+        self.phase == Phase::Closing
+            && self.out.is_empty()
+            && self.ios.is_empty()
+            && self.slots.iter().all(|s| match s {
+                Slot::Free => true,
+                Slot::Active(c) => c.outstanding == 0,
+                Slot::Zombie(_) => false,
+            })
+    }
+
+    /// The socket is gone: the session and registration go with it.
+    pub fn closed(&mut self, target: &mut Target) {
+        self.abort_all();
+        if self.phase != Phase::Closing {
+            self.error.get_or_insert("connection closed by peer");
+        }
+        self.phase = Phase::Closing;
+        if self.id != 0 {
+            target.unregister(self.id);
+        }
+    }
+
+    /// Updates the target's view of this connection.
+    pub(crate) fn publish(&self, target: &mut Target, state: &'static str) {
+        let s = self.sess.clone();
+        target.update_conn(self.id, |c| {
+            c.state = state;
+            if let Some(s) = s {
+                c.cid = s.cid;
+                c.tsih = s.tsih;
+                c.isid = s.isid;
+                c.initiator_name = s.initiator;
+                c.target_name = s.target.unwrap_or_default();
+                c.portal_group_tag = s.pg_tag;
+            }
+        });
+    }
+}

@@ -1,0 +1,387 @@
+//! Block I/O of a task: data-out buffers and the phases that cut a
+//! command into bdev-sized I/Os.
+
+use super::sense::{Sense, asc, key};
+use super::{Cmd, FILL_IN_FLIGHT, Failure, MAX_IN_FLIGHT, Stage, Task, status};
+use alloc::vec::Vec;
+use ironbay_bdev::{IoBuf, IoOp, IoStatus};
+
+/// What a read piece's data is for.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Keep {
+    DataIn,
+    /// Compared with data-out buffer `base + piece`.
+    Compare {
+        base: usize,
+    },
+    /// Every block compared with data-out buffer 0.
+    CompareOne,
+    Discard,
+}
+
+#[derive(Debug)]
+pub(super) enum Phase {
+    Idle,
+    Read {
+        lba: u64,
+        blocks: u64,
+        chunk: u64,
+        keep: Keep,
+    },
+    /// Writes data-out buffers `base..`.
+    Write {
+        lba: u64,
+        blocks: u64,
+        chunk: u64,
+        base: usize,
+        fua: bool,
+    },
+    /// Writes the WRITE SAME pattern.
+    Fill {
+        lba: u64,
+        blocks: u64,
+        chunk: u64,
+        fua: bool,
+    },
+    /// Unmaps or zeroes a range.
+    Zero {
+        lba: u64,
+        blocks: u64,
+        chunk: u64,
+        unmap: bool,
+    },
+    /// Unmaps a list of (lba, blocks) ranges.
+    Ranges {
+        ranges: Vec<(u64, u64)>,
+        idx: usize,
+        off: u64,
+        max: u64,
+    },
+    Flush,
+}
+
+/// Data-out buffers: one or two segments (COMPARE AND WRITE: verify data,
+/// then write data), each cut into I/O-sized buffers that are allocated as
+/// the data arrives and handed to the bdev without copying.
+#[derive(Debug, Default)]
+pub(super) struct DataOut {
+    pub(super) len: usize,
+    pub(super) seg0: usize,
+    pub(super) chunk: usize,
+    pub(super) bufs: Vec<Option<IoBuf>>,
+}
+
+impl Phase {
+    /// Pieces the phase splits into; `None` when only known on the way.
+    pub(super) fn pieces(&self) -> Option<u64> {
+        match self {
+            Phase::Idle => Some(0),
+            Phase::Read { blocks, chunk, .. }
+            | Phase::Write { blocks, chunk, .. }
+            | Phase::Fill { blocks, chunk, .. }
+            | Phase::Zero { blocks, chunk, .. } => Some(blocks.div_ceil(*chunk)),
+            Phase::Ranges { .. } => None,
+            Phase::Flush => Some(1),
+        }
+    }
+
+    pub(super) fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Phase::Write { .. } | Phase::Fill { .. } | Phase::Zero { .. } | Phase::Ranges { .. }
+        )
+    }
+}
+
+impl DataOut {
+    pub(super) fn new(seg0: usize, seg1: usize, chunk: usize) -> DataOut {
+        let chunk = chunk.max(1);
+        let n = seg0.div_ceil(chunk) + seg1.div_ceil(chunk);
+        DataOut {
+            len: seg0 + seg1,
+            seg0,
+            chunk,
+            bufs: (0..n).map(|_| None).collect(),
+        }
+    }
+
+    pub(super) fn seg0_bufs(&self) -> usize {
+        self.seg0.div_ceil(self.chunk)
+    }
+
+    /// Buffer index, offset in it and its length for data-out offset `off`.
+    pub(super) fn locate(&self, off: usize) -> (usize, usize, usize) {
+        let (base, seg_off, seg_len) = if off < self.seg0 {
+            (0, off, self.seg0)
+        } else {
+            (self.seg0_bufs(), off - self.seg0, self.len - self.seg0)
+        };
+        let i = seg_off / self.chunk;
+        let start = i * self.chunk;
+        (base + i, seg_off - start, self.chunk.min(seg_len - start))
+    }
+
+    pub(super) fn write(&mut self, mut off: usize, mut bytes: &[u8]) -> bool {
+        match off.checked_add(bytes.len()) {
+            Some(end) if end <= self.len => {}
+            _ => return false,
+        }
+        while !bytes.is_empty() {
+            let (i, at, len) = self.locate(off);
+            let Some(slot) = self.bufs.get_mut(i) else {
+                return false;
+            };
+            let buf = slot.get_or_insert_with(|| IoBuf::new(len));
+            let n = (len - at).min(bytes.len());
+            buf.as_mut_slice()[at..at + n].copy_from_slice(&bytes[..n]);
+            off += n;
+            bytes = &bytes[n..];
+        }
+        true
+    }
+
+    /// Zero-fills buffers no data arrived for.
+    pub(super) fn fill_missing(&mut self) {
+        let mut off = 0;
+        while off < self.len {
+            let (i, _, len) = self.locate(off);
+            if let Some(slot) = self.bufs.get_mut(i) {
+                slot.get_or_insert_with(|| IoBuf::new(len));
+            }
+            off += len;
+        }
+    }
+
+    /// All of the data-out as one vector (parameter lists).
+    pub(super) fn bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for b in self.bufs.iter().flatten() {
+            v.extend_from_slice(b.as_slice());
+        }
+        v
+    }
+}
+
+impl Task {
+    pub(super) fn start_phase(&mut self, n: u8, phase: Phase) {
+        self.limit = if matches!(phase, Phase::Fill { .. }) {
+            FILL_IN_FLIGHT
+        } else {
+            MAX_IN_FLIGHT
+        };
+        if self.slots.len() < self.limit {
+            self.slots.resize(self.limit, None);
+        }
+        self.phase = phase;
+        self.next_piece = 0;
+        self.stage = Stage::Io(n);
+        self.check_phase_end();
+    }
+
+    pub(super) fn issued_all(&self) -> bool {
+        match &self.phase {
+            Phase::Ranges { ranges, idx, .. } => *idx >= ranges.len(),
+            p => p.pieces().is_none_or(|n| self.next_piece >= n),
+        }
+    }
+
+    pub(super) fn make_piece(&mut self, piece: u64) -> Option<(IoOp, bool)> {
+        let bs = self.geo.bs;
+        match &mut self.phase {
+            Phase::Idle => None,
+            Phase::Read {
+                lba, blocks, chunk, ..
+            } => {
+                let (start, n) = span(piece, *blocks, *chunk)?;
+                let buf = IoBuf::new((n * bs) as usize);
+                Some((
+                    IoOp::Read {
+                        lba: *lba + start,
+                        buf,
+                    },
+                    false,
+                ))
+            }
+            Phase::Write {
+                lba,
+                blocks,
+                chunk,
+                base,
+                fua,
+            } => {
+                let (start, n) = span(piece, *blocks, *chunk)?;
+                let len = (n * bs) as usize;
+                let buf = self
+                    .dout
+                    .bufs
+                    .get_mut(*base + piece as usize)
+                    .and_then(Option::take)
+                    .unwrap_or_else(|| IoBuf::new(len));
+                Some((
+                    IoOp::Write {
+                        lba: *lba + start,
+                        buf,
+                    },
+                    *fua,
+                ))
+            }
+            Phase::Fill {
+                lba,
+                blocks,
+                chunk,
+                fua,
+            } => {
+                let (start, n) = span(piece, *blocks, *chunk)?;
+                let len = (n * bs) as usize;
+                let mut buf = self.pool.pop().unwrap_or_else(|| IoBuf::new(len));
+                if !buf.set_len(len) {
+                    buf = IoBuf::new(len);
+                }
+                for block in buf.as_mut_slice().chunks_mut(bs as usize) {
+                    let k = block.len().min(self.pattern.len());
+                    block[..k].copy_from_slice(&self.pattern[..k]);
+                }
+                Some((
+                    IoOp::Write {
+                        lba: *lba + start,
+                        buf,
+                    },
+                    *fua,
+                ))
+            }
+            Phase::Zero {
+                lba,
+                blocks,
+                chunk,
+                unmap,
+            } => {
+                let (start, n) = span(piece, *blocks, *chunk)?;
+                let (lba, blocks) = (*lba + start, n as u32);
+                let op = if *unmap {
+                    IoOp::Unmap { lba, blocks }
+                } else {
+                    IoOp::WriteZeroes { lba, blocks }
+                };
+                Some((op, false))
+            }
+            Phase::Ranges {
+                ranges,
+                idx,
+                off,
+                max,
+            } => {
+                let &(l, n) = ranges.get(*idx)?;
+                let k = (n - *off).min(*max);
+                let op = IoOp::Unmap {
+                    lba: l + *off,
+                    blocks: k as u32,
+                };
+                *off += k;
+                if *off >= n {
+                    *idx += 1;
+                    *off = 0;
+                }
+                Some((op, false))
+            }
+            Phase::Flush => (piece == 0).then_some((IoOp::Flush, false)),
+        }
+    }
+
+    pub(super) fn piece_done(&mut self, piece: u64, buf: Option<IoBuf>) -> Result<(), Failure> {
+        let bs = self.geo.bs;
+        let broken = Failure::Check(Sense::new(
+            key::HARDWARE_ERROR,
+            asc::INTERNAL_TARGET_FAILURE,
+        ));
+        match &self.phase {
+            Phase::Read {
+                blocks,
+                chunk,
+                keep,
+                ..
+            } => {
+                let (start, n) = span(piece, *blocks, *chunk).ok_or(broken)?;
+                let buf = buf.filter(|b| b.len() as u64 == n * bs).ok_or(broken)?;
+                let at = start * bs;
+                match *keep {
+                    Keep::DataIn => {
+                        if let Some(slot) = self.din.get_mut(piece as usize) {
+                            *slot = Some(buf);
+                        }
+                    }
+                    Keep::Compare { base } => {
+                        let want = self.dout.bufs.get(base + piece as usize);
+                        let want = want.and_then(Option::as_ref).ok_or(broken)?;
+                        if let Some(p) = first_diff(buf.as_slice(), want.as_slice()) {
+                            self.note_miscompare(at + p as u64);
+                        }
+                    }
+                    Keep::CompareOne => {
+                        let want = self.dout.bufs.first().and_then(Option::as_ref);
+                        let want = want.ok_or(broken)?;
+                        let blocks = buf.as_slice().chunks(bs as usize);
+                        if let Some(off) = blocks.enumerate().find_map(|(k, b)| {
+                            first_diff(b, want.as_slice()).map(|p| k as u64 * bs + p as u64)
+                        }) {
+                            self.note_miscompare(at + off);
+                        }
+                    }
+                    Keep::Discard => {}
+                }
+            }
+            Phase::Write { base, .. } => {
+                // Kept for the read-back compare of WRITE AND VERIFY.
+                let keep = matches!(
+                    self.cmd,
+                    Cmd::Write {
+                        verify: Some(true),
+                        ..
+                    }
+                );
+                if keep && let Some(slot) = self.dout.bufs.get_mut(*base + piece as usize) {
+                    *slot = Some(buf.ok_or(broken)?);
+                }
+            }
+            Phase::Fill { .. } => {
+                if let Some(b) = buf {
+                    self.pool.push(b);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub(super) fn note_miscompare(&mut self, off: u64) {
+        self.miscompare = Some(self.miscompare.map_or(off, |m| m.min(off)));
+    }
+}
+
+/// Blocks `start..start + n` of piece `piece` of a `blocks` range cut in
+/// `chunk`s.
+pub(super) fn span(piece: u64, blocks: u64, chunk: u64) -> Option<(u64, u64)> {
+    let start = piece.checked_mul(chunk)?;
+    (start < blocks).then(|| (start, chunk.min(blocks - start)))
+}
+
+pub(super) fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+/// The sense a failed block I/O turns into.
+pub(super) fn io_failure(s: IoStatus, phase: &Phase) -> Failure {
+    let write = phase.is_write() || matches!(phase, Phase::Flush);
+    Failure::Check(match s {
+        IoStatus::Success => return Failure::Status(status::GOOD),
+        IoStatus::OutOfRange => Sense::lba_out_of_range(),
+        IoStatus::Misaligned | IoStatus::TooLarge | IoStatus::Unsupported => {
+            Sense::illegal(asc::INVALID_FIELD_IN_CDB)
+        }
+        IoStatus::ReadOnly => Sense::write_protected(),
+        IoStatus::NoMemory => return Failure::Status(status::BUSY),
+        IoStatus::DeviceError(_) if write => Sense::new(key::MEDIUM_ERROR, asc::WRITE_ERROR),
+        IoStatus::DeviceError(_) => Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR),
+        IoStatus::Timeout => Sense::new(key::ABORTED_COMMAND, asc::LU_COMMUNICATION_TIMEOUT),
+        IoStatus::DeviceFailed => Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE),
+    })
+}

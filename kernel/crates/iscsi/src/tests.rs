@@ -1,0 +1,1321 @@
+//! The transport against a scripted initiator, a RAM bdev and the real SCSI
+//! layer.
+
+use crate::chap::{self, Algorithm};
+use crate::config::{
+    AuthGroup, ChapPolicy, Config, InitiatorGroup, Lun, Options, PgIgMap, Portal, PortalGroup,
+    Secret, TargetNode,
+};
+use crate::pdu::{self, Bhs, NO_TAG, Pdu, at, flag, op};
+use crate::{Connection, Target};
+use ironbay_bdev::{IoRequest, MallocBdev, Registry};
+
+const NODE: &str = "iqn.2016-06.io.spdk:disk1";
+const INITIATOR: &str = "iqn.1994-05.com.example:host";
+const BS: usize = 512;
+
+fn addr(s: &str) -> core::net::SocketAddr {
+    s.parse().unwrap()
+}
+
+pub(crate) fn config(reg: &mut Registry) -> Config {
+    let id = reg
+        .add(Box::new(MallocBdev::new("Malloc0", 2048, 512)))
+        .unwrap();
+    Config {
+        options: Options {
+            nop_in_interval: 0,
+            ..Options::default()
+        },
+        auth_groups: vec![AuthGroup {
+            tag: 1,
+            secrets: vec![Secret {
+                user: "user".into(),
+                secret: "secret-of-12".into(),
+                muser: Some("muser".into()),
+                msecret: Some("msecret-of-12".into()),
+            }],
+        }],
+        portal_groups: vec![PortalGroup {
+            tag: 1,
+            portals: vec![Portal {
+                host: "127.0.0.1".into(),
+                port: 3260,
+            }],
+            private: false,
+        }],
+        initiator_groups: vec![InitiatorGroup {
+            tag: 1,
+            initiators: vec!["ANY".into()],
+            netmasks: vec!["ANY".into()],
+        }],
+        nodes: vec![TargetNode {
+            name: NODE.into(),
+            alias: "Disk one".into(),
+            pg_ig_maps: vec![PgIgMap {
+                pg_tag: 1,
+                ig_tag: 1,
+            }],
+            luns: vec![Lun {
+                id: 0,
+                bdev_name: "Malloc0".into(),
+                bdev: id,
+                read_only: false,
+            }],
+            queue_depth: 32,
+            chap: ChapPolicy::default(),
+            header_digest: false,
+            data_digest: false,
+        }],
+        ..Config::default()
+    }
+}
+
+pub(crate) struct Rig {
+    pub t: Target,
+    pub reg: Registry,
+    pub conn: Connection,
+    pub out: Vec<u8>,
+    pub now: u64,
+    pub itt: u32,
+    pub cmd_sn: u32,
+    pub hd: bool,
+    pub dd: bool,
+    /// I/Os the fake device holds back (for abort tests).
+    pub hold: bool,
+    held: Vec<IoRequest>,
+    held_ids: Vec<ironbay_bdev::BdevId>,
+}
+
+fn kv(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (k, val) in pairs {
+        v.extend_from_slice(k.as_bytes());
+        v.push(b'=');
+        v.extend_from_slice(val.as_bytes());
+        v.push(0);
+    }
+    v
+}
+
+pub(crate) fn pairs(p: &Pdu) -> Vec<(String, String)> {
+    crate::text::parse(&p.data).unwrap()
+}
+
+fn get(p: &[(String, String)], k: &str) -> Option<String> {
+    p.iter().find(|x| x.0 == k).map(|x| x.1.clone())
+}
+
+impl Rig {
+    pub fn new() -> Rig {
+        let mut reg = Registry::new();
+        let cfg = config(&mut reg);
+        Rig::with(cfg, reg)
+    }
+
+    pub fn with(cfg: Config, reg: Registry) -> Rig {
+        Rig {
+            t: Target::new(cfg),
+            reg,
+            conn: Connection::new(addr("127.0.0.1:3260"), addr("127.0.0.1:40000"), 0),
+            out: Vec::new(),
+            now: 0,
+            itt: 1,
+            cmd_sn: 1,
+            hd: false,
+            dd: false,
+            hold: false,
+            held: Vec::new(),
+            held_ids: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        let mut off = 0;
+        for _ in 0..10_000 {
+            off += self
+                .conn
+                .handle_input(&bytes[off..], &mut self.t, &self.reg, self.now);
+            self.pump();
+            if off == bytes.len() || self.conn.finished() {
+                break;
+            }
+        }
+    }
+
+    pub fn pump(&mut self) {
+        let mut done = Vec::new();
+        for _ in 0..1000 {
+            while let Some(io) = self.conn.poll_io() {
+                let req = IoRequest {
+                    tag: io.tag,
+                    op: io.op,
+                    fua: io.fua,
+                };
+                if self.hold {
+                    self.held.push(req);
+                    self.held_ids.push(io.bdev);
+                } else {
+                    self.reg.submit(io.bdev, req, 0).unwrap();
+                }
+            }
+            done.clear();
+            self.reg.poll(0, &mut done);
+            if done.is_empty() {
+                break;
+            }
+            for (_, c) in done.drain(..) {
+                self.conn
+                    .handle_completion(c.tag, c, &mut self.t, &self.reg, self.now);
+            }
+        }
+        while let Some(b) = self.conn.poll_output() {
+            let n = b.len();
+            self.out.extend_from_slice(b);
+            self.conn.consume_output(n);
+        }
+    }
+
+    pub fn release(&mut self) {
+        self.hold = false;
+        let ids = core::mem::take(&mut self.held_ids);
+        for (req, id) in core::mem::take(&mut self.held).into_iter().zip(ids) {
+            self.reg.submit(id, req, 0).unwrap();
+        }
+        self.pump();
+    }
+
+    pub fn tick(&mut self, ms: u64) {
+        self.now += ms;
+        self.conn.handle_timeout(&mut self.t, &self.reg, self.now);
+        self.pump();
+    }
+
+    /// The next PDU the target sent.
+    pub fn recv(&mut self) -> Pdu {
+        self.try_recv().expect("no PDU from the target")
+    }
+
+    pub fn try_recv(&mut self) -> Option<Pdu> {
+        let bhs = Bhs::from_slice(&self.out)?;
+        let f = pdu::frame(&bhs, self.hd, self.dd);
+        assert!(self.out.len() >= f.total, "partial PDU");
+        let raw: Vec<u8> = self.out.drain(..f.total).collect();
+        Some(Pdu::parse(&raw, self.hd, self.dd).expect("bad digest from the target"))
+    }
+
+    pub fn pdu(&self, bhs: &Bhs, data: &[u8]) -> Vec<u8> {
+        pdu::encode(bhs, &[], data, self.hd, self.dd)
+    }
+
+    pub fn next_itt(&mut self) -> u32 {
+        self.itt += 1;
+        self.itt
+    }
+
+    pub fn login_pdu(&mut self, flags: u8, tsih: u16, data: &[u8]) -> Pdu {
+        let mut b = Bhs::new(op::LOGIN_REQ);
+        b.0[0] |= 0x40;
+        b.set_flags(flags).set_itt(self.itt);
+        b.0[8..14].copy_from_slice(&[0x80, 1, 2, 3, 4, 5]);
+        b.set_u16(14, tsih).set_u16(20, 1).set_u32(24, self.cmd_sn);
+        let v = pdu::encode(&b, &[], data, false, false);
+        self.send(&v);
+        self.recv()
+    }
+
+    /// Logs in with the given security and operational keys.
+    pub fn login_with(&mut self, sec: &[(&str, &str)], ops: &[(&str, &str)]) -> Pdu {
+        let r = self.login_pdu(0x81, 0, &kv(sec));
+        assert_eq!(r.bhs.u16_at(36), 0, "security stage: {:?}", pairs(&r));
+        assert_eq!(r.bhs.flags(), 0x81);
+        let r2 = self.login_pdu(0x87, 0, &kv(ops));
+        assert_eq!(r2.bhs.u16_at(36), 0, "operational stage");
+        assert_eq!(r2.bhs.flags(), 0x87);
+        let p = pairs(&r2);
+        self.hd = get(&p, "HeaderDigest").as_deref() == Some("CRC32C");
+        self.dd = get(&p, "DataDigest").as_deref() == Some("CRC32C");
+        r
+    }
+
+    pub fn login(&mut self, ops: &[(&str, &str)]) {
+        self.login_with(
+            &[
+                ("InitiatorName", INITIATOR),
+                ("TargetName", NODE),
+                ("SessionType", "Normal"),
+                ("AuthMethod", "None"),
+            ],
+            ops,
+        );
+    }
+
+    /// A SCSI Command PDU.
+    pub fn command(&mut self, cdb: &[u8], flags: u8, edtl: u32, data: &[u8]) -> (u32, Vec<u8>) {
+        let itt = self.next_itt();
+        let mut b = Bhs::new(op::SCSI_CMD);
+        b.set_flags(flags).set_itt(itt).set_u32(at::W20, edtl);
+        b.set_u32(at::W24, self.cmd_sn).set_u32(28, 0);
+        self.cmd_sn += 1;
+        b.0[32..32 + cdb.len().min(16)].copy_from_slice(&cdb[..cdb.len().min(16)]);
+        (itt, self.pdu(&b, data))
+    }
+
+    pub fn data_out(
+        &self,
+        itt: u32,
+        ttt: u32,
+        sn: u32,
+        off: u32,
+        data: &[u8],
+        last: bool,
+    ) -> Vec<u8> {
+        let mut b = Bhs::new(op::DATA_OUT);
+        b.set_flags(if last { flag::FINAL } else { 0 })
+            .set_itt(itt)
+            .set_u32(at::W20, ttt)
+            .set_u32(at::W36, sn)
+            .set_u32(at::W40, off);
+        self.pdu(&b, data)
+    }
+
+    pub fn nop_out(&mut self, data: &[u8], immediate: bool) -> (u32, Vec<u8>) {
+        let itt = self.next_itt();
+        let mut b = Bhs::new(op::NOP_OUT);
+        if immediate {
+            b.0[0] |= 0x40;
+        }
+        b.set_flags(flag::FINAL)
+            .set_itt(itt)
+            .set_u32(at::W20, NO_TAG)
+            .set_u32(at::W24, self.cmd_sn);
+        if !immediate {
+            self.cmd_sn += 1;
+        }
+        (itt, self.pdu(&b, data))
+    }
+
+    pub fn text(&mut self, data: &[u8], flags: u8, ttt: u32) -> Pdu {
+        let mut b = Bhs::new(op::TEXT_REQ);
+        b.0[0] |= 0x40;
+        b.set_flags(flags)
+            .set_itt(self.itt)
+            .set_u32(at::W20, ttt)
+            .set_u32(at::W24, self.cmd_sn);
+        let v = self.pdu(&b, data);
+        self.send(&v);
+        self.recv()
+    }
+
+    pub fn tmf(&mut self, function: u8, ref_itt: u32, ref_sn: u32) -> (u32, Vec<u8>) {
+        let itt = self.next_itt();
+        let mut b = Bhs::new(op::TMF_REQ);
+        b.0[0] |= 0x40;
+        b.set_flags(0x80 | function)
+            .set_itt(itt)
+            .set_u32(at::W20, ref_itt)
+            .set_u32(at::W24, self.cmd_sn)
+            .set_u32(at::W32, ref_sn);
+        (itt, self.pdu(&b, &[]))
+    }
+
+    /// WRITE(10) with all data as immediate data; returns the response.
+    pub fn write(&mut self, lba: u32, data: &[u8]) -> Pdu {
+        let cdb = write10(lba, (data.len() / BS) as u16);
+        let (_, v) = self.command(&cdb, flag::FINAL | flag::WRITE, data.len() as u32, data);
+        self.send(&v);
+        self.recv()
+    }
+
+    /// READ(10); returns the data and the final status PDU.
+    pub fn read(&mut self, lba: u32, blocks: u16, edtl: u32) -> (Vec<u8>, Pdu) {
+        let cdb = read10(lba, blocks);
+        let (_, v) = self.command(&cdb, flag::FINAL | flag::READ, edtl, &[]);
+        self.send(&v);
+        let mut data = Vec::new();
+        loop {
+            let p = self.recv();
+            match p.bhs.opcode() {
+                op::DATA_IN => {
+                    assert_eq!(p.bhs.u32_at(at::W40) as usize, data.len());
+                    data.extend_from_slice(&p.data);
+                    if p.bhs.flags() & flag::STATUS != 0 {
+                        return (data, p);
+                    }
+                }
+                op::SCSI_RSP => return (data, p),
+                o => panic!("unexpected opcode {o:#x}"),
+            }
+        }
+    }
+}
+
+pub(crate) fn write10(lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = 0x2a;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+pub(crate) fn read10(lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = write10(lba, blocks);
+    c[0] = 0x28;
+    c
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn status_of(p: &Pdu) -> u8 {
+    p.bhs.byte(3)
+}
+
+#[test]
+fn login_reports_tpgt_and_tsih() {
+    let mut r = Rig::new();
+    let first = r.login_pdu(
+        0x81,
+        0,
+        &kv(&[
+            ("InitiatorName", INITIATOR),
+            ("TargetName", NODE),
+            ("AuthMethod", "CHAP,None"),
+        ]),
+    );
+    assert_eq!(first.bhs.opcode(), op::LOGIN_RSP);
+    let p = pairs(&first);
+    assert_eq!(get(&p, "TargetPortalGroupTag").as_deref(), Some("1"));
+    assert_eq!(get(&p, "TargetAlias").as_deref(), Some("Disk one"));
+    assert_eq!(get(&p, "AuthMethod").as_deref(), Some("None"));
+    let r2 = r.login_pdu(
+        0x87,
+        0,
+        &kv(&[
+            ("HeaderDigest", "None"),
+            ("MaxRecvDataSegmentLength", "65536"),
+            ("X-com.example", "1"),
+            ("Bogus", "1"),
+        ]),
+    );
+    let p = pairs(&r2);
+    assert_eq!(get(&p, "X-com.example").as_deref(), Some("NotUnderstood"));
+    assert_eq!(get(&p, "Bogus").as_deref(), Some("NotUnderstood"));
+    assert_eq!(
+        get(&p, "MaxRecvDataSegmentLength").as_deref(),
+        Some("65536")
+    );
+    assert_ne!(r2.bhs.u16_at(14), 0, "TSIH");
+    assert_eq!(r.t.connections()[0].state, "full_feature");
+    assert_eq!(r.t.connections()[0].target_name, NODE);
+    // The session works.
+    let (itt, v) = r.nop_out(b"ping", true);
+    r.send(&v);
+    let p = r.recv();
+    assert_eq!((p.bhs.opcode(), p.bhs.itt()), (op::NOP_IN, itt));
+    assert_eq!(p.data, b"ping");
+}
+
+fn login_status(sec: &[(&str, &str)]) -> u16 {
+    let mut r = Rig::new();
+    let p = r.login_pdu(0x81, 0, &kv(sec));
+    assert!(r.conn.finished() || p.bhs.u16_at(36) == 0);
+    p.bhs.u16_at(36)
+}
+
+#[test]
+fn login_refusals() {
+    assert_eq!(login_status(&[("TargetName", NODE)]), 0x0207);
+    assert_eq!(login_status(&[("InitiatorName", INITIATOR)]), 0x0207);
+    assert_eq!(
+        login_status(&[("InitiatorName", INITIATOR), ("TargetName", "iqn.x:nope")]),
+        0x0203
+    );
+    assert_eq!(
+        login_status(&[("InitiatorName", INITIATOR), ("SessionType", "Weird")]),
+        0x0209
+    );
+    // Only a named initiator is let in.
+    let mut reg = Registry::new();
+    let mut cfg = config(&mut reg);
+    cfg.initiator_groups[0].initiators = vec!["iqn.other:host".into()];
+    let mut r = Rig::with(cfg, reg);
+    let p = r.login_pdu(
+        0x81,
+        0,
+        &kv(&[("InitiatorName", INITIATOR), ("TargetName", NODE)]),
+    );
+    assert_eq!(p.bhs.u16_at(36), 0x0202);
+    assert!(r.conn.finished());
+    // TSIH of a session that does not exist.
+    let mut r = Rig::new();
+    let p = r.login_pdu(
+        0x81,
+        7,
+        &kv(&[("InitiatorName", INITIATOR), ("TargetName", NODE)]),
+    );
+    assert_eq!(p.bhs.u16_at(36), 0x020a);
+    // Version-min above 0.
+    let mut r = Rig::new();
+    let mut b = Bhs::new(op::LOGIN_REQ);
+    b.set_flags(0x81).set_byte(3, 1);
+    let v = pdu::encode(&b, &[], &kv(&[("InitiatorName", INITIATOR)]), false, false);
+    r.send(&v);
+    assert_eq!(r.recv().bhs.u16_at(36), 0x0205);
+    // Non-login PDU first.
+    let mut r = Rig::new();
+    let (_, v) = r.nop_out(b"", true);
+    r.send(&v);
+    assert!(r.conn.finished());
+}
+
+#[test]
+fn login_bounds_round_trips() {
+    let mut r = Rig::new();
+    let sec = kv(&[("InitiatorName", INITIATOR), ("TargetName", NODE)]);
+    for _ in 0..crate::login::MAX_LOGIN_PDUS + 2 {
+        if r.conn.finished() {
+            break;
+        }
+        r.login_pdu(0x01, 0, &sec);
+    }
+    assert!(r.conn.finished());
+}
+
+fn chap_config(mutual: bool) -> (Config, Registry) {
+    let mut reg = Registry::new();
+    let mut cfg = config(&mut reg);
+    cfg.nodes[0].chap = ChapPolicy {
+        disable: false,
+        require: true,
+        mutual,
+        group: 1,
+    };
+    (cfg, reg)
+}
+
+/// Runs CHAP up to the target's challenge; returns (algorithm, id, challenge).
+fn chap_start(r: &mut Rig, algs: &str) -> Result<(Algorithm, u8, Vec<u8>), u16> {
+    let p = r.login_pdu(
+        0x81,
+        0,
+        &kv(&[
+            ("InitiatorName", INITIATOR),
+            ("TargetName", NODE),
+            ("AuthMethod", "CHAP,None"),
+        ]),
+    );
+    assert_eq!(get(&pairs(&p), "AuthMethod").as_deref(), Some("CHAP"));
+    assert_eq!(p.bhs.flags() & 0x80, 0, "no transit before CHAP");
+    let p = r.login_pdu(0x01, 0, &kv(&[("CHAP_A", algs)]));
+    if p.bhs.u16_at(36) != 0 {
+        return Err(p.bhs.u16_at(36));
+    }
+    let kv = pairs(&p);
+    let alg = Algorithm::from_number(get(&kv, "CHAP_A").unwrap().parse().unwrap()).unwrap();
+    let id: u8 = get(&kv, "CHAP_I").unwrap().parse().unwrap();
+    let c = chap::decode(&get(&kv, "CHAP_C").unwrap()).unwrap();
+    assert_eq!(c.len(), chap::CHALLENGE_LEN);
+    Ok((alg, id, c))
+}
+
+#[test]
+fn chap_one_way_all_algorithms() {
+    for (list, want) in [
+        ("5", Algorithm::Md5),
+        ("6,5", Algorithm::Sha1),
+        ("7", Algorithm::Sha256),
+        ("1,8", Algorithm::Sha3_256),
+    ] {
+        let (cfg, reg) = chap_config(false);
+        let mut r = Rig::with(cfg, reg);
+        let (alg, id, c) = chap_start(&mut r, list).unwrap();
+        assert_eq!(alg, want);
+        let resp = alg.response(id, b"secret-of-12", &c);
+        // Base64 for one of them.
+        let enc = if alg == Algorithm::Sha1 {
+            base64(&resp)
+        } else {
+            chap::encode_hex(&resp)
+        };
+        let p = r.login_pdu(0x81, 0, &kv(&[("CHAP_N", "user"), ("CHAP_R", &enc)]));
+        assert_eq!(p.bhs.u16_at(36), 0);
+        assert_eq!(p.bhs.flags(), 0x81, "transit to operational");
+        let p = r.login_pdu(0x87, 0, &[]);
+        assert_eq!((p.bhs.u16_at(36), p.bhs.flags()), (0, 0x87));
+    }
+}
+
+fn base64(b: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::from("0b");
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+#[test]
+fn chap_mutual_answers_the_initiator() {
+    let (cfg, reg) = chap_config(true);
+    let mut r = Rig::with(cfg, reg);
+    let (alg, id, c) = chap_start(&mut r, "5").unwrap();
+    let resp = chap::encode_hex(&alg.response(id, b"secret-of-12", &c));
+    let my_c = [7u8; 24];
+    let p = r.login_pdu(
+        0x81,
+        0,
+        &kv(&[
+            ("CHAP_N", "user"),
+            ("CHAP_R", &resp),
+            ("CHAP_I", "9"),
+            ("CHAP_C", &chap::encode_hex(&my_c)),
+        ]),
+    );
+    assert_eq!(p.bhs.u16_at(36), 0);
+    let kv = pairs(&p);
+    assert_eq!(get(&kv, "CHAP_N").as_deref(), Some("muser"));
+    let want = alg.response(9, b"msecret-of-12", &my_c);
+    assert_eq!(get(&kv, "CHAP_R"), Some(chap::encode_hex(&want)));
+}
+
+#[test]
+fn chap_failures_are_auth_failures() {
+    // Wrong response.
+    let (cfg, reg) = chap_config(false);
+    let mut r = Rig::with(cfg, reg);
+    let (alg, id, c) = chap_start(&mut r, "5").unwrap();
+    let bad = chap::encode_hex(&alg.response(id, b"wrong", &c));
+    let p = r.login_pdu(0x81, 0, &kv(&[("CHAP_N", "user"), ("CHAP_R", &bad)]));
+    assert_eq!(p.bhs.u16_at(36), 0x0201);
+    assert!(r.conn.finished());
+    // Unknown user.
+    let (cfg, reg) = chap_config(false);
+    let mut r = Rig::with(cfg, reg);
+    let (alg, id, c) = chap_start(&mut r, "5").unwrap();
+    let ok = chap::encode_hex(&alg.response(id, b"secret-of-12", &c));
+    let p = r.login_pdu(0x81, 0, &kv(&[("CHAP_N", "nobody"), ("CHAP_R", &ok)]));
+    assert_eq!(p.bhs.u16_at(36), 0x0201);
+    // Mutual required but not asked for.
+    let (cfg, reg) = chap_config(true);
+    let mut r = Rig::with(cfg, reg);
+    let (alg, id, c) = chap_start(&mut r, "5").unwrap();
+    let ok = chap::encode_hex(&alg.response(id, b"secret-of-12", &c));
+    let p = r.login_pdu(0x81, 0, &kv(&[("CHAP_N", "user"), ("CHAP_R", &ok)]));
+    assert_eq!(p.bhs.u16_at(36), 0x0201);
+    // Reflected challenge.
+    let (cfg, reg) = chap_config(true);
+    let mut r = Rig::with(cfg, reg);
+    let (alg, id, c) = chap_start(&mut r, "5").unwrap();
+    let ok = chap::encode_hex(&alg.response(id, b"secret-of-12", &c));
+    let p = r.login_pdu(
+        0x81,
+        0,
+        &kv(&[
+            ("CHAP_N", "user"),
+            ("CHAP_R", &ok),
+            ("CHAP_I", "1"),
+            ("CHAP_C", &chap::encode_hex(&c)),
+        ]),
+    );
+    assert_eq!(p.bhs.u16_at(36), 0x0201);
+    // No algorithm we know, or none at all.
+    for bad in ["56", ""] {
+        let (cfg, reg) = chap_config(false);
+        let mut r = Rig::with(cfg, reg);
+        assert_eq!(chap_start(&mut r, bad), Err(0x0201));
+    }
+    // CHAP required: AuthMethod=None refused; skipping security refused.
+    let (cfg, reg) = chap_config(false);
+    let mut r = Rig::with(cfg, reg);
+    let p = r.login_pdu(
+        0x81,
+        0,
+        &kv(&[
+            ("InitiatorName", INITIATOR),
+            ("TargetName", NODE),
+            ("AuthMethod", "None"),
+        ]),
+    );
+    assert_eq!(p.bhs.u16_at(36), 0x0201);
+    let (cfg, reg) = chap_config(false);
+    let mut r = Rig::with(cfg, reg);
+    let p = r.login_pdu(
+        0x87,
+        0,
+        &kv(&[("InitiatorName", INITIATOR), ("TargetName", NODE)]),
+    );
+    assert_eq!(p.bhs.u16_at(36), 0x0201);
+}
+
+#[test]
+fn write_immediate_then_read_back() {
+    let mut r = Rig::new();
+    r.login(&[("ImmediateData", "Yes"), ("FirstBurstLength", "65536")]);
+    let data = pattern(4 * BS, 3);
+    let p = r.write(10, &data);
+    assert_eq!((p.bhs.opcode(), status_of(&p)), (op::SCSI_RSP, 0));
+    let (got, st) = r.read(10, 4, 4 * BS as u32);
+    assert_eq!(got, data);
+    assert_eq!(st.bhs.opcode(), op::DATA_IN);
+    assert_eq!(st.bhs.flags() & (flag::FINAL | flag::STATUS), 0x81);
+    assert_eq!(st.bhs.u32_at(at::W44), 0, "no residual");
+}
+
+#[test]
+fn write_with_r2t_sequences() {
+    let mut r = Rig::new();
+    r.login(&[
+        ("InitialR2T", "Yes"),
+        ("ImmediateData", "No"),
+        ("MaxBurstLength", "16384"),
+        ("MaxRecvDataSegmentLength", "8192"),
+    ]);
+    let data = pattern(64 * 1024, 9);
+    let cdb = write10(100, (data.len() / BS) as u16);
+    let (itt, v) = r.command(&cdb, flag::FINAL | flag::WRITE, data.len() as u32, &[]);
+    r.send(&v);
+    let mut r2ts = 0;
+    loop {
+        let p = r.recv();
+        if p.bhs.opcode() == op::SCSI_RSP {
+            assert_eq!(status_of(&p), 0);
+            assert_eq!(p.bhs.u32_at(at::W36), r2ts, "ExpDataSN counts R2Ts");
+            break;
+        }
+        assert_eq!(p.bhs.opcode(), op::R2T);
+        assert_eq!(p.bhs.u32_at(at::W36), r2ts, "R2TSN");
+        let (ttt, off, len) = (
+            p.bhs.u32_at(at::W20),
+            p.bhs.u32_at(at::W40) as usize,
+            p.bhs.u32_at(at::W44) as usize,
+        );
+        assert_eq!(len, 16384);
+        assert!(r.try_recv().is_none(), "one R2T outstanding at a time");
+        for (sn, chunk) in data[off..off + len].chunks(8192).enumerate() {
+            let last = (sn + 1) * 8192 >= len;
+            let v = r.data_out(itt, ttt, sn as u32, (off + sn * 8192) as u32, chunk, last);
+            r.send(&v);
+        }
+        r2ts += 1;
+    }
+    assert_eq!(r2ts, 4);
+    let (got, _) = r.read(100, 128, data.len() as u32);
+    assert_eq!(got, data);
+}
+
+#[test]
+fn unsolicited_data_then_r2t() {
+    let mut reg = Registry::new();
+    let mut cfg = config(&mut reg);
+    cfg.options.initial_r2t = false;
+    let mut r = Rig::with(cfg, reg);
+    r.login(&[
+        ("InitialR2T", "No"),
+        ("ImmediateData", "Yes"),
+        ("FirstBurstLength", "4096"),
+        ("MaxRecvDataSegmentLength", "1024"),
+    ]);
+    let data = pattern(16 * BS, 1);
+    let (itt, v) = r.command(
+        &write10(0, 16),
+        flag::WRITE,
+        data.len() as u32,
+        &data[..1024],
+    );
+    r.send(&v);
+    // Unsolicited Data-Out up to FirstBurstLength.
+    for (sn, off) in [1024usize, 2048, 3072].into_iter().enumerate() {
+        let v = r.data_out(
+            itt,
+            NO_TAG,
+            sn as u32,
+            off as u32,
+            &data[off..off + 1024],
+            off == 3072,
+        );
+        r.send(&v);
+    }
+    let p = r.recv();
+    assert_eq!(p.bhs.opcode(), op::R2T);
+    assert_eq!((p.bhs.u32_at(at::W40), p.bhs.u32_at(at::W44)), (4096, 4096));
+    let ttt = p.bhs.u32_at(at::W20);
+    for (sn, off) in (4096..8192).step_by(1024).enumerate() {
+        let v = r.data_out(
+            itt,
+            ttt,
+            sn as u32,
+            off as u32,
+            &data[off..off + 1024],
+            off == 7168,
+        );
+        r.send(&v);
+    }
+    let p = r.recv();
+    assert_eq!((p.bhs.opcode(), status_of(&p)), (op::SCSI_RSP, 0));
+    assert_eq!(r.read(0, 16, 8192).0, data);
+}
+
+#[test]
+fn data_in_is_segmented_by_mrdsl_and_burst() {
+    let mut r = Rig::new();
+    r.login(&[
+        ("MaxRecvDataSegmentLength", "4096"),
+        ("MaxBurstLength", "16384"),
+    ]);
+    let data = pattern(64 * 1024, 5);
+    for (i, c) in data.chunks(8192).enumerate() {
+        assert_eq!(status_of(&r.write(200 + 16 * i as u32, c)), 0);
+    }
+    let (_, v) = r.command(&read10(200, 128), flag::FINAL | flag::READ, 65536, &[]);
+    r.send(&v);
+    let mut got = Vec::new();
+    for sn in 0..16u32 {
+        let p = r.recv();
+        assert_eq!(p.bhs.opcode(), op::DATA_IN);
+        assert_eq!(p.data.len(), 4096);
+        assert_eq!(p.bhs.u32_at(at::W36), sn, "DataSN");
+        let f = p.bhs.flags();
+        assert_eq!(f & flag::FINAL != 0, sn % 4 == 3, "F at burst ends");
+        assert_eq!(f & flag::STATUS != 0, sn == 15);
+        got.extend_from_slice(&p.data);
+    }
+    assert_eq!(got, data);
+    assert!(r.try_recv().is_none());
+}
+
+#[test]
+fn residuals_on_reads_and_writes() {
+    let mut r = Rig::new();
+    r.login(&[]);
+    // Read 1 block, expect 200 bytes: overflow.
+    let (d, st) = r.read(0, 1, 200);
+    assert_eq!(d.len(), 200);
+    assert_eq!(
+        st.bhs.flags() & (flag::OVERFLOW | flag::UNDERFLOW),
+        flag::OVERFLOW
+    );
+    assert_eq!(st.bhs.u32_at(at::W44), 312);
+    // Expect 10000: underflow.
+    let (d, st) = r.read(0, 1, 10000);
+    assert_eq!(d.len(), 512);
+    assert_eq!(st.bhs.flags() & flag::UNDERFLOW, flag::UNDERFLOW);
+    assert_eq!(st.bhs.u32_at(at::W44), 10000 - 512);
+    // Expect 0: overflow, no data, SCSI Response.
+    let (d, st) = r.read(0, 1, 0);
+    assert!(d.is_empty());
+    assert_eq!(st.bhs.opcode(), op::SCSI_RSP);
+    assert_eq!(st.bhs.flags() & flag::OVERFLOW, flag::OVERFLOW);
+    assert_eq!(st.bhs.u32_at(at::W44), 512);
+    // Write 1 block, EDTL 2 blocks: underflow of one block.
+    let (_, v) = r.command(
+        &write10(0, 1),
+        flag::FINAL | flag::WRITE,
+        1024,
+        &pattern(1024, 0),
+    );
+    r.send(&v);
+    let p = r.recv();
+    assert_eq!(p.bhs.flags() & flag::UNDERFLOW, flag::UNDERFLOW);
+    assert_eq!(p.bhs.u32_at(at::W44), 512);
+    // Write 2 blocks, EDTL 1 block: overflow of one block.
+    let (_, v) = r.command(
+        &write10(0, 2),
+        flag::FINAL | flag::WRITE,
+        512,
+        &pattern(512, 0),
+    );
+    r.send(&v);
+    let p = r.recv();
+    assert_eq!(p.bhs.flags() & flag::OVERFLOW, flag::OVERFLOW);
+    assert_eq!(p.bhs.u32_at(at::W44), 512);
+}
+
+#[test]
+fn digests_both_ways() {
+    let mut r = Rig::new();
+    r.login(&[
+        ("HeaderDigest", "CRC32C,None"),
+        ("DataDigest", "CRC32C,None"),
+    ]);
+    assert!(r.hd && r.dd);
+    let data = pattern(2 * BS, 4);
+    assert_eq!(status_of(&r.write(5, &data)), 0);
+    assert_eq!(r.read(5, 2, 1024).0, data);
+    // A data digest error: Reject 02h, the session goes on.
+    let (_, mut v) = r.nop_out(b"abcd", true);
+    let n = v.len();
+    v[n - 1] ^= 0xff;
+    r.send(&v);
+    let p = r.recv();
+    assert_eq!(
+        (p.bhs.opcode(), p.bhs.byte(2)),
+        (op::REJECT, pdu::reject::DATA_DIGEST)
+    );
+    assert_eq!(&p.data[..48], &v[..48]);
+    // A write whose immediate data is corrupt fails with a CRC error.
+    let (_, mut v) = r.command(
+        &write10(5, 1),
+        flag::FINAL | flag::WRITE,
+        512,
+        &pattern(512, 9),
+    );
+    let n = v.len();
+    v[n - 1] ^= 1;
+    r.send(&v);
+    assert_eq!(r.recv().bhs.opcode(), op::REJECT);
+    let p = r.recv();
+    assert_eq!((p.bhs.opcode(), status_of(&p)), (op::SCSI_RSP, 2));
+    assert_eq!(&p.data[2 + 12..2 + 14], &[0x47, 0x01]);
+    assert_eq!(r.read(5, 2, 1024).0, data, "nothing written");
+    // A header digest error ends the connection.
+    let (_, mut v) = r.nop_out(b"", true);
+    v[49] ^= 1;
+    r.send(&v);
+    r.pump();
+    assert!(r.conn.finished());
+    assert_eq!(r.conn.error, Some("header digest error"));
+}
+
+#[test]
+fn required_digest_refuses_none() {
+    let mut reg = Registry::new();
+    let mut cfg = config(&mut reg);
+    cfg.nodes[0].header_digest = true;
+    let mut r = Rig::with(cfg, reg);
+    r.login_pdu(
+        0x81,
+        0,
+        &kv(&[
+            ("InitiatorName", INITIATOR),
+            ("TargetName", NODE),
+            ("AuthMethod", "None"),
+        ]),
+    );
+    let p = r.login_pdu(0x87, 0, &kv(&[("HeaderDigest", "None")]));
+    assert_ne!(p.bhs.u16_at(36), 0);
+    assert!(r.conn.finished());
+}
+
+#[test]
+fn cmdsn_window() {
+    let mut r = Rig::new();
+    r.login(&[]);
+    let tur = [0u8; 6];
+    // Too low and too high are dropped silently.
+    let sn = r.cmd_sn;
+    r.cmd_sn = sn - 1;
+    let (_, v) = r.command(&tur, flag::FINAL, 0, &[]);
+    r.send(&v);
+    r.cmd_sn = sn + 1000;
+    let (_, v) = r.command(&tur, flag::FINAL, 0, &[]);
+    r.send(&v);
+    assert!(r.try_recv().is_none());
+    // Out of order inside the window: held until the gap fills.
+    r.cmd_sn = sn + 1;
+    let (i2, v2) = r.command(&tur, flag::FINAL, 0, &[]);
+    r.send(&v2);
+    assert!(r.try_recv().is_none());
+    r.cmd_sn = sn;
+    let (i1, v1) = r.command(&tur, flag::FINAL, 0, &[]);
+    r.send(&v1);
+    let (a, b) = (r.recv(), r.recv());
+    assert_eq!((a.bhs.itt(), b.bhs.itt()), (i1, i2));
+    assert_eq!(b.bhs.u32_at(at::W28), sn + 2, "ExpCmdSN");
+    let max = b.bhs.u32_at(at::W32);
+    assert_eq!(max, sn + 2 + 31, "MaxCmdSN = ExpCmdSN + depth - 1");
+    // StatSN advances by one per response.
+    assert_eq!(b.bhs.u32_at(at::W24), a.bhs.u32_at(at::W24) + 1);
+}
+
+#[test]
+fn nop_in_ping_and_timeout() {
+    let mut reg = Registry::new();
+    let mut cfg = config(&mut reg);
+    cfg.options.nop_in_interval = 5;
+    cfg.options.nop_timeout = 10;
+    let mut r = Rig::with(cfg, reg);
+    r.login(&[]);
+    r.tick(6000);
+    let p = r.recv();
+    assert_eq!((p.bhs.opcode(), p.bhs.itt()), (op::NOP_IN, NO_TAG));
+    let ttt = p.bhs.u32_at(at::W20);
+    assert_ne!(ttt, NO_TAG);
+    // Answer it.
+    let mut b = Bhs::new(op::NOP_OUT);
+    b.0[0] |= 0x40;
+    b.set_flags(0x80).set_itt(NO_TAG).set_u32(at::W20, ttt);
+    let v = r.pdu(&b, &[]);
+    r.send(&v);
+    assert!(r.try_recv().is_none(), "no reply to a ping answer");
+    r.tick(4000);
+    assert!(r.try_recv().is_none());
+    // Next ping goes unanswered.
+    r.tick(6000);
+    assert_eq!(r.recv().bhs.opcode(), op::NOP_IN);
+    r.tick(11_000);
+    assert!(r.conn.finished());
+    assert_eq!(r.conn.error, Some("NOP-In not answered"));
+}
+
+#[test]
+fn task_management() {
+    let mut r = Rig::new();
+    r.login(&[("InitialR2T", "Yes"), ("ImmediateData", "No")]);
+    // A write waiting for its R2T data is aborted: no response for it.
+    let sn = r.cmd_sn;
+    let (witt, v) = r.command(&write10(0, 8), flag::FINAL | flag::WRITE, 4096, &[]);
+    r.send(&v);
+    assert_eq!(r.recv().bhs.opcode(), op::R2T);
+    let (titt, v) = r.tmf(1, witt, sn);
+    r.send(&v);
+    let p = r.recv();
+    assert_eq!(
+        (p.bhs.opcode(), p.bhs.itt(), p.bhs.byte(2)),
+        (op::TMF_RSP, titt, 0)
+    );
+    // Late data for it is dropped quietly.
+    let v = r.data_out(witt, 1, 0, 0, &[0; 512], true);
+    r.send(&v);
+    assert!(r.try_recv().is_none());
+    // Unknown task, past the window: does not exist.
+    let (_, v) = r.tmf(1, 0x5555, sn.wrapping_sub(10));
+    r.send(&v);
+    assert_eq!(r.recv().bhs.byte(2), 1);
+    // Not received yet but inside the window: function complete.
+    let (_, v) = r.tmf(1, 0x5556, r.cmd_sn + 1);
+    r.send(&v);
+    assert_eq!(r.recv().bhs.byte(2), 0);
+    for (f, want) in [
+        (5u8, 0u8),
+        (2, 0),
+        (4, 0),
+        (3, 5),
+        (8, 4),
+        (6, 0),
+        (99, 255),
+    ] {
+        let (_, v) = r.tmf(f, NO_TAG, 0);
+        r.send(&v);
+        assert_eq!(r.recv().bhs.byte(2), want, "function {f}");
+    }
+    // A read in flight at the device: the abort answers once it is back.
+    r.hold = true;
+    let sn = r.cmd_sn;
+    let (ritt, v) = r.command(&read10(0, 8), flag::FINAL | flag::READ, 4096, &[]);
+    r.send(&v);
+    let (_, v) = r.tmf(1, ritt, sn);
+    r.send(&v);
+    assert!(r.try_recv().is_none(), "TMF response waits for the device");
+    r.release();
+    let p = r.recv();
+    assert_eq!((p.bhs.opcode(), p.bhs.byte(2)), (op::TMF_RSP, 0));
+    assert!(
+        r.try_recv().is_none(),
+        "no data or status for the aborted read"
+    );
+    // Target cold reset: answered, then the connection closes.
+    let (_, v) = r.tmf(7, NO_TAG, 0);
+    r.send(&v);
+    assert_eq!(r.recv().bhs.byte(2), 0);
+    assert!(r.conn.finished());
+}
+
+#[test]
+fn logout_closes() {
+    let mut r = Rig::new();
+    r.login(&[("DefaultTime2Wait", "2"), ("DefaultTime2Retain", "20")]);
+    let itt = r.next_itt();
+    let mut b = Bhs::new(op::LOGOUT_REQ);
+    b.0[0] |= 0x40;
+    b.set_flags(0x80)
+        .set_itt(itt)
+        .set_u16(at::W20, 1)
+        .set_u32(24, r.cmd_sn);
+    let v = r.pdu(&b, &[]);
+    r.send(&v);
+    let p = r.recv();
+    assert_eq!(
+        (p.bhs.opcode(), p.bhs.itt(), p.bhs.byte(2)),
+        (op::LOGOUT_RSP, itt, 0)
+    );
+    assert_eq!((p.bhs.u16_at(40), p.bhs.u16_at(42)), (2, 20));
+    assert!(r.conn.finished());
+    r.conn.closed(&mut r.t);
+    assert!(r.t.connections().is_empty());
+}
+
+#[test]
+fn rejects_and_discovery() {
+    let mut r = Rig::new();
+    r.login_with(
+        &[("InitiatorName", INITIATOR), ("SessionType", "Discovery")],
+        &[("MaxBurstLength", "4096")],
+    );
+    // SCSI commands are not for discovery sessions.
+    let (_, v) = r.command(&[0u8; 6], flag::FINAL, 0, &[]);
+    r.send(&v);
+    assert_eq!(r.recv().bhs.opcode(), op::REJECT);
+    // SNACK and unknown opcodes.
+    let mut b = Bhs::new(op::SNACK);
+    b.set_flags(0x80);
+    let v = r.pdu(&b, &[]);
+    r.send(&v);
+    assert_eq!(r.recv().bhs.byte(2), pdu::reject::PROTOCOL_ERROR);
+    let v = r.pdu(&Bhs::new(0x1e), &[]);
+    r.send(&v);
+    assert_eq!(r.recv().bhs.byte(2), pdu::reject::NOT_SUPPORTED);
+    // SendTargets.
+    let p = r.text(b"SendTargets=All\0", flag::FINAL, NO_TAG);
+    assert_eq!(p.bhs.flags(), flag::FINAL);
+    assert_eq!(
+        pairs(&p),
+        [
+            ("TargetName".to_string(), NODE.to_string()),
+            ("TargetAddress".to_string(), "127.0.0.1:3260,1".to_string()),
+        ]
+    );
+    for bad in [
+        "SendTargets=Alle",
+        "SendTargets=A",
+        "sENDtARGETS=aLL",
+        "SendTargetsPlease=All",
+    ] {
+        let mut q = bad.as_bytes().to_vec();
+        q.push(0);
+        let p = r.text(&q, flag::FINAL, NO_TAG);
+        let kv = pairs(&p);
+        assert!(get(&kv, "TargetName").is_none(), "{bad}");
+        assert!(!kv.is_empty(), "{bad}");
+    }
+    let p = r.text(b"SendTargets=iqn.2000-01.none:x\0", flag::FINAL, NO_TAG);
+    assert!(p.data.is_empty());
+}
+
+#[test]
+fn text_continuation_both_ways() {
+    let mut reg = Registry::new();
+    let mut cfg = config(&mut reg);
+    for i in 0..40 {
+        let mut n = cfg.nodes[0].clone();
+        n.name = format!("iqn.2016-06.io.spdk:many-targets-with-long-names-{i:03}");
+        cfg.nodes.push(n);
+    }
+    let mut r = Rig::with(cfg, reg);
+    r.login(&[("MaxRecvDataSegmentLength", "512")]);
+    // The request arrives in two pieces.
+    let p = r.text(b"SendTar", flag::CONTINUE, NO_TAG);
+    assert_eq!(p.bhs.flags() & flag::FINAL, 0);
+    let ttt = p.bhs.u32_at(at::W20);
+    assert_ne!(ttt, NO_TAG);
+    let mut p = r.text(b"gets=All\0", flag::FINAL, ttt);
+    let mut all = Vec::new();
+    let mut n = 0;
+    while p.bhs.flags() & flag::CONTINUE != 0 {
+        assert!(p.data.len() <= 512);
+        all.extend_from_slice(&p.data);
+        let ttt = p.bhs.u32_at(at::W20);
+        p = r.text(b"", flag::FINAL, ttt);
+        n += 1;
+    }
+    all.extend_from_slice(&p.data);
+    assert_eq!(p.bhs.u32_at(at::W20), NO_TAG);
+    assert!(n > 3);
+    let kv = crate::text::parse(&all).unwrap();
+    assert_eq!(kv.iter().filter(|x| x.0 == "TargetName").count(), 41);
+}
+
+#[test]
+fn session_reinstatement_ends_the_old_connection() {
+    let mut r = Rig::new();
+    r.login(&[]);
+    let mut old = core::mem::replace(
+        &mut r.conn,
+        Connection::new(addr("127.0.0.1:3260"), addr("127.0.0.1:40001"), 0),
+    );
+    r.out.clear();
+    r.login(&[]);
+    old.handle_timeout(&mut r.t, &r.reg, 0);
+    assert!(old.finished());
+    old.closed(&mut r.t);
+    assert_eq!(r.t.connections().len(), 1);
+    assert_eq!(r.t.connections()[0].state, "full_feature");
+}
+
+#[test]
+fn lun_map_change_sends_an_async_event() {
+    let mut r = Rig::new();
+    r.login(&[]);
+    r.tick(1000);
+    assert!(r.try_recv().is_none());
+    let id = r
+        .reg
+        .add(Box::new(MallocBdev::new("Malloc1", 64, 512)))
+        .unwrap();
+    r.t.config.nodes[0].luns.push(Lun {
+        id: 1,
+        bdev_name: "Malloc1".into(),
+        bdev: id,
+        read_only: false,
+    });
+    r.t.config.generation += 1;
+    r.tick(1000);
+    let p = r.recv();
+    assert_eq!(p.bhs.opcode(), op::ASYNC);
+    assert_eq!(p.bhs.byte(36), 0);
+    assert_eq!(&p.data[..2], &[0, 18]);
+    assert_eq!(
+        (p.data[2 + 2], p.data[2 + 12], p.data[2 + 13]),
+        (6, 0x3f, 0x0e)
+    );
+}
+
+#[test]
+fn data_sn_errors_fail_the_command() {
+    let mut r = Rig::new();
+    r.login(&[("InitialR2T", "Yes"), ("ImmediateData", "No")]);
+    for bad_sn in [27u32, u32::MAX] {
+        let (itt, v) = r.command(&write10(100, 1), flag::FINAL | flag::WRITE, 512, &[]);
+        r.send(&v);
+        let p = r.recv();
+        let ttt = p.bhs.u32_at(at::W20);
+        let v = r.data_out(itt, ttt, bad_sn, 0, &[0xa6; 512], true);
+        r.send(&v);
+        let p = r.recv();
+        assert_eq!((p.bhs.opcode(), status_of(&p)), (op::SCSI_RSP, 2));
+    }
+    // Offset outside the R2T.
+    let (itt, v) = r.command(&write10(100, 1), flag::FINAL | flag::WRITE, 512, &[]);
+    r.send(&v);
+    let ttt = r.recv().bhs.u32_at(at::W20);
+    let v = r.data_out(itt, ttt, 0, 512, &[0; 512], true);
+    r.send(&v);
+    assert_eq!(status_of(&r.recv()), 2);
+    // The session still works.
+    assert_eq!(status_of(&r.write(100, &[1; 512])), 0);
+}
+
+#[test]
+fn oversized_segment_ends_the_connection() {
+    let mut r = Rig::new();
+    r.login(&[]);
+    let (_, v) = r.nop_out(&vec![0u8; 70_000], true);
+    r.send(&v);
+    assert!(r.conn.finished());
+}
+
+/// Valid traffic with random corruption must never panic or hang.
+#[test]
+fn mutated_pdus_never_panic() {
+    let mut seed = ironbay_bdev::Rng::new(0x0001_5c51);
+    let mut base = Rig::new();
+    // Record a valid session's client bytes.
+    let mut script: Vec<Vec<u8>> = Vec::new();
+    let mut login1 = Bhs::new(op::LOGIN_REQ);
+    login1.0[0] |= 0x40;
+    login1.set_flags(0x81);
+    script.push(pdu::encode(
+        &login1,
+        &[],
+        &kv(&[
+            ("InitiatorName", INITIATOR),
+            ("TargetName", NODE),
+            ("AuthMethod", "None"),
+        ]),
+        false,
+        false,
+    ));
+    let mut login2 = login1;
+    login2.set_flags(0x87);
+    script.push(pdu::encode(
+        &login2,
+        &[],
+        &kv(&[("InitialR2T", "No"), ("MaxRecvDataSegmentLength", "4096")]),
+        false,
+        false,
+    ));
+    base.cmd_sn = 0;
+    script.push(base.write_cmd_bytes(0, &pattern(1024, 1)));
+    script.push(
+        base.command(&read10(0, 2), flag::FINAL | flag::READ, 1024, &[])
+            .1,
+    );
+    let (itt, v) = base.command(&write10(8, 4), flag::WRITE, 2048, &pattern(512, 2));
+    script.push(v);
+    script.push(base.data_out(itt, NO_TAG, 0, 512, &pattern(512, 3), true));
+    script.push(base.nop_out(b"hello", false).1);
+    script.push(base.tmf(5, NO_TAG, 0).1);
+    let mut t = Bhs::new(op::TEXT_REQ);
+    t.set_flags(0x80).set_itt(99).set_u32(at::W20, NO_TAG);
+    script.push(pdu::encode(&t, &[], b"SendTargets=All\0", false, false));
+    script.push(base.tmf(1, 1, 0).1);
+    let mut l = Bhs::new(op::LOGOUT_REQ);
+    l.set_flags(0x80).set_itt(77);
+    script.push(pdu::encode(&l, &[], &[], false, false));
+    for round in 0..3000 {
+        let mut r = Rig::new();
+        let mut bytes: Vec<u8> = script.concat();
+        let flips = 1 + seed.below(8) as usize;
+        for _ in 0..flips {
+            let i = seed.below(bytes.len() as u64) as usize;
+            match seed.below(4) {
+                0 => bytes[i] = seed.next_u64() as u8,
+                1 => bytes[i] ^= 1 << seed.below(8),
+                2 => {
+                    let end = (i + seed.below(64) as usize).min(bytes.len());
+                    bytes.drain(i..end);
+                }
+                _ => {
+                    let junk: Vec<u8> =
+                        (0..seed.below(64)).map(|_| seed.next_u64() as u8).collect();
+                    bytes.splice(i..i, junk);
+                }
+            }
+            if bytes.is_empty() {
+                bytes.push(0);
+            }
+        }
+        // Feed in random slices.
+        let mut off = 0;
+        let mut guard = 0;
+        while off < bytes.len() && !r.conn.finished() && guard < 10_000 {
+            let n = 1 + seed.below(200) as usize;
+            let end = (off + n).min(bytes.len());
+            let used = r
+                .conn
+                .handle_input(&bytes[off..end], &mut r.t, &r.reg, r.now);
+            off += used;
+            r.pump();
+            if round % 7 == 0 {
+                r.tick(31_000);
+            }
+            guard += 1;
+            if used == 0 && !r.conn.wants_input() {
+                break;
+            }
+        }
+        r.tick(100_000);
+        r.conn.closed(&mut r.t);
+        assert!(r.t.connections().is_empty());
+    }
+}
+
+impl Rig {
+    fn write_cmd_bytes(&mut self, lba: u32, data: &[u8]) -> Vec<u8> {
+        let cdb = write10(lba, (data.len() / BS) as u16);
+        self.command(&cdb, flag::FINAL | flag::WRITE, data.len() as u32, data)
+            .1
+    }
+}

@@ -1,0 +1,363 @@
+//! `bench iscsi`: 4k random reads at queue depth 32 and 128k sequential
+//! reads at queue depth 8, against
+//! - the hosted runner and Linux's userspace target tgt, natively on the host
+//!   over loopback, serving the same file, with libiscsi's `iscsi-perf`;
+//! - the appliance VM and LIO in a Linux guest of the same size (1 vCPU,
+//!   1 GiB), each with the file as its virtio-blk disk and with a null device,
+//!   from fio in a Linux initiator guest over the tap bridge and from
+//!   `iscsi-perf` in the bridge's namespace, all in the same run.
+//!
+//! Every figure is the median of the runs; ratios are ironbay / peer.
+
+use crate::{build, build_hosted};
+use ironbay_tests::READY;
+use ironbay_tests::machine::{Boot, Disk, Machine, free_port};
+use ironbay_tests::rig::fio::{self, median};
+use ironbay_tests::rig::netns::Netns;
+use ironbay_tests::rig::vm::{self, GuestVm};
+use ironbay_tests::serial::Running;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// (label, iscsi-perf options): blocks of 512 bytes per request, requests in flight.
+const PERF: &[(&str, &[&str])] = &[
+    ("4k randread QD32", &["-b", "8", "-m", "32", "-r"]),
+    ("128k read QD8", &["-b", "256", "-m", "8"]),
+];
+
+const APPLIANCE: &str = "10.55.0.10";
+const LIO: &str = "10.55.0.3";
+const APPLIANCE_IQN: &str = "iqn.2016-06.io.spdk";
+const LIO_IQN: &str = "iqn.2003-01.org.ironbay";
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(cmd: &mut Command, port: u16) -> Result<Server, String> {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let s = Server(child);
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("{cmd:?} did not listen"))
+}
+
+/// IOPS from iscsi-perf's closing "iops average N (M MB/s)".
+fn perf_iops(text: &str) -> Option<f64> {
+    let at = text.rfind("iops average ")?;
+    text[at + 13..].split_whitespace().next()?.parse().ok()
+}
+
+/// Median IOPS per `PERF` workload against one LUN.
+fn perf(
+    wrap: &dyn Fn(Command) -> Command,
+    url: &str,
+    seconds: u32,
+    runs: u32,
+) -> Result<Vec<f64>, String> {
+    let mut rows = Vec::new();
+    for (_, opts) in PERF {
+        let mut iops = Vec::new();
+        for _ in 0..runs {
+            let mut c = Command::new("iscsi-perf");
+            c.args(["-t", &seconds.to_string()]).args(*opts).arg(url);
+            let out = wrap(c).output().map_err(|e| format!("iscsi-perf: {e}"))?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            iops.push(perf_iops(&text).ok_or_else(|| format!("iscsi-perf {url}: {text}"))?);
+        }
+        rows.push(median(&mut iops));
+    }
+    Ok(rows)
+}
+
+fn print_perf(label: &str, rows: &[f64], ours: Option<&[f64]>) {
+    for (i, ((w, _), iops)) in PERF.iter().zip(rows).enumerate() {
+        let ratio = ours.map_or(String::new(), |o| {
+            format!("  ironbay/this {:.2}x", o[i] / iops.max(1.0))
+        });
+        println!("  {label:<30} {w:<17} {iops:>9.0} IOPS{ratio}");
+    }
+}
+
+/// tgtd on a loopback portal with `file` as LUN 1 of one target.
+fn tgt(file: &Path, port: u16) -> Result<(Server, String), String> {
+    let control = format!("{port}");
+    let server = spawn(
+        Command::new("tgtd").args([
+            "-f",
+            "-C",
+            &control,
+            "--iscsi",
+            &format!("portal=127.0.0.1:{port}"),
+        ]),
+        port,
+    )?;
+    let iqn = "iqn.2001-04.org.ironbay:tgt-bench";
+    let adm = |args: &[&str]| {
+        crate::sh(
+            Command::new("tgtadm")
+                .args(["-C", &control, "--lld", "iscsi"])
+                .args(args),
+        )
+    };
+    adm(&["--op", "new", "--mode", "target", "--tid", "1", "-T", iqn])?;
+    adm(&[
+        "--op",
+        "new",
+        "--mode",
+        "logicalunit",
+        "--tid",
+        "1",
+        "--lun",
+        "1",
+        "-b",
+        &file.display().to_string(),
+    ])?;
+    adm(&[
+        "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
+    ])?;
+    Ok((server, format!("iscsi://127.0.0.1:{port}/{iqn}/1")))
+}
+
+/// The appliance's boot config: the virtio-blk disk and a null bdev, each a
+/// target node open to any initiator.
+fn appliance_config(path: &Path) -> Result<(), String> {
+    let node = |name: &str, bdev: &str| {
+        format!(
+            r#"{{"method":"iscsi_create_target_node","params":{{"name":"{name}","alias_name":"{name}","luns":[{{"bdev_name":"{bdev}","lun_id":0}}],"pg_ig_maps":[{{"pg_tag":1,"ig_tag":1}}],"queue_depth":128}}}}"#
+        )
+    };
+    let json = format!(
+        r#"{{"subsystems":[{{"subsystem":"bdev","config":[{{"method":"bdev_null_create","params":{{"name":"Null0","num_blocks":8388608,"block_size":512}}}}]}},
+{{"subsystem":"iscsi","config":[{{"method":"iscsi_create_portal_group","params":{{"tag":1,"portals":[{{"host":"0.0.0.0","port":"3260"}}]}}}},
+{{"method":"iscsi_create_initiator_group","params":{{"tag":1,"initiators":["ANY"],"netmasks":["ANY"]}}}},{},{}]}}]}}"#,
+        node("vblk", "VirtioBlk0"),
+        node("null", "Null0")
+    );
+    std::fs::write(path, json).map_err(|e| e.to_string())
+}
+
+/// (label, target IQN, portal) the initiator guest runs fio against.
+fn fio_targets() -> [(&'static str, String, &'static str); 4] {
+    [
+        (
+            "ironbay appliance virtio-blk",
+            format!("{APPLIANCE_IQN}:vblk"),
+            APPLIANCE,
+        ),
+        (
+            "LIO in Linux guest virtio-blk",
+            format!("{LIO_IQN}:peer-vdb"),
+            LIO,
+        ),
+        (
+            "ironbay appliance null",
+            format!("{APPLIANCE_IQN}:null"),
+            APPLIANCE,
+        ),
+        (
+            "LIO in Linux guest null_blk",
+            format!("{LIO_IQN}:peer-null"),
+            LIO,
+        ),
+    ]
+}
+
+fn initiator_script(seconds: u32, runs: u32) -> String {
+    let mut s = String::from(
+        "set -e\n\
+         wait_dev() { for _ in $(seq 100); do [ -b \"$1\" ] && return 0; sleep 0.1; done; return 1; }\n\
+         iscsid -f &\nsleep 1\n",
+    );
+    for portal in [APPLIANCE, LIO] {
+        let _ = writeln!(
+            s,
+            "iscsiadm -m discovery -t sendtargets -p {portal}:3260 >/dev/null"
+        );
+    }
+    for (t, (_, iqn, portal)) in fio_targets().iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "iscsiadm -m node -T {iqn} -p {portal}:3260 --login\nwait_dev /dev/sda"
+        );
+        for (w, (_, opts)) in crate::peers::WORKLOADS.iter().enumerate() {
+            for run in 0..runs {
+                let _ = writeln!(
+                    s,
+                    "echo \"RESULT|{t}|{w}|{run}|$({})\"",
+                    crate::peers::fio_cmd("/dev/sda", opts, seconds)
+                );
+            }
+        }
+        let _ = writeln!(s, "iscsiadm -m node --logoutall=all\nsleep 1");
+    }
+    s
+}
+
+pub fn bench(args: &[String]) -> Result<(), String> {
+    let (mut seconds, mut runs) = (10, 3);
+    crate::number_flags(
+        args,
+        &mut [("--seconds", &mut seconds), ("--runs", &mut runs)],
+        "usage: cargo xtask bench iscsi [--seconds N] [--runs N]",
+    )?;
+    crate::prereq::ensure_host_packages()?;
+    let images = build::build(true)?;
+    let hosted = build_hosted()?;
+    let dir = crate::workspace_root().join("target/bench");
+    let file = dir.join("iscsi.img");
+    crate::bench::filled_disk(&file, 1 << 30)?;
+    let local = |c: Command| c;
+
+    // Natively on the host: the hosted runner, then tgt, on the same file.
+    let port = free_port();
+    let ours = {
+        let _server = spawn(
+            Command::new(&hosted).args([
+                "--iscsi",
+                &format!("127.0.0.1:{port}"),
+                "--export",
+                &format!("disk={}", file.display()),
+            ]),
+            port,
+        )?;
+        let url = format!("iscsi://127.0.0.1:{port}/iqn.2016-06.io.ironbay:disk/0");
+        perf(&local, &url, seconds, runs)?
+    };
+    let tgt_rows = {
+        let port = free_port();
+        let (_server, url) = tgt(&file, port)?;
+        perf(&local, &url, seconds, runs)?
+    };
+
+    // VMs on the bridge: the appliance and LIO up together, the initiator
+    // guest measuring both, then iscsi-perf from the namespace.
+    let guest = crate::rig::build()?;
+    let mut ns = Netns::create("iscsibench")?;
+    let cfg = dir.join("iscsi-appliance.json");
+    appliance_config(&cfg)?;
+    let mut m = Machine::new(Boot::Kernel {
+        image: images.kernel.clone(),
+        append: format!("data.ip={APPLIANCE}/24"),
+        config: Some(cfg),
+    });
+    let peer_script = crate::workspace_root().join("tests/scripts/peer-targets.sh");
+    let mut peer = GuestVm::new(&peer_script);
+    m.memory_mib = peer.memory_mib;
+    m.cpus = peer.cpus;
+    m.disks = vec![Disk::virtio(file.clone())];
+    m.data_tap = Some(ns.add_tap()?);
+    let mut appliance = Running::spawn(ns.wrap(&m.command())).map_err(|e| e.to_string())?;
+    appliance.wait_for(READY, Duration::from_secs(120))?;
+
+    let spare = dir.join("iscsi-peer-vda.img");
+    crate::bench::filled_disk(&spare, 64 << 20)?;
+    peer.ip = Some(format!("{LIO}/24"));
+    peer.mac = "52:54:00:1b:10:03".into();
+    peer.tap = Some(ns.add_tap()?);
+    peer.disks = vec![spare, file.clone()];
+    let mut peer_vm = peer.start(&guest, Some(&ns))?;
+    peer_vm.wait_for("PEER-READY", Duration::from_secs(300))?;
+
+    let script = dir.join("iscsi-initiator.sh");
+    std::fs::write(&script, initiator_script(seconds, runs)).map_err(|e| e.to_string())?;
+    let mut init = GuestVm::new(&script);
+    init.ip = Some("10.55.0.2/24".into());
+    init.mac = "52:54:00:1b:10:02".into();
+    init.tap = Some(ns.add_tap()?);
+    let mut init_vm = init.start(&guest, Some(&ns))?;
+    let budget = 600 + (seconds as u64 + 3) * runs as u64 * 8;
+    let (rc, out) = vm::finish(&mut init_vm, Duration::from_secs(budget))?;
+    if rc != 0 {
+        return Err(format!(
+            "initiator script exited {rc}\n{out}\n----- appliance -----\n{}",
+            appliance.output()
+        ));
+    }
+    drop(init_vm);
+    let wrap = |c: Command| ns.wrap(&c);
+    let perf_vm = [
+        (
+            "ironbay appliance virtio-blk",
+            format!("iscsi://{APPLIANCE}:3260/{APPLIANCE_IQN}:vblk/0"),
+        ),
+        (
+            "LIO in Linux guest virtio-blk",
+            format!("iscsi://{LIO}:3260/{LIO_IQN}:peer-vdb/0"),
+        ),
+        (
+            "ironbay appliance null",
+            format!("iscsi://{APPLIANCE}:3260/{APPLIANCE_IQN}:null/0"),
+        ),
+        (
+            "LIO in Linux guest null_blk",
+            format!("iscsi://{LIO}:3260/{LIO_IQN}:peer-null/0"),
+        ),
+    ];
+    let mut perf_rows = Vec::new();
+    for (label, url) in &perf_vm {
+        perf_rows.push((*label, perf(&wrap, url, seconds, runs)?));
+    }
+    drop(peer_vm);
+    drop(appliance);
+    drop(ns);
+
+    println!("\niSCSI, median of {runs} runs of {seconds} s:");
+    println!(" natively on the host over loopback, iscsi-perf, same 1 GiB file:");
+    print_perf("ironbay hosted runner", &ours, None);
+    print_perf("tgt (tgtd)", &tgt_rows, Some(&ours));
+    println!(
+        " VMs over the tap bridge (TCG, 1 vCPU and 1 GiB each; the file as virtio-blk, and null devices):"
+    );
+    println!("  fio (libaio, direct) in a Linux initiator guest:");
+    let mut fio_rows: Vec<Vec<(f64, f64)>> = Vec::new();
+    for (t, (label, ..)) in fio_targets().iter().enumerate() {
+        let mut rows = Vec::new();
+        for (w, _) in crate::peers::WORKLOADS.iter().enumerate() {
+            let prefix = format!("RESULT|{t}|{w}|");
+            let (mut iops, mut mibs) = (Vec::new(), Vec::new());
+            for line in out.lines().filter(|l| l.starts_with(&prefix)) {
+                let terse = line.splitn(5, '|').nth(4).unwrap_or("");
+                let r = fio::parse_terse(terse)
+                    .ok_or_else(|| format!("unreadable fio result: {line}"))?;
+                iops.push(r.read_iops);
+                mibs.push(r.read_kib_s / 1024.0);
+            }
+            rows.push((median(&mut iops), median(&mut mibs)));
+        }
+        // Rows come in (ours, LIO) pairs: the ratio goes on the LIO row.
+        let base = (t % 2 == 1).then(|| fio_rows[t - 1].clone());
+        for (w, (iops, mib)) in rows.iter().enumerate() {
+            let ratio = base.as_ref().map_or(String::new(), |b| {
+                format!("  ironbay/this {:.2}x", b[w].0 / iops.max(1.0))
+            });
+            println!(
+                "    {label:<30} {:<17} {iops:>9.0} IOPS {mib:>8.1} MiB/s{ratio}",
+                crate::peers::WORKLOADS[w].0
+            );
+        }
+        fio_rows.push(rows);
+    }
+    println!("  iscsi-perf from the bridge's namespace:");
+    for (i, (label, rows)) in perf_rows.iter().enumerate() {
+        let ours = (i % 2 == 1).then(|| perf_rows[i - 1].1.as_slice());
+        print_perf(label, rows, ours);
+    }
+    Ok(())
+}
