@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod images;
+pub mod libiscsi;
 pub mod machine;
 pub mod pxe;
 pub mod rig;

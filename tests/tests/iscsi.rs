@@ -5,6 +5,7 @@
 
 use ironbay_tests::READY;
 use ironbay_tests::images::{kernel, require, target_dir};
+use ironbay_tests::libiscsi;
 use ironbay_tests::machine::{Boot, Machine, Nic, free_port};
 use ironbay_tests::rig::{guest, netns::Netns, vm};
 use ironbay_tests::serial::Running;
@@ -227,31 +228,6 @@ const FAMILIES: &[&str] = &[
     "iSCSI.iSCSIdatasn",
 ];
 
-/// (total, ran, passed, failed) from CUnit's run summary.
-fn cunit_summary(out: &str) -> Option<(u32, u32, u32, u32)> {
-    let line = out.lines().find(|l| l.trim_start().starts_with("tests"))?;
-    let n: Vec<u32> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    (n.len() >= 4).then(|| (n[0], n[1], n[2], n[3]))
-}
-
-fn test_cu(url: &str, family: &str) -> (String, Option<(u32, u32, u32, u32)>) {
-    let out = Command::new("iscsi-test-cu")
-        .args(["--dataloss", "-t", family, url])
-        .output()
-        .expect("iscsi-test-cu (apt-get install libiscsi-bin)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = cunit_summary(&text);
-    (text, summary)
-}
-
 #[test]
 #[ignore = "boots QEMU; run through cargo xtask test"]
 fn iscsi_test_cu_families_pass_with_dataloss() {
@@ -274,20 +250,21 @@ fn iscsi_test_cu_families_pass_with_dataloss() {
         .map(|f| (*f, a.url("disk0", 0)))
         .chain([("SCSI.ReadOnly", a.url("ro", 0))]);
     for (family, url) in runs {
-        let (text, summary) = test_cu(&url, family);
+        let (text, summary) = libiscsi::test_cu(&url, family);
         match summary {
-            Some((total, ran, passed, failed)) => {
+            Some(s) => {
                 table.push(format!(
-                    "{family:32} {total:4} {ran:4} {passed:4} {failed:4}"
+                    "{family:32} {:5} {:4} {:6} {:6} {:7}",
+                    s.total, s.ran, s.passed, s.failed, s.skipped
                 ));
-                if failed > 0 || ran == 0 {
+                if s.failed > 0 || s.ran == 0 {
                     failures.push_str(&format!("----- {family} -----\n{text}\n"));
                 }
             }
             None => failures.push_str(&format!("----- {family}: no summary -----\n{text}\n")),
         }
     }
-    eprintln!("family                           total ran passed failed");
+    eprintln!("family                           total  ran passed failed skipped");
     for row in &table {
         eprintln!("{row}");
     }

@@ -4,7 +4,7 @@
 //! real client tests fast and lets the engines be benchmarked without a VM.
 //!
 //! ironbay-hosted [--listen ADDR] [--iscsi ADDR] [--chap USER:SECRET[:MUSER:MSECRET]]
-//!                [--export NAME=FILE[:ro]]... [--malloc NAME=MIB]...
+//!                [--export NAME=FILE[:ro]]... [--malloc NAME=MIB[:ro]]...
 //!
 //! `--listen` serves NBD (default 127.0.0.1:10809 when `--iscsi` is absent);
 //! `--iscsi` serves one target node per bdev, `iqn.2016-06.io.ironbay:NAME`
@@ -129,7 +129,7 @@ struct Client {
 fn usage() -> ! {
     eprintln!(
         "usage: ironbay-hosted [--listen ADDR] [--iscsi ADDR] [--chap USER:SECRET[:MUSER:MSECRET]] \
-         [--export NAME=FILE[:ro]]... [--malloc NAME=MIB]..."
+         [--export NAME=FILE[:ro]]... [--malloc NAME=MIB[:ro]]..."
     );
     std::process::exit(2)
 }
@@ -232,17 +232,18 @@ fn main() {
             }
             "--export" | "--malloc" => {
                 let (name, what) = v.split_once('=').unwrap_or_else(|| usage());
-                let (dev, ro): (Box<dyn ironbay_bdev::BlockDevice>, bool) = if a == "--export" {
-                    let (path, ro) = match what.strip_suffix(":ro") {
-                        Some(p) => (p, true),
-                        None => (what, false),
-                    };
-                    let f = file::FileBdev::open(name, path, 512, ro)
-                        .unwrap_or_else(|e| fail(format!("{path}: {e}")));
-                    (Box::new(f), ro)
+                // `:ro` exports read-only (NBD) and write-protects the LUN (iSCSI).
+                let (what, ro) = match what.strip_suffix(":ro") {
+                    Some(w) => (w, true),
+                    None => (what, false),
+                };
+                let dev: Box<dyn ironbay_bdev::BlockDevice> = if a == "--export" {
+                    let f = file::FileBdev::open(name, what, 512, ro)
+                        .unwrap_or_else(|e| fail(format!("{what}: {e}")));
+                    Box::new(f)
                 } else {
                     let mib: u64 = what.parse().unwrap_or_else(|_| usage());
-                    (Box::new(MallocBdev::new(name, mib * 2048, 512)), false)
+                    Box::new(MallocBdev::new(name, mib * 2048, 512))
                 };
                 let id = reg.add(dev).unwrap_or_else(|e| fail(e));
                 let info = reg.info(id).cloned().unwrap_or_else(|| usage());

@@ -149,6 +149,8 @@ pub struct BdevInfo {
     /// Writes may sit in a volatile cache until a flush.
     pub write_cache: bool,
     pub read_only: bool,
+    /// Unmapped blocks read back as zeroes (SCSI LBPRZ, NVMe DLFEAT).
+    pub unmap_zeroes: bool,
 }
 
 impl BdevInfo {
@@ -176,6 +178,7 @@ impl BdevInfo {
             queue_depth: 4096,
             write_cache: false,
             read_only: false,
+            unmap_zeroes: true,
         }
     }
 

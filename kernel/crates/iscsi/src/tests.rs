@@ -1183,6 +1183,27 @@ fn lun_map_change_sends_an_async_event() {
 }
 
 #[test]
+fn capacity_change_sends_an_async_event_and_a_unit_attention() {
+    let mut r = Rig::new();
+    r.login(&[]);
+    r.tick(1000);
+    assert!(r.try_recv().is_none());
+    let bdev = r.t.config.nodes[0].luns[0].bdev;
+    let blocks = r.reg.info(bdev).unwrap().num_blocks;
+    r.reg.resize(bdev, blocks * 2).unwrap();
+    r.tick(1000);
+    let p = r.recv();
+    assert_eq!(p.bhs.opcode(), op::ASYNC);
+    assert_eq!(
+        (p.data[2 + 2], p.data[2 + 12], p.data[2 + 13]),
+        (6, 0x2a, 0x09)
+    );
+    // The next command reports it once, the one after runs.
+    assert_eq!(status_of(&r.write(0, &[7; 512])), 2);
+    assert_eq!(status_of(&r.write(0, &[7; 512])), 0);
+}
+
+#[test]
 fn data_sn_errors_fail_the_command() {
     let mut r = Rig::new();
     r.login(&[("InitialR2T", "Yes"), ("ImmediateData", "No")]);

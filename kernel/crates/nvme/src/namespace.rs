@@ -80,6 +80,7 @@ impl<H: NvmeHal> NvmeBdev<H> {
             queue_depth: depth,
             write_cache: c.identity.volatile_write_cache,
             read_only: false,
+            unmap_zeroes: ns.identity.dealloc_zeroes,
         };
         drop(c);
         NvmeBdev {

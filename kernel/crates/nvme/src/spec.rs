@@ -190,6 +190,8 @@ pub struct NamespaceIdentity {
     /// Metadata bytes per block in the active format (unsupported when non-zero).
     pub metadata: u16,
     pub thin: bool,
+    /// Deallocated blocks read as zeroes (DLFEAT bits 2:0 = 001b).
+    pub dealloc_zeroes: bool,
     pub nguid: [u8; 16],
     pub eui64: [u8; 8],
 }
@@ -214,6 +216,7 @@ impl NamespaceIdentity {
             },
             metadata: u16::from_le_bytes([d[f], d[f + 1]]),
             thin: d[24] & 1 != 0,
+            dealloc_zeroes: d[33] & 0x7 == 1,
             nguid: d[104..120].try_into().unwrap_or_default(),
             eui64: d[120..128].try_into().unwrap_or_default(),
         }

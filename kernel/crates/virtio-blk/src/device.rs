@@ -127,6 +127,8 @@ impl<H: Hal, T: Transport> VirtioBlk<H, T> {
             queue_depth: SLOTS as u32,
             write_cache: geometry.flush,
             read_only: geometry.read_only,
+            // Discard promises nothing about what later reads return.
+            unmap_zeroes: false,
         };
         let slots = (0..SLOTS)
             .map(|_| Slot {

@@ -249,6 +249,8 @@ pub(crate) struct Geo {
     /// Blocks per command (MAXIMUM TRANSFER LENGTH).
     pub max_xfer_blocks: u64,
     pub unmap: bool,
+    /// Unmapped blocks read back as zeroes (LBPRZ).
+    pub unmap_zeroes: bool,
     pub write_zeroes: bool,
     pub flush: bool,
     pub max_unmap_op: u64,
@@ -268,6 +270,7 @@ impl Geo {
             chunk_blocks: (info.max_transfer as u64 / bs).clamp(1, max_xfer_blocks),
             max_xfer_blocks,
             unmap: info.io_types.contains(IoType::Unmap),
+            unmap_zeroes: info.unmap_zeroes,
             write_zeroes: info.io_types.contains(IoType::WriteZeroes),
             flush: info.io_types.contains(IoType::Flush),
             max_unmap_op: (info.max_unmap_blocks as u64).max(1),

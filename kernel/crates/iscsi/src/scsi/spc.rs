@@ -148,8 +148,12 @@ fn block_characteristics() -> Vec<u8> {
 fn provisioning(g: &Geo) -> Vec<u8> {
     let mut b = vec![0u8; 4];
     if g.unmap {
-        // LBPU, LBPWS, LBPWS10, LBPRZ; thin provisioned.
-        b[1] = 0x80 | 0x40 | 0x20 | 0x04;
+        // LBPU, LBPWS, LBPWS10 (and LBPRZ where unmapped blocks read
+        // zeroes); thin provisioned.
+        b[1] = 0x80 | 0x40 | 0x20;
+        if g.unmap_zeroes {
+            b[1] |= 0x04;
+        }
         b[2] = 0x02;
     }
     page(0xb2, b)
@@ -278,7 +282,10 @@ pub fn read_capacity_16(g: &Geo) -> Vec<u8> {
     d[0..8].copy_from_slice(&g.num_blocks.saturating_sub(1).to_be_bytes());
     d[8..12].copy_from_slice(&(g.bs as u32).to_be_bytes());
     if g.unmap {
-        d[14] = 0x80 | 0x40; // LBPME, LBPRZ
+        d[14] = 0x80; // LBPME
+        if g.unmap_zeroes {
+            d[14] |= 0x40; // LBPRZ
+        }
     }
     d
 }
