@@ -73,8 +73,50 @@ pub struct Nbd {
 /// (`Storage::iscsi`).
 pub struct Iscsi {
     stack: usize,
-    listener: Listener,
+    /// A listener for 3260 and for every other port a portal group names,
+    /// each with `per_port` sockets; slot `k * per_port + j` is socket `j`
+    /// of listener `k`.
+    listeners: Vec<Listener>,
+    per_port: usize,
     slots: Vec<Slot<ironbay_iscsi::Connection>>,
+    /// Config generation the listeners were last matched against.
+    seen_generation: u64,
+}
+
+impl Iscsi {
+    /// Listens on ports portal groups added since the last look. Listeners
+    /// stay when their groups go: logins through them are refused then.
+    fn follow_portals(&mut self, network: &mut Network, config: &ironbay_iscsi::Config) {
+        if config.generation == self.seen_generation {
+            return;
+        }
+        self.seen_generation = config.generation;
+        for pg in &config.portal_groups {
+            for portal in &pg.portals {
+                if self.listeners.iter().any(|l| l.port == portal.port) {
+                    continue;
+                }
+                // Slot numbers must fit the storage tag's 8 bits.
+                if self.slots.len() + self.per_port > 256 {
+                    log::error!(
+                        "iSCSI: no room for a listener on port {} (portal group {})",
+                        portal.port,
+                        pg.tag
+                    );
+                    continue;
+                }
+                let sockets = &mut network.stacks[self.stack].sockets;
+                self.listeners.push(Listener::new(
+                    sockets,
+                    portal.port,
+                    self.per_port,
+                    TcpTuning::STORAGE,
+                ));
+                self.slots.extend(Slot::pool(self.per_port));
+                log::info!("data0: iSCSI target also on TCP port {}", portal.port);
+            }
+        }
+    }
 }
 
 pub struct Services {
@@ -182,17 +224,22 @@ pub fn init(
 }
 
 fn iscsi_init(network: &mut Network, stack: usize, cmdline: &ironbay_config::Cmdline) -> Iscsi {
-    let connections: usize = cmdline
-        .get_as("iscsi.max_connections")
-        .filter(|&n: &usize| (1..=256).contains(&n))
-        .unwrap_or(ISCSI_CONNECTIONS);
+    let connections = match cmdline.get_as::<usize>("iscsi.max_connections") {
+        Some(0) | None => ISCSI_CONNECTIONS,
+        Some(n) => n,
+    };
     let sockets = &mut network.stacks[stack].sockets;
     let listener = Listener::new(sockets, ISCSI_PORT, connections, TcpTuning::STORAGE);
-    log::info!("data0: iSCSI target on TCP port {ISCSI_PORT}, up to {connections} connections");
+    log::info!(
+        "data0: iSCSI target on TCP port {ISCSI_PORT}, up to {connections} connections per port"
+    );
     Iscsi {
         stack,
-        listener,
+        listeners: alloc::vec![listener],
+        per_port: connections,
         slots: Slot::pool(connections),
+        // Config generations start at 0: look at the boot config's portals.
+        seen_generation: u64::MAX,
     }
 }
 
@@ -398,12 +445,20 @@ impl Services {
         let Some(iscsi) = &mut self.iscsi else {
             return false;
         };
+        iscsi.follow_portals(network, &storage.iscsi.config);
         let now_ms = crate::time::uptime_us() / 1000;
         let sockets = &mut network.stacks[iscsi.stack].sockets;
         let target = &mut storage.iscsi;
         let bdevs = &mut storage.bdevs;
         let mut busy = false;
-        for (i, &h) in iscsi.listener.sockets().iter().enumerate() {
+        let per_port = iscsi.per_port;
+        let handles = iscsi.listeners.iter().enumerate().flat_map(|(k, l)| {
+            l.sockets()
+                .iter()
+                .enumerate()
+                .map(move |(j, &h)| (k * per_port + j, h))
+        });
+        for (i, h) in handles {
             let s = sockets.get_mut::<tcp::Socket<'_>>(h);
             let slot = &mut iscsi.slots[i];
             let open = matches!(s.state(), tcp::State::Established | tcp::State::CloseWait);
@@ -481,7 +536,9 @@ impl Services {
                 s.close();
             }
         }
-        iscsi.listener.relisten(sockets);
+        for l in &iscsi.listeners {
+            l.relisten(sockets);
+        }
         busy
     }
 

@@ -21,6 +21,8 @@ struct Appliance {
     vm: Running,
     iscsi: u16,
     rpc: u16,
+    /// Forwarded to data port 3261, for a second portal.
+    iscsi_alt: u16,
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -57,17 +59,26 @@ fn node(name: &str, luns: &str, extra: &str) -> String {
 }
 
 fn boot(config: PathBuf) -> Appliance {
-    let (iscsi, rpc) = (free_port(), free_port());
+    let (iscsi, rpc, iscsi_alt) = (free_port(), free_port(), free_port());
     let mut m = Machine::new(Boot::Kernel {
         image: require(&kernel()),
         append: "mgmt.ip=10.0.2.15/24 mgmt.gw=10.0.2.2 data.ip=10.0.3.15/24".into(),
         config: Some(config),
     });
-    m.forwards = vec![(Nic::Data, iscsi, 3260), (Nic::Mgmt, rpc, 5260)];
+    m.forwards = vec![
+        (Nic::Data, iscsi, 3260),
+        (Nic::Data, iscsi_alt, 3261),
+        (Nic::Mgmt, rpc, 5260),
+    ];
     let mut vm = Running::spawn(m.command()).expect("start qemu");
     vm.wait_for(READY, Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}"));
-    Appliance { vm, iscsi, rpc }
+    Appliance {
+        vm,
+        iscsi,
+        rpc,
+        iscsi_alt,
+    }
 }
 
 impl Appliance {
@@ -403,6 +414,16 @@ fn spdk_client_builds_a_target_and_lists_connections() {
     let _ = perf.wait();
     let inq = a.run(&mut cmd("iscsi-readcapacity16", &[&a.url("disk0", 1)]));
     assert!(inq.contains("8388608"), "{inq}");
+    // A portal group on another port is listened on once created.
+    let alt = format!("iscsi://127.0.0.1:{}/{IQN}:disk0/0", a.iscsi_alt);
+    a.refused(&mut cmd("iscsi-inq", &[&alt]));
+    a.spdk(&["iscsi_create_portal_group", "2", "0.0.0.0:3261"]);
+    a.spdk(&[
+        "iscsi_target_node_add_pg_ig_maps",
+        &format!("{IQN}:disk0"),
+        "2:2",
+    ]);
+    a.run(&mut cmd("iscsi-inq", &[&alt]));
     a.spdk(&["iscsi_delete_target_node", &format!("{IQN}:disk0")]);
     a.refused(&mut cmd("iscsi-inq", &[&a.url("disk0", 0)]));
     let saved = a.spdk(&["save_config"]);

@@ -223,6 +223,11 @@ pub static OPTIONS: &[OptionSpec] = &[
         check: is_count,
         help: "NBD connection limit, 0 = default (16); 1 also withdraws multi-conn",
     },
+    OptionSpec {
+        key: "iscsi.max_connections",
+        check: is_count,
+        help: "iSCSI connection limit (sockets on port 3260), 0 = default (16)",
+    },
 ];
 
 /// Something on the command line that was not taken.
@@ -504,6 +509,11 @@ mod tests {
                 .diagnostics
                 .len(),
             1
+        );
+        assert!(
+            Cmdline::parse("k iscsi.max_connections=64")
+                .diagnostics
+                .is_empty()
         );
     }
 
