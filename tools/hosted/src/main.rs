@@ -264,6 +264,12 @@ fn main() {
     if let Some(l) = &iscsi {
         let addr = l.local_addr().unwrap_or_else(|e| fail(e));
         target = Target::new(iscsi_config(addr, &luns, chap));
+        // CHAP challenges come from the engine's generator: seed it from the OS.
+        let mut seed = [0u8; 8];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut seed))
+            .unwrap_or_else(|e| fail(format!("/dev/urandom: {e}")));
+        target.seed_entropy(u64::from_le_bytes(seed));
         eprintln!(
             "ironbay-hosted: iSCSI on {addr}, {} target nodes",
             luns.len()

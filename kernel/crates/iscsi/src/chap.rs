@@ -2,9 +2,10 @@
 //! challenge generation, response checking and the mutual answer.
 //!
 //! The digests come from the RustCrypto crates. Challenges come from
-//! [`Entropy`], an xorshift generator: it is only as unpredictable as the
-//! seed the glue gives [`crate::Target::seed_entropy`] (RDRAND or TSC noise
-//! in the kernel, the OS in the hosted runner) and is not a CSPRNG.
+//! [`Entropy`], SHA-256 in counter mode over a pool: a challenge seen tells
+//! nothing of the pool or the next one, but they are only as unpredictable
+//! as the seeds given to [`crate::Target::seed_entropy`] (RDRAND, else the
+//! TSC, in the kernel).
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -154,35 +155,56 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// xorshift64* challenge source; see the module comment about its strength.
-#[derive(Clone, Debug)]
-pub struct Entropy(u64);
+/// Challenge source: SHA-256 of a 32-byte pool and a counter. Unlike a
+/// plain PRNG (xorshift's output gives away its state), what it hands out
+/// cannot be turned back into the pool.
+#[derive(Clone)]
+pub struct Entropy {
+    pool: [u8; 32],
+    counter: u64,
+}
+
+impl core::fmt::Debug for Entropy {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Entropy(..)")
+    }
+}
 
 impl Entropy {
     pub fn new(seed: u64) -> Self {
-        Entropy(seed | 1)
+        let mut e = Entropy {
+            pool: [0; 32],
+            counter: 0,
+        };
+        e.mix(seed);
+        e
     }
 
     /// Folds more unpredictability in.
     pub fn mix(&mut self, x: u64) {
-        self.0 ^= x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        self.0 |= 1;
-        self.next_u64();
+        let mut h = sha2::Sha256::new();
+        h.update(self.pool);
+        h.update(x.to_le_bytes());
+        self.pool = h.finalize().into();
+    }
+
+    fn block(&mut self) -> [u8; 32] {
+        let mut h = sha2::Sha256::new();
+        h.update(self.pool);
+        h.update(self.counter.to_le_bytes());
+        self.counter = self.counter.wrapping_add(1);
+        h.finalize().into()
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        let b = self.block();
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
     }
 
     pub fn fill(&mut self, out: &mut [u8]) {
-        for c in out.chunks_mut(8) {
-            let r = self.next_u64().to_le_bytes();
-            c.copy_from_slice(&r[..c.len()]);
+        for c in out.chunks_mut(32) {
+            let b = self.block();
+            c.copy_from_slice(&b[..c.len()]);
         }
     }
 }
@@ -246,5 +268,41 @@ mod tests {
         b.fill(&mut y);
         assert_ne!(x, y);
         assert!(same(&x, &x) && !same(&x, &y) && !same(&x, &x[..19]));
+    }
+
+    /// xorshift64* gave its whole state away in one output (its multiplier
+    /// is invertible), so one challenge predicted all later ones.
+    #[test]
+    fn a_challenge_does_not_predict_the_next() {
+        let mut e = Entropy::new(0x1b0b_a1ce_5eed_0001);
+        let mut c1 = [0u8; CHALLENGE_LEN];
+        let mut c2 = [0u8; CHALLENGE_LEN];
+        e.fill(&mut c1);
+        e.fill(&mut c2);
+        assert_ne!(c1, c2);
+        // What inverting xorshift64* on c1's last word predicts for c2.
+        const K: u64 = 0x2545_f491_4f6c_dd1d;
+        let last = u64::from_le_bytes(c1[24..32].try_into().unwrap());
+        let mut x = last.wrapping_mul(inverse(K));
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let predicted = x.wrapping_mul(K).to_le_bytes();
+        assert_ne!(&c2[..8], &predicted[..]);
+        // Same seed, same stream; a mix changes it.
+        let (mut a, mut b) = (Entropy::new(7), Entropy::new(7));
+        assert_eq!(a.next_u64(), b.next_u64());
+        b.mix(1);
+        assert_ne!(a.next_u64(), b.next_u64());
+        assert_eq!(alloc::format!("{a:?}"), "Entropy(..)");
+    }
+
+    /// Multiplicative inverse modulo 2^64 of an odd number (Newton).
+    fn inverse(k: u64) -> u64 {
+        let mut x = k;
+        for _ in 0..6 {
+            x = x.wrapping_mul(2u64.wrapping_sub(k.wrapping_mul(x)));
+        }
+        x
     }
 }

@@ -102,7 +102,7 @@ impl ChapPolicy {
 }
 
 /// One CHAP credential pair.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
     /// Name and secret the initiator proves it knows.
     pub user: String,
@@ -110,6 +110,17 @@ pub struct Secret {
     /// Name and secret the target answers with in mutual CHAP.
     pub muser: Option<String>,
     pub msecret: Option<String>,
+}
+
+/// Secrets stay out of anything printed (a `{:?}` of the target or its
+/// configuration in a log line).
+impl core::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Secret")
+            .field("user", &self.user)
+            .field("muser", &self.muser)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Secret {

@@ -18,8 +18,10 @@
 //!
 //! Memory per connection is bounded: one PDU of at most the declared
 //! MaxRecvDataSegmentLength is assembled at a time, out-of-order commands
-//! are held only inside the CmdSN window, and no new PDU is read while the
-//! queued output plus read data in flight exceed [`MAX_BUFFERED`].
+//! are held only inside the CmdSN window, commands (immediate ones too) are
+//! limited to the session's queue depth, each with at most
+//! [`crate::scsi::MAX_TRANSFER_BYTES`] of buffers, and no new PDU is read
+//! while the queued output plus read data in flight exceed [`MAX_BUFFERED`].
 
 use crate::pdu::{self, BHS_LEN, Bhs, FrameError, NO_TAG, Pdu};
 use crate::session::{Cmd, Pending};
@@ -39,6 +41,8 @@ pub const MAX_BUFFERED: usize = 32 << 20;
 pub const MAX_TASKS: usize = 256;
 /// How soon a command waiting for the LU's COMPARE AND WRITE lock retries.
 const BLOCKED_RETRY_MS: u64 = 5;
+/// Shortest time a login may take before the connection is dropped.
+const LOGIN_TIMEOUT_MS: u64 = 30_000;
 /// Login data segments (RFC 7143 §6.1: 8192 until negotiated).
 pub const LOGIN_MRDSL: usize = 8192;
 
@@ -262,11 +266,23 @@ impl Connection {
         }
     }
 
-    /// The MaxCmdSN to advertise: the window shrinks with commands held.
-    pub(crate) fn max_cmd_sn(&self) -> u32 {
+    /// Commands the initiator may still send: the window shrinks with
+    /// commands held.
+    fn credit(&self) -> u32 {
         let held = (self.active_tasks() + self.queued.len()) as u32;
-        let credit = self.depth.saturating_sub(held);
-        self.exp_cmd_sn.wrapping_add(credit).wrapping_sub(1)
+        self.depth.saturating_sub(held)
+    }
+
+    /// The MaxCmdSN to advertise.
+    pub(crate) fn max_cmd_sn(&self) -> u32 {
+        self.exp_cmd_sn.wrapping_add(self.credit()).wrapping_sub(1)
+    }
+
+    /// Whether `sn` lies in ExpCmdSN..=MaxCmdSN. Not `sn - exp <= max - exp`:
+    /// with no credit MaxCmdSN is ExpCmdSN - 1 and that difference wraps
+    /// to the whole number space.
+    pub(crate) fn in_window(&self, sn: u32) -> bool {
+        sn.wrapping_sub(self.exp_cmd_sn) < self.credit()
     }
 
     pub(crate) fn active_tasks(&self) -> usize {
@@ -491,9 +507,7 @@ impl Connection {
             }
             return;
         }
-        let window = self.max_cmd_sn().wrapping_sub(self.exp_cmd_sn);
-        if ahead <= window
-            && (ahead as i32) > 0
+        if self.in_window(sn)
             && self.queued.len() < MAX_TASKS
             && !self.queued.iter().any(|q| q.bhs.cmd_sn() == sn)
         {
@@ -720,7 +734,9 @@ impl Connection {
         let timeout = o.nop_timeout as u64 * 1000;
         let interval = o.nop_in_interval as u64 * 1000;
         match self.phase {
-            Phase::Login if timeout > 0 && now_ms >= self.started + timeout.max(30_000) => {
+            // Unconditional: with NOP pings off, a silent peer would
+            // otherwise hold a connection slot in login for ever.
+            Phase::Login if now_ms >= self.started + timeout.max(LOGIN_TIMEOUT_MS) => {
                 self.fail("login took too long")
             }
             Phase::FullFeature => {

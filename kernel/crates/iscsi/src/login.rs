@@ -188,10 +188,8 @@ impl Connection {
         }
         let raw = core::mem::take(&mut l.text);
         let pairs = text::parse(&raw).map_err(|_| status::INITIATOR_ERROR)?;
-        for (i, (k, _)) in pairs.iter().enumerate() {
-            if pairs[..i].iter().any(|(k2, _)| k2 == k) {
-                return Err(status::INITIATOR_ERROR);
-            }
+        if text::has_duplicate_keys(&pairs) {
+            return Err(status::INITIATOR_ERROR);
         }
         if l.limits.is_none() {
             self.identify(l, &pairs, target)?;
@@ -332,12 +330,10 @@ impl Connection {
                 status::NO_SESSION
             });
         }
-        let cfg = &target.config;
-        if cfg.options.max_sessions > 0
-            && target.session_count() >= cfg.options.max_sessions as usize
-        {
+        if session_limit_reached(target, l) {
             return Err(status::TOO_MANY_CONNECTIONS);
         }
+        let cfg = &target.config;
         if l.stage == OPERATIONAL && l.policy.require && !l.policy.disable {
             return Err(status::AUTH_FAILED);
         }
@@ -361,8 +357,16 @@ impl Connection {
         bdevs: &Registry,
     ) {
         let node_name = l.target.clone().unwrap_or_default();
+        // Checked again: other logins may have finished since the first PDU.
+        if session_limit_reached(target, l) {
+            self.login_response(l, req, false, csg, 0, status::TOO_MANY_CONNECTIONS, &[]);
+            return self.fail("login refused: too many sessions");
+        }
         target.reinstate(&l.initiator, l.isid, &node_name);
-        let (id, tsih) = target.new_session(self.id, l.isid, &l.initiator, &node_name);
+        let Some((id, tsih)) = target.new_session(self.id, l.isid, &l.initiator, &node_name) else {
+            self.login_response(l, req, false, csg, 0, status::OUT_OF_RESOURCES, &[]);
+            return self.fail("login refused: no free TSIH");
+        };
         l.tsih = tsih;
         let cfg = &target.config;
         self.depth = match l.target.as_deref().and_then(|n| cfg.node(n)) {
@@ -404,6 +408,14 @@ impl Connection {
         };
         self.publish(target, "full_feature");
     }
+}
+
+/// Whether a new session for this login would pass `max_sessions` (the
+/// session it reinstates does not count).
+fn session_limit_reached(target: &Target, l: &Login) -> bool {
+    let max = target.config.options.max_sessions as usize;
+    let node = l.target.as_deref().unwrap_or_default();
+    max > 0 && target.sessions_besides(&l.initiator, l.isid, node) >= max
 }
 
 enum Step {

@@ -169,13 +169,16 @@ impl Connection {
         let epoch = target.lun_epoch(&name, lun);
         let task = match (&entry, info) {
             (Some(l), Some(info)) => {
-                let (shared, nexus) = target.lun_states(&name, lun, self.session_id());
+                let sid = self.session_id();
+                let (shared, nexus, port) = target.lun_states(&name, lun, sid);
                 let r = LunRef {
                     id: lun,
                     bdev: l.bdev,
                     info,
                     read_only: l.read_only,
                     target_name: &name,
+                    initiator_port: port,
+                    nexus_id: sid,
                     shared,
                     nexus,
                 };
@@ -211,7 +214,9 @@ impl Connection {
             outstanding: 0,
             failed,
         });
-        if self.active_tasks() >= MAX_TASKS {
+        // Immediate commands skip the CmdSN window: the depth bounds them
+        // (and the data buffers they hold) all the same.
+        if self.active_tasks() >= (self.depth as usize).min(MAX_TASKS) {
             return self.busy_response(&bhs);
         }
         let Some(i) = self.alloc_slot(cmd) else {
@@ -364,7 +369,7 @@ impl Connection {
             return self.fail_cmd(i, data_phase_error(), bdevs);
         }
         seq.next += len;
-        seq.data_sn += 1;
+        seq.data_sn = seq.data_sn.wrapping_add(1);
         let (next, end) = (seq.next, seq.end);
         if b.is_final() {
             if ttt == NO_TAG {
@@ -578,9 +583,7 @@ impl Connection {
                     COMPLETE
                 } else {
                     // Not received yet (inside the window): nothing left to abort.
-                    let ahead = ref_sn.wrapping_sub(self.exp_cmd_sn);
-                    let window = self.max_cmd_sn().wrapping_sub(self.exp_cmd_sn);
-                    if ahead <= window && (ahead as i32) >= 0 {
+                    if ref_sn == self.exp_cmd_sn || self.in_window(ref_sn) {
                         COMPLETE
                     } else {
                         NO_TASK
@@ -599,7 +602,10 @@ impl Connection {
                     q.bhs.opcode() != op::SCSI_CMD || pdu::decode_lun(q.bhs.lun_raw()) != lun
                 });
                 match function {
-                    5 => target.reset_lun(&name, lun, sid, Some(UnitAttention::LunReset)),
+                    5 => {
+                        target.reset_lun(&name, lun, sid, Some(UnitAttention::LunReset));
+                        target.lu_reset(&name, lun);
+                    }
                     4 => target.reset_lun(&name, lun, sid, None),
                     _ => {}
                 }
@@ -616,6 +622,7 @@ impl Connection {
                 self.queued.clear();
                 for l in all_luns {
                     target.reset_lun(&name, l, sid, Some(UnitAttention::PowerOnReset));
+                    target.lu_reset(&name, l);
                 }
                 if function == 7 {
                     target.end_node_sessions(&name, self.id);
@@ -676,6 +683,14 @@ impl Connection {
             }
         }
         self.queued.clear();
+        // One is enough: repeats while tasks drain would pile up.
+        if self
+            .pending
+            .iter()
+            .any(|x| matches!(x, Pending::Logout { .. }))
+        {
+            return;
+        }
         self.pending.push(Pending::Logout { itt: p.bhs.itt() });
         self.check_pending();
     }
@@ -725,6 +740,11 @@ impl Connection {
             self.text = TextState::default();
             return self.reject(pdu::reject::INVALID_FIELD, b);
         };
+        // A repeated SendTargets would multiply the reply.
+        if text::has_duplicate_keys(&pairs) {
+            self.text = TextState::default();
+            return self.reject(pdu::reject::PROTOCOL_ERROR, b);
+        }
         let mut answer: Vec<(String, String)> = Vec::new();
         for (k, v) in pairs {
             match k.as_str() {

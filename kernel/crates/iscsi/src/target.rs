@@ -4,7 +4,7 @@
 
 use crate::chap::Entropy;
 use crate::config::Config;
-use crate::scsi::{LunState, NexusState, UnitAttention};
+use crate::scsi::{LunState, NexusState, UnitAttention, initiator_port};
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -33,6 +33,8 @@ struct SessionRec {
     tsih: u16,
     isid: [u8; 6],
     initiator: String,
+    /// The SCSI initiator port name (initiator name and ISID).
+    port: String,
     /// Empty for discovery sessions.
     target: String,
     conns: Vec<u32>,
@@ -137,13 +139,14 @@ impl Target {
         }
     }
 
+    /// The session's I_T nexuses end: their SPC-2 reservations go with
+    /// them (persistent reservations stay).
     fn drop_session(&mut self, id: u64) {
         self.sessions.retain(|s| s.id != id);
         self.nexus.retain(|n| n.session != id);
-    }
-
-    pub(crate) fn session_count(&self) -> usize {
-        self.sessions.len()
+        for l in &mut self.luns {
+            l.state.nexus_lost(id);
+        }
     }
 
     /// Whether a session with this TSIH exists for this initiator and ISID.
@@ -174,18 +177,44 @@ impl Target {
         }
     }
 
-    /// A new session for `conn`; returns (session id, TSIH).
+    /// Sessions left once a login as (`initiator`, `isid`, `target`) has
+    /// reinstated its namesake: what counts against `max_sessions`.
+    pub(crate) fn sessions_besides(&self, initiator: &str, isid: [u8; 6], target: &str) -> usize {
+        self.sessions
+            .iter()
+            .filter(|s| {
+                !(s.isid == isid
+                    && s.initiator.eq_ignore_ascii_case(initiator)
+                    && s.target.eq_ignore_ascii_case(target))
+            })
+            .count()
+    }
+
+    /// A new session for `conn`; returns (session id, TSIH), or `None` when
+    /// every TSIH is taken.
     pub(crate) fn new_session(
         &mut self,
         conn: u32,
         isid: [u8; 6],
         initiator: &str,
         target: &str,
-    ) -> (u64, u16) {
-        let mut tsih = self.next_tsih;
-        while tsih == 0 || self.sessions.iter().any(|s| s.tsih == tsih) {
-            tsih = tsih.wrapping_add(1);
+    ) -> Option<(u64, u16)> {
+        // A bitmap of the TSIHs in use: one pass, however many there are.
+        let mut used = alloc::vec![0u64; 1 << 10];
+        for s in &self.sessions {
+            if let Some(w) = used.get_mut(s.tsih as usize / 64) {
+                *w |= 1 << (s.tsih % 64);
+            }
         }
+        let free = |t: u16| {
+            t != 0
+                && used
+                    .get(t as usize / 64)
+                    .is_some_and(|w| w & 1 << (t % 64) == 0)
+        };
+        let tsih = (0..=u16::MAX)
+            .map(|k| self.next_tsih.wrapping_add(k))
+            .find(|&t| free(t))?;
         self.next_tsih = tsih.wrapping_add(1);
         let id = self.next_session;
         self.next_session += 1;
@@ -194,10 +223,11 @@ impl Target {
             tsih,
             isid,
             initiator: initiator.into(),
+            port: initiator_port(initiator, isid),
             target: target.into(),
             conns: alloc::vec![conn],
         });
-        (id, tsih)
+        Some((id, tsih))
     }
 
     /// Whether `conn` was told to end.
@@ -252,16 +282,22 @@ impl Target {
         }
     }
 
-    /// The shared LU state and this session's nexus state, for a task.
+    /// The shared LU state, this session's nexus state and its initiator
+    /// port name, for a task.
     pub(crate) fn lun_states(
         &mut self,
         node: &str,
         lun: u64,
         session: u64,
-    ) -> (&mut LunState, &mut NexusState) {
+    ) -> (&mut LunState, &mut NexusState, &str) {
         let l = self.lun_index(node, lun);
         let n = self.nexus_index(session, lun);
-        (&mut self.luns[l].state, &mut self.nexus[n].state)
+        let port = self
+            .sessions
+            .iter()
+            .find(|s| s.id == session)
+            .map_or("", |s| s.port.as_str());
+        (&mut self.luns[l].state, &mut self.nexus[n].state, port)
     }
 
     pub(crate) fn lun_epoch(&self, node: &str, lun: u64) -> u64 {
@@ -296,6 +332,13 @@ impl Target {
         }
     }
 
+    /// LOGICAL UNIT RESET or target reset of `lun` on `node`: its SPC-2
+    /// reservation ends (persistent reservations stay).
+    pub(crate) fn lu_reset(&mut self, node: &str, lun: u64) {
+        let l = self.lun_index(node, lun);
+        self.luns[l].state.reset();
+    }
+
     /// Raises `ua` on this session's nexus to `lun`.
     pub(crate) fn raise(&mut self, session: u64, lun: u64, ua: UnitAttention) {
         let n = self.nexus_index(session, lun);
@@ -322,20 +365,45 @@ mod tests {
         let c1 = t.register(info());
         let c2 = t.register(info());
         assert_ne!(c1, c2);
-        let (s1, tsih1) = t.new_session(c1, [1; 6], "iqn.i", "iqn.t");
-        let (_, tsih2) = t.new_session(c2, [2; 6], "iqn.i", "iqn.t");
+        let (s1, tsih1) = t.new_session(c1, [1; 6], "iqn.i", "iqn.t").unwrap();
+        let (_, tsih2) = t.new_session(c2, [2; 6], "iqn.i", "iqn.t").unwrap();
         assert_ne!(tsih1, 0);
         assert_ne!(tsih1, tsih2);
         assert!(t.session_exists(tsih1, "IQN.I", [1; 6]));
         t.raise(s1, 0, UnitAttention::PowerOnReset);
         t.reinstate("iqn.i", [1; 6], "iqn.t");
         assert!(t.should_end(c1) && !t.should_end(c2));
-        assert_eq!(t.session_count(), 1);
+        assert_eq!(t.sessions.len(), 1);
         t.unregister(c1);
         assert!(!t.should_end(c1));
         assert_eq!(t.connections().len(), 1);
         t.unregister(c2);
-        assert_eq!(t.session_count(), 0);
+        assert_eq!(t.sessions.len(), 0);
+    }
+
+    /// Every TSIH taken: the next session is refused, not searched for
+    /// forever.
+    #[test]
+    fn tsih_exhaustion_is_refused() {
+        let mut t = Target::default();
+        for tsih in 1..=u16::MAX {
+            t.sessions.push(SessionRec {
+                id: tsih as u64,
+                tsih,
+                isid: [0; 6],
+                initiator: String::new(),
+                port: String::new(),
+                target: String::new(),
+                conns: alloc::vec![1],
+            });
+        }
+        assert_eq!(t.new_session(2, [1; 6], "iqn.i", "iqn.t"), None);
+        t.sessions.retain(|s| s.tsih != 77);
+        assert_eq!(
+            t.new_session(2, [1; 6], "iqn.i", "iqn.t").map(|x| x.1),
+            Some(77)
+        );
+        assert_eq!(t.sessions_besides("IQN.I", [1; 6], "iqn.t"), 65534);
     }
 
     #[test]

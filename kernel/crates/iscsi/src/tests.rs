@@ -1340,3 +1340,346 @@ impl Rig {
             .1
     }
 }
+
+// Hostile-input regressions.
+
+fn depth_rig(depth: u32) -> Rig {
+    let mut reg = Registry::new();
+    let mut cfg = config(&mut reg);
+    cfg.nodes[0].queue_depth = depth;
+    let mut r = Rig::with(cfg, reg);
+    r.login(&[("InitialR2T", "Yes"), ("ImmediateData", "No")]);
+    r
+}
+
+/// With no credit left MaxCmdSN is ExpCmdSN - 1: commands ahead of it are
+/// outside the window, not inside a window wrapped to 2^32.
+#[test]
+fn closed_window_holds_nothing() {
+    let mut r = depth_rig(2);
+    for _ in 0..2 {
+        let (_, v) = r.command(&write10(0, 8), flag::FINAL | flag::WRITE, 4096, &[]);
+        r.send(&v);
+        assert_eq!(r.recv().bhs.opcode(), op::R2T);
+    }
+    let exp = r.cmd_sn;
+    assert_eq!(r.conn.max_cmd_sn(), exp.wrapping_sub(1));
+    for ahead in 1..40 {
+        r.cmd_sn = exp + ahead;
+        let (_, v) = r.command(&[0u8; 6], flag::FINAL, 0, &[]);
+        r.send(&v);
+    }
+    assert!(r.conn.queued.is_empty());
+    assert!(r.try_recv().is_none());
+    // ABORT TASK of a command that cannot be in the window.
+    let (_, v) = r.tmf(1, 0x7777, exp + 5);
+    r.send(&v);
+    assert_eq!(r.recv().bhs.byte(2), 1, "task does not exist");
+}
+
+/// Immediate commands skip CmdSN ordering but not the queue depth.
+#[test]
+fn immediate_commands_count_against_the_depth() {
+    let mut r = depth_rig(2);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let (_, mut v) = r.command(&write10(0, 8), flag::FINAL | flag::WRITE, 4096, &[]);
+        v[0] |= 0x40;
+        r.send(&v);
+        let p = r.recv();
+        statuses.push((p.bhs.opcode(), status_of(&p)));
+    }
+    assert_eq!(statuses[..2], [(op::R2T, 0), (op::R2T, 0)]);
+    assert_eq!(
+        statuses[2],
+        (op::SCSI_RSP, crate::scsi::status::TASK_SET_FULL)
+    );
+    assert_eq!(r.conn.active_tasks(), 2);
+}
+
+/// Logouts repeated while a command is at the device keep one entry.
+#[test]
+fn repeated_logouts_do_not_pile_up() {
+    let mut r = Rig::new();
+    r.login(&[]);
+    r.hold = true;
+    let (_, v) = r.command(&read10(0, 8), flag::FINAL | flag::READ, 4096, &[]);
+    r.send(&v);
+    let mut b = Bhs::new(op::LOGOUT_REQ);
+    b.0[0] |= 0x40;
+    b.set_flags(0x80).set_u32(24, r.cmd_sn);
+    for itt in 0..1000 {
+        b.set_itt(1000 + itt);
+        let v = r.pdu(&b, &[]);
+        r.send(&v);
+    }
+    assert_eq!(r.conn.pending.len(), 1);
+    r.release();
+    let mut seen = Vec::new();
+    while let Some(p) = r.try_recv() {
+        seen.push((p.bhs.opcode(), p.bhs.itt()));
+    }
+    assert_eq!(seen.last(), Some(&(op::LOGOUT_RSP, 1000)));
+    assert!(r.conn.finished());
+}
+
+/// One Text Request naming SendTargets many times would hold that many
+/// copies of the target list.
+#[test]
+fn repeated_text_keys_are_refused() {
+    let mut r = Rig::new();
+    r.login(&[]);
+    let req = b"SendTargets=All\0".repeat(200);
+    let p = r.text(&req, flag::FINAL, NO_TAG);
+    assert_eq!(
+        (p.bhs.opcode(), p.bhs.byte(2)),
+        (op::REJECT, pdu::reject::PROTOCOL_ERROR)
+    );
+    // A single one still works.
+    let p = r.text(b"SendTargets=All\0", flag::FINAL, NO_TAG);
+    assert_eq!(get(&pairs(&p), "TargetName").as_deref(), Some(NODE));
+}
+
+/// Feeds a Login Request to a second connection on the rig's target.
+fn login_on(r: &mut Rig, c: &mut Connection, isid: u8, flags: u8, data: &[u8]) -> Pdu {
+    let mut b = Bhs::new(op::LOGIN_REQ);
+    b.0[0] |= 0x40;
+    b.set_flags(flags).set_itt(1);
+    b.0[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, isid]);
+    let v = pdu::encode(&b, &[], data, false, false);
+    assert_eq!(c.handle_input(&v, &mut r.t, &r.reg, r.now), v.len());
+    let mut out = Vec::new();
+    while let Some(o) = c.poll_output() {
+        let n = o.len();
+        out.extend_from_slice(o);
+        c.consume_output(n);
+    }
+    Pdu::parse(&out, false, false).unwrap()
+}
+
+/// `max_sessions` holds when several logins pass the first check before
+/// any of them is done; reinstating a session does not count twice.
+#[test]
+fn session_limit_holds_against_concurrent_logins() {
+    let mut reg = Registry::new();
+    let mut cfg = config(&mut reg);
+    cfg.options.max_sessions = 1;
+    let mut r = Rig::with(cfg, reg);
+    let sec = kv(&[
+        ("InitiatorName", INITIATOR),
+        ("TargetName", NODE),
+        ("AuthMethod", "None"),
+    ]);
+    let mut conns: Vec<Connection> = (0..3)
+        .map(|i| {
+            Connection::new(
+                addr("127.0.0.1:3260"),
+                addr(&format!("127.0.0.1:{}", 41000 + i)),
+                0,
+            )
+        })
+        .collect();
+    for (c, isid) in conns.iter_mut().zip([1, 2, 1]) {
+        let p = login_on(&mut r, c, isid, 0x81, &sec);
+        assert_eq!(p.bhs.u16_at(36), 0, "first PDU passes: no session yet");
+    }
+    let [a, b, c] = &mut conns[..] else {
+        unreachable!()
+    };
+    assert_eq!(login_on(&mut r, a, 1, 0x87, &[]).bhs.u16_at(36), 0);
+    let p = login_on(&mut r, b, 2, 0x87, &[]);
+    assert_eq!(p.bhs.u16_at(36), crate::login::status::TOO_MANY_CONNECTIONS);
+    assert!(b.finished());
+    // The same initiator and ISID again: it replaces its own session.
+    assert_eq!(login_on(&mut r, c, 1, 0x87, &[]).bhs.u16_at(36), 0);
+    assert_eq!(r.t.connections().iter().filter(|x| x.tsih != 0).count(), 2);
+    a.handle_timeout(&mut r.t, &r.reg, r.now);
+    assert!(a.finished(), "the reinstated session's connection ends");
+}
+
+/// With NOP pings off (nop_timeout 0) a silent peer still cannot sit in
+/// login for ever.
+#[test]
+fn login_times_out_without_nop_pings() {
+    let mut reg = Registry::new();
+    let mut cfg = config(&mut reg);
+    cfg.options.nop_timeout = 0;
+    let mut r = Rig::with(cfg, reg);
+    r.tick(10_000);
+    assert!(!r.conn.finished());
+    r.tick(25_000);
+    assert!(r.conn.finished());
+    assert_eq!(r.conn.error, Some("login took too long"));
+}
+
+/// DataSN of a sequence wraps instead of overflowing (empty Data-Outs
+/// cost the initiator nothing).
+#[test]
+fn data_sn_wraps() {
+    let mut r = depth_rig(4);
+    let (itt, v) = r.command(&write10(0, 8), flag::FINAL | flag::WRITE, 4096, &[]);
+    r.send(&v);
+    let ttt = r.recv().bhs.u32_at(at::W20);
+    for s in r.conn.slots.iter_mut() {
+        if let crate::conn::Slot::Active(c) = s {
+            c.r2ts[0].data_sn = u32::MAX;
+        }
+    }
+    let v = r.data_out(itt, ttt, u32::MAX, 0, &[], false);
+    r.send(&v);
+    let v = r.data_out(itt, ttt, 0, 0, &pattern(4096, 5), true);
+    r.send(&v);
+    let p = r.recv();
+    assert_eq!((p.bhs.opcode(), status_of(&p)), (op::SCSI_RSP, 0));
+}
+
+const RESERVE6: [u8; 6] = [0x16, 0, 0, 0, 0, 0];
+const RESERVATION_CONFLICT: u8 = 0x18;
+
+/// Another initiator's connection, swapped in and out of the rig.
+struct Other {
+    conn: Connection,
+    cmd_sn: u32,
+}
+
+impl Rig {
+    fn other(&mut self, initiator: &str, port: u16) -> Other {
+        let mut o = Other {
+            conn: Connection::new(
+                addr("127.0.0.1:3260"),
+                addr(&format!("127.0.0.1:{port}")),
+                0,
+            ),
+            cmd_sn: 1,
+        };
+        self.swap(&mut o);
+        self.login_with(
+            &[
+                ("InitiatorName", initiator),
+                ("TargetName", NODE),
+                ("SessionType", "Normal"),
+                ("AuthMethod", "None"),
+            ],
+            &[],
+        );
+        self.swap(&mut o);
+        o
+    }
+
+    fn swap(&mut self, o: &mut Other) {
+        core::mem::swap(&mut self.conn, &mut o.conn);
+        core::mem::swap(&mut self.cmd_sn, &mut o.cmd_sn);
+    }
+
+    /// Status of a command without data.
+    fn status(&mut self, cdb: &[u8]) -> u8 {
+        let (_, v) = self.command(cdb, flag::FINAL, 0, &[]);
+        self.send(&v);
+        status_of(&self.recv())
+    }
+
+    fn status_as(&mut self, o: &mut Other, cdb: &[u8]) -> u8 {
+        self.swap(o);
+        let s = self.status(cdb);
+        self.swap(o);
+        s
+    }
+}
+
+/// SPC-2 reservations end with their I_T nexus (connection loss, logout)
+/// and with LUN and target resets; other sessions' do not.
+#[test]
+fn spc2_reservation_ends_with_the_nexus() {
+    let mut r = Rig::new();
+    r.login(&[]);
+    let mut b = r.other("iqn.1994-05.com.example:other", 40001);
+    assert_eq!(r.status(&RESERVE6), 0);
+    assert_eq!(r.status_as(&mut b, &RESERVE6), RESERVATION_CONFLICT);
+    assert_eq!(r.status_as(&mut b, &[0; 6]), RESERVATION_CONFLICT);
+    // The holder's connection goes away.
+    r.conn.closed(&mut r.t);
+    assert_eq!(r.status_as(&mut b, &RESERVE6), 0);
+    // A new session of the first initiator meets B's.
+    r.conn = Connection::new(addr("127.0.0.1:3260"), addr("127.0.0.1:40002"), 0);
+    r.out.clear();
+    r.login(&[]);
+    assert_eq!(r.status(&RESERVE6), RESERVATION_CONFLICT);
+    // B logs out.
+    r.swap(&mut b);
+    let mut lo = Bhs::new(op::LOGOUT_REQ);
+    lo.set_flags(flag::FINAL)
+        .set_itt(r.next_itt())
+        .set_u32(at::W24, r.cmd_sn);
+    let v = r.pdu(&lo, &[]);
+    r.send(&v);
+    assert_eq!(r.recv().bhs.opcode(), op::LOGOUT_RSP);
+    assert!(r.conn.finished());
+    r.conn.closed(&mut r.t);
+    r.swap(&mut b);
+    assert_eq!(r.status(&RESERVE6), 0);
+    // A LUN reset by anyone ends it.
+    let mut b = r.other("iqn.1994-05.com.example:other", 40003);
+    assert_eq!(r.status_as(&mut b, &RESERVE6), RESERVATION_CONFLICT);
+    r.swap(&mut b);
+    let (_, v) = r.tmf(5, NO_TAG, 0);
+    r.send(&v);
+    assert_eq!(r.recv().bhs.opcode(), op::TMF_RSP);
+    r.swap(&mut b);
+    // The reset's unit attention comes first.
+    assert_eq!(r.status(&RESERVE6), 2);
+    assert_eq!(r.status(&RESERVE6), 0);
+    // So does a target warm reset.
+    r.swap(&mut b);
+    let (_, v) = r.tmf(6, NO_TAG, 0);
+    r.send(&v);
+    assert_eq!(r.recv().bhs.opcode(), op::TMF_RSP);
+    assert_eq!(r.status(&RESERVE6), 0);
+    r.swap(&mut b);
+}
+
+/// Persistent registrations outlive the session; only SPC-2 state goes.
+#[test]
+fn persistent_reservations_outlive_the_session() {
+    let mut r = Rig::new();
+    r.login(&[]);
+    let mut list = 0u64.to_be_bytes().to_vec();
+    list.extend(7u64.to_be_bytes());
+    list.extend([0u8; 8]);
+    let register = [0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+    let (_, v) = r.command(&register, flag::FINAL | flag::WRITE, 24, &list);
+    r.send(&v);
+    assert_eq!(status_of(&r.recv()), 0);
+    let mut reserve = list.clone();
+    reserve[..8].copy_from_slice(&7u64.to_be_bytes());
+    let (_, v) = r.command(
+        &[0x5f, 1, 3, 0, 0, 0, 0, 0, 24, 0],
+        flag::FINAL | flag::WRITE,
+        24,
+        &reserve,
+    );
+    r.send(&v);
+    assert_eq!(status_of(&r.recv()), 0);
+    let mut b = r.other("iqn.1994-05.com.example:other", 40001);
+    let read = read10(0, 1);
+    assert_eq!(r.status_as(&mut b, &read), RESERVATION_CONFLICT);
+    // Connection loss and a LUN reset leave it in place.
+    r.conn.closed(&mut r.t);
+    assert_eq!(r.status_as(&mut b, &read), RESERVATION_CONFLICT);
+    r.swap(&mut b);
+    let (_, v) = r.tmf(5, NO_TAG, 0);
+    r.send(&v);
+    assert_eq!(r.recv().bhs.opcode(), op::TMF_RSP);
+    assert_eq!(r.status(&read), RESERVATION_CONFLICT);
+    r.swap(&mut b);
+    // The same initiator port logs in again: still the holder.
+    r.conn = Connection::new(addr("127.0.0.1:3260"), addr("127.0.0.1:40002"), 0);
+    r.out.clear();
+    r.login(&[]);
+    let (_, v) = r.command(&read, flag::FINAL | flag::READ, 512, &[]);
+    r.send(&v);
+    let p = r.recv();
+    assert_eq!(
+        (p.bhs.opcode(), p.bhs.flags() & flag::STATUS),
+        (op::DATA_IN, flag::STATUS)
+    );
+}

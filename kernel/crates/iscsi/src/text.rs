@@ -49,6 +49,15 @@ pub fn parse(data: &[u8]) -> Result<Vec<(String, String)>, TextError> {
     Ok(out)
 }
 
+/// Whether a key appears twice (RFC 7143 §6.2: a negotiation names each
+/// key once). Quadratic, but [`parse`] caps the pairs at [`MAX_PAIRS`].
+pub fn has_duplicate_keys(pairs: &[(String, String)]) -> bool {
+    pairs
+        .iter()
+        .enumerate()
+        .any(|(i, (k, _))| pairs[..i].iter().any(|(k2, _)| k2 == k))
+}
+
 /// Encodes pairs as `key=value\0` each.
 pub fn encode(pairs: &[(String, String)]) -> Vec<u8> {
     let mut v = Vec::new();
@@ -393,6 +402,8 @@ mod tests {
         let many: Vec<u8> = (0..=MAX_PAIRS).flat_map(|_| b"a=b\0".to_vec()).collect();
         assert!(parse(&many).is_err());
         assert_eq!(encode(&[p("A", "1"), p("B", "x")]), b"A=1\0B=x\0");
+        assert!(!has_duplicate_keys(&[p("A", "1"), p("B", "1")]));
+        assert!(has_duplicate_keys(&[p("A", "1"), p("B", "1"), p("A", "2")]));
     }
 
     #[test]

@@ -678,3 +678,17 @@ fn names_are_checked() {
     let long = format!("iqn.2001-04.com.example:{}", "a".repeat(200));
     assert!(check_iscsi_name(&long).is_err());
 }
+
+#[test]
+fn secrets_are_not_printed() {
+    let mut s = secret("user", "pass-word-1234");
+    s.muser = Some("muser".into());
+    s.msecret = Some("other-pass-5678".into());
+    let g = AuthGroup {
+        tag: 1,
+        secrets: vec![s],
+    };
+    let shown = alloc::format!("{g:?}");
+    assert!(shown.contains("user") && shown.contains("muser"));
+    assert!(!shown.contains("pass-word") && !shown.contains("other-pass"));
+}

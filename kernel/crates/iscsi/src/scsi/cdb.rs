@@ -9,6 +9,8 @@ pub mod op {
     pub const WRITE_6: u8 = 0x0a;
     pub const INQUIRY: u8 = 0x12;
     pub const MODE_SELECT_6: u8 = 0x15;
+    pub const RESERVE_6: u8 = 0x16;
+    pub const RELEASE_6: u8 = 0x17;
     pub const MODE_SENSE_6: u8 = 0x1a;
     pub const START_STOP_UNIT: u8 = 0x1b;
     pub const READ_CAPACITY_10: u8 = 0x25;
@@ -18,18 +20,25 @@ pub mod op {
     pub const VERIFY_10: u8 = 0x2f;
     pub const PRE_FETCH_10: u8 = 0x34;
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    pub const READ_DEFECT_DATA_10: u8 = 0x37;
     pub const WRITE_SAME_10: u8 = 0x41;
     pub const UNMAP: u8 = 0x42;
     pub const MODE_SELECT_10: u8 = 0x55;
+    pub const RESERVE_10: u8 = 0x56;
+    pub const RELEASE_10: u8 = 0x57;
     pub const MODE_SENSE_10: u8 = 0x5a;
+    pub const PERSISTENT_RESERVE_IN: u8 = 0x5e;
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
     pub const READ_16: u8 = 0x88;
     pub const COMPARE_AND_WRITE: u8 = 0x89;
     pub const WRITE_16: u8 = 0x8a;
+    pub const ORWRITE_16: u8 = 0x8b;
     pub const WRITE_VERIFY_16: u8 = 0x8e;
     pub const VERIFY_16: u8 = 0x8f;
     pub const PRE_FETCH_16: u8 = 0x90;
     pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
     pub const WRITE_SAME_16: u8 = 0x93;
+    pub const WRITE_ATOMIC_16: u8 = 0x9c;
     pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
     pub const REPORT_LUNS: u8 = 0xa0;
     pub const MAINTENANCE_IN: u8 = 0xa3;
@@ -37,12 +46,26 @@ pub mod op {
     pub const WRITE_12: u8 = 0xaa;
     pub const WRITE_VERIFY_12: u8 = 0xae;
     pub const VERIFY_12: u8 = 0xaf;
+    pub const READ_DEFECT_DATA_12: u8 = 0xb7;
 
     /// SERVICE ACTION IN (16) service actions.
     pub const SA_READ_CAPACITY_16: u16 = 0x10;
     pub const SA_GET_LBA_STATUS: u16 = 0x12;
     /// MAINTENANCE IN service action.
     pub const SA_REPORT_SUPPORTED_OPCODES: u16 = 0x0c;
+    /// PERSISTENT RESERVE IN service actions.
+    pub const PRIN_READ_KEYS: u16 = 0x00;
+    pub const PRIN_READ_RESERVATION: u16 = 0x01;
+    pub const PRIN_REPORT_CAPABILITIES: u16 = 0x02;
+    pub const PRIN_READ_FULL_STATUS: u16 = 0x03;
+    /// PERSISTENT RESERVE OUT service actions.
+    pub const PROUT_REGISTER: u16 = 0x00;
+    pub const PROUT_RESERVE: u16 = 0x01;
+    pub const PROUT_RELEASE: u16 = 0x02;
+    pub const PROUT_CLEAR: u16 = 0x03;
+    pub const PROUT_PREEMPT: u16 = 0x04;
+    pub const PROUT_PREEMPT_AND_ABORT: u16 = 0x05;
+    pub const PROUT_REGISTER_AND_IGNORE: u16 = 0x06;
 }
 
 /// Read-only view of a CDB; bytes past its end read as zero, so a short
@@ -114,6 +137,8 @@ pub static OPS: &[OpInfo] = &[
     o(op::WRITE_6, &[0x0a, 0x1f, 0xff, 0xff, 0xff, 0]),
     o(op::INQUIRY, &[0x12, 0x01, 0xff, 0xff, 0xff, 0]),
     o(op::MODE_SELECT_6, &[0x15, 0x11, 0, 0, 0xff, 0]),
+    o(op::RESERVE_6, &[0x16, 0, 0, 0, 0, 0]),
+    o(op::RELEASE_6, &[0x17, 0, 0, 0, 0, 0]),
     o(op::MODE_SENSE_6, &[0x1a, 0x08, 0xff, 0xff, 0xff, 0]),
     o(op::START_STOP_UNIT, &[0x1b, 0x01, 0, 0x0f, 0xf7, 0]),
     o(
@@ -145,6 +170,10 @@ pub static OPS: &[OpInfo] = &[
         &[0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0],
     ),
     o(
+        op::READ_DEFECT_DATA_10,
+        &[0x37, 0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0],
+    ),
+    o(
         op::WRITE_SAME_10,
         &[0x41, 0xfe, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0],
     ),
@@ -156,9 +185,58 @@ pub static OPS: &[OpInfo] = &[
         op::MODE_SELECT_10,
         &[0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
     ),
+    o(op::RESERVE_10, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    o(op::RELEASE_10, &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
     o(
         op::MODE_SENSE_10,
         &[0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0],
+    ),
+    s(op::PERSISTENT_RESERVE_IN, op::PRIN_READ_KEYS, PRIN_USAGE[0]),
+    s(
+        op::PERSISTENT_RESERVE_IN,
+        op::PRIN_READ_RESERVATION,
+        PRIN_USAGE[1],
+    ),
+    s(
+        op::PERSISTENT_RESERVE_IN,
+        op::PRIN_REPORT_CAPABILITIES,
+        PRIN_USAGE[2],
+    ),
+    s(
+        op::PERSISTENT_RESERVE_IN,
+        op::PRIN_READ_FULL_STATUS,
+        PRIN_USAGE[3],
+    ),
+    s(
+        op::PERSISTENT_RESERVE_OUT,
+        op::PROUT_REGISTER,
+        PROUT_USAGE[0],
+    ),
+    s(
+        op::PERSISTENT_RESERVE_OUT,
+        op::PROUT_RESERVE,
+        PROUT_USAGE[1],
+    ),
+    s(
+        op::PERSISTENT_RESERVE_OUT,
+        op::PROUT_RELEASE,
+        PROUT_USAGE[2],
+    ),
+    s(op::PERSISTENT_RESERVE_OUT, op::PROUT_CLEAR, PROUT_USAGE[3]),
+    s(
+        op::PERSISTENT_RESERVE_OUT,
+        op::PROUT_PREEMPT,
+        PROUT_USAGE[4],
+    ),
+    s(
+        op::PERSISTENT_RESERVE_OUT,
+        op::PROUT_PREEMPT_AND_ABORT,
+        PROUT_USAGE[5],
+    ),
+    s(
+        op::PERSISTENT_RESERVE_OUT,
+        op::PROUT_REGISTER_AND_IGNORE,
+        PROUT_USAGE[6],
     ),
     o(
         op::READ_16,
@@ -177,6 +255,13 @@ pub static OPS: &[OpInfo] = &[
         op::WRITE_16,
         &[
             0x8a, 0xfa, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
+            0,
+        ],
+    ),
+    o(
+        op::ORWRITE_16,
+        &[
+            0x8b, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
             0,
         ],
     ),
@@ -213,6 +298,12 @@ pub static OPS: &[OpInfo] = &[
         &[
             0x93, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
             0,
+        ],
+    ),
+    o(
+        op::WRITE_ATOMIC_16,
+        &[
+            0x9c, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0xff, 0xff, 0, 0,
         ],
     ),
     s(
@@ -266,6 +357,32 @@ pub static OPS: &[OpInfo] = &[
             0xaf, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
         ],
     ),
+    o(
+        op::READ_DEFECT_DATA_12,
+        &[
+            0xb7, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    ),
+];
+
+/// PERSISTENT RESERVE IN usage by service action: the allocation length.
+const PRIN_USAGE: [&[u8]; 4] = [
+    &[0x5e, 0x00, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+    &[0x5e, 0x01, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+    &[0x5e, 0x02, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+    &[0x5e, 0x03, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+];
+
+/// PERSISTENT RESERVE OUT usage by service action: scope and type (where
+/// the service action takes them) and the parameter list length.
+const PROUT_USAGE: [&[u8]; 7] = [
+    &[0x5f, 0x00, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    &[0x5f, 0x01, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    &[0x5f, 0x02, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    &[0x5f, 0x03, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    &[0x5f, 0x04, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    &[0x5f, 0x05, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    &[0x5f, 0x06, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
 ];
 
 /// Whether `op` has service actions among the supported commands.

@@ -16,6 +16,8 @@ pub(super) enum Keep {
     },
     /// Every block compared with data-out buffer 0.
     CompareOne,
+    /// ORed into data-out buffer `piece` (ORWRITE).
+    Or,
     Discard,
 }
 
@@ -324,6 +326,13 @@ impl Task {
                             first_diff(b, want.as_slice()).map(|p| k as u64 * bs + p as u64)
                         }) {
                             self.note_miscompare(at + off);
+                        }
+                    }
+                    Keep::Or => {
+                        let into = self.dout.bufs.get_mut(piece as usize);
+                        let into = into.and_then(Option::as_mut).ok_or(broken)?;
+                        for (w, r) in into.as_mut_slice().iter_mut().zip(buf.as_slice()) {
+                            *w |= *r;
                         }
                     }
                     Keep::Discard => {}

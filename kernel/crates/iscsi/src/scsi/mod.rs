@@ -31,27 +31,42 @@
 //! blocks of an ironbay bdev read as zeroes. WRITE SAME with the UNMAP bit
 //! unmaps whatever the data block holds, as SBC allows.
 //!
-//! Not done here: protection information, persistent and SPC-2
-//! reservations, ORWRITE, XCOPY and removable media commands (all answer
-//! INVALID COMMAND OPERATION CODE). COMPARE AND WRITE holds a per-LU lock
-//! against other COMPARE AND WRITEs only; plain writes to the same blocks
-//! are not held off.
+//! Reservations (persistent and SPC-2, see `pr.rs`) live in the LU's
+//! [`LunState`]; every command is checked against them once its unit
+//! attentions are reported. The transport names the I_T nexus in
+//! [`LunRef`] and reports its end ([`LunState::nexus_lost`]) and LU resets
+//! ([`LunState::reset`]). PREEMPT AND ABORT preempts like PREEMPT but
+//! leaves the preempted nexus' tasks running.
+//!
+//! COMPARE AND WRITE, ORWRITE and WRITE ATOMIC hold a per-LU lock against
+//! each other; plain reads and writes of the same blocks are not held off.
+//! WRITE ATOMIC is one bdev write (its limit, in the block limits VPD
+//! page, is the bdev's largest transfer).
+//!
+//! Not done here: protection information, XCOPY and removable media
+//! commands (they answer INVALID COMMAND OPERATION CODE).
 
 mod cdb;
 mod io;
+mod pr;
 mod sbc;
 pub mod sense;
 mod spc;
 #[cfg(test)]
 mod tests;
 
+use alloc::rc::Rc;
+use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use cdb::{Cdb, op};
+use core::cell::RefCell;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use io::{DataOut, Keep, Phase, io_failure};
 use ironbay_bdev::{BdevId, BdevInfo, IoBuf, IoCompletion, IoOp, IoType};
+pub use pr::initiator_port;
+use pr::{Nexus, Reservations};
 use sbc::lba_len;
 pub use sense::Sense;
 use sense::{asc, key};
@@ -97,6 +112,11 @@ pub struct LunRef<'a> {
     pub read_only: bool,
     /// Target node name (device identification VPD page).
     pub target_name: &'a str,
+    /// The initiator port of the I_T nexus (see [`initiator_port`]):
+    /// what persistent reservations register.
+    pub initiator_port: &'a str,
+    /// The I_T nexus (the session), for SPC-2 reservations.
+    pub nexus_id: u64,
     /// State shared by every I_T nexus to this LU (mode pages, ...).
     pub shared: &'a mut LunState,
     /// State of this I_T nexus (pending unit attentions, ...).
@@ -105,12 +125,13 @@ pub struct LunRef<'a> {
 
 /// Per logical unit state shared by all sessions.
 ///
-/// Tasks keep a handle on it after [`Task::new`] (MODE SELECT applies its
-/// changes once the data-out has arrived; COMPARE AND WRITE holds the LU
-/// lock), so the inside is reference counted.
+/// Tasks keep a handle on it after [`Task::new`] (MODE SELECT and
+/// PERSISTENT RESERVE OUT apply their changes once the data-out has
+/// arrived; COMPARE AND WRITE holds the LU lock), so the inside is
+/// reference counted.
 #[derive(Debug, Default)]
 pub struct LunState {
-    inner: Arc<LuShared>,
+    inner: Rc<LuShared>,
 }
 
 #[derive(Debug, Default)]
@@ -119,8 +140,21 @@ struct LuShared {
     wce: AtomicU8,
     /// Bumped by every MODE SELECT that changes something.
     mode_gen: AtomicU64,
-    /// Held by the COMPARE AND WRITE running on this LU.
+    /// Held by the COMPARE AND WRITE, ORWRITE or WRITE ATOMIC running on
+    /// this LU.
     caw: AtomicBool,
+    pr: RefCell<Reservations>,
+}
+
+impl LuShared {
+    /// The reservations, or BUSY in the (unexpected) case they are in use.
+    fn reservations<R>(&self, f: impl FnOnce(&mut Reservations) -> R) -> Result<R, Failure> {
+        let mut p = self
+            .pr
+            .try_borrow_mut()
+            .map_err(|_| Failure::Status(status::BUSY))?;
+        Ok(f(&mut p))
+    }
 }
 
 impl LunState {
@@ -128,6 +162,19 @@ impl LunState {
     /// page WCE), for a bdev with `info`.
     pub fn write_cache_enabled(&self, info: &BdevInfo) -> bool {
         info.write_cache && self.inner.wce.load(Ordering::Relaxed) != 1
+    }
+
+    /// The I_T nexus `nexus_id` ended (logout, connection loss, session
+    /// reinstatement): its SPC-2 reservation is released. Persistent
+    /// reservations stay.
+    pub fn nexus_lost(&mut self, nexus_id: u64) {
+        let _ = self.inner.reservations(|p| p.nexus_lost(nexus_id));
+    }
+
+    /// A LOGICAL UNIT RESET or target reset: the SPC-2 reservation is
+    /// released. Persistent reservations stay.
+    pub fn reset(&mut self) {
+        let _ = self.inner.reservations(|p| p.reset());
     }
 }
 
@@ -156,6 +203,12 @@ pub enum UnitAttention {
     ReportedLunsChanged,
     /// MODE PARAMETERS CHANGED (2Ah/01h) by another nexus.
     ModeParametersChanged,
+    /// RESERVATIONS PREEMPTED (2Ah/03h): CLEAR by another nexus.
+    ReservationsPreempted,
+    /// RESERVATIONS RELEASED (2Ah/04h) by another nexus.
+    ReservationsReleased,
+    /// REGISTRATIONS PREEMPTED (2Ah/05h) by another nexus' PREEMPT.
+    RegistrationsPreempted,
 }
 
 impl UnitAttention {
@@ -166,6 +219,9 @@ impl UnitAttention {
             UnitAttention::CapacityChanged => asc::CAPACITY_DATA_CHANGED,
             UnitAttention::ReportedLunsChanged => asc::REPORTED_LUNS_CHANGED,
             UnitAttention::ModeParametersChanged => asc::MODE_PARAMETERS_CHANGED,
+            UnitAttention::ReservationsPreempted => asc::RESERVATIONS_PREEMPTED,
+            UnitAttention::ReservationsReleased => asc::RESERVATIONS_RELEASED,
+            UnitAttention::RegistrationsPreempted => asc::REGISTRATIONS_PREEMPTED,
         };
         Sense::new(key::UNIT_ATTENTION, code)
     }
@@ -284,6 +340,11 @@ impl Geo {
         MAX_CAW_BLOCKS.min(self.max_xfer_blocks)
     }
 
+    /// MAXIMUM ATOMIC TRANSFER LENGTH: what one bdev write takes.
+    pub fn max_atomic_blocks(&self) -> u64 {
+        self.chunk_blocks.min(self.max_xfer_blocks)
+    }
+
     fn check_range(&self, lba: u64, blocks: u64) -> Result<(), Sense> {
         match lba.checked_add(blocks) {
             Some(end) if end <= self.num_blocks => Ok(()),
@@ -335,6 +396,16 @@ enum Cmd {
         blocks: u64,
         fua: bool,
     },
+    OrWrite {
+        lba: u64,
+        blocks: u64,
+        fua: bool,
+    },
+    WriteAtomic {
+        lba: u64,
+        blocks: u64,
+        fua: bool,
+    },
     WriteSame {
         lba: u64,
         blocks: u64,
@@ -344,6 +415,10 @@ enum Cmd {
     Unmap,
     ModeSelect {
         ten: bool,
+    },
+    PrOut {
+        sa: u16,
+        scope_type: u8,
     },
     Flush,
     LbaStatus {
@@ -358,7 +433,7 @@ enum Stage {
     /// Result known; I/O may still be draining.
     Done,
     DataOut,
-    /// COMPARE AND WRITE waiting for the LU lock.
+    /// COMPARE AND WRITE, ORWRITE or WRITE ATOMIC waiting for the LU lock.
     Lock,
     /// GET LBA STATUS waiting for the allocation map.
     Allocation,
@@ -394,9 +469,11 @@ pub struct Task {
     /// WRITE SAME block and the buffers that came back for reuse.
     pattern: Vec<u8>,
     pool: Vec<IoBuf>,
-    lu: Option<Arc<LuShared>>,
+    lu: Option<Rc<LuShared>>,
     nexus_mode: Option<Arc<AtomicU64>>,
     caw_held: bool,
+    /// Initiator port of a PERSISTENT RESERVE OUT.
+    port: String,
 }
 
 impl Task {
@@ -425,6 +502,7 @@ impl Task {
             lu: None,
             nexus_mode: None,
             caw_held: false,
+            port: String::new(),
         }
     }
 
@@ -454,6 +532,19 @@ impl Task {
         };
         t.geo = Geo::new(lun.info, lun.read_only);
         lun.nexus.sync(lun.info, &lun.shared.inner);
+        let who = Nexus {
+            port: lun.initiator_port,
+            id: lun.nexus_id,
+        };
+        let nexus = &mut *lun.nexus;
+        if let Err(f) = lun
+            .shared
+            .inner
+            .reservations(|p| p.take_uas(who.port, nexus))
+        {
+            t.finish(Err(f));
+            return t;
+        }
         match opcode {
             op::INQUIRY => {
                 t.inquiry(c, Some(&lun));
@@ -477,8 +568,19 @@ impl Task {
             t.fail(ua.sense());
             return t;
         }
+        match lun.shared.inner.reservations(|p| p.conflicts(who, c)) {
+            Ok(false) => {}
+            Ok(true) => {
+                t.finish(Err(Failure::Status(status::RESERVATION_CONFLICT)));
+                return t;
+            }
+            Err(f) => {
+                t.finish(Err(f));
+                return t;
+            }
+        }
         t.lu = Some(lun.shared.inner.clone());
-        if let Err(f) = t.dispatch(c, expected_out as usize) {
+        if let Err(f) = t.dispatch(c, expected_out as usize, who) {
             t.finish(Err(f));
         }
         if matches!(t.cmd, Cmd::ModeSelect { .. }) {
@@ -487,10 +589,27 @@ impl Task {
         t
     }
 
-    fn dispatch(&mut self, c: Cdb<'_>, edtl: usize) -> Result<(), Failure> {
+    fn dispatch(&mut self, c: Cdb<'_>, edtl: usize, who: Nexus<'_>) -> Result<(), Failure> {
         let g = self.geo.clone();
         match c.opcode() {
             op::TEST_UNIT_READY | op::START_STOP_UNIT => self.good(),
+            op::RESERVE_6 | op::RESERVE_10 | op::RELEASE_6 | op::RELEASE_10 => {
+                self.reserve_release(c, who.id)?
+            }
+            op::PERSISTENT_RESERVE_IN => {
+                let d = self.pr(|p| p.read(c.sa()))??;
+                self.reply(d, c.be(7, 2));
+            }
+            op::PERSISTENT_RESERVE_OUT => self.prout(c, edtl, who)?,
+            op::ORWRITE_16 => self.orwrite(c, edtl)?,
+            op::WRITE_ATOMIC_16 => self.write_atomic(c, edtl)?,
+            op::READ_DEFECT_DATA_10 => {
+                // No defects: an empty list in the format asked for.
+                self.reply(vec![0, c.b(2) & 0x1f, 0, 0], c.be(7, 2));
+            }
+            op::READ_DEFECT_DATA_12 => {
+                self.reply(vec![0, c.b(1) & 0x1f, 0, 0, 0, 0, 0, 0], c.be(6, 4));
+            }
             op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 => self.read(c)?,
             op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 => {
                 self.write(c, None, edtl)?
@@ -593,6 +712,59 @@ impl Task {
             },
             _ => return Err(Sense::illegal(asc::INVALID_OPCODE).into()),
         }
+        Ok(())
+    }
+
+    /// Runs `f` on the LU's reservations.
+    fn pr<R>(&self, f: impl FnOnce(&mut Reservations) -> R) -> Result<R, Failure> {
+        match &self.lu {
+            Some(lu) => lu.reservations(f),
+            None => Err(Failure::Status(status::BUSY)),
+        }
+    }
+
+    /// RESERVE and RELEASE (6) and (10): SPC-2 reservations of the whole
+    /// LU by this I_T nexus. Conflicts were ruled out before.
+    fn reserve_release(&mut self, c: Cdb<'_>, nexus: u64) -> Result<(), Failure> {
+        if matches!(c.opcode(), op::RESERVE_10 | op::RELEASE_10) {
+            // Third-party reservations are not offered.
+            if c.b(1) & 0x10 != 0 {
+                return Err(Sense::invalid_cdb(1, Some(4)).into());
+            }
+            if c.b(1) & 0x02 != 0 {
+                return Err(Sense::invalid_cdb(1, Some(1)).into());
+            }
+            if c.be(7, 2) != 0 {
+                return Err(Sense::invalid_cdb(7, None).into());
+            }
+        }
+        let reserve = matches!(c.opcode(), op::RESERVE_6 | op::RESERVE_10);
+        self.pr(|p| {
+            if reserve {
+                p.reserve2(nexus)
+            } else {
+                p.release2(nexus)
+            }
+        })?;
+        self.good();
+        Ok(())
+    }
+
+    /// PERSISTENT RESERVE OUT: the parameter list is applied once it is in.
+    fn prout(&mut self, c: Cdb<'_>, edtl: usize, who: Nexus<'_>) -> Result<(), Failure> {
+        pr::check_out_cdb(c)?;
+        let len = c.be(5, 4) as usize;
+        self.cdb_out = len;
+        let n = len.min(edtl);
+        if len > pr::MAX_OUT_LIST || n < 24 {
+            return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR).into());
+        }
+        self.cmd = Cmd::PrOut {
+            sa: c.sa(),
+            scope_type: c.b(2),
+        };
+        self.port = who.port.into();
+        self.expect_out(DataOut::new(n, 0, n));
         Ok(())
     }
 
@@ -723,9 +895,9 @@ impl Task {
             return;
         }
         self.caw_held = self.lu.is_some();
-        if let Cmd::CompareAndWrite { lba, blocks, .. } = self.cmd {
-            let chunk = self.geo.chunk_blocks;
-            self.start_phase(
+        let chunk = self.geo.chunk_blocks;
+        match self.cmd {
+            Cmd::CompareAndWrite { lba, blocks, .. } => self.start_phase(
                 0,
                 Phase::Read {
                     lba,
@@ -733,7 +905,28 @@ impl Task {
                     chunk,
                     keep: Keep::Compare { base: 0 },
                 },
-            );
+            ),
+            Cmd::OrWrite { lba, blocks, .. } => self.start_phase(
+                0,
+                Phase::Read {
+                    lba,
+                    blocks,
+                    chunk,
+                    keep: Keep::Or,
+                },
+            ),
+            // All of it in one write.
+            Cmd::WriteAtomic { lba, blocks, fua } => self.start_phase(
+                0,
+                Phase::Write {
+                    lba,
+                    blocks,
+                    chunk: blocks,
+                    base: 0,
+                    fua,
+                },
+            ),
+            _ => {}
         }
     }
 
@@ -786,9 +979,17 @@ impl Task {
                 },
             ),
             Cmd::Verify { .. } => self.begin_verify_read(),
-            Cmd::CompareAndWrite { .. } => {
+            Cmd::CompareAndWrite { .. } | Cmd::OrWrite { .. } | Cmd::WriteAtomic { .. } => {
                 self.stage = Stage::Lock;
                 self.try_lock();
+            }
+            Cmd::PrOut { sa, scope_type } => {
+                let d = self.dout.bytes();
+                let port = core::mem::take(&mut self.port);
+                match self.pr(|p| p.update(&port, sa, scope_type, &d)) {
+                    Ok(Ok(())) => self.good(),
+                    Ok(Err(f)) | Err(f) => self.finish(Err(f)),
+                }
             }
             Cmd::WriteSame { .. } => {
                 self.pattern = self.dout.bytes();
@@ -996,6 +1197,17 @@ impl Task {
                     },
                 );
             }
+            // The data-out now holds the OR of both.
+            Cmd::OrWrite { lba, blocks, fua } if n == 0 => self.start_phase(
+                1,
+                Phase::Write {
+                    lba,
+                    blocks,
+                    chunk,
+                    base: 0,
+                    fua,
+                },
+            ),
             _ => self.finish(checked),
         }
     }
@@ -1005,8 +1217,9 @@ impl Task {
         self.stage == Stage::Done && self.in_flight == 0
     }
 
-    /// A COMPARE AND WRITE waiting for another one on the same LU to end;
-    /// it starts from [`Task::poll_io`] once the lock is free.
+    /// A COMPARE AND WRITE, ORWRITE or WRITE ATOMIC waiting for another one
+    /// on the same LU to end; it starts from [`Task::poll_io`] once the
+    /// lock is free.
     pub fn is_blocked(&self) -> bool {
         self.stage == Stage::Lock
     }

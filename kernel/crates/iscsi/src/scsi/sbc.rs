@@ -177,6 +177,56 @@ impl Task {
         Ok(())
     }
 
+    /// ORWRITE(16): the data-out ORed into the blocks, under the LU lock.
+    pub(super) fn orwrite(&mut self, c: Cdb<'_>, edtl: usize) -> Result<(), Failure> {
+        let (lba, blocks) = lba_len(c);
+        if c.b(1) & 0xe0 != 0 {
+            // ORPROTECT: no protection information.
+            return Err(Sense::invalid_cdb(1, Some(7)).into());
+        }
+        self.check_writable()?;
+        self.geo.check_range(lba, blocks)?;
+        self.check_xfer(c, blocks)?;
+        let blocks = self.out_blocks(blocks, edtl)?;
+        if blocks == 0 {
+            self.good();
+            return Ok(());
+        }
+        let fua = self.write_fua(c);
+        self.cmd = Cmd::OrWrite { lba, blocks, fua };
+        let chunk = (self.geo.chunk_blocks * self.geo.bs) as usize;
+        self.expect_out(DataOut::new((blocks * self.geo.bs) as usize, 0, chunk));
+        Ok(())
+    }
+
+    /// WRITE ATOMIC(16): one bdev write, under the LU lock.
+    pub(super) fn write_atomic(&mut self, c: Cdb<'_>, edtl: usize) -> Result<(), Failure> {
+        let lba = c.be(2, 8);
+        let blocks = c.be(12, 2);
+        if c.b(1) & 0xe0 != 0 {
+            return Err(Sense::invalid_cdb(1, Some(7)).into());
+        }
+        if c.be(10, 2) != 0 {
+            // ATOMIC BOUNDARY: boundaries are not offered.
+            return Err(Sense::invalid_cdb(10, None).into());
+        }
+        self.check_writable()?;
+        self.geo.check_range(lba, blocks)?;
+        if blocks > self.geo.max_atomic_blocks() {
+            return Err(Sense::invalid_cdb(12, None).into());
+        }
+        let blocks = self.out_blocks(blocks, edtl)?;
+        if blocks == 0 {
+            self.good();
+            return Ok(());
+        }
+        let fua = self.write_fua(c);
+        self.cmd = Cmd::WriteAtomic { lba, blocks, fua };
+        let bytes = (blocks * self.geo.bs) as usize;
+        self.expect_out(DataOut::new(bytes, 0, bytes));
+        Ok(())
+    }
+
     pub(super) fn write_same(&mut self, c: Cdb<'_>, edtl: usize) -> Result<(), Failure> {
         let ten = c.opcode() == op::WRITE_SAME_10;
         let f = c.b(1);

@@ -30,15 +30,20 @@ pub mod asc {
     pub const INVALID_FIELD_IN_CDB: (u8, u8) = (0x24, 0x00);
     pub const LU_NOT_SUPPORTED: (u8, u8) = (0x25, 0x00);
     pub const INVALID_FIELD_IN_PARAMETER_LIST: (u8, u8) = (0x26, 0x00);
+    pub const INVALID_RELEASE_OF_PERSISTENT_RESERVATION: (u8, u8) = (0x26, 0x04);
     pub const WRITE_PROTECTED: (u8, u8) = (0x27, 0x00);
     pub const POWER_ON_RESET: (u8, u8) = (0x29, 0x00);
     pub const BUS_DEVICE_RESET: (u8, u8) = (0x29, 0x03);
     pub const MODE_PARAMETERS_CHANGED: (u8, u8) = (0x2a, 0x01);
+    pub const RESERVATIONS_PREEMPTED: (u8, u8) = (0x2a, 0x03);
+    pub const RESERVATIONS_RELEASED: (u8, u8) = (0x2a, 0x04);
+    pub const REGISTRATIONS_PREEMPTED: (u8, u8) = (0x2a, 0x05);
     pub const CAPACITY_DATA_CHANGED: (u8, u8) = (0x2a, 0x09);
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: (u8, u8) = (0x39, 0x00);
     pub const REPORTED_LUNS_CHANGED: (u8, u8) = (0x3f, 0x0e);
     pub const INTERNAL_TARGET_FAILURE: (u8, u8) = (0x44, 0x00);
     pub const DATA_PHASE_ERROR: (u8, u8) = (0x4b, 0x00);
+    pub const INSUFFICIENT_REGISTRATION_RESOURCES: (u8, u8) = (0x55, 0x04);
 }
 
 /// Length of fixed format sense data as this target builds it.

@@ -136,6 +136,9 @@ fn block_limits(g: &Geo) -> Vec<u8> {
         b[24..28].copy_from_slice(&1u32.to_be_bytes());
     }
     b[32..40].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
+    // MAXIMUM ATOMIC TRANSFER LENGTH; no alignment, granularity or
+    // boundaries.
+    b[40..44].copy_from_slice(&(g.max_atomic_blocks() as u32).to_be_bytes());
     page(0xb0, b)
 }
 

@@ -11,6 +11,7 @@ use std::boxed::Box;
 use std::collections::VecDeque;
 
 const TARGET: &str = "iqn.2016-06.io.spdk:disk1";
+const PORT: &str = "iqn.1994-05.com.example:a,i,0x800102030405";
 
 /// A RAM bdev that can hide I/O types, claim a write cache and fail I/O.
 struct TestBdev {
@@ -101,6 +102,9 @@ struct Rig {
     id: BdevId,
     shared: LunState,
     nexus: NexusState,
+    /// Initiator port and I_T nexus commands come from.
+    port: String,
+    nexus_id: u64,
     read_only: bool,
     luns: Vec<u64>,
     /// Largest number of I/Os one task had in flight.
@@ -121,6 +125,8 @@ fn rig_with(dev: TestBdev) -> Rig {
         id,
         shared: LunState::default(),
         nexus: NexusState::default(),
+        port: PORT.into(),
+        nexus_id: 1,
         read_only: false,
         luns: vec![0],
         max_in_flight: 0,
@@ -187,6 +193,8 @@ impl Rig {
             info: &info,
             read_only: self.read_only,
             target_name: TARGET,
+            initiator_port: &self.port,
+            nexus_id: self.nexus_id,
             shared: &mut self.shared,
             nexus: &mut self.nexus,
         };
@@ -543,10 +551,8 @@ fn simple_commands() {
     good(&r.cmd(&[0x1b, 1, 0, 0, 0x01, 0], &[]));
     good(&r.cmd(&[0x1b, 0, 0, 0, 0x02, 0], &[]));
     illegal(&r.cmd(&[0xc5, 0, 0, 0, 0, 0], &[]), asc::INVALID_OPCODE);
-    illegal(
-        &r.cmd(&[0x5e, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]),
-        asc::INVALID_OPCODE,
-    );
+    // EXTENDED COPY is not offered.
+    illegal(&r.cmd(&cdb16(0x83, 0, 0), &[]), asc::INVALID_OPCODE);
     illegal(
         &r.cmd(
             &[0x9e, 0x11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
@@ -655,6 +661,8 @@ fn read_capacity() {
         info: &info,
         read_only: false,
         target_name: "",
+        initiator_port: PORT,
+        nexus_id: 1,
         shared: &mut s,
         nexus: &mut n,
     };
@@ -1305,6 +1313,8 @@ fn mode_select_write_cache() {
             info: &info,
             read_only: false,
             target_name: TARGET,
+            initiator_port: "iqn.1994-05.com.example:b,i,0x800102030405",
+            nexus_id: 2,
             shared: &mut r.shared,
             nexus: n,
         };
@@ -1604,4 +1614,674 @@ fn random_commands_finish() {
             assert_eq!(resp.sense.len(), sense::FIXED_LEN);
         }
     }
+}
+
+// Reservations.
+
+const PORT_B: &str = "iqn.1994-05.com.example:b,i,0x800102030405";
+const PORT_C: &str = "iqn.1994-05.com.example:c,i,0x000000000001";
+
+const REGISTER: u8 = 0;
+const RESERVE: u8 = 1;
+const RELEASE: u8 = 2;
+const CLEAR: u8 = 3;
+const PREEMPT: u8 = 4;
+const PREEMPT_AND_ABORT: u8 = 5;
+const REGISTER_AND_IGNORE: u8 = 6;
+
+const WE: u8 = 1;
+const EA: u8 = 3;
+const WE_RO: u8 = 5;
+const EA_RO: u8 = 6;
+const WE_AR: u8 = 7;
+const EA_AR: u8 = 8;
+
+/// Another I_T nexus to the rig's LU.
+struct Peer {
+    nexus: NexusState,
+    port: String,
+    id: u64,
+}
+
+fn peer(port: &str, id: u64) -> Peer {
+    Peer {
+        nexus: NexusState::default(),
+        port: port.into(),
+        id,
+    }
+}
+
+fn prin(sa: u8, alloc: u16) -> Vec<u8> {
+    let a = alloc.to_be_bytes();
+    vec![0x5e, sa, 0, 0, 0, 0, 0, a[0], a[1], 0]
+}
+
+fn prout_cdb(sa: u8, kind: u8, len: u32) -> Vec<u8> {
+    let mut c = vec![0x5f, sa, kind, 0, 0];
+    c.extend(len.to_be_bytes());
+    c.push(0);
+    c
+}
+
+fn prout_list(rk: u64, sark: u64, flags: u8) -> Vec<u8> {
+    let mut d = rk.to_be_bytes().to_vec();
+    d.extend(sark.to_be_bytes());
+    d.extend([0, 0, 0, 0, flags, 0, 0, 0]);
+    d
+}
+
+impl Rig {
+    /// Runs a command from `p` rather than the rig's own nexus.
+    fn cmd_as(&mut self, p: &mut Peer, cdb: &[u8], out: &[u8]) -> Response {
+        self.swap_nexus(p);
+        let r = self.cmd(cdb, out);
+        self.swap_nexus(p);
+        r
+    }
+
+    fn swap_nexus(&mut self, p: &mut Peer) {
+        core::mem::swap(&mut self.nexus, &mut p.nexus);
+        core::mem::swap(&mut self.port, &mut p.port);
+        core::mem::swap(&mut self.nexus_id, &mut p.id);
+    }
+
+    /// PERSISTENT RESERVE OUT with a basic parameter list.
+    fn pr_out(&mut self, sa: u8, kind: u8, rk: u64, sark: u64) -> Response {
+        self.cmd(&prout_cdb(sa, kind, 24), &prout_list(rk, sark, 0))
+    }
+
+    fn pr_out_as(&mut self, p: &mut Peer, sa: u8, kind: u8, rk: u64, sark: u64) -> Response {
+        self.swap_nexus(p);
+        let r = self.pr_out(sa, kind, rk, sark);
+        self.swap_nexus(p);
+        r
+    }
+
+    /// PRgeneration and the registered keys.
+    fn keys(&mut self) -> (u32, Vec<u64>) {
+        let d = data(&self.cmd(&prin(0, u16::MAX), &[]));
+        let n = u32::from_be_bytes(d[4..8].try_into().unwrap()) as usize;
+        assert_eq!(n, d.len() - 8);
+        let keys = d[8..]
+            .chunks(8)
+            .map(|k| u64::from_be_bytes(k.try_into().unwrap()))
+            .collect();
+        (u32::from_be_bytes(d[..4].try_into().unwrap()), keys)
+    }
+
+    /// The reservation: its key and type.
+    fn reservation(&mut self) -> Option<(u64, u8)> {
+        let d = data(&self.cmd(&prin(1, 1024), &[]));
+        match u32::from_be_bytes(d[4..8].try_into().unwrap()) {
+            0 => {
+                assert_eq!(d.len(), 8);
+                None
+            }
+            n => {
+                assert_eq!((n, d.len()), (16, 24));
+                assert_eq!(d[21] >> 4, 0, "LU scope");
+                Some((u64::from_be_bytes(d[8..16].try_into().unwrap()), d[21] & 15))
+            }
+        }
+    }
+}
+
+fn conflict(r: &Response) {
+    assert_eq!(r.status, status::RESERVATION_CONFLICT, "{r:?}");
+    assert!(r.sense.is_empty() && r.data.is_empty());
+}
+
+#[test]
+fn persistent_registration() {
+    let mut r = rig();
+    assert_eq!(r.keys(), (0, vec![]));
+    assert_eq!(r.reservation(), None);
+    // Not registered: REGISTER needs a zero reservation key.
+    conflict(&r.pr_out(REGISTER, 0, 5, 7));
+    // Unregistering while not registered does nothing.
+    good(&r.pr_out(REGISTER, 0, 0, 0));
+    assert_eq!(r.keys(), (0, vec![]));
+    good(&r.pr_out(REGISTER, 0, 0, 7));
+    assert_eq!(r.keys(), (1, vec![7]));
+    // Registered: the key must match, except with REGISTER AND IGNORE.
+    conflict(&r.pr_out(REGISTER, 0, 0, 8));
+    good(&r.pr_out(REGISTER, 0, 7, 8));
+    good(&r.pr_out(REGISTER_AND_IGNORE, 0, 1234, 9));
+    assert_eq!(r.keys(), (3, vec![9]));
+    let mut b = peer(PORT_B, 2);
+    good(&r.pr_out_as(&mut b, REGISTER_AND_IGNORE, 0, 0, 10));
+    assert_eq!(r.keys(), (4, vec![9, 10]));
+    // The key list is cut to the allocation length, its length is not.
+    let d = data(&r.cmd(&prin(0, 12), &[]));
+    assert_eq!(d, [0, 0, 0, 4, 0, 0, 0, 16, 0, 0, 0, 0]);
+    good(&r.pr_out(REGISTER, 0, 9, 0));
+    assert_eq!(r.keys(), (5, vec![10]));
+    good(&r.pr_out_as(&mut b, REGISTER_AND_IGNORE, 0, 0, 0));
+    assert_eq!(r.keys(), (6, vec![]));
+    // Not offered: APTPL, ALL_TG_PT, SPEC_I_PT, other service actions.
+    for (flags, bit) in [(0x01, 0), (0x04, 2), (0x08, 3)] {
+        let e = r.cmd(&prout_cdb(REGISTER, 0, 24), &prout_list(0, 1, flags));
+        illegal(&e, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+        assert_eq!(e.sense[15], 0x88 | bit, "bit pointer");
+        assert_eq!(field(&e), (false, 20));
+    }
+    for sa in [7, 8, 0x1f] {
+        illegal(
+            &r.cmd(&prout_cdb(sa, 0, 24), &prout_list(0, 1, 0)),
+            asc::INVALID_FIELD_IN_CDB,
+        );
+    }
+    for sa in 4..0x20 {
+        illegal(&r.cmd(&prin(sa, 1024), &[]), asc::INVALID_FIELD_IN_CDB);
+    }
+    // The parameter list is 24 bytes.
+    for len in [0u32, 20, 28] {
+        let list = [prout_list(0, 1, 0), vec![0; 8]].concat();
+        illegal(
+            &r.cmd(&prout_cdb(REGISTER, 0, len), &list),
+            asc::PARAMETER_LIST_LENGTH_ERROR,
+        );
+    }
+    illegal(
+        &r.cmd(&prout_cdb(REGISTER, 0, 1 << 20), &[]),
+        asc::PARAMETER_LIST_LENGTH_ERROR,
+    );
+    // Too little data-out for the list.
+    illegal(
+        &r.cmd_edtl(&prout_cdb(REGISTER, 0, 24), &prout_list(0, 1, 0), 16),
+        asc::PARAMETER_LIST_LENGTH_ERROR,
+    );
+    // A bad type or scope for the service actions that take them.
+    for kind in [0u8, 2, 4, 9, 15, 0x13] {
+        illegal(
+            &r.cmd(&prout_cdb(RESERVE, kind, 24), &prout_list(0, 0, 0)),
+            asc::INVALID_FIELD_IN_CDB,
+        );
+    }
+    assert_eq!(r.keys(), (6, vec![]));
+}
+
+#[test]
+fn persistent_registrations_are_bounded() {
+    let mut r = rig();
+    for i in 0..pr::MAX_REGISTRATIONS as u64 {
+        let mut p = peer(&format!("iqn.x:{i},i,0x000000000000"), 10 + i);
+        good(&r.pr_out_as(&mut p, REGISTER, 0, 0, i + 1));
+    }
+    let mut p = peer(PORT_B, 2);
+    expect(
+        &r.pr_out_as(&mut p, REGISTER, 0, 0, 1),
+        key::ILLEGAL_REQUEST,
+        asc::INSUFFICIENT_REGISTRATION_RESOURCES,
+    );
+    // A registered port may still change its key.
+    let mut p = peer("IQN.X:0,i,0x000000000000", 10);
+    good(&r.pr_out_as(&mut p, REGISTER, 0, 1, 77));
+    assert_eq!(r.keys().1.len(), pr::MAX_REGISTRATIONS);
+}
+
+#[test]
+fn persistent_reservation_access() {
+    let read = cdb10(0x28, 1, 1);
+    let write = cdb10(0x2a, 1, 1);
+    let blk = [0u8; 512];
+    // Type; registered B may read, write; unregistered C may read, write.
+    let table = [
+        (WE, true, false, true, false),
+        (EA, false, false, false, false),
+        (WE_RO, true, true, true, false),
+        (EA_RO, true, true, false, false),
+        (WE_AR, true, true, true, false),
+        (EA_AR, true, true, false, false),
+    ];
+    for (kind, b_read, b_write, c_read, c_write) in table {
+        let mut r = rig();
+        let mut b = peer(PORT_B, 2);
+        let mut c = peer(PORT_C, 3);
+        good(&r.pr_out(REGISTER, 0, 0, 1));
+        good(&r.pr_out_as(&mut b, REGISTER, 0, 0, 2));
+        good(&r.pr_out(RESERVE, kind, 1, 0));
+        let all = kind == WE_AR || kind == EA_AR;
+        assert_eq!(r.reservation(), Some((if all { 0 } else { 1 }, kind)));
+        good(&r.cmd(&read, &[]));
+        good(&r.cmd(&write, &blk));
+        let check = |ok: bool, resp: &Response| {
+            if ok { good(resp) } else { conflict(resp) }
+        };
+        check(b_read, &r.cmd_as(&mut b, &read, &[]));
+        check(b_write, &r.cmd_as(&mut b, &write, &blk));
+        check(c_read, &r.cmd_as(&mut c, &read, &[]));
+        check(c_write, &r.cmd_as(&mut c, &write, &blk));
+        // Reads and writes of other kinds follow the same rules.
+        check(
+            c_read,
+            &r.cmd_as(&mut c, &mode_sense6(true, 0, 0x3f, 0, 255), &[]),
+        );
+        check(c_write, &r.cmd_as(&mut c, &cdb10(0x35, 0, 0), &[]));
+        check(c_write, &r.cmd_as(&mut c, &ws10(0, 1, 0), &blk));
+        // Always allowed.
+        for cdb in [
+            vec![0u8; 6],
+            inquiry(false, 0, 96),
+            vec![0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            prin(1, 100),
+            vec![0x1b, 0, 0, 0, 1, 0],
+        ] {
+            good(&r.cmd_as(&mut c, &cdb, &[]));
+        }
+        // Unregistered nexuses may register, nothing else.
+        conflict(&r.pr_out_as(&mut c, RESERVE, kind, 0, 0));
+        conflict(&r.pr_out_as(&mut c, RELEASE, kind, 0, 0));
+        conflict(&r.pr_out_as(&mut c, CLEAR, 0, 0, 0));
+        conflict(&r.pr_out_as(&mut c, PREEMPT, kind, 0, 1));
+        // SPC-2 RESERVE and RELEASE: without effect for holders, a
+        // conflict for others.
+        let holder_like = kind != WE && kind != EA;
+        let e = r.cmd_as(&mut b, &[0x16, 0, 0, 0, 0, 0], &[]);
+        check(holder_like, &e);
+        check(false, &r.cmd_as(&mut c, &[0x17, 0, 0, 0, 0, 0], &[]));
+        good(&r.cmd(&[0x16, 0, 0, 0, 0, 0], &[]));
+        conflict(&r.cmd_as(&mut c, &[0x16, 0, 0, 0, 0, 0], &[]));
+        // Reserving again: the same type is fine, another is not.
+        good(&r.pr_out(RESERVE, kind, 1, 0));
+        conflict(&r.pr_out(RESERVE, if kind == WE { EA } else { WE }, 1, 0));
+        let b_reserve = r.pr_out_as(&mut b, RESERVE, kind, 2, 0);
+        check(all, &b_reserve);
+        // A non-holder's RELEASE does nothing; the holder's must name
+        // the type.
+        if !all {
+            good(&r.pr_out_as(&mut b, RELEASE, kind, 2, 0));
+            assert!(r.reservation().is_some());
+        }
+        conflict(&r.pr_out(RELEASE, kind, 2, 0));
+        let e = r.pr_out(RELEASE, if kind == WE { EA } else { WE }, 1, 0);
+        illegal(&e, asc::INVALID_RELEASE_OF_PERSISTENT_RESERVATION);
+        good(&r.pr_out(RELEASE, kind, 1, 0));
+        assert_eq!(r.reservation(), None);
+        good(&r.cmd_as(&mut c, &write, &blk));
+        // Releasing nothing is fine.
+        good(&r.pr_out(RELEASE, kind, 1, 0));
+        assert_eq!(r.keys().0, 2, "RESERVE and RELEASE leave PRgeneration");
+    }
+}
+
+/// The next command from `p` reports `ua` first.
+fn expect_ua(r: &mut Rig, p: &mut Peer, ua: (u8, u8)) {
+    expect(&r.cmd_as(p, &[0; 6], &[]), key::UNIT_ATTENTION, ua);
+    good(&r.cmd_as(p, &[0; 6], &[]));
+}
+
+#[test]
+fn persistent_reservation_ownership() {
+    for kind in [WE, EA, WE_RO, EA_RO, WE_AR, EA_AR] {
+        let mut r = rig();
+        let mut b = peer(PORT_B, 2);
+        good(&r.pr_out(REGISTER, 0, 0, 1));
+        good(&r.pr_out_as(&mut b, REGISTER, 0, 0, 2));
+        good(&r.pr_out(RESERVE, kind, 1, 0));
+        // The holder unregisters.
+        good(&r.pr_out(REGISTER, 0, 1, 0));
+        match kind {
+            WE_AR | EA_AR => {
+                // B still holds it, and can release it.
+                assert_eq!(r.reservation(), Some((0, kind)));
+                good(&r.cmd_as(&mut b, &[0; 6], &[]));
+                good(&r.pr_out_as(&mut b, RELEASE, kind, 2, 0));
+                good(&r.cmd_as(&mut b, &[0; 6], &[]));
+            }
+            WE_RO | EA_RO => {
+                assert_eq!(r.reservation(), None);
+                expect_ua(&mut r, &mut b, asc::RESERVATIONS_RELEASED);
+            }
+            _ => {
+                assert_eq!(r.reservation(), None);
+                good(&r.cmd_as(&mut b, &[0; 6], &[]));
+            }
+        }
+        assert_eq!(r.reservation(), None);
+        // The last registrant of an all-registrants reservation takes it
+        // along.
+        good(&r.pr_out(REGISTER, 0, 0, 1));
+        good(&r.pr_out(RESERVE, kind, 1, 0));
+        good(&r.pr_out_as(&mut b, REGISTER, 0, 2, 0));
+        good(&r.pr_out(REGISTER, 0, 1, 0));
+        assert_eq!(r.reservation(), None);
+    }
+}
+
+#[test]
+fn release_tells_the_other_registrants() {
+    let mut r = rig();
+    let mut b = peer(PORT_B, 2);
+    let mut c = peer(PORT_C, 3);
+    good(&r.pr_out(REGISTER, 0, 0, 1));
+    good(&r.pr_out_as(&mut b, REGISTER, 0, 0, 2));
+    for kind in [WE_RO, EA_AR] {
+        good(&r.pr_out(RESERVE, kind, 1, 0));
+        good(&r.pr_out(RELEASE, kind, 1, 0));
+        expect_ua(&mut r, &mut b, asc::RESERVATIONS_RELEASED);
+        good(&r.cmd_as(&mut c, &[0; 6], &[]));
+        good(&r.cmd(&[0; 6], &[]));
+    }
+    good(&r.pr_out(RESERVE, EA, 1, 0));
+    good(&r.pr_out(RELEASE, EA, 1, 0));
+    good(&r.cmd_as(&mut b, &[0; 6], &[]));
+}
+
+#[test]
+fn clear_and_preempt() {
+    let mut r = rig();
+    let mut b = peer(PORT_B, 2);
+    let mut c = peer(PORT_C, 3);
+    good(&r.pr_out(REGISTER, 0, 0, 1));
+    good(&r.pr_out_as(&mut b, REGISTER, 0, 0, 2));
+    good(&r.pr_out_as(&mut c, REGISTER, 0, 0, 2));
+    good(&r.pr_out_as(&mut b, RESERVE, EA, 2, 0));
+    // CLEAR needs the caller's key, then drops everything.
+    conflict(&r.pr_out(CLEAR, 0, 2, 0));
+    let generation = r.keys().0;
+    good(&r.pr_out(CLEAR, 0, 1, 0));
+    assert_eq!(r.keys(), (generation + 1, vec![]));
+    assert_eq!(r.reservation(), None);
+    expect_ua(&mut r, &mut b, asc::RESERVATIONS_PREEMPTED);
+    expect_ua(&mut r, &mut c, asc::RESERVATIONS_PREEMPTED);
+    good(&r.cmd(&[0; 6], &[]));
+
+    // Without a reservation PREEMPT removes registrations.
+    good(&r.pr_out(REGISTER, 0, 0, 1));
+    good(&r.pr_out_as(&mut b, REGISTER, 0, 0, 2));
+    good(&r.pr_out_as(&mut c, REGISTER, 0, 0, 3));
+    illegal(
+        &r.pr_out(PREEMPT, EA, 1, 0),
+        asc::INVALID_FIELD_IN_PARAMETER_LIST,
+    );
+    conflict(&r.pr_out(PREEMPT, EA, 1, 99));
+    conflict(&r.pr_out(PREEMPT, EA, 5, 2));
+    let generation = r.keys().0;
+    good(&r.pr_out(PREEMPT, EA, 1, 2));
+    assert_eq!(r.keys(), (generation + 1, vec![1, 3]));
+    assert_eq!(r.reservation(), None);
+    expect_ua(&mut r, &mut b, asc::REGISTRATIONS_PREEMPTED);
+    good(&r.cmd_as(&mut c, &[0; 6], &[]));
+    // Preempting one's own key keeps one's registration.
+    good(&r.pr_out(PREEMPT, EA, 1, 1));
+    assert_eq!(r.keys().1, vec![1, 3]);
+
+    // The holder's key: its reservation passes over, with a new type.
+    good(&r.pr_out_as(&mut b, REGISTER, 0, 0, 2));
+    good(&r.pr_out_as(&mut c, RESERVE, WE_RO, 3, 0));
+    good(&r.pr_out(PREEMPT_AND_ABORT, EA_RO, 1, 3));
+    assert_eq!(r.reservation(), Some((1, EA_RO)));
+    assert_eq!(r.keys().1, vec![1, 2]);
+    expect_ua(&mut r, &mut c, asc::REGISTRATIONS_PREEMPTED);
+    expect_ua(&mut r, &mut b, asc::RESERVATIONS_RELEASED);
+    conflict(&r.cmd_as(&mut c, &cdb10(0x28, 0, 1), &[]));
+    // Another registrant's key: only the registration goes.
+    good(&r.pr_out_as(&mut c, REGISTER, 0, 0, 3));
+    good(&r.pr_out_as(&mut b, PREEMPT, EA_RO, 2, 3));
+    assert_eq!(r.reservation(), Some((1, EA_RO)));
+    assert_eq!(r.keys().1, vec![1, 2]);
+    expect_ua(&mut r, &mut c, asc::REGISTRATIONS_PREEMPTED);
+    good(&r.cmd(&[0; 6], &[]));
+    // A zero key only preempts all-registrants reservations.
+    illegal(
+        &r.pr_out_as(&mut b, PREEMPT, EA_RO, 2, 0),
+        asc::INVALID_FIELD_IN_PARAMETER_LIST,
+    );
+    good(&r.pr_out(RELEASE, EA_RO, 1, 0));
+    expect_ua(&mut r, &mut b, asc::RESERVATIONS_RELEASED);
+    good(&r.pr_out_as(&mut c, REGISTER, 0, 0, 3));
+    good(&r.pr_out(RESERVE, WE_AR, 1, 0));
+    good(&r.pr_out_as(&mut b, PREEMPT, WE, 2, 0));
+    expect(
+        &r.cmd(&[0; 6], &[]),
+        key::UNIT_ATTENTION,
+        asc::REGISTRATIONS_PREEMPTED,
+    );
+    assert_eq!(r.reservation(), Some((2, WE)));
+    assert_eq!(r.keys().1, vec![2]);
+    expect_ua(&mut r, &mut c, asc::REGISTRATIONS_PREEMPTED);
+    conflict(&r.cmd(&cdb10(0x2a, 0, 1), &[0; 512]));
+}
+
+#[test]
+fn read_full_status_and_capabilities() {
+    let mut r = rig();
+    let mut b = peer(PORT_B, 2);
+    good(&r.pr_out(REGISTER, 0, 0, 0x1111));
+    good(&r.pr_out_as(&mut b, REGISTER, 0, 0, 0x2222));
+    good(&r.pr_out_as(&mut b, RESERVE, WE_RO, 0x2222, 0));
+    let d = data(&r.cmd(&prin(3, 4096), &[]));
+    assert_eq!(u32::from_be_bytes(d[..4].try_into().unwrap()), 2);
+    assert_eq!(
+        u32::from_be_bytes(d[4..8].try_into().unwrap()) as usize,
+        d.len() - 8
+    );
+    let mut at = 8;
+    let mut seen = Vec::new();
+    while at < d.len() {
+        let e = &d[at..];
+        let key = u64::from_be_bytes(e[..8].try_into().unwrap());
+        let tid_len = u32::from_be_bytes(e[20..24].try_into().unwrap()) as usize;
+        let tid = &e[24..24 + tid_len];
+        assert_eq!(u16::from_be_bytes([e[18], e[19]]), 1, "relative port");
+        assert_eq!(tid[0], 0x45, "iSCSI, initiator port format");
+        assert_eq!(u16::from_be_bytes([tid[2], tid[3]]) as usize, tid_len - 4);
+        assert_eq!(tid_len % 4, 0);
+        let name: Vec<u8> = tid[4..].iter().copied().take_while(|&c| c != 0).collect();
+        seen.push((key, e[12], e[13], String::from_utf8(name).unwrap()));
+        at += 24 + tid_len;
+    }
+    assert_eq!(
+        seen,
+        [
+            (0x1111, 0, 0, PORT.to_string()),
+            (0x2222, 1, WE_RO, PORT_B.to_string())
+        ]
+    );
+    // Truncated like any parameter data.
+    assert_eq!(data(&r.cmd(&prin(3, 10), &[])), d[..10]);
+    good(&r.pr_out_as(&mut b, RELEASE, WE_RO, 0x2222, 0));
+    expect(
+        &r.cmd(&prin(2, 100), &[]),
+        key::UNIT_ATTENTION,
+        asc::RESERVATIONS_RELEASED,
+    );
+    let caps = data(&r.cmd(&prin(2, 100), &[]));
+    // CRH; TMV, ALLOW COMMANDS 3; every type; no PTPL.
+    assert_eq!(caps, [0, 8, 0x10, 0xb0, 0xea, 0x01, 0, 0]);
+    assert_eq!(
+        initiator_port("iqn.x", [0x80, 1, 2, 3, 0xab, 5]),
+        "iqn.x,i,0x80010203ab05"
+    );
+}
+
+#[test]
+fn spc2_reservations() {
+    let mut r = rig();
+    let mut b = peer(PORT_B, 2);
+    let reserve6 = [0x16, 0, 0, 0, 0, 0];
+    let release6 = [0x17, 0, 0, 0, 0, 0];
+    good(&r.cmd(&reserve6, &[]));
+    good(&r.cmd(&reserve6, &[]));
+    good(&r.cmd(&[0; 6], &[]));
+    conflict(&r.cmd_as(&mut b, &reserve6, &[]));
+    // Everything but INQUIRY, REPORT LUNS, REQUEST SENSE and RELEASE.
+    for cdb in [
+        vec![0u8; 6],
+        cdb10(0x28, 0, 1),
+        mode_sense6(true, 0, 0x3f, 0, 255),
+        prin(0, 100),
+        prout_cdb(REGISTER, 0, 24),
+        vec![0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    ] {
+        conflict(&r.cmd_as(&mut b, &cdb, &prout_list(0, 1, 0)));
+    }
+    good(&r.cmd_as(&mut b, &inquiry(false, 0, 96), &[]));
+    good(&r.cmd_as(&mut b, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[]));
+    good(&r.cmd_as(&mut b, &[0x03, 0, 0, 0, 18, 0], &[]));
+    // Another nexus' RELEASE does nothing.
+    good(&r.cmd_as(&mut b, &release6, &[]));
+    conflict(&r.cmd_as(&mut b, &[0; 6], &[]));
+    // Unknown commands still say so.
+    illegal(
+        &r.cmd_as(&mut b, &[0xc5, 0, 0, 0, 0, 0], &[]),
+        asc::INVALID_OPCODE,
+    );
+    // The holder releases.
+    good(&r.cmd(&release6, &[]));
+    good(&r.cmd_as(&mut b, &[0; 6], &[]));
+    // RESERVE(10) / RELEASE(10) the same; no third-party reservations.
+    let reserve10 = [0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    good(&r.cmd_as(&mut b, &reserve10, &[]));
+    conflict(&r.cmd(&reserve10, &[]));
+    illegal(
+        &r.cmd_as(&mut b, &[0x56, 0x10, 0, 0, 0, 0, 0, 0, 0, 0], &[]),
+        asc::INVALID_FIELD_IN_CDB,
+    );
+    illegal(
+        &r.cmd_as(&mut b, &[0x57, 0x02, 0, 0, 0, 0, 0, 0, 8, 0], &[]),
+        asc::INVALID_FIELD_IN_CDB,
+    );
+    // The nexus goes: so does its reservation.
+    r.shared.nexus_lost(1);
+    conflict(&r.cmd(&reserve6, &[]));
+    r.shared.nexus_lost(2);
+    good(&r.cmd(&reserve6, &[]));
+    // So on a LU reset.
+    r.shared.reset();
+    good(&r.cmd_as(&mut b, &reserve6, &[]));
+    good(&r.cmd_as(&mut b, &release6, &[]));
+    // With registrations RESERVE and RELEASE conflict, and without a
+    // persistent reservation even for registrants.
+    good(&r.pr_out(REGISTER, 0, 0, 1));
+    conflict(&r.cmd(&reserve6, &[]));
+    conflict(&r.cmd_as(&mut b, &release6, &[]));
+    // The persistent reservation holder's do nothing.
+    good(&r.pr_out(RESERVE, EA, 1, 0));
+    good(&r.cmd(&reserve6, &[]));
+    good(&r.pr_out(REGISTER, 0, 1, 0));
+    good(&r.cmd_as(&mut b, &reserve6, &[]));
+    good(&r.cmd_as(&mut b, &release6, &[]));
+}
+
+fn orwrite(lba: u64, blocks: u32, flags: u8) -> Vec<u8> {
+    with_flags(cdb16(0x8b, lba, blocks), flags)
+}
+
+#[test]
+fn orwrite_ors_the_data_in() {
+    let mut r = rig_dev(|d| d.info.max_transfer = 1024);
+    let a = pattern(512 * 5, 1);
+    let b = pattern(512 * 5, 2);
+    r.write(10, &a);
+    good(&r.cmd(&orwrite(10, 5, 0x18), &b));
+    let or: Vec<u8> = a.iter().zip(&b).map(|(x, y)| x | y).collect();
+    assert_eq!(r.read(10, 5), or);
+    assert!(r.fuas.borrow().iter().rev().take(3).all(|&(_, fua)| fua));
+    good(&r.cmd(&orwrite(2048, 0, 0), &[]));
+    illegal(&r.cmd(&orwrite(2049, 0, 0), &[]), asc::LBA_OUT_OF_RANGE);
+    illegal(
+        &r.cmd(&orwrite(2047, 2, 0), &[0; 1024]),
+        asc::LBA_OUT_OF_RANGE,
+    );
+    illegal(
+        &r.cmd(&orwrite(u64::MAX, 1, 0), &[0; 512]),
+        asc::LBA_OUT_OF_RANGE,
+    );
+    for protect in 1..8u8 {
+        illegal(
+            &r.cmd(&orwrite(0, 1, protect << 5), &[0; 512]),
+            asc::INVALID_FIELD_IN_CDB,
+        );
+    }
+    // Short data-out: the whole blocks that came.
+    good(&r.cmd_edtl(&orwrite(20, 4, 0), &[0x80; 1024], 1024));
+    assert_eq!(r.read(20, 2), vec![0x80; 1024]);
+    r.read_only = true;
+    expect(
+        &r.cmd(&orwrite(0, 1, 0), &[0; 512]),
+        key::DATA_PROTECT,
+        asc::WRITE_PROTECTED,
+    );
+}
+
+fn write_atomic(lba: u64, blocks: u16, flags: u8) -> Vec<u8> {
+    let mut c = vec![0x9c, flags];
+    c.extend(lba.to_be_bytes());
+    c.extend([0, 0]);
+    c.extend(blocks.to_be_bytes());
+    c.extend([0, 0]);
+    c
+}
+
+#[test]
+fn write_atomic_is_one_write() {
+    let mut r = rig_dev(|d| d.info.max_transfer = 4096);
+    let bl = vpd(&mut r, 0xb0);
+    assert_eq!(&bl[44..48], 8u32.to_be_bytes(), "one bdev transfer");
+    assert_eq!(&bl[48..64], [0; 16], "no alignment, granularity, boundary");
+    let d = pattern(512 * 8, 3);
+    r.fuas.borrow_mut().clear();
+    good(&r.cmd(&write_atomic(100, 8, 0x08), &d));
+    assert_eq!(*r.fuas.borrow(), [(100, true)]);
+    assert_eq!(r.read(100, 8), d);
+    illegal(
+        &r.cmd(&write_atomic(0, 9, 0), &[0; 512 * 9]),
+        asc::INVALID_FIELD_IN_CDB,
+    );
+    let mut c = write_atomic(0, 1, 0);
+    c[11] = 1;
+    illegal(&r.cmd(&c, &[0; 512]), asc::INVALID_FIELD_IN_CDB);
+    for protect in 1..8u8 {
+        illegal(
+            &r.cmd(&write_atomic(0, 1, protect << 5), &[0; 512]),
+            asc::INVALID_FIELD_IN_CDB,
+        );
+    }
+    good(&r.cmd(&write_atomic(0, 0, 0), &[]));
+    illegal(
+        &r.cmd(&write_atomic(2049, 0, 0), &[]),
+        asc::LBA_OUT_OF_RANGE,
+    );
+    illegal(&r.cmd(&write_atomic(2044, 8, 0), &d), asc::LBA_OUT_OF_RANGE);
+    illegal(
+        &r.cmd(&write_atomic(1 << 63, 1, 0), &[0; 512]),
+        asc::LBA_OUT_OF_RANGE,
+    );
+}
+
+#[test]
+fn orwrite_and_write_atomic_take_the_lu_lock() {
+    let mut r = rig();
+    r.write(0, &[0; 512]);
+    let mut t1 = r.task(&caw(0, 1, 0), 1024);
+    assert!(t1.write_data_out(0, &[vec![0u8; 512], vec![1u8; 512]].concat()));
+    t1.data_out_done(true);
+    let mut t2 = r.task(&orwrite(0, 1, 0), 512);
+    assert!(t2.write_data_out(0, &[2; 512]));
+    t2.data_out_done(true);
+    let mut t3 = r.task(&write_atomic(0, 1, 0), 512);
+    assert!(t3.write_data_out(0, &[4; 512]));
+    t3.data_out_done(true);
+    assert!(!t1.is_blocked());
+    assert!(t2.is_blocked() && t3.is_blocked());
+    assert!(t2.poll_io().is_none() && t3.poll_io().is_none());
+    good(&r.drive(&mut t1, &[]));
+    good(&r.drive(&mut t2, &[]));
+    assert_eq!(r.read(0, 1), vec![3; 512]);
+    good(&r.drive(&mut t3, &[]));
+    assert_eq!(r.read(0, 1), vec![4; 512]);
+}
+
+#[test]
+fn read_defect_data_is_empty() {
+    let mut r = rig();
+    let d10 = [0x37, 0, 0x18 | 5, 0, 0, 0, 0, 0, 32, 0];
+    assert_eq!(data(&r.cmd(&d10, &[])), [0, 0x1d, 0, 0]);
+    let d12 = [0xb7, 0x10 | 4, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
+    assert_eq!(data(&r.cmd(&d12, &[])), [0, 0x14, 0, 0, 0, 0, 0, 0]);
+    let mut short = d12;
+    short[9] = 3;
+    assert_eq!(data(&r.cmd(&short, &[])), [0, 0x14, 0]);
 }
