@@ -5,7 +5,8 @@
 //! - the appliance VM and LIO in a Linux guest of the same size (1 vCPU,
 //!   1 GiB), each with the file as its virtio-blk disk and with a null device,
 //!   from fio in a Linux initiator guest over the tap bridge and from
-//!   `iscsi-perf` in the bridge's namespace, all in the same run.
+//!   `iscsi-perf` in the bridge's namespace, all in the same run. The two
+//!   target VMs run one after the other: they share the backing file.
 //!
 //! Every figure is the median of the runs; ratios are ironbay / peer.
 
@@ -97,7 +98,8 @@ fn print_perf(label: &str, rows: &[f64], ours: Option<&[f64]>) {
 
 /// tgtd on a loopback portal with `file` as LUN 1 of one target.
 fn tgt(file: &Path, port: u16) -> Result<(Server, String), String> {
-    let control = format!("{port}");
+    // tgtd's control "port" names its management socket; it takes small numbers.
+    let control = format!("{}", port % 1000 + 1);
     let server = spawn(
         Command::new("tgtd").args([
             "-f",
@@ -153,48 +155,38 @@ fn appliance_config(path: &Path) -> Result<(), String> {
     std::fs::write(path, json).map_err(|e| e.to_string())
 }
 
-/// (label, target IQN, portal) the initiator guest runs fio against.
-fn fio_targets() -> [(&'static str, String, &'static str); 4] {
-    [
-        (
-            "ironbay appliance virtio-blk",
-            format!("{APPLIANCE_IQN}:vblk"),
-            APPLIANCE,
-        ),
-        (
-            "LIO in Linux guest virtio-blk",
-            format!("{LIO_IQN}:peer-vdb"),
-            LIO,
-        ),
-        (
-            "ironbay appliance null",
-            format!("{APPLIANCE_IQN}:null"),
-            APPLIANCE,
-        ),
-        (
-            "LIO in Linux guest null_blk",
-            format!("{LIO_IQN}:peer-null"),
-            LIO,
-        ),
-    ]
+/// One iSCSI LUN measured from the VMs' side: its target and portal.
+struct VmTarget {
+    iqn: String,
+    portal: &'static str,
 }
 
-fn initiator_script(seconds: u32, runs: u32) -> String {
+impl VmTarget {
+    fn new(iqn: String, portal: &'static str) -> Self {
+        VmTarget { iqn, portal }
+    }
+
+    fn url(&self) -> String {
+        format!("iscsi://{}:3260/{}/0", self.portal, self.iqn)
+    }
+}
+
+fn initiator_script(targets: &[VmTarget], seconds: u32, runs: u32) -> String {
     let mut s = String::from(
         "set -e\n\
          wait_dev() { for _ in $(seq 100); do [ -b \"$1\" ] && return 0; sleep 0.1; done; return 1; }\n\
          iscsid -f &\nsleep 1\n",
     );
-    for portal in [APPLIANCE, LIO] {
+    let _ = writeln!(
+        s,
+        "iscsiadm -m discovery -t sendtargets -p {}:3260 >/dev/null",
+        targets.first().map_or(APPLIANCE, |t| t.portal)
+    );
+    for (t, target) in targets.iter().enumerate() {
         let _ = writeln!(
             s,
-            "iscsiadm -m discovery -t sendtargets -p {portal}:3260 >/dev/null"
-        );
-    }
-    for (t, (_, iqn, portal)) in fio_targets().iter().enumerate() {
-        let _ = writeln!(
-            s,
-            "iscsiadm -m node -T {iqn} -p {portal}:3260 --login\nwait_dev /dev/sda"
+            "iscsiadm -m node -T {} -p {}:3260 --login\nwait_dev /dev/sda",
+            target.iqn, target.portal
         );
         for (w, (_, opts)) in crate::peers::WORKLOADS.iter().enumerate() {
             for run in 0..runs {
@@ -208,6 +200,57 @@ fn initiator_script(seconds: u32, runs: u32) -> String {
         let _ = writeln!(s, "iscsiadm -m node --logoutall=all\nsleep 1");
     }
     s
+}
+
+/// Per target: fio (IOPS, MiB/s) per workload, then iscsi-perf IOPS per workload.
+type VmRows = Vec<(Vec<(f64, f64)>, Vec<f64>)>;
+
+/// Runs the initiator guest against `targets` (whose server is up), then
+/// iscsi-perf from the namespace.
+fn measure_vms(
+    ns: &mut Netns,
+    guest: &ironbay_tests::rig::guest::GuestImage,
+    targets: &[VmTarget],
+    seconds: u32,
+    runs: u32,
+    server: &Running,
+) -> Result<VmRows, String> {
+    let dir = crate::workspace_root().join("target/bench");
+    let script = dir.join("iscsi-initiator.sh");
+    std::fs::write(&script, initiator_script(targets, seconds, runs)).map_err(|e| e.to_string())?;
+    let mut init = GuestVm::new(&script);
+    init.ip = Some("10.55.0.2/24".into());
+    init.mac = "52:54:00:1b:10:02".into();
+    init.tap = Some(ns.add_tap()?);
+    let mut init_vm = init.start(guest, Some(ns))?;
+    let budget = 600 + (seconds as u64 + 3) * runs as u64 * 4 * targets.len() as u64;
+    let (rc, out) = vm::finish(&mut init_vm, Duration::from_secs(budget))?;
+    drop(init_vm);
+    if rc != 0 {
+        return Err(format!(
+            "initiator script exited {rc}\n{out}\n----- target -----\n{}",
+            server.output()
+        ));
+    }
+    let wrap = |c: Command| ns.wrap(&c);
+    let mut rows = Vec::new();
+    for (t, target) in targets.iter().enumerate() {
+        let mut fio_rows = Vec::new();
+        for (w, _) in crate::peers::WORKLOADS.iter().enumerate() {
+            let prefix = format!("RESULT|{t}|{w}|");
+            let (mut iops, mut mibs) = (Vec::new(), Vec::new());
+            for line in out.lines().filter(|l| l.starts_with(&prefix)) {
+                let terse = line.splitn(5, '|').nth(4).unwrap_or("");
+                let r = fio::parse_terse(terse)
+                    .ok_or_else(|| format!("unreadable fio result: {line}"))?;
+                iops.push(r.read_iops);
+                mibs.push(r.read_kib_s / 1024.0);
+            }
+            fio_rows.push((median(&mut iops), median(&mut mibs)));
+        }
+        rows.push((fio_rows, perf(&wrap, &target.url(), seconds, runs)?));
+    }
+    Ok(rows)
 }
 
 pub fn bench(args: &[String]) -> Result<(), String> {
@@ -246,8 +289,9 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         perf(&local, &url, seconds, runs)?
     };
 
-    // VMs on the bridge: the appliance and LIO up together, the initiator
-    // guest measuring both, then iscsi-perf from the namespace.
+    // VMs on the bridge, one target VM at a time (they share the file):
+    // the appliance, then LIO, each measured from the initiator guest and
+    // from the namespace.
     let guest = crate::rig::build()?;
     let mut ns = Netns::create("iscsibench")?;
     let cfg = dir.join("iscsi-appliance.json");
@@ -265,6 +309,18 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     m.data_tap = Some(ns.add_tap()?);
     let mut appliance = Running::spawn(ns.wrap(&m.command())).map_err(|e| e.to_string())?;
     appliance.wait_for(READY, Duration::from_secs(120))?;
+    let ours_vm = measure_vms(
+        &mut ns,
+        &guest,
+        &[
+            VmTarget::new(format!("{APPLIANCE_IQN}:vblk"), APPLIANCE),
+            VmTarget::new(format!("{APPLIANCE_IQN}:null"), APPLIANCE),
+        ],
+        seconds,
+        runs,
+        &appliance,
+    )?;
+    drop(appliance);
 
     let spare = dir.join("iscsi-peer-vda.img");
     crate::bench::filled_disk(&spare, 64 << 20)?;
@@ -274,48 +330,18 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     peer.disks = vec![spare, file.clone()];
     let mut peer_vm = peer.start(&guest, Some(&ns))?;
     peer_vm.wait_for("PEER-READY", Duration::from_secs(300))?;
-
-    let script = dir.join("iscsi-initiator.sh");
-    std::fs::write(&script, initiator_script(seconds, runs)).map_err(|e| e.to_string())?;
-    let mut init = GuestVm::new(&script);
-    init.ip = Some("10.55.0.2/24".into());
-    init.mac = "52:54:00:1b:10:02".into();
-    init.tap = Some(ns.add_tap()?);
-    let mut init_vm = init.start(&guest, Some(&ns))?;
-    let budget = 600 + (seconds as u64 + 3) * runs as u64 * 8;
-    let (rc, out) = vm::finish(&mut init_vm, Duration::from_secs(budget))?;
-    if rc != 0 {
-        return Err(format!(
-            "initiator script exited {rc}\n{out}\n----- appliance -----\n{}",
-            appliance.output()
-        ));
-    }
-    drop(init_vm);
-    let wrap = |c: Command| ns.wrap(&c);
-    let perf_vm = [
-        (
-            "ironbay appliance virtio-blk",
-            format!("iscsi://{APPLIANCE}:3260/{APPLIANCE_IQN}:vblk/0"),
-        ),
-        (
-            "LIO in Linux guest virtio-blk",
-            format!("iscsi://{LIO}:3260/{LIO_IQN}:peer-vdb/0"),
-        ),
-        (
-            "ironbay appliance null",
-            format!("iscsi://{APPLIANCE}:3260/{APPLIANCE_IQN}:null/0"),
-        ),
-        (
-            "LIO in Linux guest null_blk",
-            format!("iscsi://{LIO}:3260/{LIO_IQN}:peer-null/0"),
-        ),
-    ];
-    let mut perf_rows = Vec::new();
-    for (label, url) in &perf_vm {
-        perf_rows.push((*label, perf(&wrap, url, seconds, runs)?));
-    }
+    let lio_vm = measure_vms(
+        &mut ns,
+        &guest,
+        &[
+            VmTarget::new(format!("{LIO_IQN}:peer-vdb"), LIO),
+            VmTarget::new(format!("{LIO_IQN}:peer-null"), LIO),
+        ],
+        seconds,
+        runs,
+        &peer_vm,
+    )?;
     drop(peer_vm);
-    drop(appliance);
     drop(ns);
 
     println!("\niSCSI, median of {runs} runs of {seconds} s:");
@@ -323,41 +349,29 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     print_perf("ironbay hosted runner", &ours, None);
     print_perf("tgt (tgtd)", &tgt_rows, Some(&ours));
     println!(
-        " VMs over the tap bridge (TCG, 1 vCPU and 1 GiB each; the file as virtio-blk, and null devices):"
+        " VMs over the tap bridge (TCG, 1 vCPU and 1 GiB each, one at a time; the file as virtio-blk, and null devices):"
     );
+    let devices = ["virtio-blk", "null"];
     println!("  fio (libaio, direct) in a Linux initiator guest:");
-    let mut fio_rows: Vec<Vec<(f64, f64)>> = Vec::new();
-    for (t, (label, ..)) in fio_targets().iter().enumerate() {
-        let mut rows = Vec::new();
-        for (w, _) in crate::peers::WORKLOADS.iter().enumerate() {
-            let prefix = format!("RESULT|{t}|{w}|");
-            let (mut iops, mut mibs) = (Vec::new(), Vec::new());
-            for line in out.lines().filter(|l| l.starts_with(&prefix)) {
-                let terse = line.splitn(5, '|').nth(4).unwrap_or("");
-                let r = fio::parse_terse(terse)
-                    .ok_or_else(|| format!("unreadable fio result: {line}"))?;
-                iops.push(r.read_iops);
-                mibs.push(r.read_kib_s / 1024.0);
-            }
-            rows.push((median(&mut iops), median(&mut mibs)));
-        }
-        // Rows come in (ours, LIO) pairs: the ratio goes on the LIO row.
-        let base = (t % 2 == 1).then(|| fio_rows[t - 1].clone());
-        for (w, (iops, mib)) in rows.iter().enumerate() {
-            let ratio = base.as_ref().map_or(String::new(), |b| {
-                format!("  ironbay/this {:.2}x", b[w].0 / iops.max(1.0))
-            });
+    for (d, device) in devices.iter().enumerate() {
+        for (w, (wname, _)) in crate::peers::WORKLOADS.iter().enumerate() {
+            let (oi, om) = ours_vm[d].0[w];
+            let (li, lm) = lio_vm[d].0[w];
             println!(
-                "    {label:<30} {:<17} {iops:>9.0} IOPS {mib:>8.1} MiB/s{ratio}",
-                crate::peers::WORKLOADS[w].0
+                "    {device:<10} {wname:<17} ironbay {oi:>7.0} IOPS {om:>7.1} MiB/s | LIO {li:>7.0} IOPS {lm:>7.1} MiB/s | ironbay/LIO {:.2}x",
+                oi / li.max(1.0)
             );
         }
-        fio_rows.push(rows);
     }
     println!("  iscsi-perf from the bridge's namespace:");
-    for (i, (label, rows)) in perf_rows.iter().enumerate() {
-        let ours = (i % 2 == 1).then(|| perf_rows[i - 1].1.as_slice());
-        print_perf(label, rows, ours);
+    for (d, device) in devices.iter().enumerate() {
+        for (w, (wname, _)) in PERF.iter().enumerate() {
+            let (o, l) = (ours_vm[d].1[w], lio_vm[d].1[w]);
+            println!(
+                "    {device:<10} {wname:<17} ironbay {o:>7.0} IOPS | LIO {l:>7.0} IOPS | ironbay/LIO {:.2}x",
+                o / l.max(1.0)
+            );
+        }
     }
     Ok(())
 }
