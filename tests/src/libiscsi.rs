@@ -36,10 +36,12 @@ pub fn summary(out: &str) -> Option<Summary> {
     })
 }
 
-/// Runs `iscsi-test-cu --dataloss -t FAMILY URL` (write tests included).
-pub fn test_cu(url: &str, family: &str) -> (String, Option<Summary>) {
+/// Runs `iscsi-test-cu --dataloss -t FAMILY URL [URL2]` (write tests
+/// included; a second path to the same LU enables the multipath tests).
+pub fn test_cu(urls: &[&str], family: &str) -> (String, Option<Summary>) {
     let out = Command::new("iscsi-test-cu")
-        .args(["--dataloss", "-t", family, url])
+        .args(["--dataloss", "-t", family])
+        .args(urls)
         .output()
         .expect("iscsi-test-cu (apt-get install libiscsi-bin)");
     let text = format!(

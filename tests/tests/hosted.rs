@@ -133,14 +133,15 @@ fn hosted_iscsi_passes_iscsi_test_cu_all_and_mutual_chap() {
             h.port
         )
     };
-    let (text, s) = libiscsi::test_cu(&url("disk"), "ALL");
+    // The same URL twice: two sessions, so the multipath tests run too.
+    let (text, s) = libiscsi::test_cu(&[&url("disk"), &url("disk")], "ALL");
     let s = s.unwrap_or_else(|| panic!("no CUnit summary\n{text}"));
     eprintln!(
         "iscsi-test-cu --dataloss -t ALL: {} tests, {} ran, {} passed, {} failed, {} skipped",
         s.total, s.ran, s.passed, s.failed, s.skipped
     );
     assert!(s.failed == 0 && s.ran == s.total, "{text}");
-    let (text, s) = libiscsi::test_cu(&url("ro"), "SCSI.ReadOnly");
+    let (text, s) = libiscsi::test_cu(&[&url("ro")], "SCSI.ReadOnly");
     assert!(s.is_some_and(|s| s.failed == 0 && s.ran == 1), "{text}");
 
     let chap = start(

@@ -261,7 +261,7 @@ fn iscsi_test_cu_families_pass_with_dataloss() {
         .map(|f| (*f, a.url("disk0", 0)))
         .chain([("SCSI.ReadOnly", a.url("ro", 0))]);
     for (family, url) in runs {
-        let (text, summary) = libiscsi::test_cu(&url, family);
+        let (text, summary) = libiscsi::test_cu(&[&url], family);
         match summary {
             Some(s) => {
                 table.push(format!(

@@ -568,7 +568,6 @@ impl Connection {
             ),
             None => (false, Vec::new()),
         };
-        let sid = self.session_id();
         let on_lun = |c: &Slot, l: u64| matches!(c, Slot::Active(x) if x.lun == l);
         let mut aborted = Vec::new();
         let mut then_close = false;
@@ -603,10 +602,10 @@ impl Connection {
                 });
                 match function {
                     5 => {
-                        target.reset_lun(&name, lun, sid, Some(UnitAttention::LunReset));
+                        target.reset_lun(&name, lun, Some(UnitAttention::LunReset));
                         target.lu_reset(&name, lun);
                     }
-                    4 => target.reset_lun(&name, lun, sid, None),
+                    4 => target.reset_lun(&name, lun, None),
                     _ => {}
                 }
                 COMPLETE
@@ -621,7 +620,7 @@ impl Connection {
                 }
                 self.queued.clear();
                 for l in all_luns {
-                    target.reset_lun(&name, l, sid, Some(UnitAttention::PowerOnReset));
+                    target.reset_lun(&name, l, Some(UnitAttention::PowerOnReset));
                     target.lu_reset(&name, l);
                 }
                 if function == 7 {

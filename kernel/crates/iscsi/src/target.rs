@@ -309,23 +309,19 @@ impl Target {
 
     /// A reset of `lun` on `node` by `session`: tasks of other sessions on
     /// it are aborted (they watch the epoch) and those nexuses get `ua`.
-    pub(crate) fn reset_lun(
-        &mut self,
-        node: &str,
-        lun: u64,
-        session: u64,
-        ua: Option<UnitAttention>,
-    ) {
+    pub(crate) fn reset_lun(&mut self, node: &str, lun: u64, ua: Option<UnitAttention>) {
         let l = self.lun_index(node, lun);
         self.luns[l].epoch += 1;
-        let others: Vec<u64> = self
+        // Every I_T nexus gets the unit attention (SAM-5), the one that
+        // asked for the reset included; the epoch ends other sessions' tasks.
+        let all: Vec<u64> = self
             .sessions
             .iter()
-            .filter(|s| s.id != session && s.target.eq_ignore_ascii_case(node))
+            .filter(|s| s.target.eq_ignore_ascii_case(node))
             .map(|s| s.id)
             .collect();
         if let Some(ua) = ua {
-            for s in others {
+            for s in all {
                 let n = self.nexus_index(s, lun);
                 self.nexus[n].state.raise(ua);
             }
@@ -410,7 +406,7 @@ mod tests {
     fn lun_reset_bumps_the_epoch() {
         let mut t = Target::default();
         assert_eq!(t.lun_epoch("n", 0), 0);
-        t.reset_lun("n", 0, 1, Some(UnitAttention::LunReset));
+        t.reset_lun("n", 0, Some(UnitAttention::LunReset));
         assert_eq!(t.lun_epoch("N", 0), 1);
         assert_eq!(t.lun_epoch("n", 1), 0);
     }

@@ -1011,6 +1011,10 @@ fn task_management() {
         r.send(&v);
         assert_eq!(r.recv().bhs.byte(2), want, "function {f}");
     }
+    // The resets' unit attentions reach this nexus too (SAM-5).
+    let tur = [0u8; 6];
+    assert_eq!(r.status(&tur), 2);
+    while r.status(&tur) != 0 {}
     // A read in flight at the device: the abort answers once it is back.
     r.hold = true;
     let sn = r.cmd_sn;
@@ -1633,6 +1637,10 @@ fn spc2_reservation_ends_with_the_nexus() {
     let (_, v) = r.tmf(6, NO_TAG, 0);
     r.send(&v);
     assert_eq!(r.recv().bhs.opcode(), op::TMF_RSP);
+    // The issuer gets the resets' unit attentions as well (its LUN reset's
+    // and this one's), then the reservation.
+    assert_eq!(r.status(&RESERVE6), 2);
+    assert_eq!(r.status(&RESERVE6), 2);
     assert_eq!(r.status(&RESERVE6), 0);
     r.swap(&mut b);
 }
@@ -1669,6 +1677,7 @@ fn persistent_reservations_outlive_the_session() {
     let (_, v) = r.tmf(5, NO_TAG, 0);
     r.send(&v);
     assert_eq!(r.recv().bhs.opcode(), op::TMF_RSP);
+    assert_eq!(r.status(&read), 2, "the reset's unit attention");
     assert_eq!(r.status(&read), RESERVATION_CONFLICT);
     r.swap(&mut b);
     // The same initiator port logs in again: still the holder.

@@ -26,11 +26,14 @@ pub struct TcpTuning {
 }
 
 impl TcpTuning {
-    /// Storage protocols: large windows (scaled), immediate ACKs, no Nagle.
+    /// Storage protocols: large windows (scaled), no Nagle, ACKs held for up
+    /// to 1 ms so they ride on the reply (smoltcp still ACKs every second
+    /// segment at once): a request then costs the initiator one packet, not
+    /// two, which doubled iSCSI and NBD IOPS from TCG guests.
     pub const STORAGE: TcpTuning = TcpTuning {
         rx_buffer: 512 * 1024,
         tx_buffer: 512 * 1024,
-        ack_delay: None,
+        ack_delay: Some(Duration::from_millis(1)),
         nagle: false,
         idle_timeout: Some(Duration::from_secs(300)),
         keep_alive: Some(Duration::from_secs(60)),
