@@ -10,7 +10,8 @@
 //! 3. feed each completion to [`Connection::handle_completion`];
 //! 4. when the clock passes [`Connection::poll_timeout`], call
 //!    [`Connection::handle_timeout`] (NOP-In pings, their timeout, LUN map
-//!    and capacity changes, session reinstatement by another connection);
+//!    and capacity changes, session reinstatement by another connection,
+//!    held commands once output has drained: then it asks for no wait);
 //! 5. send what [`Connection::poll_output`] offers and report it with
 //!    [`Connection::consume_output`];
 //! 6. close the socket once [`Connection::finished`], and call
@@ -18,10 +19,18 @@
 //!
 //! Memory per connection is bounded: one PDU of at most the declared
 //! MaxRecvDataSegmentLength is assembled at a time, out-of-order commands
-//! are held only inside the CmdSN window, commands (immediate ones too) are
-//! limited to the session's queue depth, each with at most
-//! [`crate::scsi::MAX_TRANSFER_BYTES`] of buffers, and no new PDU is read
-//! while the queued output plus read data in flight exceed [`MAX_BUFFERED`].
+//! are held only inside the CmdSN window (as their PDUs), and commands
+//! (immediate ones too) are limited to the session's queue depth.
+//! - Reads: while the queued output plus the read buffers of running
+//!   commands exceed [`MAX_BUFFERED`], no new PDU is read and held
+//!   commands are not started, so at most one command
+//!   ([`crate::scsi::MAX_TRANSFER_BYTES`]) or PDU goes past it.
+//! - Writes: a command's data-out buffers are allocated only once it is
+//!   granted room in [`MAX_DATA_OUT`] (in arrival order; a command alone
+//!   is always granted), and only then are R2Ts sent for it. Immediate
+//!   and unsolicited data arriving before that is held as it came, so
+//!   each command holds at most max(FirstBurstLength,
+//!   MaxRecvDataSegmentLength) beyond the budget.
 
 use crate::pdu::{self, BHS_LEN, Bhs, FrameError, NO_TAG, Pdu};
 use crate::session::{Cmd, Pending};
@@ -37,6 +46,11 @@ use ironbay_bdev::{BdevId, IoBuf, IoCompletion, IoOp, IoStatus, Registry};
 
 /// Output plus read data in flight before reading pauses.
 pub const MAX_BUFFERED: usize = 32 << 20;
+/// Data-out buffers of the writes a connection has solicited. 16 MiB lets
+/// QD32 of 512 KiB writes (or 16 of 1 MiB) be in flight at once, more
+/// than a 10 Gb/s link needs, and keeps 16 busy connections within a
+/// fraction of the appliance's memory.
+pub const MAX_DATA_OUT: usize = 16 << 20;
 /// Commands per connection, whatever the node's queue depth says.
 pub const MAX_TASKS: usize = 256;
 /// How soon a command waiting for the LU's COMPARE AND WRITE lock retries.
@@ -150,8 +164,17 @@ pub struct Connection {
     pub(crate) free: Vec<u16>,
     pub(crate) generation: u8,
     pub(crate) ios: VecDeque<BlockIo>,
-    /// Read data expected from commands running at the device.
+    /// Read buffers of the commands running at the device.
     pub(crate) executing_bytes: usize,
+    /// Data-out bytes of the commands granted buffers.
+    pub(crate) dout_granted: usize,
+    /// Immediate and unsolicited data held for commands not granted yet.
+    pub(crate) dout_staged: usize,
+    /// Write commands waiting for room in [`MAX_DATA_OUT`], as (slot,
+    /// generation), oldest first.
+    pub(crate) grant_queue: VecDeque<(u16, u8)>,
+    /// A held command is next in CmdSN order but waits for output to drain.
+    deferred: bool,
     pub(crate) next_ttt: u32,
     pub(crate) pending: Vec<Pending>,
     pub(crate) text: crate::session::TextState,
@@ -195,6 +218,10 @@ impl Connection {
             generation: 0,
             ios: VecDeque::new(),
             executing_bytes: 0,
+            dout_granted: 0,
+            dout_staged: 0,
+            grant_queue: VecDeque::new(),
+            deferred: false,
             next_ttt: 1,
             pending: Vec::new(),
             text: Default::default(),
@@ -267,10 +294,11 @@ impl Connection {
     }
 
     /// Commands the initiator may still send: the window shrinks with
-    /// commands held.
+    /// commands running. Not with those held ahead of a CmdSN gap: they lie
+    /// inside the window already advertised, and shrinking it under them
+    /// would drop the commands after them that the initiator may send.
     fn credit(&self) -> u32 {
-        let held = (self.active_tasks() + self.queued.len()) as u32;
-        self.depth.saturating_sub(held)
+        self.depth.saturating_sub(self.active_tasks() as u32)
     }
 
     /// The MaxCmdSN to advertise.
@@ -333,6 +361,32 @@ impl Connection {
         self.out_bytes + self.executing_bytes > MAX_BUFFERED
     }
 
+    /// What the commands hold now: (data-out buffers and held data, read
+    /// buffers plus queued output, whole buffers for queued Data-In).
+    #[cfg(test)]
+    pub(crate) fn held_bytes(&self) -> (usize, usize) {
+        let (mut dout, mut read) = (0, 0);
+        let mut last = core::ptr::null();
+        for o in &self.out {
+            match o {
+                Out::Bytes(v) => read += v.len(),
+                Out::Data { buf, .. } if Rc::as_ptr(buf) != last => {
+                    last = Rc::as_ptr(buf);
+                    read += buf.len();
+                }
+                Out::Data { .. } => {}
+            }
+        }
+        for s in &self.slots {
+            if let Slot::Active(c) | Slot::Zombie(c) = s {
+                let (d, r) = c.task.held_bytes();
+                dout += d + c.staged.len();
+                read += r;
+            }
+        }
+        (dout, read)
+    }
+
     fn recv_limit(&self) -> usize {
         match self.phase {
             Phase::Login => LOGIN_MRDSL,
@@ -387,6 +441,7 @@ impl Connection {
     ) -> usize {
         self.now = now_ms;
         self.sync(target);
+        self.run_queued(target, bdevs);
         let mut used = 0;
         loop {
             if self.phase == Phase::Closing || (self.rx.is_empty() && self.busy()) {
@@ -425,6 +480,7 @@ impl Connection {
         if used > 0 {
             self.last_rx = now_ms;
         }
+        self.grant_waiting(bdevs);
         used
     }
 
@@ -493,18 +549,7 @@ impl Connection {
         if ahead == 0 {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
             self.execute(p, target, bdevs);
-            while let Some(i) = self
-                .queued
-                .iter()
-                .position(|q| q.bhs.cmd_sn() == self.exp_cmd_sn)
-            {
-                let q = self.queued.swap_remove(i);
-                self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-                self.execute(q, target, bdevs);
-                if self.phase != Phase::FullFeature {
-                    break;
-                }
-            }
+            self.run_queued(target, bdevs);
             return;
         }
         if self.in_window(sn)
@@ -512,6 +557,30 @@ impl Connection {
             && !self.queued.iter().any(|q| q.bhs.cmd_sn() == sn)
         {
             self.queued.push(p);
+        }
+    }
+
+    /// Runs held commands that are next in CmdSN order. Not while busy:
+    /// filling a CmdSN gap could otherwise start a whole window of reads
+    /// at once; they run from [`Connection::handle_timeout`] once output
+    /// drains.
+    fn run_queued(&mut self, target: &mut Target, bdevs: &Registry) {
+        self.deferred = false;
+        while self.phase == Phase::FullFeature {
+            let Some(i) = self
+                .queued
+                .iter()
+                .position(|q| q.bhs.cmd_sn() == self.exp_cmd_sn)
+            else {
+                break;
+            };
+            if self.busy() {
+                self.deferred = true;
+                break;
+            }
+            let q = self.queued.swap_remove(i);
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            self.execute(q, target, bdevs);
         }
     }
 
@@ -549,13 +618,6 @@ impl Connection {
         match self.slots.get_mut(i) {
             Some(Slot::Active(c)) => Some(c),
             _ => None,
-        }
-    }
-
-    pub(crate) fn free_slot(&mut self, i: usize) {
-        if let Some(s) = self.slots.get_mut(i) {
-            *s = Slot::Free;
-            self.free.push(i as u16);
         }
     }
 
@@ -624,13 +686,20 @@ impl Connection {
     }
 
     fn zombie_completion(&mut self, i: usize, sub: u32, done: IoCompletion) {
-        if let Some(Slot::Zombie(c)) = self.slots.get_mut(i) {
-            c.outstanding = c.outstanding.saturating_sub(1);
-            c.task.handle_completion(sub, done);
-            if c.outstanding == 0 {
-                self.free_slot(i);
-                self.check_pending();
-            }
+        let Some(Slot::Zombie(c)) = self.slots.get_mut(i) else {
+            return;
+        };
+        c.outstanding = c.outstanding.saturating_sub(1);
+        c.task.handle_completion(sub, done);
+        if c.outstanding > 0 {
+            return;
+        }
+        if let Some(s) = self.slots.get_mut(i)
+            && let Slot::Zombie(c) = core::mem::replace(s, Slot::Free)
+        {
+            self.free.push(i as u16);
+            self.release(i, &c);
+            self.check_pending();
         }
     }
 
@@ -655,6 +724,21 @@ impl Connection {
         }
         self.sync(target);
         self.pump_blocked(bdevs);
+        self.run_queued(target, bdevs);
+        self.grant_waiting(bdevs);
+    }
+
+    /// Gives back what a command leaving its slot held of the connection's
+    /// memory bounds.
+    pub(crate) fn release(&mut self, i: usize, c: &Cmd) {
+        if c.granted {
+            self.dout_granted = self.dout_granted.saturating_sub(c.want);
+        }
+        self.dout_staged = self.dout_staged.saturating_sub(c.staged.len());
+        self.executing_bytes = self.executing_bytes.saturating_sub(c.exec);
+        let g = c.generation;
+        self.grant_queue
+            .retain(|&(s, sg)| !(s as usize == i && sg == g));
     }
 
     /// Aborts a task without a response; its I/O at the device is waited
@@ -666,9 +750,6 @@ impl Connection {
         let Slot::Active(mut c) = core::mem::replace(slot, Slot::Free) else {
             return;
         };
-        if c.running && c.failed.is_none() {
-            self.executing_bytes = self.executing_bytes.saturating_sub(c.read_len as usize);
-        }
         c.task.abort();
         let generation = c.generation;
         let mut queued = Vec::new();
@@ -694,7 +775,9 @@ impl Connection {
         }
         if c.outstanding == 0 {
             self.free.push(i as u16);
+            self.release(i, &c);
         } else if let Some(s) = self.slots.get_mut(i) {
+            // Its buffers stay counted until the device gives them back.
             *s = Slot::Zombie(c);
         }
     }
@@ -730,6 +813,8 @@ impl Connection {
         self.now = now_ms;
         self.sync(target);
         self.pump_blocked(bdevs);
+        self.run_queued(target, bdevs);
+        self.grant_waiting(bdevs);
         let o = &target.config.options;
         let timeout = o.nop_timeout as u64 * 1000;
         let interval = o.nop_in_interval as u64 * 1000;
@@ -787,6 +872,9 @@ impl Connection {
     pub fn poll_timeout(&self) -> Option<u64> {
         if self.phase == Phase::Closing {
             return None;
+        }
+        if self.deferred && !self.busy() {
+            return Some(self.now);
         }
         let mut t = self.next_tick;
         if let Some((_, d)) = self.ping {

@@ -3,7 +3,7 @@
 //! events. These are `Connection` methods: with one connection per session
 //! (MaxConnections=1) the session state lives in the connection.
 
-use crate::conn::{Connection, MAX_TASKS, Slot};
+use crate::conn::{Connection, MAX_DATA_OUT, MAX_TASKS, Slot};
 use crate::pdu::{self, Bhs, NO_TAG, Pdu, at, flag, op};
 use crate::scsi::{LunRef, Response, Task, UnitAttention, status};
 use crate::target::Target;
@@ -12,7 +12,7 @@ use alloc::boxed::Box;
 use alloc::rc::Rc;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use ironbay_bdev::{BdevId, Registry};
+use ironbay_bdev::{BdevId, IoBuf, Registry};
 
 /// One data sequence: unsolicited (TTT 0xffffffff) or for one R2T.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +43,14 @@ pub(crate) struct Cmd {
     /// Data-out bytes the SCSI layer takes.
     pub want: usize,
     pub written: usize,
+    /// `want` is counted in the connection's data-out budget: the task's
+    /// buffers may be allocated and its data solicited.
+    pub granted: bool,
+    /// Immediate and unsolicited data that came before the grant, from
+    /// offset 0, exactly as long as it came.
+    pub staged: Vec<u8>,
+    /// Read buffer bytes counted in the connection's executing bytes.
+    pub exec: usize,
     pub unsol: Option<Seq>,
     pub r2ts: Vec<Seq>,
     pub next_r2t: u32,
@@ -113,6 +121,29 @@ fn residual(expected: u64, actual: u64) -> (u8, u32) {
     } else {
         (0, 0)
     }
+}
+
+/// The first `len` bytes of `data`. A buffer only partly sent is copied:
+/// queued output must not pin whole read buffers for a short EDTL.
+fn trim(data: Vec<IoBuf>, len: usize) -> Vec<IoBuf> {
+    let mut left = len;
+    let mut out = Vec::new();
+    for b in data {
+        if left == 0 {
+            break;
+        }
+        if b.len() <= left {
+            left -= b.len();
+            out.push(b);
+        } else {
+            let mut part = IoBuf::new(left);
+            part.as_mut_slice()
+                .copy_from_slice(b.as_slice().get(..left).unwrap_or(&[]));
+            out.push(part);
+            left = 0;
+        }
+    }
+    out
 }
 
 fn valid_name(v: &str) -> bool {
@@ -205,6 +236,9 @@ impl Connection {
             spdtl: write.then_some(spdtl),
             want,
             written: 0,
+            granted: false,
+            staged: Vec::new(),
+            exec: 0,
             unsol: None,
             r2ts: Vec::new(),
             next_r2t: 0,
@@ -228,6 +262,15 @@ impl Connection {
         } else {
             0
         };
+        // Straight into the task's buffers when nothing waits ahead and
+        // the budget has room; held otherwise.
+        if want > 0 && failed.is_none() {
+            if self.grant_queue.is_empty() && self.has_room(want) {
+                self.grant(i);
+            } else {
+                self.grant_queue.push_back((i as u16, generation));
+            }
+        }
         self.give_data(i, 0, p.data.get(..imm).unwrap_or(&[]));
         let first_burst = self.params.first_burst_length;
         let unsolicited = !bhs.is_final() && !self.params.initial_r2t;
@@ -246,6 +289,53 @@ impl Connection {
         self.advance(i, bdevs);
     }
 
+    /// Whether `want` more data-out bytes fit the budget. With nothing
+    /// granted they always do: a command larger than the budget must
+    /// still run, and nothing else would ever free room.
+    fn has_room(&self, want: usize) -> bool {
+        self.dout_granted == 0 || self.dout_granted + want <= MAX_DATA_OUT
+    }
+
+    /// Counts the task's data-out in the budget and moves any held data
+    /// into its buffers.
+    fn grant(&mut self, i: usize) {
+        let Some(c) = self.cmd_mut(i) else { return };
+        if c.granted {
+            return;
+        }
+        c.granted = true;
+        let (want, generation) = (c.want, c.generation);
+        let staged = core::mem::take(&mut c.staged);
+        self.dout_granted += want;
+        self.dout_staged = self.dout_staged.saturating_sub(staged.len());
+        self.grant_queue
+            .retain(|&(s, g)| !(s as usize == i && g == generation));
+        self.give_data(i, 0, &staged);
+    }
+
+    /// Grants waiting writes in arrival order while the budget has room,
+    /// and solicits their data.
+    pub(crate) fn grant_waiting(&mut self, bdevs: &Registry) {
+        while self.phase == crate::conn::Phase::FullFeature {
+            let Some(&(s, g)) = self.grant_queue.front() else {
+                return;
+            };
+            let i = s as usize;
+            let want = match self.cmd_mut(i) {
+                Some(c) if c.generation == g && !c.granted && !c.running => c.want,
+                _ => {
+                    self.grant_queue.pop_front();
+                    continue;
+                }
+            };
+            if !self.has_room(want) {
+                return;
+            }
+            self.grant(i);
+            self.advance(i, bdevs);
+        }
+    }
+
     /// TASK SET FULL for a command that found no room.
     fn busy_response(&mut self, bhs: &Bhs) {
         let mut b = Bhs::new(op::SCSI_RSP);
@@ -256,16 +346,33 @@ impl Connection {
         self.send_pdu(&b, &[]);
     }
 
-    /// Hands data-out bytes at `offset` to the task, within what it takes.
+    /// Hands data-out bytes at `offset` to the task, within what it takes,
+    /// or holds them until the task is granted its buffers. Only immediate
+    /// and unsolicited data come before the grant, in order from offset 0
+    /// (the sequence checks see to it), so what is held is no more than
+    /// what came.
     fn give_data(&mut self, i: usize, offset: usize, bytes: &[u8]) {
         let Some(c) = self.cmd_mut(i) else { return };
         if offset >= c.want || bytes.is_empty() {
             return;
         }
         let n = bytes.len().min(c.want - offset);
-        if c.task.write_data_out(offset, &bytes[..n]) {
-            c.written += n;
+        let Some(bytes) = bytes.get(..n) else { return };
+        if c.granted {
+            if c.task.write_data_out(offset, bytes) {
+                c.written += n;
+            }
+            return;
         }
+        let end = offset + n;
+        let grown = end.saturating_sub(c.staged.len());
+        if grown > 0 {
+            c.staged.resize(end, 0);
+        }
+        if let Some(to) = c.staged.get_mut(offset..end) {
+            to.copy_from_slice(bytes);
+        }
+        self.dout_staged += grown;
     }
 
     /// Solicits missing data with R2Ts, or starts the command once all
@@ -280,6 +387,15 @@ impl Connection {
             }
             if c.failed.is_some() {
                 return self.start(i, bdevs);
+            }
+            if !c.granted {
+                // Everything the task takes came unsolicited: its buffers
+                // replace what is held, no more memory.
+                if c.staged.len() >= c.want {
+                    self.grant(i);
+                    continue;
+                }
+                return;
             }
             if c.unsol.is_some() {
                 return;
@@ -331,8 +447,8 @@ impl Connection {
             let complete = c.written >= c.want;
             c.task.data_out_done(complete);
         }
-        let read_len = c.read_len as usize;
-        self.executing_bytes += read_len;
+        c.exec = c.task.read_buffer_len();
+        self.executing_bytes += c.exec;
         self.pump(i, bdevs);
     }
 
@@ -403,9 +519,7 @@ impl Connection {
             return;
         };
         self.free.push(i as u16);
-        if c.failed.is_none() {
-            self.executing_bytes = self.executing_bytes.saturating_sub(c.read_len as usize);
-        }
+        self.release(i, &c);
         let resp = match c.failed {
             Some(s) => Response {
                 status: status::CHECK_CONDITION,
@@ -428,7 +542,7 @@ impl Connection {
             && resp.sense.is_empty()
             && matches!(resp.status, status::GOOD | status::CONDITION_MET)
             && bidi_flags == 0;
-        let bufs: Vec<Rc<ironbay_bdev::IoBuf>> = resp.data.into_iter().map(Rc::new).collect();
+        let bufs: Vec<Rc<IoBuf>> = trim(resp.data, send).into_iter().map(Rc::new).collect();
         let seg_max = (self
             .params
             .initiator_mrdsl

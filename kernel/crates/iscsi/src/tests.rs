@@ -1692,3 +1692,307 @@ fn persistent_reservations_outlive_the_session() {
         (op::DATA_IN, flag::STATUS)
     );
 }
+
+// Memory bounds against initiators that send commands but not data, or do
+// not read what they asked for.
+
+use crate::conn::{MAX_BUFFERED, MAX_DATA_OUT};
+use crate::scsi::MAX_TRANSFER_BYTES;
+
+const MIB: usize = 1 << 20;
+
+/// A rig whose LUN is a 16 MiB RAM disk taking 8 MiB per I/O (data-out
+/// buffers as large as they get), with room for `depth` commands.
+fn big_rig(depth: u32, initial_r2t: bool) -> Rig {
+    let mut reg = Registry::new();
+    let mut cfg = config(&mut reg);
+    let id = reg
+        .add(Box::new(MallocBdev::new(
+            "Big",
+            (16 * MIB / BS) as u64,
+            BS as u32,
+        )))
+        .unwrap();
+    cfg.nodes[0].luns[0].bdev = id;
+    cfg.nodes[0].luns[0].bdev_name = "Big".into();
+    cfg.nodes[0].queue_depth = depth;
+    cfg.options.max_queue_depth = depth;
+    cfg.options.initial_r2t = initial_r2t;
+    cfg.options.max_recv_data_segment_length = MIB as u32;
+    cfg.options.first_burst_length = 65536;
+    Rig::with(cfg, reg)
+}
+
+fn rw16(opcode: u8, lba: u64, blocks: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = opcode;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+impl Rig {
+    /// Runs the device without taking any output.
+    fn device(&mut self) {
+        let mut done = Vec::new();
+        loop {
+            while let Some(io) = self.conn.poll_io() {
+                let req = IoRequest {
+                    tag: io.tag,
+                    op: io.op,
+                    fua: io.fua,
+                };
+                self.reg.submit(io.bdev, req, 0).unwrap();
+            }
+            done.clear();
+            self.reg.poll(0, &mut done);
+            if done.is_empty() {
+                return;
+            }
+            for (_, c) in done.drain(..) {
+                self.conn
+                    .handle_completion(c.tag, c, &mut self.t, &self.reg, self.now);
+            }
+        }
+    }
+
+    /// Answers every R2T with its data until `n` responses came; checks the
+    /// data-out held after each PDU against `bound` and that no more than
+    /// `granted` commands were soliciting data at once.
+    fn complete_writes(&mut self, n: usize, data: &[u8], bound: usize, granted: usize) {
+        let seg = MIB;
+        let mut soliciting: Vec<u32> = Vec::new();
+        let mut responses = 0;
+        while responses < n {
+            let p = self.recv();
+            let itt = p.bhs.itt();
+            match p.bhs.opcode() {
+                op::R2T => {
+                    if !soliciting.contains(&itt) {
+                        soliciting.push(itt);
+                    }
+                    assert!(soliciting.len() <= granted, "R2Ts beyond the budget");
+                    let ttt = p.bhs.u32_at(at::W20);
+                    let off = p.bhs.u32_at(at::W40) as usize;
+                    let len = p.bhs.u32_at(at::W44) as usize;
+                    for (sn, o) in (off..off + len).step_by(seg).enumerate() {
+                        let end = (o + seg).min(off + len);
+                        let v = self.data_out(
+                            itt,
+                            ttt,
+                            sn as u32,
+                            o as u32,
+                            &data[o..end],
+                            end == off + len,
+                        );
+                        self.send(&v);
+                        assert!(self.conn.held_bytes().0 <= bound);
+                    }
+                }
+                op::SCSI_RSP => {
+                    assert_eq!(status_of(&p), 0);
+                    soliciting.retain(|&x| x != itt);
+                    responses += 1;
+                }
+                o => panic!("unexpected opcode {o:#x}"),
+            }
+        }
+        assert!(self.try_recv().is_none());
+        assert_eq!(self.conn.held_bytes().0, 0);
+        assert_eq!((self.conn.dout_granted, self.conn.dout_staged), (0, 0));
+        assert!(self.conn.grant_queue.is_empty());
+    }
+}
+
+/// A window of 8 MiB WRITEs with no data: nothing is allocated, R2Ts go
+/// out only for what the budget holds, and every write still completes in
+/// turn once its data is sent.
+#[test]
+fn writes_without_data_allocate_nothing() {
+    let depth = 64;
+    let mut r = big_rig(depth, true);
+    r.login(&[
+        ("InitialR2T", "Yes"),
+        ("ImmediateData", "No"),
+        ("MaxBurstLength", "1048576"),
+    ]);
+    let blocks = (MAX_TRANSFER_BYTES / BS) as u32;
+    for _ in 0..depth {
+        let cdb = rw16(0x8a, 0, blocks);
+        let (_, v) = r.command(
+            &cdb,
+            flag::FINAL | flag::WRITE,
+            MAX_TRANSFER_BYTES as u32,
+            &[],
+        );
+        r.send(&v);
+    }
+    assert_eq!(r.conn.active_tasks(), depth as usize);
+    assert_eq!(r.conn.held_bytes().0, 0);
+    assert!(r.conn.dout_granted <= MAX_DATA_OUT);
+    let granted = MAX_DATA_OUT / MAX_TRANSFER_BYTES;
+    let data = pattern(MAX_TRANSFER_BYTES, 7);
+    r.complete_writes(depth as usize, &data, MAX_DATA_OUT, granted);
+    let (got, st) = r.read(0, 2048, MIB as u32);
+    assert_eq!(status_of(&st), 0);
+    assert_eq!(got, data[..MIB]);
+}
+
+/// Immediate and unsolicited data of writes waiting for the budget is held
+/// as it came, not in the (8 MiB) buffers it would land in.
+#[test]
+fn unsolicited_data_waits_in_small_buffers() {
+    let depth = 32;
+    let mut r = big_rig(depth, false);
+    r.login(&[
+        ("InitialR2T", "No"),
+        ("ImmediateData", "Yes"),
+        ("FirstBurstLength", "65536"),
+        ("MaxBurstLength", "1048576"),
+    ]);
+    let data = pattern(MAX_TRANSFER_BYTES, 3);
+    let blocks = (MAX_TRANSFER_BYTES / BS) as u32;
+    let half = 32768;
+    for _ in 0..depth {
+        let cdb = rw16(0x8a, 0, blocks);
+        let (itt, v) = r.command(&cdb, flag::WRITE, MAX_TRANSFER_BYTES as u32, &data[..half]);
+        r.send(&v);
+        let v = r.data_out(itt, NO_TAG, 0, half as u32, &data[half..2 * half], true);
+        r.send(&v);
+    }
+    let bound = MAX_DATA_OUT + depth as usize * 2 * half;
+    let (held, _) = r.conn.held_bytes();
+    assert!(held <= bound, "{held} bytes held");
+    assert_eq!(r.conn.dout_staged, (depth as usize - 2) * 2 * half);
+    r.complete_writes(
+        depth as usize,
+        &data,
+        bound,
+        MAX_DATA_OUT / MAX_TRANSFER_BYTES,
+    );
+    let (got, _) = r.read(0, 2048, MIB as u32);
+    assert_eq!(got, data[..MIB]);
+}
+
+/// Takes up to `max` bytes of output; counts Data-In per ITT and responses.
+fn take_output(r: &mut Rig, max: usize, data_in: &mut Vec<(u32, usize)>, done: &mut usize) {
+    let mut left = max;
+    while left > 0 {
+        let Some(b) = r.conn.poll_output() else { break };
+        let n = b.len().min(left);
+        r.out.extend_from_slice(&b[..n]);
+        r.conn.consume_output(n);
+        left -= n;
+    }
+    // Headers only: the data itself is not looked at.
+    while let Some(bhs) = Bhs::from_slice(&r.out) {
+        let total = pdu::frame(&bhs, false, false).total;
+        if r.out.len() < total {
+            break;
+        }
+        r.out.drain(..total);
+        assert_eq!(bhs.opcode(), op::DATA_IN);
+        let len = bhs.data_len();
+        match data_in.iter_mut().find(|x| x.0 == bhs.itt()) {
+            Some(x) => x.1 += len,
+            None => data_in.push((bhs.itt(), len)),
+        }
+        if bhs.flags() & flag::STATUS != 0 {
+            assert_eq!(bhs.byte(3), 0);
+            *done += 1;
+        }
+    }
+}
+
+/// A window of 8 MiB READs from an initiator that does not read its
+/// socket: the read buffers plus queued output stay within MAX_BUFFERED
+/// and one command, whether the commands come in order or fill a CmdSN
+/// gap last; once output drains they all complete.
+#[test]
+fn reads_stop_while_output_is_not_taken() {
+    let depth = 32u32;
+    let bound = MAX_BUFFERED + MAX_TRANSFER_BYTES + 64 * 1024;
+    for gap in [false, true] {
+        let mut r = big_rig(depth, true);
+        r.login(&[
+            ("MaxRecvDataSegmentLength", "262144"),
+            ("MaxBurstLength", "1048576"),
+        ]);
+        r.out.clear();
+        let blocks = (MAX_TRANSFER_BYTES / BS) as u32;
+        let mut cmds: Vec<Vec<u8>> = (0..depth)
+            .map(|k| {
+                let cdb = rw16(0x88, (k as u64 % 2) * blocks as u64, blocks);
+                r.command(
+                    &cdb,
+                    flag::FINAL | flag::READ,
+                    MAX_TRANSFER_BYTES as u32,
+                    &[],
+                )
+                .1
+            })
+            .collect();
+        if gap {
+            // CmdSN 2.. first, held; the first one fills the gap.
+            cmds.rotate_left(1);
+        }
+        let bytes = cmds.concat();
+        let mut off = 0;
+        loop {
+            let n = r.conn.handle_input(&bytes[off..], &mut r.t, &r.reg, r.now);
+            off += n;
+            r.device();
+            let held = r.conn.held_bytes().1;
+            assert!(held <= bound, "{held} bytes of reads held");
+            if n == 0 || off == bytes.len() {
+                break;
+            }
+        }
+        assert!(!r.conn.wants_input());
+        assert!(r.conn.active_tasks() + r.conn.queued.len() < depth as usize || gap);
+        // Output drains slowly; what was held runs as room appears.
+        let (mut data_in, mut done) = (Vec::new(), 0);
+        let mut turns = 0;
+        while done < depth as usize {
+            turns += 1;
+            assert!(turns < 100_000, "stuck at {done} responses");
+            take_output(&mut r, MIB, &mut data_in, &mut done);
+            if r.conn.wants_input() && off < bytes.len() {
+                off += r.conn.handle_input(&bytes[off..], &mut r.t, &r.reg, r.now);
+            }
+            if r.conn.poll_timeout().is_some_and(|t| t <= r.now) {
+                r.conn.handle_timeout(&mut r.t, &r.reg, r.now);
+            }
+            r.device();
+            let held = r.conn.held_bytes().1;
+            assert!(held <= bound, "{held} bytes of reads held");
+        }
+        assert_eq!(data_in.len(), depth as usize);
+        assert!(data_in.iter().all(|x| x.1 == MAX_TRANSFER_BYTES));
+        assert_eq!(r.conn.held_bytes(), (0, 0));
+    }
+}
+
+/// A READ whose EDTL is far below what the CDB reads queues only what is
+/// sent, not the read buffers.
+#[test]
+fn short_edtl_reads_do_not_pin_buffers() {
+    let mut r = big_rig(32, true);
+    r.login(&[]);
+    r.out.clear();
+    let blocks = (MAX_TRANSFER_BYTES / BS) as u32;
+    for _ in 0..8 {
+        let (_, v) = r.command(&rw16(0x88, 0, blocks), flag::FINAL | flag::READ, 512, &[]);
+        let n = r.conn.handle_input(&v, &mut r.t, &r.reg, r.now);
+        assert_eq!(n, v.len());
+        r.device();
+    }
+    let (_, read) = r.conn.held_bytes();
+    assert!(read < 16 * 1024, "{read} bytes held");
+    r.pump();
+    for _ in 0..8 {
+        let p = r.recv();
+        assert_eq!(p.data.len(), 512);
+        assert_eq!(p.bhs.flags() & flag::OVERFLOW, flag::OVERFLOW);
+    }
+}

@@ -942,6 +942,51 @@ impl Task {
         }
     }
 
+    /// Most bytes of read buffers the task holds at a time while it runs: all
+    /// of a READ's data-in, the reads in flight of a verify, compare or
+    /// ORWRITE, WRITE SAME's pattern buffers, parameter data. The
+    /// transport counts it against its per-connection memory bound, next
+    /// to [`Task::data_out_len`].
+    pub fn read_buffer_len(&self) -> usize {
+        let bs = self.geo.bs;
+        let in_flight = |blocks: u64| {
+            blocks
+                .min((MAX_IN_FLIGHT as u64).saturating_mul(self.geo.chunk_blocks))
+                .saturating_mul(bs)
+        };
+        let io = match (self.cmd, &self.phase) {
+            (Cmd::Read, Phase::Read { blocks, .. }) => blocks.saturating_mul(bs),
+            (
+                Cmd::Write {
+                    blocks,
+                    verify: Some(_),
+                    ..
+                }
+                | Cmd::Verify { blocks, .. }
+                | Cmd::CompareAndWrite { blocks, .. }
+                | Cmd::OrWrite { blocks, .. },
+                _,
+            ) => in_flight(blocks),
+            (Cmd::WriteSame { blocks, .. }, _) => blocks
+                .saturating_mul(bs)
+                .min(FILL_IN_FLIGHT as u64 * FILL_CHUNK_BYTES),
+            (Cmd::LbaStatus { alloc, .. }, _) => {
+                alloc.min(8 + 16 * MAX_LBA_STATUS_DESCRIPTORS) as u64
+            }
+            _ => 0,
+        };
+        let data: usize = self.data.iter().map(IoBuf::len).sum();
+        (io as usize).saturating_add(data)
+    }
+
+    /// Bytes of data-out and of read buffers the task holds now.
+    #[cfg(test)]
+    pub(crate) fn held_bytes(&self) -> (usize, usize) {
+        let sum = |v: &[Option<IoBuf>]| v.iter().flatten().map(IoBuf::len).sum::<usize>();
+        let data: usize = self.data.iter().map(IoBuf::len).sum();
+        (sum(&self.dout.bufs), sum(&self.din) + data)
+    }
+
     /// Data-out bytes the CDB itself asks for (SCSI's expected data
     /// transfer length), before any cut to what the initiator sends: what
     /// the transport compares with EDTL for residuals.
