@@ -10,7 +10,7 @@
 use crate::net::Network;
 use crate::storage::Storage;
 use alloc::vec::Vec;
-use ironbay_bdev::{IoCompletion, IoRequest};
+use ironbay_bdev::{BdevId, IoCompletion, IoOp, IoRequest};
 use ironbay_nbd::{BlockIo, Connection, Export, Exports};
 use ironbay_net::{Listener, Role, TcpTuning};
 use smoltcp::socket::tcp;
@@ -149,6 +149,105 @@ fn tag(service: u64, slot: usize, generation: u16, engine: u64) -> u64 {
         | (slot as u64) << SLOT_SHIFT
         | ((generation & GEN_MASK) as u64) << GEN_SHIFT
         | (engine & ENGINE_MASK)
+}
+
+/// What the glue needs from a target engine once its input is taken.
+trait Engine {
+    /// For the log.
+    const PEER: &'static str;
+    fn next_io(&mut self) -> Option<(u64, BdevId, IoOp, bool)>;
+    /// The registry was full: the same I/O goes first next time.
+    fn requeue_io(&mut self, tag: u64, bdev: BdevId, op: IoOp, fua: bool);
+    fn output(&self) -> Option<&[u8]>;
+    fn sent(&mut self, n: usize);
+    fn done(&self) -> bool;
+    fn take_error(&mut self) -> Option<&'static str>;
+}
+
+impl Engine for Connection {
+    const PEER: &'static str = "NBD client";
+    fn next_io(&mut self) -> Option<(u64, BdevId, IoOp, bool)> {
+        self.poll_io().map(|io| (io.tag, io.bdev, io.op, io.fua))
+    }
+    fn requeue_io(&mut self, tag: u64, bdev: BdevId, op: IoOp, fua: bool) {
+        self.retry_io(BlockIo { tag, bdev, op, fua });
+    }
+    fn output(&self) -> Option<&[u8]> {
+        self.poll_output()
+    }
+    fn sent(&mut self, n: usize) {
+        self.consume_output(n);
+    }
+    fn done(&self) -> bool {
+        self.finished()
+    }
+    fn take_error(&mut self) -> Option<&'static str> {
+        self.error.take()
+    }
+}
+
+impl Engine for ironbay_iscsi::Connection {
+    const PEER: &'static str = "iSCSI initiator";
+    fn next_io(&mut self) -> Option<(u64, BdevId, IoOp, bool)> {
+        self.poll_io().map(|io| (io.tag, io.bdev, io.op, io.fua))
+    }
+    fn requeue_io(&mut self, tag: u64, bdev: BdevId, op: IoOp, fua: bool) {
+        self.retry_io(ironbay_iscsi::BlockIo { tag, bdev, op, fua });
+    }
+    fn output(&self) -> Option<&[u8]> {
+        self.poll_output()
+    }
+    fn sent(&mut self, n: usize) {
+        self.consume_output(n);
+    }
+    fn done(&self) -> bool {
+        self.finished()
+    }
+    fn take_error(&mut self) -> Option<&'static str> {
+        self.error.take()
+    }
+}
+
+/// Starts an engine's block I/O (tags on `tag_base`), sends its output and
+/// closes the socket once it is done or the peer left. True if anything moved.
+fn pump<E: Engine>(
+    conn: &mut E,
+    s: &mut tcp::Socket<'_>,
+    bdevs: &mut ironbay_bdev::Registry,
+    tag_base: u64,
+    now_us: u64,
+) -> bool {
+    let mut busy = false;
+    while let Some((t, bdev, op, fua)) = conn.next_io() {
+        let req = IoRequest {
+            tag: tag_base | (t & ENGINE_MASK),
+            op,
+            fua,
+        };
+        if let Err(back) = bdevs.submit(bdev, req, now_us) {
+            conn.requeue_io(t, bdev, back.op, fua);
+            break;
+        }
+        busy = true;
+    }
+    while let Some(out) = conn.output() {
+        match s.send_slice(out) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                conn.sent(n);
+                busy = true;
+            }
+        }
+    }
+    if let Some(why) = conn.take_error() {
+        log::warn!("{} {:?}: {why}; closing", E::PEER, s.remote_endpoint());
+    }
+    if conn.done()
+        || (s.state() == tcp::State::CloseWait && !s.can_recv() && conn.output().is_none())
+    {
+        s.close();
+    }
+    busy
 }
 
 fn endpoint(e: smoltcp::wire::IpEndpoint) -> core::net::SocketAddr {
@@ -358,7 +457,7 @@ impl Rpc {
                     devices: Some(&mut storage.hw),
                     nbd: nbd.as_deref_mut(),
                     iscsi: Some(&mut storage.iscsi),
-                    memory_budget: (heap.size - heap.used) as u64 / 2,
+                    memory_budget: heap.ram_bdev_budget(),
                     initialized: &mut self.initialized,
                     shutdown: &mut self.shutdown,
                     bench: Some(&mut self.bench_request),
@@ -451,6 +550,7 @@ impl Services {
         let target = &mut storage.iscsi;
         let bdevs = &mut storage.bdevs;
         let mut busy = false;
+        let takes_io = crate::mem::heap_stats().takes_io();
         let per_port = iscsi.per_port;
         let handles = iscsi.listeners.iter().enumerate().flat_map(|(k, l)| {
             l.sockets()
@@ -481,7 +581,8 @@ impl Services {
             let Some(conn) = slot.conn.as_mut() else {
                 continue;
             };
-            if conn.wants_input()
+            if takes_io
+                && conn.wants_input()
                 && s.can_recv()
                 && let Ok(n) = s.recv(|b| {
                     let n = conn.handle_input(b, target, bdevs, now_ms);
@@ -493,48 +594,8 @@ impl Services {
             if conn.poll_timeout().is_some_and(|t| t <= now_ms) {
                 conn.handle_timeout(target, bdevs, now_ms);
             }
-            while let Some(io) = conn.poll_io() {
-                let ironbay_iscsi::BlockIo {
-                    tag: t,
-                    bdev,
-                    op,
-                    fua,
-                } = io;
-                let req = IoRequest {
-                    tag: tag(ISCSI_SERVICE, i, slot.generation, t),
-                    op,
-                    fua,
-                };
-                if let Err(back) = bdevs.submit(bdev, req, now_ms * 1000) {
-                    conn.retry_io(ironbay_iscsi::BlockIo {
-                        tag: t,
-                        bdev,
-                        op: back.op,
-                        fua,
-                    });
-                    break;
-                }
-                busy = true;
-            }
-            while let Some(out) = conn.poll_output() {
-                match s.send_slice(out) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        conn.consume_output(n);
-                        busy = true;
-                    }
-                }
-            }
-            if let Some(why) = conn.error.take() {
-                log::warn!("iSCSI initiator {:?}: {why}", s.remote_endpoint());
-            }
-            if conn.finished()
-                || (s.state() == tcp::State::CloseWait
-                    && !s.can_recv()
-                    && conn.poll_output().is_none())
-            {
-                s.close();
-            }
+            let base = tag(ISCSI_SERVICE, i, slot.generation, 0);
+            busy |= pump(conn, s, bdevs, base, now_ms * 1000);
         }
         for l in &iscsi.listeners {
             l.relisten(sockets);
@@ -549,6 +610,7 @@ impl Services {
         let now = crate::time::uptime_us();
         let sockets = &mut network.stacks[nbd.stack].sockets;
         let mut busy = false;
+        let takes_io = crate::mem::heap_stats().takes_io();
         for (i, &h) in nbd.listener.sockets().iter().enumerate() {
             let s = sockets.get_mut::<tcp::Socket<'_>>(h);
             let slot = &mut nbd.slots[i];
@@ -558,7 +620,8 @@ impl Services {
                 continue;
             }
             let conn = slot.conn.get_or_insert_with(Connection::new);
-            if conn.wants_input()
+            if takes_io
+                && conn.wants_input()
                 && s.can_recv()
                 && let Ok(n) = s.recv(|b| {
                     let n = conn.handle_input(b, &nbd.exports, &storage.bdevs);
@@ -567,48 +630,8 @@ impl Services {
             {
                 busy |= n > 0;
             }
-            while let Some(io) = conn.poll_io() {
-                let BlockIo {
-                    tag: t,
-                    bdev,
-                    op,
-                    fua,
-                } = io;
-                let req = IoRequest {
-                    tag: tag(NBD_SERVICE, i, slot.generation, t),
-                    op,
-                    fua,
-                };
-                if let Err(back) = storage.bdevs.submit(bdev, req, now) {
-                    conn.retry_io(BlockIo {
-                        tag: t,
-                        bdev,
-                        op: back.op,
-                        fua,
-                    });
-                    break;
-                }
-                busy = true;
-            }
-            while let Some(out) = conn.poll_output() {
-                match s.send_slice(out) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        conn.consume_output(n);
-                        busy = true;
-                    }
-                }
-            }
-            if let Some(why) = conn.error.take() {
-                log::warn!("NBD client {:?}: {why}; closing", s.remote_endpoint());
-            }
-            if conn.finished()
-                || (s.state() == tcp::State::CloseWait
-                    && !s.can_recv()
-                    && conn.poll_output().is_none())
-            {
-                s.close();
-            }
+            let base = tag(NBD_SERVICE, i, slot.generation, 0);
+            busy |= pump(conn, s, &mut storage.bdevs, base, now);
         }
         nbd.listener.relisten(sockets);
         busy

@@ -196,7 +196,7 @@ impl Storage {
                 devices: Some(&mut self.hw),
                 nbd: None,
                 iscsi: Some(&mut self.iscsi),
-                memory_budget: (heap.size - heap.used) as u64 / 2,
+                memory_budget: heap.ram_bdev_budget(),
                 initialized: &mut initialized,
                 shutdown: &mut shutdown,
                 bench: None,

@@ -9,6 +9,7 @@
 //! - [`serial`]: a running machine whose console we read and wait on.
 //! - [`rig`]: the Linux guest rig (initiator and peer target) and its
 //!   private network.
+//! - [`libiscsi`]: iscsi-test-cu runs and their summaries.
 
 #![forbid(unsafe_code)]
 
@@ -26,3 +27,20 @@ pub const EXIT_FAILURE: i32 = 35;
 
 /// The line the kernel prints once it serves.
 pub const READY: &str = "ironbay ready:";
+
+/// Runs SPDK's `spdk-rpc` CLI (pip package `spdk`) against the JSON-RPC
+/// port forwarded to `port`; the combined output, `Err` on failure.
+pub fn spdk_rpc(port: u16, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("spdk-rpc")
+        .args(["-s", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map_err(|e| format!("spdk-rpc (pip install spdk): {e}"))?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}

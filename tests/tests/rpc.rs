@@ -44,19 +44,12 @@ fn boot(extra: &str, config: Option<PathBuf>) -> Appliance {
 
 impl Appliance {
     fn spdk(&self, args: &[&str]) -> String {
-        let out = Command::new("spdk-rpc")
-            .args(["-s", "127.0.0.1", "-p", &self.rpc.to_string()])
-            .args(args)
-            .output()
-            .expect("spdk-rpc (pip install spdk)");
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "spdk-rpc {args:?}\n{text}\n----- console -----\n{}",
-            self.vm.output()
-        );
-        text
+        ironbay_tests::spdk_rpc(self.rpc, args).unwrap_or_else(|text| {
+            panic!(
+                "spdk-rpc {args:?}\n{text}\n----- console -----\n{}",
+                self.vm.output()
+            )
+        })
     }
 }
 

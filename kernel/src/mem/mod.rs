@@ -132,6 +132,32 @@ pub struct HeapStats {
     pub used: usize,
 }
 
+/// Heap held back for I/O buffers (a quarter of the heap, at most 128 MiB):
+/// target engines take no new requests while less is free, and RAM bdevs
+/// may not be created into it.
+const IO_RESERVE_MAX: usize = 128 << 20;
+
+impl HeapStats {
+    pub fn free(&self) -> usize {
+        self.size - self.used
+    }
+
+    pub fn io_reserve(&self) -> usize {
+        (self.size / 4).min(IO_RESERVE_MAX)
+    }
+
+    /// Room for new requests' buffers: a burst of large ones waits for
+    /// earlier ones to finish instead of exhausting the heap.
+    pub fn takes_io(&self) -> bool {
+        self.free() > self.io_reserve()
+    }
+
+    /// What a new RAM bdev may take: half of what lies beyond the reserve.
+    pub fn ram_bdev_budget(&self) -> u64 {
+        (self.free().saturating_sub(self.io_reserve()) / 2) as u64
+    }
+}
+
 pub fn heap_stats() -> HeapStats {
     let h = HEAP.lock();
     HeapStats {

@@ -191,3 +191,30 @@ fn blk(args: &[String]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A server process for a benchmark; killed when dropped.
+pub struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` and waits until it accepts TCP connections on loopback `port`.
+pub fn spawn_server(cmd: &mut std::process::Command, port: u16) -> Result<Server, String> {
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let s = Server(child);
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(s);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(format!("{cmd:?} did not listen"))
+}

@@ -10,6 +10,7 @@
 //!
 //! Every figure is the median of the runs; ratios are ironbay / peer.
 
+use crate::bench::{Server, spawn_server as spawn};
 use crate::{build, build_hosted};
 use ironbay_tests::READY;
 use ironbay_tests::machine::{Boot, Disk, Machine, free_port};
@@ -19,7 +20,7 @@ use ironbay_tests::rig::vm::{self, GuestVm};
 use ironbay_tests::serial::Running;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// (label, iscsi-perf options): blocks of 512 bytes per request, requests in flight.
@@ -32,31 +33,6 @@ const APPLIANCE: &str = "10.55.0.10";
 const LIO: &str = "10.55.0.3";
 const APPLIANCE_IQN: &str = "iqn.2016-06.io.spdk";
 const LIO_IQN: &str = "iqn.2003-01.org.ironbay";
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(cmd: &mut Command, port: u16) -> Result<Server, String> {
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    let s = Server(child);
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(s);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!("{cmd:?} did not listen"))
-}
 
 /// IOPS from iscsi-perf's closing "iops average N (M MB/s)".
 fn perf_iops(text: &str) -> Option<f64> {

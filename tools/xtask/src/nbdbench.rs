@@ -5,6 +5,7 @@
 //! - the appliance VM over the rig's tap bridge, the file as its virtio-blk
 //!   disk.
 
+use crate::bench::spawn_server as spawn;
 use crate::{build, build_hosted};
 use ironbay_tests::READY;
 use ironbay_tests::machine::{Boot, Disk, Machine, free_port};
@@ -13,38 +14,13 @@ use ironbay_tests::rig::netns::Netns;
 use ironbay_tests::rig::vm::GuestVm;
 use ironbay_tests::serial::Running;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const WORKLOADS: &[(&str, &str)] = &[
     ("4k randread QD32", "--rw=randread --bs=4k --iodepth=32"),
     ("128k read QD8", "--rw=read --bs=128k --iodepth=8"),
 ];
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(cmd: &mut Command, port: u16) -> Result<Server, String> {
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    let s = Server(child);
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(s);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!("{cmd:?} did not listen"))
-}
 
 fn fio_run(
     wrap: &dyn Fn(Command) -> Command,
