@@ -40,6 +40,8 @@ const ISCSI_SERVICE: u64 = 1;
 struct Slot<C> {
     conn: Option<C>,
     generation: u16,
+    /// When a finished engine's socket is closed even if the peer has not.
+    linger_until: Option<u64>,
 }
 
 impl<C> Slot<C> {
@@ -48,6 +50,7 @@ impl<C> Slot<C> {
             .map(|_| Slot {
                 conn: None,
                 generation: 0,
+                linger_until: None,
             })
             .collect()
     }
@@ -55,6 +58,7 @@ impl<C> Slot<C> {
     /// The socket closed: later completions for it are stale.
     fn retire(&mut self) -> Option<C> {
         let conn = self.conn.take();
+        self.linger_until = None;
         if conn.is_some() {
             self.generation = self.generation.wrapping_add(1) & GEN_MASK;
         }
@@ -208,14 +212,22 @@ impl Engine for ironbay_iscsi::Connection {
     }
 }
 
+/// How long a finished engine waits for its peer to close first.
+const LINGER_US: u64 = 2_000_000;
+
 /// Starts an engine's block I/O (tags on `tag_base`), sends its output and
 /// closes the socket once it is done or the peer left. True if anything moved.
+///
+/// A finished engine (logout, disconnect) lets the peer close first, for up
+/// to `LINGER_US`: the side that closes first holds TIME-WAIT, and here that
+/// would take a listening socket out of the pool for 10 s per connection.
 fn pump<E: Engine>(
     conn: &mut E,
     s: &mut tcp::Socket<'_>,
     bdevs: &mut ironbay_bdev::Registry,
     tag_base: u64,
     now_us: u64,
+    linger_until: &mut Option<u64>,
 ) -> bool {
     let mut busy = false;
     while let Some((t, bdev, op, fua)) = conn.next_io() {
@@ -242,9 +254,14 @@ fn pump<E: Engine>(
     if let Some(why) = conn.take_error() {
         log::warn!("{} {:?}: {why}; closing", E::PEER, s.remote_endpoint());
     }
-    if conn.done()
-        || (s.state() == tcp::State::CloseWait && !s.can_recv() && conn.output().is_none())
-    {
+    let peer_closed =
+        s.state() == tcp::State::CloseWait && !s.can_recv() && conn.output().is_none();
+    if conn.done() && !peer_closed {
+        let until = *linger_until.get_or_insert(now_us + LINGER_US);
+        if now_us >= until || (conn.output().is_none() && s.state() != tcp::State::Established) {
+            s.close();
+        }
+    } else if peer_closed || conn.done() {
         s.close();
     }
     busy
@@ -595,7 +612,7 @@ impl Services {
                 conn.handle_timeout(target, bdevs, now_ms);
             }
             let base = tag(ISCSI_SERVICE, i, slot.generation, 0);
-            busy |= pump(conn, s, bdevs, base, now_ms * 1000);
+            busy |= pump(conn, s, bdevs, base, now_ms * 1000, &mut slot.linger_until);
         }
         for l in &iscsi.listeners {
             l.relisten(sockets);
@@ -631,7 +648,14 @@ impl Services {
                 busy |= n > 0;
             }
             let base = tag(NBD_SERVICE, i, slot.generation, 0);
-            busy |= pump(conn, s, &mut storage.bdevs, base, now);
+            busy |= pump(
+                conn,
+                s,
+                &mut storage.bdevs,
+                base,
+                now,
+                &mut slot.linger_until,
+            );
         }
         nbd.listener.relisten(sockets);
         busy

@@ -149,12 +149,29 @@ impl HeapStats {
     /// Room for new requests' buffers: a burst of large ones waits for
     /// earlier ones to finish instead of exhausting the heap.
     pub fn takes_io(&self) -> bool {
-        self.free() > self.io_reserve()
+        let ok = self.free() > self.io_reserve();
+        // Say so once per change, not once per poll.
+        static PAUSED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+        if PAUSED.swap(!ok, core::sync::atomic::Ordering::Relaxed) == ok {
+            if ok {
+                log::info!(
+                    "heap: {} KiB free again, targets take requests",
+                    self.free() >> 10
+                );
+            } else {
+                log::warn!(
+                    "heap: {} KiB free, under the {} KiB I/O reserve: targets pause new requests",
+                    self.free() >> 10,
+                    self.io_reserve() >> 10
+                );
+            }
+        }
+        ok
     }
 
-    /// What a new RAM bdev may take: half of what lies beyond the reserve.
+    /// What a new RAM bdev may take: what lies beyond the reserve.
     pub fn ram_bdev_budget(&self) -> u64 {
-        (self.free().saturating_sub(self.io_reserve()) / 2) as u64
+        self.free().saturating_sub(self.io_reserve()) as u64
     }
 }
 
