@@ -261,7 +261,7 @@ fn pump<E: Engine>(
         if now_us >= until || (conn.output().is_none() && s.state() != tcp::State::Established) {
             s.close();
         }
-    } else if peer_closed || conn.done() {
+    } else if peer_closed {
         s.close();
     }
     busy

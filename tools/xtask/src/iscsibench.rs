@@ -242,6 +242,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let dir = crate::workspace_root().join("target/bench");
     let file = dir.join("iscsi.img");
     crate::bench::filled_disk(&file, 1 << 30)?;
+    crate::bench::warm_page_cache(&file)?;
     let local = |c: Command| c;
 
     // Natively on the host: the hosted runner, then tgt, on the same file.

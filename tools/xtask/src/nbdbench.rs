@@ -94,6 +94,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let hosted = build_hosted()?;
     let file = crate::workspace_root().join("target/bench/nbd.img");
     crate::bench::filled_disk(&file, 1 << 30)?;
+    crate::bench::warm_page_cache(&file)?;
     let f = file.display().to_string();
     let local = |c: Command| c;
 
