@@ -14,7 +14,7 @@ use crate::bench::{Server, spawn_server as spawn};
 use crate::{build, build_hosted};
 use ironbay_tests::READY;
 use ironbay_tests::machine::{Boot, Disk, Machine, free_port};
-use ironbay_tests::rig::fio::{self, median};
+use ironbay_tests::rig::fio::median;
 use ironbay_tests::rig::netns::Netns;
 use ironbay_tests::rig::vm::{self, GuestVm};
 use ironbay_tests::serial::Running;
@@ -213,16 +213,7 @@ fn measure_vms(
     for (t, target) in targets.iter().enumerate() {
         let mut fio_rows = Vec::new();
         for (w, _) in crate::peers::WORKLOADS.iter().enumerate() {
-            let prefix = format!("RESULT|{t}|{w}|");
-            let (mut iops, mut mibs) = (Vec::new(), Vec::new());
-            for line in out.lines().filter(|l| l.starts_with(&prefix)) {
-                let terse = line.splitn(5, '|').nth(4).unwrap_or("");
-                let r = fio::parse_terse(terse)
-                    .ok_or_else(|| format!("unreadable fio result: {line}"))?;
-                iops.push(r.read_iops);
-                mibs.push(r.read_kib_s / 1024.0);
-            }
-            fio_rows.push((median(&mut iops), median(&mut mibs)));
+            fio_rows.push(crate::peers::fio_medians(&out, t, w)?);
         }
         rows.push((fio_rows, perf(&wrap, &target.url(), seconds, runs)?));
     }

@@ -75,6 +75,20 @@ fn initiator_script(seconds: u32, runs: u32) -> String {
     s
 }
 
+/// Median read IOPS and MiB/s of the initiator script's `RESULT|t|w|run|`
+/// lines (fio terse output) for target `t` and workload `w`.
+pub fn fio_medians(out: &str, t: usize, w: usize) -> Result<(f64, f64), String> {
+    let prefix = format!("RESULT|{t}|{w}|");
+    let (mut iops, mut mibs) = (Vec::new(), Vec::new());
+    for line in out.lines().filter(|l| l.starts_with(&prefix)) {
+        let terse = line.splitn(5, '|').nth(4).unwrap_or("");
+        let r = fio::parse_terse(terse).ok_or_else(|| format!("unreadable fio result: {line}"))?;
+        iops.push(r.read_iops);
+        mibs.push(r.read_kib_s / 1024.0);
+    }
+    Ok((median(&mut iops), median(&mut mibs)))
+}
+
 /// Bits per second from iperf3's receiver line ("... 1.23 Gbits/sec ... receiver").
 fn iperf_mbits(line: &str) -> Option<f64> {
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -137,21 +151,8 @@ pub fn peers(args: &[String]) -> Result<(), String> {
     }
     for (t, (label, ..)) in TARGETS.iter().enumerate() {
         for (w, (wname, _)) in WORKLOADS.iter().enumerate() {
-            let prefix = format!("RESULT|{t}|{w}|");
-            let mut iops = Vec::new();
-            let mut mibs = Vec::new();
-            for line in out.lines().filter(|l| l.starts_with(&prefix)) {
-                let terse = line.splitn(5, '|').nth(4).unwrap_or("");
-                let r = fio::parse_terse(terse)
-                    .ok_or_else(|| format!("unreadable fio result: {line}"))?;
-                iops.push(r.read_iops);
-                mibs.push(r.read_kib_s / 1024.0);
-            }
-            println!(
-                "  {label:<22} {wname:<17} {:>9.0} IOPS {:>8.1} MiB/s",
-                median(&mut iops),
-                median(&mut mibs)
-            );
+            let (iops, mibs) = fio_medians(&out, t, w)?;
+            println!("  {label:<22} {wname:<17} {iops:>9.0} IOPS {mibs:>8.1} MiB/s");
         }
     }
     drop(init_vm);
