@@ -1,0 +1,2 @@
+//! Controllers: Fabrics commands, the admin command set and the discovery
+//! controller. Filled in below.
