@@ -11,8 +11,10 @@ use crate::net::Network;
 use crate::storage::Storage;
 use alloc::vec::Vec;
 use ironbay_bdev::{BdevId, IoCompletion, IoOp, IoRequest};
+use ironbay_iscsi::BlockIo as IscsiIo;
 use ironbay_nbd::{BlockIo, Connection, Export, Exports};
 use ironbay_net::{Listener, Role, TcpTuning};
+use ironbay_nvmf::BlockIo as NvmfIo;
 use smoltcp::socket::tcp;
 
 pub const NBD_PORT: u16 = 10809;
@@ -22,6 +24,10 @@ const NBD_CONNECTIONS: usize = 16;
 pub const ISCSI_PORT: u16 = 3260;
 /// Connections when `iscsi.max_connections` is absent.
 const ISCSI_CONNECTIONS: usize = 16;
+
+/// Connections per port when `nvmf.max_connections` is absent: the Linux
+/// host opens an admin queue and an I/O queue per CPU for each controller.
+const NVMF_CONNECTIONS: usize = 16;
 
 // Storage tags: bit 63 marks benchmark I/O, bits 61-62 the service, then 8
 // bits of socket slot (up to 256 connections per service), 14 of generation
@@ -35,6 +41,7 @@ const ENGINE_MASK: u64 = (1 << GEN_SHIFT) - 1;
 const _: () = assert!(SLOT_SHIFT + 8 == SERVICE_SHIFT && SERVICE_SHIFT + 2 == 63);
 const NBD_SERVICE: u64 = 0;
 const ISCSI_SERVICE: u64 = 1;
+const NVMF_SERVICE: u64 = 2;
 
 /// One listening socket's engine, and the generation its tags carry.
 struct Slot<C> {
@@ -73,60 +80,268 @@ pub struct Nbd {
     pub exports: Exports,
 }
 
-/// The iSCSI target's sockets; its configuration lives in the object model
-/// (`Storage::iscsi`).
-pub struct Iscsi {
+/// A target served on a set of TCP ports that follows its configuration
+/// (iSCSI portal groups, NVMe-oF listeners): the engines, one per socket,
+/// and the listeners.
+struct PortService<C> {
+    /// For the log: "iSCSI target", "NVMe-oF target".
+    what: &'static str,
+    service: u64,
     stack: usize,
-    /// A listener for 3260 and for every other port a portal group names,
-    /// each with `per_port` sockets; slot `k * per_port + j` is socket `j`
-    /// of listener `k`.
+    /// A listener per port, each with `per_port` sockets; slot
+    /// `k * per_port + j` is socket `j` of listener `k`.
     listeners: Vec<Listener>,
     per_port: usize,
-    slots: Vec<Slot<ironbay_iscsi::Connection>>,
+    slots: Vec<Slot<C>>,
     /// Config generation the listeners were last matched against.
     seen_generation: u64,
 }
 
-impl Iscsi {
-    /// Listens on ports portal groups added since the last look. Listeners
-    /// stay when their groups go: logins through them are refused then.
-    fn follow_portals(&mut self, network: &mut Network, config: &ironbay_iscsi::Config) {
-        if config.generation == self.seen_generation {
+impl<C: TargetEngine> PortService<C> {
+    fn new(stack: usize, what: &'static str, service: u64, per_port: usize) -> Self {
+        log::info!("data0: {what}, up to {per_port} connections per port");
+        PortService {
+            what,
+            service,
+            stack,
+            listeners: Vec::new(),
+            per_port,
+            slots: Vec::new(),
+            // Config generations start at 0: look at the boot config.
+            seen_generation: u64::MAX,
+        }
+    }
+
+    /// Listens on ports the configuration added since the last look.
+    /// Listeners stay when their ports go out of the configuration: logins
+    /// through them are refused then.
+    fn follow(&mut self, network: &mut Network, generation: u64, ports: &[u16]) {
+        if generation == self.seen_generation {
             return;
         }
-        self.seen_generation = config.generation;
-        for pg in &config.portal_groups {
-            for portal in &pg.portals {
-                if self.listeners.iter().any(|l| l.port == portal.port) {
-                    continue;
-                }
-                // Slot numbers must fit the storage tag's 8 bits.
-                if self.slots.len() + self.per_port > 256 {
-                    log::error!(
-                        "iSCSI: no room for a listener on port {} (portal group {})",
-                        portal.port,
-                        pg.tag
-                    );
-                    continue;
-                }
-                let sockets = &mut network.stacks[self.stack].sockets;
-                self.listeners.push(Listener::new(
-                    sockets,
-                    portal.port,
-                    self.per_port,
-                    TcpTuning::STORAGE,
-                ));
-                self.slots.extend(Slot::pool(self.per_port));
-                log::info!("data0: iSCSI target also on TCP port {}", portal.port);
+        self.seen_generation = generation;
+        for &port in ports {
+            if self.listeners.iter().any(|l| l.port == port) {
+                continue;
             }
+            // Slot numbers must fit the storage tag's 8 bits.
+            if self.slots.len() + self.per_port > 256 {
+                log::error!("{}: no room for a listener on port {port}", self.what);
+                continue;
+            }
+            let sockets = &mut network.stacks[self.stack].sockets;
+            self.listeners.push(Listener::new(
+                sockets,
+                port,
+                self.per_port,
+                TcpTuning::STORAGE,
+            ));
+            self.slots.extend(Slot::pool(self.per_port));
+            log::info!("data0: {} on TCP port {port}", self.what);
+        }
+    }
+
+    /// Serves every socket. `wake`: run every engine's timeout handling now
+    /// (the target has news for them).
+    fn poll(
+        &mut self,
+        network: &mut Network,
+        target: &mut C::Target,
+        bdevs: &mut ironbay_bdev::Registry,
+        wake: bool,
+    ) -> bool {
+        let now_ms = crate::time::uptime_us() / 1000;
+        let sockets = &mut network.stacks[self.stack].sockets;
+        let mut busy = false;
+        let takes_io = crate::mem::heap_stats().takes_io();
+        let per_port = self.per_port;
+        let handles = self.listeners.iter().enumerate().flat_map(|(k, l)| {
+            l.sockets()
+                .iter()
+                .enumerate()
+                .map(move |(j, &h)| (k * per_port + j, h))
+        });
+        for (i, h) in handles {
+            let s = sockets.get_mut::<tcp::Socket<'_>>(h);
+            let slot = &mut self.slots[i];
+            let open = matches!(s.state(), tcp::State::Established | tcp::State::CloseWait);
+            if !open {
+                if let Some(mut conn) = slot.retire() {
+                    conn.gone(target);
+                }
+                continue;
+            }
+            if slot.conn.is_none() {
+                let (Some(local), Some(peer)) = (s.local_endpoint(), s.remote_endpoint()) else {
+                    continue;
+                };
+                slot.conn = Some(C::open(endpoint(local), endpoint(peer), now_ms));
+            }
+            let Some(conn) = slot.conn.as_mut() else {
+                continue;
+            };
+            if takes_io
+                && conn.wants()
+                && s.can_recv()
+                && let Ok(n) = s.recv(|b| {
+                    let n = conn.input(b, target, bdevs, now_ms);
+                    (n, n)
+                })
+            {
+                busy |= n > 0;
+            }
+            if wake || conn.deadline().is_some_and(|t| t <= now_ms) {
+                conn.on_timeout(target, bdevs, now_ms);
+            }
+            let base = tag(self.service, i, slot.generation, 0);
+            busy |= pump(conn, s, bdevs, base, now_ms * 1000, &mut slot.linger_until);
+        }
+        for l in &self.listeners {
+            l.relisten(sockets);
+        }
+        busy
+    }
+
+    fn complete(
+        &mut self,
+        slot: usize,
+        generation: u16,
+        engine: u64,
+        c: IoCompletion,
+        target: &mut C::Target,
+        bdevs: &ironbay_bdev::Registry,
+    ) {
+        if let Some(s) = self.slots.get_mut(slot)
+            && s.generation == generation
+            && let Some(conn) = s.conn.as_mut()
+        {
+            let now_ms = crate::time::uptime_us() / 1000;
+            conn.completion(engine, c, target, bdevs, now_ms);
         }
     }
 }
 
+/// An engine of a [`PortService`]: one connection of a target whose state
+/// spans connections.
+trait TargetEngine: Engine {
+    type Target;
+    fn open(local: core::net::SocketAddr, peer: core::net::SocketAddr, now_ms: u64) -> Self;
+    fn wants(&self) -> bool;
+    fn input(
+        &mut self,
+        b: &[u8],
+        t: &mut Self::Target,
+        bdevs: &ironbay_bdev::Registry,
+        now_ms: u64,
+    ) -> usize;
+    fn deadline(&self) -> Option<u64>;
+    fn on_timeout(&mut self, t: &mut Self::Target, bdevs: &ironbay_bdev::Registry, now_ms: u64);
+    fn completion(
+        &mut self,
+        tag: u64,
+        c: IoCompletion,
+        t: &mut Self::Target,
+        bdevs: &ironbay_bdev::Registry,
+        now_ms: u64,
+    );
+    fn gone(&mut self, t: &mut Self::Target);
+}
+
+/// Implements [`Engine`] and [`TargetEngine`] for a sans-IO target engine
+/// whose connection API has the shared shape (new, handle_input,
+/// handle_timeout, poll_io, ...).
+macro_rules! target_engine {
+    ($conn:ty, $target:ty, $io:ident, $peer:literal) => {
+        impl Engine for $conn {
+            const PEER: &'static str = $peer;
+            fn next_io(&mut self) -> Option<(u64, BdevId, IoOp, bool)> {
+                self.poll_io().map(|io| (io.tag, io.bdev, io.op, io.fua))
+            }
+            fn requeue_io(&mut self, tag: u64, bdev: BdevId, op: IoOp, fua: bool) {
+                self.retry_io($io { tag, bdev, op, fua });
+            }
+            fn output(&self) -> Option<&[u8]> {
+                self.poll_output()
+            }
+            fn sent(&mut self, n: usize) {
+                self.consume_output(n);
+            }
+            fn done(&self) -> bool {
+                self.finished()
+            }
+            fn take_error(&mut self) -> Option<&'static str> {
+                self.error.take()
+            }
+        }
+
+        impl TargetEngine for $conn {
+            type Target = $target;
+            fn open(
+                local: core::net::SocketAddr,
+                peer: core::net::SocketAddr,
+                now_ms: u64,
+            ) -> Self {
+                <$conn>::new(local, peer, now_ms)
+            }
+            fn wants(&self) -> bool {
+                self.wants_input()
+            }
+            fn input(
+                &mut self,
+                b: &[u8],
+                t: &mut $target,
+                bdevs: &ironbay_bdev::Registry,
+                now_ms: u64,
+            ) -> usize {
+                self.handle_input(b, t, bdevs, now_ms)
+            }
+            fn deadline(&self) -> Option<u64> {
+                self.poll_timeout()
+            }
+            fn on_timeout(&mut self, t: &mut $target, bdevs: &ironbay_bdev::Registry, now_ms: u64) {
+                self.handle_timeout(t, bdevs, now_ms)
+            }
+            fn completion(
+                &mut self,
+                tag: u64,
+                c: IoCompletion,
+                t: &mut $target,
+                bdevs: &ironbay_bdev::Registry,
+                now_ms: u64,
+            ) {
+                self.handle_completion(tag, c, t, bdevs, now_ms)
+            }
+            fn gone(&mut self, t: &mut $target) {
+                self.closed(t)
+            }
+        }
+    };
+}
+
+target_engine!(
+    ironbay_iscsi::Connection,
+    ironbay_iscsi::Target,
+    IscsiIo,
+    "iSCSI initiator"
+);
+target_engine!(
+    ironbay_nvmf::Connection,
+    ironbay_nvmf::Target,
+    NvmfIo,
+    "NVMe-oF host"
+);
+
 pub struct Services {
     pub nbd: Option<Nbd>,
-    pub iscsi: Option<Iscsi>,
+    iscsi: Option<PortService<ironbay_iscsi::Connection>>,
+    nvmf: Option<Nvmf>,
     pub rpc: Option<Rpc>,
+}
+
+/// The NVMe-oF target's sockets, and the target event count they last saw.
+struct Nvmf {
+    ports: PortService<ironbay_nvmf::Connection>,
+    seen_events: u64,
 }
 
 pub const RPC_PORT: u16 = 5260;
@@ -175,28 +390,6 @@ impl Engine for Connection {
     }
     fn requeue_io(&mut self, tag: u64, bdev: BdevId, op: IoOp, fua: bool) {
         self.retry_io(BlockIo { tag, bdev, op, fua });
-    }
-    fn output(&self) -> Option<&[u8]> {
-        self.poll_output()
-    }
-    fn sent(&mut self, n: usize) {
-        self.consume_output(n);
-    }
-    fn done(&self) -> bool {
-        self.finished()
-    }
-    fn take_error(&mut self) -> Option<&'static str> {
-        self.error.take()
-    }
-}
-
-impl Engine for ironbay_iscsi::Connection {
-    const PEER: &'static str = "iSCSI initiator";
-    fn next_io(&mut self) -> Option<(u64, BdevId, IoOp, bool)> {
-        self.poll_io().map(|io| (io.tag, io.bdev, io.op, io.fua))
-    }
-    fn requeue_io(&mut self, tag: u64, bdev: BdevId, op: IoOp, fua: bool) {
-        self.retry_io(ironbay_iscsi::BlockIo { tag, bdev, op, fua });
     }
     fn output(&self) -> Option<&[u8]> {
         self.poll_output()
@@ -290,6 +483,7 @@ pub fn init(
         return Services {
             nbd: None,
             iscsi: None,
+            nvmf: None,
             rpc,
         };
     };
@@ -325,7 +519,30 @@ pub fn init(
         "data0: NBD target on TCP port {NBD_PORT}, up to {connections} connections, exports: {}",
         names.join(" ")
     );
-    let iscsi = iscsi_init(network, stack, cmdline);
+    let mut iscsi = PortService::new(
+        stack,
+        "iSCSI target",
+        ISCSI_SERVICE,
+        per_port(cmdline, "iscsi.max_connections", ISCSI_CONNECTIONS),
+    );
+    let mut nvmf = Nvmf {
+        ports: PortService::new(
+            stack,
+            "NVMe-oF/TCP target",
+            NVMF_SERVICE,
+            per_port(cmdline, "nvmf.max_connections", NVMF_CONNECTIONS),
+        ),
+        seen_events: 0,
+    };
+    // Listen before the ready line: clients may connect at once.
+    iscsi.follow(
+        network,
+        storage.iscsi.config.generation,
+        &iscsi_ports(&storage.iscsi.config),
+    );
+    let nvmf_config = &storage.nvmf.config;
+    nvmf.ports
+        .follow(network, nvmf_config.generation, &nvmf_config.ports());
     let rpc = rpc_init(network, cmdline);
     Services {
         nbd: Some(Nbd {
@@ -335,27 +552,28 @@ pub fn init(
             exports,
         }),
         iscsi: Some(iscsi),
+        nvmf: Some(nvmf),
         rpc,
     }
 }
 
-fn iscsi_init(network: &mut Network, stack: usize, cmdline: &ironbay_config::Cmdline) -> Iscsi {
-    let connections = match cmdline.get_as::<usize>("iscsi.max_connections") {
-        Some(0) | None => ISCSI_CONNECTIONS,
-        Some(n) => n,
-    };
-    let sockets = &mut network.stacks[stack].sockets;
-    let listener = Listener::new(sockets, ISCSI_PORT, connections, TcpTuning::STORAGE);
-    log::info!(
-        "data0: iSCSI target on TCP port {ISCSI_PORT}, up to {connections} connections per port"
+/// 3260 and every port a portal group names.
+fn iscsi_ports(config: &ironbay_iscsi::Config) -> Vec<u16> {
+    let mut ports: Vec<u16> = alloc::vec![ISCSI_PORT];
+    ports.extend(
+        config
+            .portal_groups
+            .iter()
+            .flat_map(|pg| pg.portals.iter().map(|p| p.port)),
     );
-    Iscsi {
-        stack,
-        listeners: alloc::vec![listener],
-        per_port: connections,
-        slots: Slot::pool(connections),
-        // Config generations start at 0: look at the boot config's portals.
-        seen_generation: u64::MAX,
+    ports
+}
+
+/// Connections per listening port from `key`, `default` when absent or 0.
+fn per_port(cmdline: &ironbay_config::Cmdline, key: &str, default: usize) -> usize {
+    match cmdline.get_as::<usize>(key) {
+        Some(0) | None => default,
+        Some(n) => n,
     }
 }
 
@@ -474,6 +692,7 @@ impl Rpc {
                     devices: Some(&mut storage.hw),
                     nbd: nbd.as_deref_mut(),
                     iscsi: Some(&mut storage.iscsi),
+                    nvmf: Some(&mut storage.nvmf),
                     memory_budget: heap.ram_bdev_budget(),
                     initialized: &mut self.initialized,
                     shutdown: &mut self.shutdown,
@@ -554,70 +773,32 @@ impl Services {
         if let Some(rpc) = &mut self.rpc {
             busy |= rpc.poll(network, storage, self.nbd.as_mut().map(|n| &mut n.exports));
         }
-        busy | self.poll_nbd(network, storage) | self.poll_iscsi(network, storage)
+        busy | self.poll_nbd(network, storage)
+            | self.poll_iscsi(network, storage)
+            | self.poll_nvmf(network, storage)
     }
 
     fn poll_iscsi(&mut self, network: &mut Network, storage: &mut Storage) -> bool {
         let Some(iscsi) = &mut self.iscsi else {
             return false;
         };
-        iscsi.follow_portals(network, &storage.iscsi.config);
-        let now_ms = crate::time::uptime_us() / 1000;
-        let sockets = &mut network.stacks[iscsi.stack].sockets;
-        let target = &mut storage.iscsi;
-        let bdevs = &mut storage.bdevs;
-        let mut busy = false;
-        let takes_io = crate::mem::heap_stats().takes_io();
-        let per_port = iscsi.per_port;
-        let handles = iscsi.listeners.iter().enumerate().flat_map(|(k, l)| {
-            l.sockets()
-                .iter()
-                .enumerate()
-                .map(move |(j, &h)| (k * per_port + j, h))
-        });
-        for (i, h) in handles {
-            let s = sockets.get_mut::<tcp::Socket<'_>>(h);
-            let slot = &mut iscsi.slots[i];
-            let open = matches!(s.state(), tcp::State::Established | tcp::State::CloseWait);
-            if !open {
-                if let Some(mut conn) = slot.retire() {
-                    conn.closed(target);
-                }
-                continue;
-            }
-            if slot.conn.is_none() {
-                let (Some(local), Some(peer)) = (s.local_endpoint(), s.remote_endpoint()) else {
-                    continue;
-                };
-                slot.conn = Some(ironbay_iscsi::Connection::new(
-                    endpoint(local),
-                    endpoint(peer),
-                    now_ms,
-                ));
-            }
-            let Some(conn) = slot.conn.as_mut() else {
-                continue;
-            };
-            if takes_io
-                && conn.wants_input()
-                && s.can_recv()
-                && let Ok(n) = s.recv(|b| {
-                    let n = conn.handle_input(b, target, bdevs, now_ms);
-                    (n, n)
-                })
-            {
-                busy |= n > 0;
-            }
-            if conn.poll_timeout().is_some_and(|t| t <= now_ms) {
-                conn.handle_timeout(target, bdevs, now_ms);
-            }
-            let base = tag(ISCSI_SERVICE, i, slot.generation, 0);
-            busy |= pump(conn, s, bdevs, base, now_ms * 1000, &mut slot.linger_until);
-        }
-        for l in &iscsi.listeners {
-            l.relisten(sockets);
-        }
-        busy
+        let config = &storage.iscsi.config;
+        iscsi.follow(network, config.generation, &iscsi_ports(config));
+        iscsi.poll(network, &mut storage.iscsi, &mut storage.bdevs, false)
+    }
+
+    fn poll_nvmf(&mut self, network: &mut Network, storage: &mut Storage) -> bool {
+        let Some(nvmf) = &mut self.nvmf else {
+            return false;
+        };
+        let config = &storage.nvmf.config;
+        nvmf.ports
+            .follow(network, config.generation, &config.ports());
+        let events = storage.nvmf.events_seq();
+        let wake = events != nvmf.seen_events;
+        nvmf.seen_events = events;
+        nvmf.ports
+            .poll(network, &mut storage.nvmf, &mut storage.bdevs, wake)
     }
 
     fn poll_nbd(&mut self, network: &mut Network, storage: &mut Storage) -> bool {
@@ -685,13 +866,22 @@ impl Services {
                 }
             }
             ISCSI_SERVICE => {
-                if let Some(iscsi) = &mut self.iscsi
-                    && let Some(s) = iscsi.slots.get_mut(slot)
-                    && s.generation == generation
-                    && let Some(conn) = s.conn.as_mut()
-                {
-                    let now_ms = crate::time::uptime_us() / 1000;
-                    conn.handle_completion(engine, c, &mut storage.iscsi, &storage.bdevs, now_ms);
+                if let Some(iscsi) = &mut self.iscsi {
+                    iscsi.complete(
+                        slot,
+                        generation,
+                        engine,
+                        c,
+                        &mut storage.iscsi,
+                        &storage.bdevs,
+                    );
+                }
+            }
+            NVMF_SERVICE => {
+                if let Some(nvmf) = &mut self.nvmf {
+                    let t = &mut storage.nvmf;
+                    nvmf.ports
+                        .complete(slot, generation, engine, c, t, &storage.bdevs);
                 }
             }
             _ => {}

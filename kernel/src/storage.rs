@@ -19,6 +19,8 @@ pub struct Storage {
     pub bdevs: Registry,
     /// The iSCSI part of the object model: nodes, groups, live sessions.
     pub iscsi: ironbay_iscsi::Target,
+    /// The NVMe-oF part: subsystems, transport options, live controllers.
+    pub nvmf: ironbay_nvmf::Target,
     pub hw: Hardware,
     completions: Vec<(BdevId, IoCompletion)>,
     /// Boot config calls held back until `framework_start_init`.
@@ -196,6 +198,7 @@ impl Storage {
                 devices: Some(&mut self.hw),
                 nbd: None,
                 iscsi: Some(&mut self.iscsi),
+                nvmf: Some(&mut self.nvmf),
                 memory_budget: heap.ram_bdev_budget(),
                 initialized: &mut initialized,
                 shutdown: &mut shutdown,
@@ -291,6 +294,7 @@ pub fn init(devices: &[Function], config: Option<&BootConfig>, wait_for_init: bo
     let mut s = Storage {
         bdevs: Registry::new(),
         iscsi: ironbay_iscsi::Target::default(),
+        nvmf: ironbay_nvmf::Target::new(ironbay_nvmf::Config::default()),
         hw: Hardware::default(),
         completions: Vec::new(),
         pending: Vec::new(),

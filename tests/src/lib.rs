@@ -16,6 +16,7 @@
 pub mod images;
 pub mod libiscsi;
 pub mod machine;
+pub mod nvmf;
 pub mod pxe;
 pub mod rig;
 pub mod serial;

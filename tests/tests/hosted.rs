@@ -188,3 +188,142 @@ fn hosted_iscsi_passes_iscsi_test_cu_all_and_mutual_chap() {
         "the initiator accepted a target answer for another secret"
     );
 }
+
+/// The NVMe-oF engine in the hosted runner, driven by the raw NVMe/TCP test
+/// host: discovery, digests, R2T writes, pipelined reads, write zeroes,
+/// deallocate and compare.
+#[test]
+#[ignore = "needs the hosted runner; run through cargo xtask test"]
+fn hosted_nvmf_serves_discovery_digests_and_the_nvm_command_set() {
+    use ironbay_tests::nvmf::{self, Host};
+    let h = start(
+        "--nvmf",
+        &[
+            "--malloc".into(),
+            "ram=16".into(),
+            "--malloc".into(),
+            "two=4".into(),
+        ],
+    );
+    let nqn = "nqn.2016-06.io.ironbay:hosted";
+    let hostnqn = "nqn.2014-08.org.ironbay:hosted-test";
+
+    // Discovery on the same port lists the subsystem.
+    let mut d = Host::open(h.port).unwrap();
+    assert_eq!(d.icreq(false, false).unwrap().kind, nvmf::ICRESP);
+    let c = d
+        .connect("nqn.2014-08.org.nvmexpress.discovery", hostnqn, 0, 0xffff)
+        .unwrap();
+    assert_eq!(c.status, 0);
+    let mut cmd = nvmf::sqe(0x02, 0);
+    nvmf::set_dw(&mut cmd, 10, 0x70 | 1023 << 16);
+    let log = d.fetch(cmd, 4096).unwrap();
+    assert_eq!(log.status, 0);
+    assert_eq!(u64::from_le_bytes(log.data[8..16].try_into().unwrap()), 1);
+    assert!(log.data[1024 + 256..].starts_with(nqn.as_bytes()));
+    drop(d);
+
+    let (mut admin, cntlid) = Host::admin_queue(h.port, nqn, hostnqn).unwrap();
+    let mut list = nvmf::sqe(0x06, 0);
+    nvmf::set_dw(&mut list, 10, 2);
+    let ids = admin.fetch(list, 4096).unwrap();
+    assert_eq!(&ids.data[..12], &[1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+    let mut io = Host::open(h.port).unwrap();
+    io.icreq(true, true).unwrap();
+    assert!(io.hdgst && io.ddgst);
+    assert_eq!(io.connect(nqn, hostnqn, 1, cntlid).unwrap().status, 0);
+
+    // Past MDTS (128 KiB) is refused before any data moves.
+    let data: Vec<u8> = (0..256u32 << 10)
+        .map(|i| (i * 31 + (i >> 9)) as u8)
+        .collect();
+    let mut w = nvmf::sqe(0x01, 1);
+    nvmf::set_dw(&mut w, 10, 100);
+    nvmf::set_dw(&mut w, 12, 511);
+    assert_eq!(io.run(w, &[], &data).unwrap().status, 0x4002);
+    // 128 KiB through R2T, read back.
+    let data = &data[..128 << 10];
+    nvmf::set_dw(&mut w, 12, 255);
+    assert_eq!(io.run(w, &[], data).unwrap().status, 0);
+    let mut r = nvmf::sqe(0x02, 1);
+    nvmf::set_dw(&mut r, 10, 100);
+    nvmf::set_dw(&mut r, 12, 255);
+    let back = io.fetch(r, 128 << 10).unwrap();
+    assert_eq!(back.status, 0);
+    assert!(back.data == data, "read back differs");
+
+    // Eight reads in flight at once, answered per command.
+    let mut want = std::collections::HashMap::new();
+    for k in 0..8u32 {
+        let mut r = nvmf::sqe(0x02, 1);
+        nvmf::set_dw(&mut r, 10, 100 + k * 8);
+        nvmf::set_dw(&mut r, 12, 7);
+        r[32..36].copy_from_slice(&4096u32.to_le_bytes());
+        r[39] = 0x5a;
+        let cid = io.capsule(r, &[]);
+        let at = (k * 8 * 512) as usize;
+        want.insert(cid, (data[at..at + 4096].to_vec(), Vec::new()));
+    }
+    let mut done = 0;
+    while done < 8 {
+        let p = io.recv().unwrap();
+        match p.kind {
+            nvmf::C2H_DATA => {
+                let cid = p.u16_at(8);
+                want.get_mut(&cid).unwrap().1.extend_from_slice(&p.data);
+                if p.flags & 0x08 != 0 {
+                    done += 1;
+                }
+            }
+            nvmf::CAPSULE_RESP => {
+                assert_eq!(p.status(), 0);
+                done += 1;
+            }
+            k => panic!("PDU type {k:#x}"),
+        }
+    }
+    for (cid, (expect, got)) in &want {
+        assert!(expect == got, "command {cid}: wrong data");
+    }
+
+    // Compare: equal, then different.
+    let mut cmp = nvmf::sqe(0x05, 1);
+    nvmf::set_dw(&mut cmp, 10, 100);
+    assert_eq!(io.run(cmp, &data[..512], &[]).unwrap().status, 0);
+    let mut other = data[..512].to_vec();
+    other[17] ^= 1;
+    let st = io.run(cmp, &other, &[]).unwrap().status;
+    assert_eq!(st & 0x7ff, 0x285, "compare failure status {st:#x}");
+
+    // Write zeroes and deallocate read back as zeroes (RAM bdev).
+    let mut wz = nvmf::sqe(0x08, 1);
+    nvmf::set_dw(&mut wz, 10, 100);
+    nvmf::set_dw(&mut wz, 12, 7);
+    assert_eq!(io.run(wz, &[], &[]).unwrap().status, 0);
+    let mut r = nvmf::sqe(0x02, 1);
+    nvmf::set_dw(&mut r, 10, 100);
+    nvmf::set_dw(&mut r, 12, 15);
+    let z = io.fetch(r, 8192).unwrap();
+    assert!(z.data[..4096].iter().all(|&b| b == 0));
+    assert!(z.data[4096..] == data[4096..8192]);
+    let mut dsm = nvmf::sqe(0x09, 1);
+    nvmf::set_dw(&mut dsm, 11, 4); // attribute: deallocate
+    let mut range = vec![0u8; 16];
+    range[4..8].copy_from_slice(&8u32.to_le_bytes());
+    range[8..16].copy_from_slice(&108u64.to_le_bytes());
+    assert_eq!(io.run(dsm, &range, &[]).unwrap().status, 0);
+    let z = io.fetch(r, 8192).unwrap();
+    assert!(z.data.iter().all(|&b| b == 0));
+
+    // Out of range and a namespace that does not exist.
+    let mut r = nvmf::sqe(0x02, 2);
+    nvmf::set_dw(&mut r, 10, 8191);
+    nvmf::set_dw(&mut r, 12, 1);
+    assert_eq!(io.fetch(r, 1024).unwrap().status & 0xff, 0x80);
+    let mut r = nvmf::sqe(0x02, 9);
+    nvmf::set_dw(&mut r, 12, 0);
+    assert_eq!(io.fetch(r, 512).unwrap().status & 0xff, 0x0b);
+    let mut flush = nvmf::sqe(0x00, 1);
+    flush[39] = 0;
+    assert_eq!(io.run(flush, &[], &[]).unwrap().status, 0);
+}

@@ -4,11 +4,14 @@
 //! real client tests fast and lets the engines be benchmarked without a VM.
 //!
 //! ironbay-hosted [--listen ADDR] [--iscsi ADDR] [--chap USER:SECRET[:MUSER:MSECRET]]
-//!                [--export NAME=FILE[:ro]]... [--malloc NAME=MIB[:ro]]...
+//!                [--nvmf ADDR] [--export NAME=FILE[:ro]]... [--malloc NAME=MIB[:ro]]...
 //!
-//! `--listen` serves NBD (default 127.0.0.1:10809 when `--iscsi` is absent);
-//! `--iscsi` serves one target node per bdev, `iqn.2016-06.io.ironbay:NAME`
-//! with the bdev as LUN 0, to any initiator (CHAP required with `--chap`).
+//! `--listen` serves NBD (default 127.0.0.1:10809 when no other target is
+//! asked for); `--iscsi` serves one target node per bdev,
+//! `iqn.2016-06.io.ironbay:NAME` with the bdev as LUN 0, to any initiator
+//! (CHAP required with `--chap`); `--nvmf` serves NVMe-oF/TCP: subsystem
+//! `nqn.2016-06.io.ironbay:hosted` with every bdev as a namespace (in
+//! order, from nsid 1), to any host, and the discovery service, on ADDR.
 
 mod file;
 
@@ -30,6 +33,15 @@ const IQN_BASE: &str = "iqn.2016-06.io.ironbay";
 enum Engine {
     Nbd(Box<ironbay_nbd::Connection>),
     Iscsi(Box<ironbay_iscsi::Connection>),
+    Nvmf(Box<ironbay_nvmf::Connection>),
+}
+
+/// Which engine a listener feeds.
+#[derive(Clone, Copy)]
+enum Kind {
+    Nbd,
+    Iscsi,
+    Nvmf,
 }
 
 /// What the engines serve, shared by all connections.
@@ -37,6 +49,7 @@ struct Served {
     reg: Registry,
     exports: Exports,
     target: Target,
+    nvmf: ironbay_nvmf::Target,
 }
 
 impl Engine {
@@ -44,6 +57,7 @@ impl Engine {
         match self {
             Engine::Nbd(c) => c.wants_input(),
             Engine::Iscsi(c) => c.wants_input(),
+            Engine::Nvmf(c) => c.wants_input(),
         }
     }
 
@@ -51,14 +65,20 @@ impl Engine {
         match self {
             Engine::Nbd(c) => c.handle_input(b, &s.exports, &s.reg),
             Engine::Iscsi(c) => c.handle_input(b, &mut s.target, &s.reg, now_ms),
+            Engine::Nvmf(c) => c.handle_input(b, &mut s.nvmf, &s.reg, now_ms),
         }
     }
 
-    fn handle_timeout(&mut self, s: &mut Served, now_ms: u64) {
-        if let Engine::Iscsi(c) = self
-            && c.poll_timeout().is_some_and(|t| t <= now_ms)
-        {
-            c.handle_timeout(&mut s.target, &s.reg, now_ms);
+    /// `wake`: the NVMe-oF target has events for its connections.
+    fn handle_timeout(&mut self, s: &mut Served, now_ms: u64, wake: bool) {
+        match self {
+            Engine::Iscsi(c) if c.poll_timeout().is_some_and(|t| t <= now_ms) => {
+                c.handle_timeout(&mut s.target, &s.reg, now_ms);
+            }
+            Engine::Nvmf(c) if wake || c.poll_timeout().is_some_and(|t| t <= now_ms) => {
+                c.handle_timeout(&mut s.nvmf, &s.reg, now_ms);
+            }
+            _ => {}
         }
     }
 
@@ -66,6 +86,7 @@ impl Engine {
         match self {
             Engine::Nbd(c) => c.poll_io().map(|io| (io.tag, io.bdev, io.op, io.fua)),
             Engine::Iscsi(c) => c.poll_io().map(|io| (io.tag, io.bdev, io.op, io.fua)),
+            Engine::Nvmf(c) => c.poll_io().map(|io| (io.tag, io.bdev, io.op, io.fua)),
         }
     }
 
@@ -73,6 +94,7 @@ impl Engine {
         match self {
             Engine::Nbd(c) => c.retry_io(ironbay_nbd::BlockIo { tag, bdev, op, fua }),
             Engine::Iscsi(c) => c.retry_io(ironbay_iscsi::BlockIo { tag, bdev, op, fua }),
+            Engine::Nvmf(c) => c.retry_io(ironbay_nvmf::BlockIo { tag, bdev, op, fua }),
         }
     }
 
@@ -80,6 +102,7 @@ impl Engine {
         match self {
             Engine::Nbd(c) => c.handle_completion(tag, comp),
             Engine::Iscsi(c) => c.handle_completion(tag, comp, &mut s.target, &s.reg, now_ms),
+            Engine::Nvmf(c) => c.handle_completion(tag, comp, &mut s.nvmf, &s.reg, now_ms),
         }
     }
 
@@ -87,6 +110,7 @@ impl Engine {
         match self {
             Engine::Nbd(c) => c.poll_output(),
             Engine::Iscsi(c) => c.poll_output(),
+            Engine::Nvmf(c) => c.poll_output(),
         }
     }
 
@@ -94,6 +118,7 @@ impl Engine {
         match self {
             Engine::Nbd(c) => c.consume_output(n),
             Engine::Iscsi(c) => c.consume_output(n),
+            Engine::Nvmf(c) => c.consume_output(n),
         }
     }
 
@@ -101,6 +126,7 @@ impl Engine {
         match self {
             Engine::Nbd(c) => c.finished(),
             Engine::Iscsi(c) => c.finished(),
+            Engine::Nvmf(c) => c.finished(),
         }
     }
 
@@ -108,12 +134,15 @@ impl Engine {
         match self {
             Engine::Nbd(c) => c.error.take(),
             Engine::Iscsi(c) => c.error.take(),
+            Engine::Nvmf(c) => c.error.take(),
         }
     }
 
     fn closed(&mut self, s: &mut Served) {
-        if let Engine::Iscsi(c) = self {
-            c.closed(&mut s.target);
+        match self {
+            Engine::Iscsi(c) => c.closed(&mut s.target),
+            Engine::Nvmf(c) => c.closed(&mut s.nvmf),
+            Engine::Nbd(_) => {}
         }
     }
 }
@@ -129,6 +158,7 @@ struct Client {
 fn usage() -> ! {
     eprintln!(
         "usage: ironbay-hosted [--listen ADDR] [--iscsi ADDR] [--chap USER:SECRET[:MUSER:MSECRET]] \
+         [--nvmf ADDR] \
          [--export NAME=FILE[:ro]]... [--malloc NAME=MIB[:ro]]..."
     );
     std::process::exit(2)
@@ -200,9 +230,52 @@ fn iscsi_config(addr: SocketAddr, luns: &[(String, BdevId, bool)], chap: Option<
     config
 }
 
+/// The hosted NVMe-oF subsystem.
+const NVMF_NQN: &str = "nqn.2016-06.io.ironbay:hosted";
+
+fn nvmf_config(addr: SocketAddr, luns: &[(String, BdevId, bool)]) -> ironbay_nvmf::Config {
+    use ironbay_nvmf::config::{Adrfam, Listener, Namespace, Subsystem, TransportOptions, Trtype};
+    let namespaces = luns
+        .iter()
+        .zip(1..)
+        .map(|((name, _, _), nsid)| Namespace {
+            nsid,
+            bdev_name: name.clone(),
+            nguid: None,
+            eui64: None,
+            uuid: None,
+        })
+        .collect();
+    ironbay_nvmf::Config {
+        transport: Some(TransportOptions::default()),
+        subsystems: vec![Subsystem {
+            nqn: NVMF_NQN.into(),
+            serial_number: "IRONBAYHOSTED0000001".into(),
+            model_number: "ironbay hosted".into(),
+            allow_any_host: true,
+            hosts: Vec::new(),
+            namespaces,
+            listeners: vec![Listener {
+                trtype: Trtype::Tcp,
+                adrfam: if addr.is_ipv4() {
+                    Adrfam::Ipv4
+                } else {
+                    Adrfam::Ipv6
+                },
+                traddr: addr.ip().to_string(),
+                port: addr.port(),
+            }],
+            max_namespaces: 0,
+            min_cntlid: 1,
+            max_cntlid: 0xffef,
+        }],
+        ..Default::default()
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mut nbd_addr, mut iscsi_addr, mut chap) = (None, None, None);
+    let (mut nbd_addr, mut iscsi_addr, mut nvmf_addr, mut chap) = (None, None, None, None);
     let mut reg = Registry::new();
     let mut exports = Exports::default();
     let mut luns = Vec::new();
@@ -212,6 +285,7 @@ fn main() {
         match a.as_str() {
             "--listen" => nbd_addr = Some(v.clone()),
             "--iscsi" => iscsi_addr = Some(v.clone()),
+            "--nvmf" => nvmf_addr = Some(v.clone()),
             "--chap" => {
                 let p: Vec<&str> = v.split(':').collect();
                 chap = Some(match p.as_slice() {
@@ -255,7 +329,7 @@ fn main() {
             _ => usage(),
         }
     }
-    if nbd_addr.is_none() && iscsi_addr.is_none() {
+    if nbd_addr.is_none() && iscsi_addr.is_none() && nvmf_addr.is_none() {
         nbd_addr = Some("127.0.0.1:10809".into());
     }
     let nbd = nbd_addr.as_deref().map(bind);
@@ -275,6 +349,16 @@ fn main() {
             luns.len()
         );
     }
+    let nvmf_listener = nvmf_addr.as_deref().map(bind);
+    let mut nvmf = ironbay_nvmf::Target::new(ironbay_nvmf::Config::default());
+    if let Some(l) = &nvmf_listener {
+        let addr = l.local_addr().unwrap_or_else(|e| fail(e));
+        nvmf = ironbay_nvmf::Target::new(nvmf_config(addr, &luns));
+        eprintln!(
+            "ironbay-hosted: NVMe-oF/TCP on {addr}, subsystem {NVMF_NQN} with {} namespaces",
+            luns.len()
+        );
+    }
     if let Some(a) = &nbd_addr {
         eprintln!("ironbay-hosted: NBD on {a}, {} exports", exports.list.len());
     }
@@ -282,8 +366,16 @@ fn main() {
         reg,
         exports,
         target,
+        nvmf,
     };
-    serve(nbd, iscsi, served)
+    serve(
+        [
+            (nbd, Kind::Nbd),
+            (iscsi, Kind::Iscsi),
+            (nvmf_listener, Kind::Nvmf),
+        ],
+        served,
+    )
 }
 
 fn accept(
@@ -291,7 +383,7 @@ fn accept(
     clients: &mut [Option<Client>],
     generations: &mut [u32],
     now_ms: u64,
-    iscsi: bool,
+    kind: Kind,
 ) -> bool {
     let mut busy = false;
     while let Some(Ok((sock, peer))) = listener.map(|l| l.accept()) {
@@ -301,15 +393,17 @@ fn accept(
         };
         let _ = sock.set_nonblocking(true);
         let _ = sock.set_nodelay(true);
-        let engine = if iscsi {
-            let Ok(local) = sock.local_addr() else {
-                continue;
-            };
-            Engine::Iscsi(Box::new(ironbay_iscsi::Connection::new(
+        let Ok(local) = sock.local_addr() else {
+            continue;
+        };
+        let engine = match kind {
+            Kind::Nbd => Engine::Nbd(Box::new(ironbay_nbd::Connection::new())),
+            Kind::Iscsi => Engine::Iscsi(Box::new(ironbay_iscsi::Connection::new(
                 local, peer, now_ms,
-            )))
-        } else {
-            Engine::Nbd(Box::new(ironbay_nbd::Connection::new()))
+            ))),
+            Kind::Nvmf => {
+                Engine::Nvmf(Box::new(ironbay_nvmf::Connection::new(local, peer, now_ms)))
+            }
         };
         generations[i] = generations[i].wrapping_add(1);
         clients[i] = Some(Client {
@@ -322,17 +416,23 @@ fn accept(
     busy
 }
 
-fn serve(nbd: Option<TcpListener>, iscsi: Option<TcpListener>, mut s: Served) -> ! {
+fn serve(listeners: [(Option<TcpListener>, Kind); 3], mut s: Served) -> ! {
     let mut clients: Vec<Option<Client>> = (0..MAX_CONNECTIONS).map(|_| None).collect();
     let mut generations = vec![0u32; MAX_CONNECTIONS];
     let mut done = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
     let start = Instant::now();
+    let mut seen_events = 0;
     loop {
         let now = start.elapsed().as_micros() as u64;
         let now_ms = now / 1000;
-        let mut busy = accept(nbd.as_ref(), &mut clients, &mut generations, now_ms, false);
-        busy |= accept(iscsi.as_ref(), &mut clients, &mut generations, now_ms, true);
+        let mut busy = false;
+        for (l, kind) in &listeners {
+            busy |= accept(l.as_ref(), &mut clients, &mut generations, now_ms, *kind);
+        }
+        let events = s.nvmf.events_seq();
+        let wake = events != seen_events;
+        seen_events = events;
         for (i, slot) in clients.iter_mut().enumerate() {
             let Some(c) = slot else { continue };
             let mut closed = false;
@@ -351,7 +451,7 @@ fn serve(nbd: Option<TcpListener>, iscsi: Option<TcpListener>, mut s: Served) ->
                     busy |= n > 0;
                 }
             }
-            c.engine.handle_timeout(&mut s, now_ms);
+            c.engine.handle_timeout(&mut s, now_ms, wake);
             while let Some((tag, bdev, op, fua)) = c.engine.poll_io() {
                 let t = (i as u64) << 56 | (c.generation as u64 & 0xffff) << 40 | tag;
                 if let Err(back) = s.reg.submit(bdev, IoRequest { tag: t, op, fua }, now) {

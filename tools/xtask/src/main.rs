@@ -18,6 +18,7 @@ mod build;
 mod iscsibench;
 mod nbdbench;
 mod netbench;
+mod nvmfbench;
 mod peers;
 mod prereq;
 mod rig;
@@ -86,12 +87,15 @@ const USAGE: &str = "usage: cargo xtask <command>
   bench iscsi [--seconds N] [--runs N]
                            iSCSI: hosted runner vs tgt (iscsi-perf), appliance VM vs LIO
                            (fio in a Linux guest and iscsi-perf), same run
+  bench nvmf [--seconds N] [--runs N]
+                           NVMe-oF/TCP: appliance VM vs Linux nvmet-tcp, fio in a Linux
+                           host guest (4k randread, 128k read, 4k randwrite), same run
   bench peers [--seconds N] [--runs N]
                            Linux nvmet-tcp and LIO figures and the bridge ceiling
-  hosted ARGS              the NBD and iSCSI engines as a Linux process: --listen ADDR
-                           --iscsi ADDR --chap USER:SECRET[:MUSER:MSECRET]
+  hosted ARGS              the NBD, iSCSI and NVMe-oF engines as a Linux process: --listen ADDR
+                           --iscsi ADDR --chap USER:SECRET[:MUSER:MSECRET] --nvmf ADDR
                            --export NAME=FILE[:ro] --malloc NAME=MIB
-  fuzz [--seconds N]       run the NBD and iSCSI fuzz targets (nightly + cargo-fuzz), N s each (20)
+  fuzz [--seconds N]       run the NBD, iSCSI and NVMe-oF fuzz targets (nightly + cargo-fuzz), N s each (20)
   rig build                build the Linux guest (cached under target/rig)
   rig shell SCRIPT         boot the guest, run SCRIPT in it, print its output";
 
@@ -188,7 +192,7 @@ fn fuzz(rest: &[String]) -> Result<(), String> {
             .env_remove("RUSTUP_TOOLCHAIN"))?;
     }
     // Each engine's connection target, seeded with its captured traffic.
-    for engine in ["nbd", "iscsi"] {
+    for engine in ["nbd", "iscsi", "nvmf"] {
         let dir = workspace_root().join(format!("kernel/crates/{engine}/fuzz"));
         let corpus = dir.join("corpus/connection");
         std::fs::create_dir_all(&corpus).map_err(|e| e.to_string())?;

@@ -75,16 +75,17 @@ fn initiator_script(seconds: u32, runs: u32) -> String {
     s
 }
 
-/// Median read IOPS and MiB/s of the initiator script's `RESULT|t|w|run|`
-/// lines (fio terse output) for target `t` and workload `w`.
+/// Median IOPS and MiB/s (reads plus writes: a job does one or the other)
+/// of the initiator script's `RESULT|t|w|run|` lines (fio terse output) for
+/// target `t` and workload `w`.
 pub fn fio_medians(out: &str, t: usize, w: usize) -> Result<(f64, f64), String> {
     let prefix = format!("RESULT|{t}|{w}|");
     let (mut iops, mut mibs) = (Vec::new(), Vec::new());
     for line in out.lines().filter(|l| l.starts_with(&prefix)) {
         let terse = line.splitn(5, '|').nth(4).unwrap_or("");
         let r = fio::parse_terse(terse).ok_or_else(|| format!("unreadable fio result: {line}"))?;
-        iops.push(r.read_iops);
-        mibs.push(r.read_kib_s / 1024.0);
+        iops.push(r.read_iops + r.write_iops);
+        mibs.push((r.read_kib_s + r.write_kib_s) / 1024.0);
     }
     Ok((median(&mut iops), median(&mut mibs)))
 }

@@ -28,6 +28,8 @@ use ironbay_nbd::{Export, Exports};
 
 /// The iSCSI engine's types, for front ends.
 pub use ironbay_iscsi as iscsi;
+/// The NVMe-oF engine's types, for front ends.
+pub use ironbay_nvmf as nvmf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -66,6 +68,16 @@ impl From<ConfigError> for Error {
         match e {
             ConfigError::Invalid(m) => Error::params(m),
             ConfigError::Busy(m) => Error::state(m),
+        }
+    }
+}
+
+impl From<ironbay_nvmf::config::ConfigError> for Error {
+    fn from(e: ironbay_nvmf::config::ConfigError) -> Self {
+        use ironbay_nvmf::config::ConfigError as E;
+        match e {
+            E::Invalid(m) => Error::params(m),
+            E::Busy(m) => Error::state(m),
         }
     }
 }
@@ -109,6 +121,9 @@ pub struct Model<'a> {
     /// The iSCSI target (its configuration and live connections), when it
     /// runs.
     pub iscsi: Option<&'a mut Target>,
+    /// The NVMe-oF target (its configuration and live controllers), when it
+    /// runs.
+    pub nvmf: Option<&'a mut ironbay_nvmf::Target>,
     /// Bytes a new RAM bdev may take.
     pub memory_budget: u64,
     /// Set once init ran (always, unless started with init deferred).
@@ -255,8 +270,15 @@ impl Model<'_> {
         Ok(())
     }
 
-    /// Drops NBD exports and iSCSI LUNs whose bdev is gone (hot removal).
+    /// Drops NBD exports, iSCSI LUNs and NVMe-oF namespaces whose bdev is
+    /// gone (hot removal); hosts of the namespaces get a namespace-changed
+    /// event.
     fn prune_exports(&mut self) {
+        if let Some(t) = self.nvmf.as_deref_mut()
+            && t.config.prune_namespaces(self.bdevs) > 0
+        {
+            t.refresh(self.bdevs);
+        }
         if let Some(nbd) = self.nbd.as_deref_mut() {
             nbd.list.retain(|e| self.bdevs.info(e.bdev).is_some());
         }
@@ -578,6 +600,112 @@ impl Model<'_> {
         Ok(self.iscsi_mut()?.set_node_auth(node, chap)?)
     }
 
+    /// The NVMe-oF target, when it runs.
+    pub fn nvmf_target(&self) -> Option<&ironbay_nvmf::Target> {
+        self.nvmf.as_deref()
+    }
+
+    /// The NVMe-oF configuration, when the target runs.
+    pub fn nvmf_config(&self) -> Option<&ironbay_nvmf::Config> {
+        self.nvmf.as_deref().map(|t| &t.config)
+    }
+
+    /// Runs a configuration operation, then lets live controllers see the
+    /// change (namespace events, controllers of removed hosts or deleted
+    /// subsystems failing).
+    fn nvmf_change<T>(
+        &mut self,
+        op: impl FnOnce(
+            &mut ironbay_nvmf::Config,
+            &Registry,
+        ) -> core::result::Result<T, ironbay_nvmf::config::ConfigError>,
+    ) -> Result<T> {
+        let t = self
+            .nvmf
+            .as_deref_mut()
+            .ok_or_else(|| Error::state("the NVMe-oF target is not running"))?;
+        let r = op(&mut t.config, self.bdevs)?;
+        t.refresh(self.bdevs);
+        Ok(r)
+    }
+
+    /// Creates the TCP transport (there is one at most).
+    pub fn nvmf_create_transport(
+        &mut self,
+        o: ironbay_nvmf::config::TransportOptions,
+    ) -> Result<()> {
+        self.nvmf_change(|c, _| c.create_transport(o))
+    }
+
+    /// Creates or replaces the TCP transport's options.
+    pub fn nvmf_set_transport(&mut self, o: ironbay_nvmf::config::TransportOptions) -> Result<()> {
+        self.nvmf_change(|c, _| c.set_transport(o))
+    }
+
+    pub fn nvmf_set_max_subsystems(&mut self, max: u32) -> Result<()> {
+        self.nvmf_change(|c, _| c.set_max_subsystems(max))
+    }
+
+    pub fn nvmf_set_acceptor_poll_rate(&mut self, us: u32) -> Result<()> {
+        self.nvmf_change(|c, _| {
+            c.set_acceptor_poll_rate(us);
+            Ok(())
+        })
+    }
+
+    /// Creates a subsystem with its hosts, listeners and namespaces, all or
+    /// nothing.
+    pub fn nvmf_create_subsystem(&mut self, s: ironbay_nvmf::config::Subsystem) -> Result<()> {
+        self.nvmf_change(|c, b| c.create_subsystem(s, b))
+    }
+
+    /// The 2018 one-shot form: creates the TCP transport too if the
+    /// subsystem listens and there is none.
+    pub fn nvmf_construct_subsystem(&mut self, s: ironbay_nvmf::config::Subsystem) -> Result<()> {
+        self.nvmf_change(|c, b| c.construct_subsystem(s, b))
+    }
+
+    pub fn nvmf_delete_subsystem(&mut self, nqn: &str) -> Result<()> {
+        self.nvmf_change(|c, _| c.delete_subsystem(nqn))
+    }
+
+    pub fn nvmf_add_listener(
+        &mut self,
+        nqn: &str,
+        l: ironbay_nvmf::config::Listener,
+    ) -> Result<()> {
+        self.nvmf_change(|c, _| c.add_listener(nqn, l))
+    }
+
+    pub fn nvmf_remove_listener(&mut self, nqn: &str, traddr: &str, port: u16) -> Result<()> {
+        self.nvmf_change(|c, _| c.remove_listener(nqn, traddr, port))
+    }
+
+    /// Adds a namespace (nsid 0: the lowest free one); returns its nsid.
+    pub fn nvmf_add_namespace(
+        &mut self,
+        nqn: &str,
+        ns: ironbay_nvmf::config::Namespace,
+    ) -> Result<u32> {
+        self.nvmf_change(|c, b| c.add_namespace(nqn, ns, b))
+    }
+
+    pub fn nvmf_remove_namespace(&mut self, nqn: &str, nsid: u32) -> Result<()> {
+        self.nvmf_change(|c, _| c.remove_namespace(nqn, nsid))
+    }
+
+    pub fn nvmf_add_host(&mut self, nqn: &str, host: &str) -> Result<()> {
+        self.nvmf_change(|c, _| c.add_host(nqn, host))
+    }
+
+    pub fn nvmf_remove_host(&mut self, nqn: &str, host: &str) -> Result<()> {
+        self.nvmf_change(|c, _| c.remove_host(nqn, host))
+    }
+
+    pub fn nvmf_allow_any_host(&mut self, nqn: &str, allow: bool) -> Result<()> {
+        self.nvmf_change(|c, _| c.set_allow_any_host(nqn, allow))
+    }
+
     /// Ends the deferred start: the caller applies what waited for it.
     pub fn start_init(&mut self) -> Result<()> {
         if *self.initialized {
@@ -638,6 +766,7 @@ mod tests {
             devices: None,
             nbd: Some(&mut exports),
             iscsi: None,
+            nvmf: None,
             memory_budget: budget,
             initialized: &mut init,
             shutdown: &mut down,
@@ -743,6 +872,7 @@ mod tests {
             devices: None,
             nbd: Some(&mut exports),
             iscsi: None,
+            nvmf: None,
             memory_budget: 1 << 20,
             initialized: &mut init,
             shutdown: &mut down,
@@ -787,6 +917,7 @@ mod tests {
             devices: None,
             nbd: Some(&mut exports),
             iscsi: Some(&mut target),
+            nvmf: None,
             memory_budget: 1 << 20,
             initialized: &mut init,
             shutdown: &mut down,
@@ -897,6 +1028,88 @@ mod tests {
             assert_eq!(e.kind, ErrorKind::InvalidState);
             let e = m.iscsi_create_target_node(node("d", &[])).unwrap_err();
             assert_eq!(e.kind, ErrorKind::InvalidState);
+        });
+    }
+
+    #[test]
+    fn nvmf_namespaces_follow_their_bdevs() {
+        use ironbay_nvmf::config::{Listener, Namespace, Subsystem, TransportOptions};
+        let mut reg = Registry::new();
+        let mut target = ironbay_nvmf::Target::new(ironbay_nvmf::Config::default());
+        let (mut init, mut down) = (true, false);
+        let mut m = Model {
+            bdevs: &mut reg,
+            devices: None,
+            nbd: None,
+            iscsi: None,
+            nvmf: Some(&mut target),
+            memory_budget: 1 << 20,
+            initialized: &mut init,
+            shutdown: &mut down,
+            bench: None,
+        };
+        m.create_ram_bdev(ram(RamKind::Malloc, Some("M"), 64, 512))
+            .unwrap();
+        m.create_ram_bdev(ram(RamKind::Null, Some("N"), 64, 512))
+            .unwrap();
+        let nqn = "nqn.2016-06.io.spdk:cnode1";
+        let l = Listener::new(None, "0.0.0.0", 4420).unwrap();
+        let e = m.nvmf_add_listener(nqn, l.clone()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidParams);
+        m.nvmf_create_transport(TransportOptions::default())
+            .unwrap();
+        let e = m
+            .nvmf_create_transport(TransportOptions::default())
+            .unwrap_err();
+        assert!(e.message.contains("already exists"), "{e:?}");
+        m.nvmf_create_subsystem(Subsystem::new(nqn)).unwrap();
+        m.nvmf_add_listener(nqn, l).unwrap();
+        let ns = |bdev: &str| Namespace {
+            nsid: 0,
+            bdev_name: bdev.into(),
+            nguid: None,
+            eui64: None,
+            uuid: None,
+        };
+        assert_eq!(m.nvmf_add_namespace(nqn, ns("M")).unwrap(), 1);
+        assert_eq!(m.nvmf_add_namespace(nqn, ns("N")).unwrap(), 2);
+        m.nvmf_set_max_subsystems(1).unwrap();
+        let e = m
+            .nvmf_create_subsystem(Subsystem::new("nqn.2016-06.io.spdk:cnode2"))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidState, "limit");
+        let generation = m.nvmf_config().unwrap().generation;
+        m.delete_bdev("N", RamKind::Null).unwrap();
+        let c = m.nvmf_config().unwrap();
+        assert!(c.generation > generation);
+        let left: Vec<&str> = c.subsystems[0]
+            .namespaces
+            .iter()
+            .map(|n| n.bdev_name.as_str())
+            .collect();
+        assert_eq!(left, ["M"], "the namespace on the deleted bdev went");
+        m.nvmf_remove_namespace(nqn, 1).unwrap();
+        m.nvmf_add_host(nqn, "nqn.2016-06.io.spdk:host1").unwrap();
+        m.nvmf_remove_host(nqn, "nqn.2016-06.io.spdk:host1")
+            .unwrap();
+        m.nvmf_allow_any_host(nqn, true).unwrap();
+        m.nvmf_remove_listener(nqn, "0.0.0.0", 4420).unwrap();
+        m.nvmf_set_acceptor_poll_rate(10_000).unwrap();
+        m.nvmf_delete_subsystem(nqn).unwrap();
+        assert!(m.nvmf_target().unwrap().config.subsystems.is_empty());
+    }
+
+    #[test]
+    fn nvmf_needs_a_running_target() {
+        with_model(1 << 20, |m| {
+            assert!(m.nvmf_config().is_none());
+            let e = m
+                .nvmf_create_subsystem(ironbay_nvmf::config::Subsystem::new(
+                    "nqn.2016-06.io.spdk:cnode1",
+                ))
+                .unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidState);
+            assert!(e.message.contains("NVMe-oF target is not running"));
         });
     }
 

@@ -1,6 +1,69 @@
 //! One NVMe/TCP connection (= one queue pair) as a state machine.
+//!
+//! Driving order, per poll-loop turn:
+//! 1. feed received bytes to [`Connection::handle_input`]; it returns how
+//!    many it took, and the rest must be offered again later (it stops at a
+//!    PDU boundary while too much output or read data is queued, see
+//!    [`Connection::wants_input`]);
+//! 2. start every [`Connection::poll_io`] on the bdev layer, giving back any
+//!    the layer refuses with [`Connection::retry_io`] (same order);
+//! 3. feed each completion to [`Connection::handle_completion`];
+//! 4. when the clock passes [`Connection::poll_timeout`], or the target's
+//!    [`Target::events_seq`] changed, call [`Connection::handle_timeout`]
+//!    (asynchronous events, keep-alive expiry, controllers that failed,
+//!    hosts that stopped sending solicited data);
+//! 5. send what [`Connection::poll_output`] offers and report it with
+//!    [`Connection::consume_output`];
+//! 6. close the socket once [`Connection::finished`], and call
+//!    [`Connection::closed`] whenever the socket goes away.
+//!
+//! Memory per connection is bounded: one PDU is assembled at a time, and
+//! its length is checked against the negotiated limits (in-capsule data
+//! size, MAXH2CDATA) from its 8-byte common header before any of it is
+//! buffered. Commands are limited to the queue size.
+//! - Reads: while queued output plus the read buffers of running commands
+//!   exceed [`MAX_BUFFERED`], no new PDU is read, so at most one command
+//!   (the transport's max I/O size) goes past it.
+//! - Writes: a command's buffers for solicited data are allocated only once
+//!   it is granted room in [`MAX_DATA_OUT`] (in arrival order; a command
+//!   alone is always granted), and only then is its R2T sent.
 
-use ironbay_bdev::{BdevId, IoOp};
+use crate::ctrl::{self, Outcome, QueueBinding};
+use crate::io::Prep;
+use crate::pdu::{self, CH_LEN, Common, DIGEST_LEN, fes, flag, ty};
+use crate::spec::{self, Cqe, Sqe, Status};
+use crate::target::Target;
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::rc::Rc;
+use alloc::vec::Vec;
+use core::net::SocketAddr;
+use ironbay_bdev::{BdevId, IoBuf, IoCompletion, IoOp, IoStatus, Registry};
+
+/// Output plus read data in flight before reading pauses.
+pub const MAX_BUFFERED: usize = 32 << 20;
+/// Buffers for the solicited write data of one connection: QD32 of
+/// 512 KiB writes at once, more than a 10 Gb/s link needs.
+pub const MAX_DATA_OUT: usize = 16 << 20;
+/// Commands per connection, whatever the queue size says.
+pub const MAX_CMDS: usize = 1024;
+/// Host data of admin and Fabrics commands (and in-capsule data before
+/// Connect), as NVMe/TCP fixes for the admin queue.
+pub const ADMIN_DATA: usize = 8192;
+/// Largest C2HData PDU we send.
+pub const C2H_CHUNK: usize = 128 << 10;
+/// ICReq and Connect must arrive within this time.
+const SETUP_TIMEOUT_MS: u64 = 30_000;
+/// How often the connection looks at its controller without being asked.
+const TICK_MS: u64 = 1000;
+/// TTAG: the command's slot in the low bits, its R2T number above.
+const TTAG_SLOT_BITS: u32 = 10;
+const TTAG_SLOT_MASK: u16 = (1 << TTAG_SLOT_BITS) - 1;
+/// R2Ts outstanding per command, whatever the host allows.
+const MAX_R2T_PER_CMD: usize = 8;
+const _: () = assert!(MAX_CMDS <= 1 << TTAG_SLOT_BITS);
+/// Generic status 22h: the host retries the command.
+pub(crate) const TRANSIENT_TRANSPORT_ERROR: Status = Status::generic(0x22);
 
 /// A block I/O the connection wants started. `tag` stays below 2^39.
 #[derive(Debug)]
@@ -11,4 +74,1346 @@ pub struct BlockIo {
     pub fua: bool,
 }
 
-pub struct Connection {}
+const SUB_BITS: u32 = 16;
+const GEN_BITS: u32 = 7;
+const GEN_MASK: u8 = (1 << GEN_BITS) - 1;
+
+pub(crate) fn make_tag(slot: u16, generation: u8, sub: u32) -> u64 {
+    (slot as u64) << (SUB_BITS + GEN_BITS)
+        | ((generation & GEN_MASK) as u64) << SUB_BITS
+        | (sub & 0xffff) as u64
+}
+
+fn split_tag(tag: u64) -> (usize, u8, u32) {
+    (
+        (tag >> (SUB_BITS + GEN_BITS)) as usize & 0xffff,
+        (tag >> SUB_BITS) as u8 & GEN_MASK,
+        tag as u32 & 0xffff,
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for the ICReq.
+    Init,
+    /// Waiting for (the data of) the Fabrics Connect.
+    Connect,
+    Ready,
+    /// No more input: finish what is in flight, flush, then close.
+    Closing,
+}
+
+pub(crate) enum Out {
+    Bytes(Vec<u8>),
+    Data {
+        buf: Rc<IoBuf>,
+        start: usize,
+        end: usize,
+    },
+}
+
+impl Out {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Out::Bytes(v) => v,
+            Out::Data { buf, start, end } => buf.as_slice().get(*start..*end).unwrap_or(&[]),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Host data still to come (in R2T windows).
+    Receiving,
+    /// Waiting for room in [`MAX_DATA_OUT`] before its R2T goes out.
+    WaitGrant,
+    /// Executing (block I/O at the device).
+    Running,
+}
+
+/// One command in a slot.
+pub(crate) struct Cmd {
+    pub sqe: Sqe,
+    pub generation: u8,
+    pub sqhd: u16,
+    pub stage: Stage,
+    /// Host-to-controller data: buffers of `chunk` bytes (the last may be
+    /// shorter), `want` bytes in all, `got` arrived.
+    pub data: Vec<IoBuf>,
+    pub chunk: usize,
+    pub want: usize,
+    pub got: usize,
+    /// `want` is counted in the connection's granted write buffers.
+    pub granted: bool,
+    /// Outstanding R2Ts, oldest first: (TTAG, offset, length, received).
+    pub windows: Vec<(u16, u32, u32, u32)>,
+    /// Where the next R2T starts.
+    pub next_r2t: usize,
+    /// Numbers the command's R2Ts (the TTAG's upper bits).
+    pub r2t_seq: u16,
+    /// When data last arrived for it (or its R2T went out).
+    pub data_since: u64,
+    /// Data arrived with a bad digest: complete with this once it is in.
+    pub failed: Option<Status>,
+    /// I/O queue command, checked before its data was asked for.
+    pub prep: Option<Prep>,
+    /// Block I/O at the device.
+    pub outstanding: u32,
+    /// Read buffers counted in the connection's executing bytes.
+    pub exec: usize,
+    /// First error of the block I/O, with the LBA it hit.
+    pub status: Status,
+    pub err_lba: u64,
+    /// Read results, by sub-request.
+    pub bufs: Vec<Option<IoBuf>>,
+}
+
+impl Cmd {
+    fn new(sqe: Sqe, generation: u8, sqhd: u16, now: u64) -> Cmd {
+        Cmd {
+            sqe,
+            generation,
+            sqhd,
+            stage: Stage::Running,
+            data: Vec::new(),
+            chunk: 0,
+            want: 0,
+            got: 0,
+            granted: false,
+            windows: Vec::new(),
+            next_r2t: 0,
+            r2t_seq: 0,
+            data_since: now,
+            failed: None,
+            prep: None,
+            outstanding: 0,
+            exec: 0,
+            status: Status::SUCCESS,
+            err_lba: 0,
+            bufs: Vec::new(),
+        }
+    }
+
+    /// Copies host data at `off` into the command's buffers.
+    fn put(&mut self, off: usize, mut bytes: &[u8]) {
+        let chunk = self.chunk.max(1);
+        let mut at = off;
+        while !bytes.is_empty() {
+            let Some(buf) = self.data.get_mut(at / chunk) else {
+                return;
+            };
+            let o = at % chunk;
+            let dst = buf.as_mut_slice().get_mut(o..).unwrap_or(&mut []);
+            let n = dst.len().min(bytes.len());
+            if n == 0 {
+                return;
+            }
+            dst[..n].copy_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            at += n;
+        }
+    }
+
+    /// The host data as one slice (single-buffer commands).
+    pub fn host_data(&self) -> &[u8] {
+        self.data.first().map_or(&[][..], |b| b.as_slice())
+    }
+}
+
+pub(crate) enum Slot {
+    Free,
+    Active(Box<Cmd>),
+    /// Gone with block I/O still at the device: the slot (and so its tags)
+    /// stays taken until the completions are back.
+    Zombie(Box<Cmd>),
+}
+
+/// Data direction of a command (opcode bits 1:0, Fabrics: FCTYPE bits 1:0).
+fn host_to_ctrl(sqe: &Sqe) -> bool {
+    let d = if sqe.opcode() == spec::OPC_FABRICS {
+        sqe.fctype()
+    } else {
+        sqe.opcode()
+    };
+    d & 1 != 0
+}
+
+pub struct Connection {
+    /// Why the connection ended early, for the log.
+    pub error: Option<&'static str>,
+    pub(crate) local: SocketAddr,
+    pub(crate) peer: SocketAddr,
+    pub(crate) phase: Phase,
+    rx: Vec<u8>,
+    /// Length of the PDU being assembled, 0 while reading a common header.
+    need: usize,
+    out: VecDeque<Out>,
+    out_pos: usize,
+    out_bytes: usize,
+    /// Negotiated in the ICReq.
+    pub(crate) hd: bool,
+    pub(crate) dd: bool,
+    /// C2HData PDO alignment in bytes ((HPDA + 1) * 4).
+    pub(crate) align: usize,
+    pub(crate) maxh2cdata: u32,
+    /// R2Ts per command outstanding at once (MAXR2T + 1, capped).
+    pub(crate) max_r2t: usize,
+    pub(crate) abort_timeout_ms: u64,
+    /// The queue, once Connect succeeded.
+    pub(crate) queue: Option<QueueBinding>,
+    /// `ctrl::disconnect` was called for `queue`.
+    released: bool,
+    /// Submission queue head after the last command fetched.
+    sq_head: u16,
+    pub(crate) slots: Vec<Slot>,
+    free: Vec<u16>,
+    generation: u8,
+    pub(crate) ios: VecDeque<BlockIo>,
+    /// Read buffers of the commands running at the device.
+    pub(crate) executing_bytes: usize,
+    /// Solicited write data of the commands granted buffers.
+    dout_granted: usize,
+    /// Commands waiting for room in [`MAX_DATA_OUT`], as (slot,
+    /// generation), oldest first.
+    grant_queue: VecDeque<(u16, u8)>,
+    /// Asynchronous Event Requests parked: (CID, SQ head).
+    aers: VecDeque<(u16, u16)>,
+    pub(crate) now: u64,
+    started: u64,
+    next_tick: u64,
+    /// The controller's keep-alive deadline, as last seen (admin queue).
+    kato_deadline: Option<u64>,
+}
+
+impl Connection {
+    pub fn new(local: SocketAddr, peer: SocketAddr, now_ms: u64) -> Self {
+        Connection {
+            error: None,
+            local,
+            peer,
+            phase: Phase::Init,
+            rx: Vec::new(),
+            need: 0,
+            out: VecDeque::new(),
+            out_pos: 0,
+            out_bytes: 0,
+            hd: false,
+            dd: false,
+            align: 4,
+            maxh2cdata: 4096,
+            max_r2t: 1,
+            abort_timeout_ms: 1000,
+            queue: None,
+            released: false,
+            sq_head: 0,
+            slots: Vec::new(),
+            free: Vec::new(),
+            generation: 0,
+            ios: VecDeque::new(),
+            executing_bytes: 0,
+            dout_granted: 0,
+            grant_queue: VecDeque::new(),
+            aers: VecDeque::new(),
+            now: now_ms,
+            started: now_ms,
+            next_tick: now_ms + TICK_MS,
+            kato_deadline: None,
+        }
+    }
+
+    /// Ends the connection: no more input, flush what is queued.
+    pub(crate) fn fail(&mut self, why: &'static str) {
+        self.error.get_or_insert(why);
+        self.close();
+    }
+
+    /// Stops reading; in-flight work drains and output flushes first.
+    pub(crate) fn close(&mut self) {
+        self.phase = Phase::Closing;
+        self.rx = Vec::new();
+        self.need = 0;
+    }
+
+    /// Sends a C2HTermReq and closes.
+    pub(crate) fn terminate(&mut self, fes: u16, fei: u32, bad: &[u8], why: &'static str) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        let hlen = bad.get(2).map_or(CH_LEN, |&h| h as usize).max(CH_LEN);
+        let head = bad.get(..hlen.min(bad.len())).unwrap_or(&[]);
+        self.send(pdu::c2h_term_req(fes, fei, head));
+        self.abort_all();
+        self.fail(why);
+    }
+
+    pub(crate) fn send(&mut self, v: Vec<u8>) {
+        self.out_bytes += v.len();
+        self.out.push_back(Out::Bytes(v));
+    }
+
+    fn busy(&self) -> bool {
+        self.out_bytes + self.executing_bytes > MAX_BUFFERED
+    }
+
+    /// Queue entries (1 before Connect).
+    fn sqsize(&self) -> u16 {
+        self.queue.map_or(1, |q| q.sqsize.max(1))
+    }
+
+    pub(crate) fn qid(&self) -> u16 {
+        self.queue.map_or(0, |q| q.qid)
+    }
+
+    pub(crate) fn cntlid(&self) -> u16 {
+        self.queue.map_or(0, |q| q.cntlid)
+    }
+
+    /// Commands the host has outstanding on this queue.
+    fn in_flight(&self) -> usize {
+        self.aers.len()
+            + self
+                .slots
+                .iter()
+                .filter(|s| matches!(s, Slot::Active(_)))
+                .count()
+    }
+
+    /// What the commands hold now: (granted write buffers, queued output
+    /// plus read buffers at the device).
+    #[cfg(test)]
+    pub(crate) fn held_bytes(&self) -> (usize, usize) {
+        (self.dout_granted, self.out_bytes + self.executing_bytes)
+    }
+
+    pub fn wants_input(&self) -> bool {
+        self.phase != Phase::Closing && !self.busy()
+    }
+
+    /// Takes bytes from the host; returns how many were used. Fewer than
+    /// offered means "later": offer the rest again.
+    pub fn handle_input(
+        &mut self,
+        bytes: &[u8],
+        target: &mut Target,
+        bdevs: &Registry,
+        now_ms: u64,
+    ) -> usize {
+        self.now = now_ms;
+        self.sync(target);
+        let mut used = 0;
+        loop {
+            if self.phase == Phase::Closing || (self.rx.is_empty() && self.busy()) {
+                break;
+            }
+            let want = if self.need == 0 { CH_LEN } else { self.need };
+            if self.rx.len() < want {
+                if used == bytes.len() {
+                    break;
+                }
+                let n = (want - self.rx.len()).min(bytes.len() - used);
+                self.rx.extend_from_slice(&bytes[used..used + n]);
+                used += n;
+                continue;
+            }
+            if self.need == 0 {
+                let Some(c) = Common::parse(&self.rx) else {
+                    break;
+                };
+                if let Err((f, i)) = self.check_header(&c, target) {
+                    let bad = core::mem::take(&mut self.rx);
+                    self.terminate(f, i, &bad, "invalid PDU header");
+                    break;
+                }
+                // check_header bounds plen to the negotiated limits.
+                self.need = c.plen as usize;
+                self.rx
+                    .reserve_exact(self.need.saturating_sub(self.rx.len()));
+                continue;
+            }
+            let raw = core::mem::take(&mut self.rx);
+            self.need = 0;
+            self.pdu(&raw, target, bdevs);
+            if raw.capacity() <= 2 * ADMIN_DATA {
+                self.rx = raw;
+                self.rx.clear();
+            }
+        }
+        self.grant_waiting();
+        self.sync(target);
+        used
+    }
+
+    /// Checks a common header against the connection's state and limits.
+    /// Err: (FES, FEI).
+    fn check_header(&self, c: &Common, target: &Target) -> Result<(), (u16, u32)> {
+        let plen = c.plen as usize;
+        match (self.phase, c.ty) {
+            (Phase::Init, ty::IC_REQ) => {
+                if c.hlen as usize != pdu::IC_LEN {
+                    return Err((fes::INVALID_HEADER_FIELD, pdu::at::HLEN));
+                }
+                if plen != pdu::IC_LEN {
+                    return Err((fes::INVALID_HEADER_FIELD, pdu::at::PLEN));
+                }
+                Ok(())
+            }
+            (_, ty::IC_REQ) => Err((fes::SEQUENCE_ERROR, 0)),
+            (_, ty::H2C_TERM_REQ) => {
+                if c.hlen as usize != pdu::TERM_HLEN {
+                    return Err((fes::INVALID_HEADER_FIELD, pdu::at::HLEN));
+                }
+                if !(pdu::TERM_HLEN..=pdu::TERM_HLEN + pdu::TERM_MAX_DATA).contains(&plen) {
+                    return Err((fes::INVALID_HEADER_FIELD, pdu::at::PLEN));
+                }
+                Ok(())
+            }
+            (Phase::Init, ty::CAPSULE_CMD | ty::H2C_DATA) => Err((fes::SEQUENCE_ERROR, 0)),
+            (_, ty::CAPSULE_CMD) => {
+                let max = match self.queue {
+                    Some(q) if q.qid != 0 => target
+                        .config
+                        .transport
+                        .as_ref()
+                        .map_or(0, |o| o.in_capsule_data_size as usize),
+                    _ => ADMIN_DATA,
+                };
+                self.check_layout(c, pdu::CMD_HLEN, max)
+            }
+            (_, ty::H2C_DATA) => {
+                self.check_layout(c, pdu::DATA_HLEN, self.maxh2cdata as usize)?;
+                if plen <= pdu::DATA_HLEN + self.hd_len() {
+                    return Err((fes::INVALID_HEADER_FIELD, pdu::at::PLEN));
+                }
+                Ok(())
+            }
+            _ => Err((fes::INVALID_HEADER_FIELD, pdu::at::TYPE)),
+        }
+    }
+
+    fn hd_len(&self) -> usize {
+        if self.hd { DIGEST_LEN } else { 0 }
+    }
+
+    fn dd_len(&self) -> usize {
+        if self.dd { DIGEST_LEN } else { 0 }
+    }
+
+    /// Header length, digest flags, PDO and PLEN of a PDU that may carry
+    /// up to `max` bytes of data.
+    fn check_layout(&self, c: &Common, hlen: usize, max: usize) -> Result<(), (u16, u32)> {
+        if c.hlen as usize != hlen {
+            return Err((fes::INVALID_HEADER_FIELD, pdu::at::HLEN));
+        }
+        if (c.flags & flag::HDGSTF != 0) != self.hd {
+            return Err((fes::INVALID_HEADER_FIELD, pdu::at::FLAGS));
+        }
+        let head = hlen + self.hd_len();
+        let plen = c.plen as usize;
+        if plen < head {
+            return Err((fes::INVALID_HEADER_FIELD, pdu::at::PLEN));
+        }
+        if plen == head {
+            return Ok(());
+        }
+        let pdo = c.pdo as usize;
+        if pdo < head {
+            return Err((fes::INVALID_HEADER_FIELD, pdu::at::PDO));
+        }
+        if (c.flags & flag::DDGSTF != 0) != self.dd {
+            return Err((fes::INVALID_HEADER_FIELD, pdu::at::FLAGS));
+        }
+        let Some(data) = plen.checked_sub(pdo + self.dd_len()).filter(|&d| d > 0) else {
+            return Err((fes::INVALID_HEADER_FIELD, pdu::at::PLEN));
+        };
+        if data > max {
+            return Err((fes::LIMIT_EXCEEDED, pdu::at::PLEN));
+        }
+        Ok(())
+    }
+
+    /// A whole PDU whose common header passed [`Self::check_header`].
+    fn pdu(&mut self, raw: &[u8], target: &mut Target, bdevs: &Registry) {
+        let Some(c) = Common::parse(raw) else {
+            return;
+        };
+        match c.ty {
+            ty::IC_REQ => return self.ic_req(raw, target),
+            ty::H2C_TERM_REQ => {
+                self.abort_all();
+                return self.fail("host terminated the connection");
+            }
+            _ => {}
+        }
+        let hlen = c.hlen as usize;
+        if self.hd {
+            let want = pdu::le32(raw, hlen);
+            let got = raw.get(..hlen).map_or(0, ironbay_crc::crc32c);
+            if want != got {
+                return self.terminate(fes::HEADER_DIGEST, 0, raw, "header digest error");
+            }
+        }
+        let head = hlen + self.hd_len();
+        let plen = raw.len();
+        let (data, digest_ok) = if plen > head {
+            let end = plen.saturating_sub(self.dd_len());
+            let d = raw.get(c.pdo as usize..end).unwrap_or(&[]);
+            let ok = !self.dd || pdu::le32(raw, end) == ironbay_crc::crc32c(d);
+            (d, ok)
+        } else {
+            (&[][..], true)
+        };
+        match c.ty {
+            ty::CAPSULE_CMD => self.capsule(raw, data, digest_ok, target, bdevs),
+            ty::H2C_DATA => self.h2c_data(raw, &c, data, digest_ok, target, bdevs),
+            _ => {}
+        }
+    }
+
+    fn ic_req(&mut self, raw: &[u8], target: &Target) {
+        let req = pdu::IcReq::parse(raw);
+        let Some(o) = target.config.transport.as_ref() else {
+            return self.terminate(
+                fes::UNSUPPORTED_PARAMETER,
+                0,
+                raw,
+                "no NVMe/TCP transport configured",
+            );
+        };
+        if req.pfv != 0 {
+            return self.terminate(
+                fes::UNSUPPORTED_PARAMETER,
+                pdu::at::PFV,
+                raw,
+                "unsupported PDU format version",
+            );
+        }
+        if req.hpda > 31 {
+            return self.terminate(
+                fes::UNSUPPORTED_PARAMETER,
+                pdu::at::HPDA,
+                raw,
+                "invalid host PDU data alignment",
+            );
+        }
+        self.hd = req.hdgst && o.header_digest;
+        self.dd = req.ddgst && o.data_digest;
+        self.align = (req.hpda as usize + 1) * 4;
+        // Hosts refuse a MAXH2CDATA below 4 KiB or not a multiple of 4.
+        self.maxh2cdata = o.io_unit_size.max(4096) & !3;
+        self.max_r2t = (req.maxr2t as usize).saturating_add(1).min(MAX_R2T_PER_CMD);
+        self.abort_timeout_ms = (o.abort_timeout_sec.max(1) as u64).saturating_mul(1000);
+        let dgst = self.hd as u8 | (self.dd as u8) << 1;
+        self.send(pdu::ic_resp(0, dgst, self.maxh2cdata));
+        self.phase = Phase::Connect;
+    }
+
+    /// Takes a free command slot.
+    fn alloc_slot(&mut self, cmd: Box<Cmd>) -> Option<u16> {
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None if self.slots.len() < MAX_CMDS => {
+                self.slots.push(Slot::Free);
+                (self.slots.len() - 1) as u16
+            }
+            None => return None,
+        };
+        *self.slots.get_mut(i as usize)? = Slot::Active(cmd);
+        Some(i)
+    }
+
+    pub(crate) fn cmd_mut(&mut self, i: usize) -> Option<&mut Cmd> {
+        match self.slots.get_mut(i) {
+            Some(Slot::Active(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn next_generation(&mut self) -> u8 {
+        self.generation = self.generation.wrapping_add(1) & GEN_MASK;
+        self.generation
+    }
+
+    /// The SQ head to report after fetching one more command.
+    fn fetch_sq_head(&mut self) -> u16 {
+        let n = self.sqsize();
+        self.sq_head = (self.sq_head.wrapping_add(1)) % n;
+        match self.queue {
+            Some(q) if q.sq_flow_disabled => 0xffff,
+            _ => self.sq_head,
+        }
+    }
+
+    /// A command capsule.
+    fn capsule(
+        &mut self,
+        raw: &[u8],
+        data: &[u8],
+        digest_ok: bool,
+        target: &mut Target,
+        bdevs: &Registry,
+    ) {
+        let mut s = [0u8; 64];
+        if let Some(b) = raw.get(CH_LEN..CH_LEN + 64) {
+            s.copy_from_slice(b);
+        }
+        let sqe = Sqe(s);
+        if self.phase == Phase::Connect && self.in_flight() > 0 {
+            return self.terminate(
+                fes::SEQUENCE_ERROR,
+                0,
+                raw,
+                "command before Connect completed",
+            );
+        }
+        if self.phase == Phase::Ready && self.in_flight() >= self.sqsize() as usize {
+            return self.terminate(fes::SEQUENCE_ERROR, 0, raw, "submission queue overflow");
+        }
+        let sqhd = self.fetch_sq_head();
+        let cid = sqe.cid();
+        if self.phase == Phase::Connect
+            && !(sqe.opcode() == spec::OPC_FABRICS && sqe.fctype() == spec::FCTYPE_CONNECT)
+        {
+            self.respond(cid, sqhd, Status::COMMAND_SEQUENCE_ERROR, 0, 0);
+            return self.fail("first command is not Connect");
+        }
+        if self.cid_busy(cid) {
+            return self.respond(cid, sqhd, Status::CID_CONFLICT, 0, 0);
+        }
+        let generation = self.next_generation();
+        let mut cmd = Box::new(Cmd::new(sqe, generation, sqhd, self.now));
+        if !digest_ok {
+            cmd.failed = Some(TRANSIENT_TRANSPORT_ERROR);
+        }
+        let Some(i) = self.alloc_slot(cmd) else {
+            return self.terminate(fes::SEQUENCE_ERROR, 0, raw, "too many commands");
+        };
+        let i = i as usize;
+        if let Err(st) = self.begin(i, data, target, bdevs) {
+            if self.phase == Phase::Ready && self.qid() != 0 {
+                let slba = sqe.cdw(10) as u64 | (sqe.cdw(11) as u64) << 32;
+                target.log_error(self.cntlid(), self.qid(), cid, st, sqe.nsid(), slba);
+            }
+            self.complete(i, st, 0, 0);
+        }
+    }
+
+    fn cid_busy(&self, cid: u16) -> bool {
+        self.aers.iter().any(|a| a.0 == cid)
+            || self
+                .slots
+                .iter()
+                .any(|s| matches!(s, Slot::Active(c) if c.sqe.cid() == cid))
+    }
+
+    /// Checks a new command's data transfer and collects its host data
+    /// (from the capsule, or by R2T). Err: complete it with that status.
+    fn begin(
+        &mut self,
+        i: usize,
+        data: &[u8],
+        target: &mut Target,
+        bdevs: &Registry,
+    ) -> Result<(), Status> {
+        let Some(cmd) = self.cmd_mut(i) else {
+            return Ok(());
+        };
+        let sqe = cmd.sqe;
+        if sqe.fuse() != 0 {
+            return Err(Status::INVALID_FIELD);
+        }
+        let sgl = sqe.sgl();
+        let io_queue = self.phase == Phase::Ready && self.qid() != 0;
+        let h2c = host_to_ctrl(&sqe) && sgl.length > 0;
+        let mut chunk = sgl.length as usize;
+        if io_queue && sqe.opcode() != spec::OPC_FABRICS {
+            let q = self.queue.unwrap_or(QueueBinding {
+                qpair_id: 0,
+                cntlid: 0,
+                qid: 0,
+                sqsize: 1,
+                sq_flow_disabled: false,
+                discovery: false,
+            });
+            let prep = crate::io::prepare(target, bdevs, &q, &sqe)?;
+            chunk = prep.buf_chunk;
+            if let Some(c) = self.cmd_mut(i) {
+                c.prep = Some(prep);
+            }
+        } else if h2c && sgl.length as usize > ADMIN_DATA {
+            return Err(Status::DATA_SGL_LENGTH_INVALID);
+        }
+        if !h2c {
+            if !sgl.transport() && !sgl.in_capsule() && sgl.length != 0 {
+                return Err(Status::SGL_TYPE_INVALID);
+            }
+            return self.ready(i, target, bdevs);
+        }
+        let want = sgl.length as usize;
+        let failed = self.cmd_mut(i).is_some_and(|c| c.failed.is_some());
+        if sgl.in_capsule() {
+            let off = usize::try_from(sgl.address).unwrap_or(usize::MAX);
+            if off > data.len() {
+                return Err(Status::SGL_OFFSET_INVALID);
+            }
+            let Some(src) = off.checked_add(want).and_then(|end| data.get(off..end)) else {
+                return Err(Status::DATA_SGL_LENGTH_INVALID);
+            };
+            if failed {
+                return Err(TRANSIENT_TRANSPORT_ERROR);
+            }
+            let Some(c) = self.cmd_mut(i) else {
+                return Ok(());
+            };
+            c.want = want;
+            c.chunk = chunk.max(1);
+            c.data = alloc_chunks(want, c.chunk);
+            c.put(0, src);
+            c.got = want;
+            return self.ready(i, target, bdevs);
+        }
+        if !sgl.transport() {
+            return Err(Status::SGL_TYPE_INVALID);
+        }
+        if failed {
+            return Err(TRANSIENT_TRANSPORT_ERROR);
+        }
+        let Some(c) = self.cmd_mut(i) else {
+            return Ok(());
+        };
+        c.want = want;
+        c.chunk = chunk.max(1);
+        c.stage = Stage::WaitGrant;
+        let g = c.generation;
+        self.grant_queue.push_back((i as u16, g));
+        self.grant_waiting();
+        Ok(())
+    }
+
+    /// Grants write buffers (and sends R2Ts) in arrival order while they
+    /// fit in [`MAX_DATA_OUT`]; a command alone always fits.
+    fn grant_waiting(&mut self) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        while let Some(&(s, g)) = self.grant_queue.front() {
+            let i = s as usize;
+            let want = match self.slots.get(i) {
+                Some(Slot::Active(c)) if c.generation == g && c.stage == Stage::WaitGrant => c.want,
+                _ => {
+                    self.grant_queue.pop_front();
+                    continue;
+                }
+            };
+            if self.dout_granted > 0 && self.dout_granted + want > MAX_DATA_OUT {
+                break;
+            }
+            self.grant_queue.pop_front();
+            self.dout_granted += want;
+            let now = self.now;
+            let Some(c) = self.cmd_mut(i) else {
+                continue;
+            };
+            c.granted = true;
+            c.data = alloc_chunks(want, c.chunk);
+            c.stage = Stage::Receiving;
+            c.data_since = now;
+            self.send_r2ts(i);
+        }
+    }
+
+    /// Sends R2Ts for command `i` while it has fewer outstanding than the
+    /// host allows, each for at most MAXH2CDATA bytes (hosts before
+    /// MAXH2CDATA splitting send one H2CData per R2T).
+    fn send_r2ts(&mut self, i: usize) {
+        let (hd, unit, max) = (self.hd, self.maxh2cdata.max(1) as usize, self.max_r2t);
+        let mut out = Vec::new();
+        let Some(c) = self.cmd_mut(i) else {
+            return;
+        };
+        while c.failed.is_none() && c.windows.len() < max && c.next_r2t < c.want {
+            let off = c.next_r2t;
+            let len = (c.want - off).min(unit);
+            let ttag = (i as u16 & TTAG_SLOT_MASK) | c.r2t_seq << TTAG_SLOT_BITS;
+            c.r2t_seq = c.r2t_seq.wrapping_add(1) & (u16::MAX >> TTAG_SLOT_BITS);
+            c.windows.push((ttag, off as u32, len as u32, 0));
+            c.next_r2t = off + len;
+            out.push(pdu::r2t(c.sqe.cid(), ttag, off as u32, len as u32, hd));
+        }
+        for v in out {
+            self.send(v);
+        }
+    }
+
+    /// An H2CData PDU.
+    fn h2c_data(
+        &mut self,
+        raw: &[u8],
+        c: &Common,
+        data: &[u8],
+        digest_ok: bool,
+        target: &mut Target,
+        bdevs: &Registry,
+    ) {
+        let h = pdu::H2cData::parse(raw);
+        let i = (h.ttag & TTAG_SLOT_MASK) as usize;
+        let now = self.now;
+        let found = match self.slots.get(i) {
+            Some(Slot::Active(cmd)) if cmd.stage == Stage::Receiving => {
+                if cmd.sqe.cid() != h.cccid {
+                    return self.terminate(
+                        fes::INVALID_HEADER_FIELD,
+                        pdu::at::CCCID,
+                        raw,
+                        "H2CData for an unknown command",
+                    );
+                }
+                cmd.windows
+                    .iter()
+                    .position(|w| w.0 == h.ttag)
+                    .and_then(|k| Some((k, *cmd.windows.get(k)?)))
+            }
+            _ => None,
+        };
+        let Some((k, (_, off, len, got))) = found else {
+            return self.terminate(
+                fes::INVALID_HEADER_FIELD,
+                pdu::at::TTAG,
+                raw,
+                "H2CData for an unknown transfer tag",
+            );
+        };
+        if h.datal as usize != data.len() {
+            return self.terminate(
+                fes::INVALID_HEADER_FIELD,
+                pdu::at::DATAL,
+                raw,
+                "H2CData length does not match the PDU",
+            );
+        }
+        let expect = off.saturating_add(got);
+        let end = expect.saturating_add(h.datal);
+        if h.datao != expect || end > off.saturating_add(len) {
+            return self.terminate(
+                fes::OUT_OF_RANGE,
+                pdu::at::DATAO,
+                raw,
+                "H2CData outside the R2T window",
+            );
+        }
+        let last = end == off.saturating_add(len);
+        if (c.flags & flag::LAST_PDU != 0) != last {
+            return self.terminate(fes::SEQUENCE_ERROR, 0, raw, "H2CData LAST_PDU misplaced");
+        }
+        let Some(cmd) = self.cmd_mut(i) else {
+            return;
+        };
+        if digest_ok {
+            cmd.put(h.datao as usize, data);
+        } else {
+            cmd.failed.get_or_insert(TRANSIENT_TRANSPORT_ERROR);
+        }
+        cmd.got += data.len();
+        cmd.data_since = now;
+        if let Some(w) = cmd.windows.get_mut(k) {
+            w.3 = got + h.datal;
+        }
+        if !last {
+            return;
+        }
+        cmd.windows.remove(k);
+        if !cmd.windows.is_empty() {
+            return self.send_r2ts(i);
+        }
+        // With a digest error no further R2Ts go out: answer once the
+        // outstanding ones are in.
+        if let Some(st) = cmd.failed {
+            return self.complete(i, st, 0, 0);
+        }
+        if cmd.got < cmd.want {
+            return self.send_r2ts(i);
+        }
+        cmd.stage = Stage::Running;
+        if let Err(st) = self.ready(i, target, bdevs) {
+            self.complete(i, st, 0, 0);
+        }
+    }
+
+    /// The command has its data: run it.
+    fn ready(&mut self, i: usize, target: &mut Target, bdevs: &Registry) -> Result<(), Status> {
+        let Some(cmd) = self.cmd_mut(i) else {
+            return Ok(());
+        };
+        cmd.stage = Stage::Running;
+        if let Some(st) = cmd.failed {
+            return Err(st);
+        }
+        let sqe = cmd.sqe;
+        if self.phase == Phase::Connect {
+            return self.connect(i, target, bdevs);
+        }
+        let Some(q) = self.queue else {
+            return Err(Status::COMMAND_SEQUENCE_ERROR);
+        };
+        if sqe.opcode() == spec::OPC_FABRICS {
+            match sqe.fctype() {
+                spec::FCTYPE_DISCONNECT => {
+                    self.complete(i, Status::SUCCESS, 0, 0);
+                    self.close();
+                    return Ok(());
+                }
+                spec::FCTYPE_CONNECT => return Err(Status::COMMAND_SEQUENCE_ERROR),
+                _ if q.qid != 0 => return Err(Status::INVALID_OPCODE),
+                _ => {}
+            }
+        }
+        if q.qid == 0 {
+            return self.admin(i, &q, target, bdevs);
+        }
+        crate::io::start(self, i, target, bdevs)
+    }
+
+    fn connect(&mut self, i: usize, target: &mut Target, bdevs: &Registry) -> Result<(), Status> {
+        let Some(cmd) = self.cmd_mut(i) else {
+            return Ok(());
+        };
+        let sqe = cmd.sqe;
+        let data = cmd.host_data().to_vec();
+        match ctrl::connect(target, bdevs, &sqe, &data, self.local, self.peer, self.now) {
+            Ok((q, dw0)) => {
+                self.queue = Some(q);
+                self.phase = Phase::Ready;
+                // The Connect itself was the first entry fetched.
+                self.sq_head = 1 % q.sqsize.max(1);
+                if let Some(c) = self.cmd_mut(i) {
+                    c.sqhd = if q.sq_flow_disabled {
+                        0xffff
+                    } else {
+                        1 % q.sqsize.max(1)
+                    };
+                }
+                self.complete(i, Status::SUCCESS, dw0, 0);
+                self.kato_deadline = ctrl::keep_alive_deadline(target, q.cntlid);
+            }
+            Err((st, dw0)) => {
+                self.complete(i, st, dw0, 0);
+                self.fail("Connect refused");
+            }
+        }
+        Ok(())
+    }
+
+    fn admin(
+        &mut self,
+        i: usize,
+        q: &QueueBinding,
+        target: &mut Target,
+        bdevs: &Registry,
+    ) -> Result<(), Status> {
+        let Some(cmd) = self.cmd_mut(i) else {
+            return Ok(());
+        };
+        let sqe = cmd.sqe;
+        let sqhd = cmd.sqhd;
+        let data = cmd.host_data().to_vec();
+        match ctrl::admin(target, bdevs, q, &sqe, &data, self.local, self.now) {
+            Outcome::Done {
+                status,
+                dw0,
+                dw1,
+                data,
+            } => {
+                let sgl = sqe.sgl();
+                if status.is_success() && !host_to_ctrl(&sqe) && sgl.length > 0 && !data.is_empty()
+                {
+                    let n = data.len().min(sgl.length as usize);
+                    let data = data.get(..n).unwrap_or(&[]);
+                    // Admin data is small: a response capsule always follows.
+                    self.send_c2h_bytes(sqe.cid(), data, false);
+                }
+                self.complete(i, status, dw0, dw1);
+            }
+            Outcome::Parked => {
+                self.aers.push_back((sqe.cid(), sqhd));
+                self.release_slot(i);
+            }
+        }
+        self.kato_deadline = ctrl::keep_alive_deadline(target, q.cntlid);
+        Ok(())
+    }
+
+    /// Whether a successful read ends with a SUCCESS C2HData and no
+    /// response capsule.
+    pub(crate) fn c2h_success_allowed(&self, target: &Target) -> bool {
+        self.queue.is_some_and(|q| q.sq_flow_disabled)
+            && target
+                .config
+                .transport
+                .as_ref()
+                .is_some_and(|o| o.c2h_success)
+    }
+
+    /// C2HData PDUs carrying `data` (copied), LAST_PDU on the last.
+    fn send_c2h_bytes(&mut self, cid: u16, data: &[u8], success: bool) {
+        let mut off = 0;
+        let total = data.len();
+        while off < total {
+            let n = (total - off).min(C2H_CHUNK);
+            let piece = &data[off..off + n];
+            let last = off + n == total;
+            let mut f = if last { flag::LAST_PDU } else { 0 };
+            if last && success {
+                f |= flag::SUCCESS;
+            }
+            let mut v =
+                pdu::c2h_data_head(cid, off as u32, n as u32, f, self.hd, self.dd, self.align);
+            v.extend_from_slice(piece);
+            if self.dd {
+                v.extend_from_slice(&pdu::digest_bytes(ironbay_crc::crc32c(piece)));
+            }
+            self.send(v);
+            off += n;
+        }
+    }
+
+    /// C2HData PDUs straight from read buffers (no copy), LAST_PDU (and
+    /// SUCCESS if asked) on the last.
+    pub(crate) fn send_c2h_bufs(&mut self, cid: u16, bufs: Vec<IoBuf>, success: bool) {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut off = 0usize;
+        for buf in bufs {
+            let buf = Rc::new(buf);
+            let len = buf.len();
+            let mut start = 0;
+            while start < len {
+                let n = (len - start).min(C2H_CHUNK);
+                let last = off + n == total;
+                let mut f = if last { flag::LAST_PDU } else { 0 };
+                if last && success {
+                    f |= flag::SUCCESS;
+                }
+                let head =
+                    pdu::c2h_data_head(cid, off as u32, n as u32, f, self.hd, self.dd, self.align);
+                self.send(head);
+                self.out_bytes += n;
+                self.out.push_back(Out::Data {
+                    buf: buf.clone(),
+                    start,
+                    end: start + n,
+                });
+                if self.dd {
+                    let piece = buf.as_slice().get(start..start + n).unwrap_or(&[]);
+                    self.send(pdu::digest_bytes(ironbay_crc::crc32c(piece)).to_vec());
+                }
+                start += n;
+                off += n;
+            }
+        }
+    }
+
+    /// A CapsuleResp for a command not in a slot.
+    fn respond(&mut self, cid: u16, sqhd: u16, status: Status, dw0: u32, dw1: u32) {
+        let cqe = Cqe {
+            dw0,
+            dw1,
+            sqhd,
+            sqid: self.qid(),
+            cid,
+            status: status.field(),
+        };
+        let v = pdu::capsule_resp(&cqe.to_bytes(), self.hd);
+        self.send(v);
+    }
+
+    /// Sends the command's response and frees its slot.
+    pub(crate) fn complete(&mut self, i: usize, status: Status, dw0: u32, dw1: u32) {
+        let Some(c) = self.cmd_mut(i) else {
+            return;
+        };
+        let (cid, sqhd) = (c.sqe.cid(), c.sqhd);
+        self.respond(cid, sqhd, status, dw0, dw1);
+        self.release_slot(i);
+    }
+
+    /// Frees an active slot that has no I/O at the device.
+    pub(crate) fn release_slot(&mut self, i: usize) {
+        let Some(s) = self.slots.get_mut(i) else {
+            return;
+        };
+        if let Slot::Active(c) = core::mem::replace(s, Slot::Free) {
+            self.release(i, &c);
+            self.free.push(i as u16);
+        }
+    }
+
+    /// Gives back what a command leaving its slot held of the connection's
+    /// memory bounds.
+    fn release(&mut self, i: usize, c: &Cmd) {
+        if c.granted {
+            self.dout_granted = self.dout_granted.saturating_sub(c.want);
+        }
+        self.executing_bytes = self.executing_bytes.saturating_sub(c.exec);
+        let g = c.generation;
+        self.grant_queue
+            .retain(|&(s, sg)| !(s as usize == i && sg == g));
+    }
+
+    /// Queues block I/O for slot `i`.
+    pub(crate) fn push_io(&mut self, i: usize, sub: u32, bdev: BdevId, op: IoOp, fua: bool) {
+        let Some(c) = self.cmd_mut(i) else {
+            return;
+        };
+        c.outstanding += 1;
+        let tag = make_tag(i as u16, c.generation, sub);
+        self.ios.push_back(BlockIo { tag, bdev, op, fua });
+    }
+
+    pub fn poll_io(&mut self) -> Option<BlockIo> {
+        self.ios.pop_front()
+    }
+
+    /// Gives back an I/O the bdev layer could not take yet.
+    pub fn retry_io(&mut self, io: BlockIo) {
+        let (i, g, _) = split_tag(io.tag);
+        match self.slots.get(i) {
+            Some(Slot::Active(c)) if c.generation == g => self.ios.push_front(io),
+            Some(Slot::Zombie(c)) if c.generation == g => self.zombie_completion(i),
+            _ => {}
+        }
+    }
+
+    fn zombie_completion(&mut self, i: usize) {
+        let Some(Slot::Zombie(c)) = self.slots.get_mut(i) else {
+            return;
+        };
+        c.outstanding = c.outstanding.saturating_sub(1);
+        if c.outstanding > 0 {
+            return;
+        }
+        if let Some(s) = self.slots.get_mut(i)
+            && let Slot::Zombie(c) = core::mem::replace(s, Slot::Free)
+        {
+            self.release(i, &c);
+            self.free.push(i as u16);
+        }
+    }
+
+    pub fn handle_completion(
+        &mut self,
+        tag: u64,
+        c: IoCompletion,
+        target: &mut Target,
+        bdevs: &Registry,
+        now_ms: u64,
+    ) {
+        self.now = now_ms;
+        let (i, g, sub) = split_tag(tag);
+        match self.slots.get(i) {
+            Some(Slot::Active(cmd)) if cmd.generation == g => {
+                crate::io::completion(self, i, sub, c, target, bdevs)
+            }
+            Some(Slot::Zombie(cmd)) if cmd.generation == g => self.zombie_completion(i),
+            _ => {}
+        }
+        self.grant_waiting();
+        self.sync(target);
+    }
+
+    /// Drops every command without a response; I/O at the device is
+    /// waited for quietly.
+    pub(crate) fn abort_all(&mut self) {
+        for i in 0..self.slots.len() {
+            self.abort_slot(i);
+        }
+        self.aers.clear();
+        self.grant_queue.clear();
+    }
+
+    fn abort_slot(&mut self, i: usize) {
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        let Slot::Active(mut c) = core::mem::replace(slot, Slot::Free) else {
+            return;
+        };
+        let generation = c.generation;
+        let before = self.ios.len();
+        self.ios.retain(|io| {
+            let (s, g, _) = split_tag(io.tag);
+            !(s == i && g == generation)
+        });
+        let dropped = (before - self.ios.len()) as u32;
+        c.outstanding = c.outstanding.saturating_sub(dropped);
+        if c.outstanding == 0 {
+            self.release(i, &c);
+            self.free.push(i as u16);
+        } else if let Some(s) = self.slots.get_mut(i) {
+            // Its buffers stay counted until the device gives them back.
+            *s = Slot::Zombie(c);
+        }
+    }
+
+    /// Things the target changed: controller failure, keep-alive expiry,
+    /// asynchronous events to deliver.
+    fn sync(&mut self, target: &mut Target) {
+        let Some(q) = self.queue else {
+            return;
+        };
+        if self.phase != Phase::Ready {
+            return;
+        }
+        if q.qid == 0 {
+            if let Some(d) = ctrl::keep_alive_deadline(target, q.cntlid)
+                && self.now >= d
+            {
+                ctrl::check_keep_alive(target, q.cntlid, self.now);
+            }
+            self.kato_deadline = ctrl::keep_alive_deadline(target, q.cntlid);
+        }
+        if !ctrl::queue_alive(target, &q) {
+            self.abort_all();
+            return self.fail("controller failed or was reset");
+        }
+        while let Some(&(cid, sqhd)) = self.aers.front() {
+            let Some(dw0) = ctrl::take_event(target, q.cntlid) else {
+                break;
+            };
+            self.aers.pop_front();
+            self.respond(cid, sqhd, Status::SUCCESS, dw0, 0);
+        }
+    }
+
+    pub fn handle_timeout(&mut self, target: &mut Target, bdevs: &Registry, now_ms: u64) {
+        let _ = bdevs;
+        self.now = now_ms;
+        if self.phase == Phase::Closing {
+            return;
+        }
+        self.sync(target);
+        if matches!(self.phase, Phase::Init | Phase::Connect)
+            && now_ms >= self.started.saturating_add(SETUP_TIMEOUT_MS)
+        {
+            self.abort_all();
+            return self.fail("no Connect in time");
+        }
+        if let Some(d) = self.data_deadline()
+            && now_ms >= d
+        {
+            self.abort_all();
+            return self.fail("solicited data not received in time");
+        }
+        self.grant_waiting();
+        if now_ms >= self.next_tick {
+            self.next_tick = now_ms.saturating_add(TICK_MS);
+        }
+    }
+
+    /// When the oldest outstanding R2T times out.
+    fn data_deadline(&self) -> Option<u64> {
+        self.slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Active(c) if c.stage == Stage::Receiving && !c.windows.is_empty() => {
+                    Some(c.data_since.saturating_add(self.abort_timeout_ms))
+                }
+                _ => None,
+            })
+            .min()
+    }
+
+    /// The next time [`Connection::handle_timeout`] wants to run.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.phase == Phase::Closing {
+            return None;
+        }
+        let mut t = self.next_tick;
+        if matches!(self.phase, Phase::Init | Phase::Connect) {
+            t = t.min(self.started.saturating_add(SETUP_TIMEOUT_MS));
+        }
+        if let Some(d) = self.kato_deadline {
+            t = t.min(d);
+        }
+        if let Some(d) = self.data_deadline() {
+            t = t.min(d);
+        }
+        Some(t)
+    }
+
+    /// Bytes waiting to be sent (a prefix of them, at least one if any).
+    pub fn poll_output(&self) -> Option<&[u8]> {
+        self.out
+            .front()
+            .map(|o| o.bytes().get(self.out_pos..).unwrap_or(&[]))
+    }
+
+    pub fn consume_output(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.out.front() else {
+                return;
+            };
+            let len = front.bytes().len();
+            let k = n.min(len.saturating_sub(self.out_pos));
+            self.out_pos += k;
+            self.out_bytes = self.out_bytes.saturating_sub(k);
+            n -= k;
+            if self.out_pos >= len {
+                self.out.pop_front();
+                self.out_pos = 0;
+            }
+        }
+    }
+
+    /// Nothing more to do: close the socket once this is true.
+    pub fn finished(&self) -> bool {
+        self.phase == Phase::Closing
+            && self.out.is_empty()
+            && self.ios.is_empty()
+            && self.slots.iter().all(|s| match s {
+                Slot::Free => true,
+                Slot::Active(c) => c.outstanding == 0,
+                Slot::Zombie(_) => false,
+            })
+    }
+
+    /// The socket is gone: the queue goes with it.
+    pub fn closed(&mut self, target: &mut Target) {
+        self.abort_all();
+        if self.phase != Phase::Closing {
+            self.error.get_or_insert("connection closed by peer");
+        }
+        self.close();
+        if let Some(q) = self.queue
+            && !self.released
+        {
+            self.released = true;
+            ctrl::disconnect(target, &q);
+        }
+    }
+}
+
+/// Zeroed buffers for `want` bytes in pieces of `chunk`.
+pub(crate) fn alloc_chunks(want: usize, chunk: usize) -> Vec<IoBuf> {
+    let chunk = chunk.max(1);
+    let mut v = Vec::with_capacity(want.div_ceil(chunk));
+    let mut left = want;
+    while left > 0 {
+        let n = left.min(chunk);
+        v.push(IoBuf::new(n));
+        left -= n;
+    }
+    v
+}
+
+/// The NVMe status for a block I/O that failed.
+pub(crate) fn io_status(s: IoStatus, write: bool) -> Status {
+    match s {
+        IoStatus::Success => Status::SUCCESS,
+        IoStatus::OutOfRange => Status::LBA_OUT_OF_RANGE,
+        IoStatus::Misaligned | IoStatus::TooLarge => Status::INVALID_FIELD,
+        IoStatus::Unsupported => Status::INVALID_OPCODE,
+        IoStatus::ReadOnly => crate::io::WRITE_PROTECTED,
+        IoStatus::DeviceError(_) if write => Status::WRITE_FAULT,
+        IoStatus::DeviceError(_) => Status::UNRECOVERED_READ,
+        IoStatus::Timeout | IoStatus::DeviceFailed => Status::DATA_TRANSFER_ERROR,
+        IoStatus::NoMemory => Status::INTERNAL,
+    }
+}

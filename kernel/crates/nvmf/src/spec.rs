@@ -289,7 +289,7 @@ pub const CNS_COMMAND_SET_LIST: u8 = 0x1c;
 
 /// Asynchronous event: type Notice, information "namespace attribute
 /// changed", log page 04h (CQE DW0 layout).
-pub const AEN_NS_ATTR_CHANGED: u32 = 0x02 | (0x00 << 8) | ((LOG_CHANGED_NS as u32) << 16);
+pub const AEN_NS_ATTR_CHANGED: u32 = 0x02 | ((LOG_CHANGED_NS as u32) << 16);
 /// Notice "discovery log page change", log page 70h.
 pub const AEN_DISCOVERY_CHANGED: u32 = 0x02 | (0xf0 << 8) | ((LOG_DISCOVERY as u32) << 16);
 

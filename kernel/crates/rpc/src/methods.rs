@@ -8,6 +8,7 @@ use ironbay_model::{Model, RamBdev, RamKind};
 use serde_json::{Map, Value, json};
 
 mod iscsi;
+mod nvmf;
 
 /// JSON-RPC error codes as SPDK uses them.
 pub mod code {
@@ -68,7 +69,7 @@ pub static METHODS: &[Method] = table![
     "spdk_get_version" ["get_spdk_version"] BOTH => spdk_get_version,
     "rpc_get_methods" ["get_rpc_methods"] BOTH => rpc_get_methods,
     "framework_get_subsystems" ["get_subsystems"] (false, true) => framework_get_subsystems,
-    "framework_get_config" ["get_subsystem_config"] (false, true) => framework_get_config,
+    "framework_get_config" ["get_subsystem_config", "save_config"] (false, true) => framework_get_config,
     "framework_start_init" ["start_subsystem_init"] (true, false) => framework_start_init,
     "framework_wait_init" ["wait_subsystem_init"] BOTH => |_, _| Ok(Value::Bool(true)),
     "bdev_get_bdevs" ["get_bdevs"] (false, true) => bdev_get_bdevs,
@@ -112,6 +113,26 @@ pub static METHODS: &[Method] = table![
     "iscsi_target_node_set_auth" ["set_iscsi_target_node_auth"] (false, true) => iscsi::set_node_auth,
     "iscsi_get_target_nodes" ["get_target_nodes"] (false, true) => iscsi::get_target_nodes,
     "iscsi_get_connections" ["get_iscsi_connections"] (false, true) => iscsi::get_connections,
+    "nvmf_set_config" ["set_nvmf_target_config"] BOTH => nvmf::set_config,
+    "nvmf_set_max_subsystems" [] BOTH => nvmf::set_max_subsystems,
+    "set_nvmf_target_options" [] BOTH => nvmf::set_target_options,
+    "nvmf_create_transport" [] BOTH => nvmf::create_transport,
+    "nvmf_get_transports" [] (false, true) => nvmf::get_transports,
+    "nvmf_create_subsystem" [] (false, true) => nvmf::create_subsystem,
+    "construct_nvmf_subsystem" [] (false, true) => nvmf::construct_subsystem,
+    "nvmf_delete_subsystem" ["delete_nvmf_subsystem"] (false, true) => nvmf::delete_subsystem,
+    "nvmf_get_subsystems" ["get_nvmf_subsystems"] (false, true) => nvmf::get_subsystems,
+    "nvmf_subsystem_add_listener" [] (false, true) => nvmf::add_listener,
+    "nvmf_subsystem_remove_listener" [] (false, true) => nvmf::remove_listener,
+    "nvmf_subsystem_add_ns" [] (false, true) => nvmf::add_ns,
+    "nvmf_subsystem_remove_ns" [] (false, true) => nvmf::remove_ns,
+    "nvmf_subsystem_add_host" [] (false, true) => nvmf::add_host,
+    "nvmf_subsystem_remove_host" [] (false, true) => nvmf::remove_host,
+    "nvmf_subsystem_allow_any_host" [] (false, true) => nvmf::allow_any_host,
+    "nvmf_subsystem_get_controllers" [] (false, true) => nvmf::get_controllers,
+    "nvmf_subsystem_get_qpairs" [] (false, true) => nvmf::get_qpairs,
+    "nvmf_subsystem_get_listeners" [] (false, true) => nvmf::get_listeners,
+    "nvmf_get_stats" [] (false, true) => nvmf::get_stats,
     "spdk_kill_instance" ["kill_instance"] BOTH => spdk_kill_instance,
     "bdevperf_run" ["perform_tests"] (false, true) => bdevperf_run,
 ];
@@ -184,6 +205,7 @@ fn framework_get_subsystems(_: &mut Model<'_>, p: &Map<String, Value>) -> Result
     Ok(json!([
         { "subsystem": "bdev", "depends_on": [] },
         { "subsystem": "nbd", "depends_on": ["bdev"] },
+        { "subsystem": "nvmf", "depends_on": ["bdev"] },
         { "subsystem": "iscsi", "depends_on": ["bdev"] },
     ]))
 }
@@ -221,11 +243,13 @@ fn framework_get_config(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Val
     match opt_name(p)? {
         Some("bdev") => Ok(Value::Array(bdev_config(m))),
         Some("nbd") => Ok(Value::Array(Vec::new())),
+        Some("nvmf") => Ok(Value::Array(nvmf::config(m))),
         Some("iscsi") => Ok(Value::Array(iscsi::config(m))),
         Some(other) => Err(RpcError::params(format!("no subsystem named {other}"))),
         None => Ok(json!({ "subsystems": [
             { "subsystem": "bdev", "config": bdev_config(m) },
             { "subsystem": "nbd", "config": [] },
+            { "subsystem": "nvmf", "config": nvmf::config(m) },
             { "subsystem": "iscsi", "config": iscsi::config(m) },
         ]})),
     }

@@ -232,6 +232,7 @@ mod tests {
                 devices: None,
                 nbd: None,
                 iscsi: None,
+                nvmf: None,
                 memory_budget: 1 << 30,
                 initialized: &mut self.init,
                 shutdown: &mut self.down,

@@ -35,6 +35,7 @@ impl World {
             devices: None,
             nbd: None,
             iscsi: self.target.as_mut(),
+            nvmf: None,
             memory_budget: 1 << 30,
             initialized: &mut self.init,
             shutdown: &mut self.down,
@@ -316,8 +317,8 @@ fn saved_config_boots_back() {
         .iter()
         .map(|s| s["subsystem"].as_str().unwrap())
         .collect();
-    assert_eq!(subsystems, ["bdev", "nbd", "iscsi"]);
-    let iscsi = saved["subsystems"][2]["config"].as_array().unwrap();
+    assert_eq!(subsystems, ["bdev", "nbd", "nvmf", "iscsi"]);
+    let iscsi = saved["subsystems"][3]["config"].as_array().unwrap();
     let methods: Vec<&str> = iscsi
         .iter()
         .map(|c| c["method"].as_str().unwrap())
@@ -348,7 +349,7 @@ fn saved_config_boots_back() {
     );
     let subsystems = w.ok("framework_get_subsystems", Value::Null);
     assert_eq!(
-        subsystems[2],
+        subsystems[3],
         json!({ "subsystem": "iscsi", "depends_on": ["bdev"] })
     );
     // Replay everything into a fresh appliance, as a boot config would.
