@@ -29,6 +29,12 @@ const ISCSI_CONNECTIONS: usize = 16;
 /// host opens an admin queue and an I/O queue per CPU for each controller.
 const NVMF_CONNECTIONS: usize = 16;
 
+/// Heap the default socket pools take (NBD, iSCSI on 3260, NVMe-oF on 4420
+/// and 8009, JSON-RPC), allocated once the boot config has run.
+pub const SOCKET_MEMORY: usize = (NBD_CONNECTIONS + ISCSI_CONNECTIONS + 2 * NVMF_CONNECTIONS)
+    * (TcpTuning::STORAGE.rx_buffer + TcpTuning::STORAGE.tx_buffer)
+    + RPC_CONNECTIONS * (TcpTuning::MANAGEMENT.rx_buffer + TcpTuning::MANAGEMENT.tx_buffer);
+
 // Storage tags: bit 63 marks benchmark I/O, bits 61-62 the service, then 8
 // bits of socket slot (up to 256 connections per service), 14 of generation
 // and 39 of engine tag.

@@ -189,7 +189,9 @@ fn self_name_taken(bdevs: &Registry, controller: &str) -> bool {
 
 impl Storage {
     /// Runs boot config calls through the JSON-RPC method table.
-    fn apply(&mut self, calls: Vec<(String, MethodCall)>, initialized: bool) {
+    /// `held`: heap the caller knows will be taken soon (RAM bdevs may not
+    /// use it).
+    fn apply(&mut self, calls: Vec<(String, MethodCall)>, initialized: bool, held: u64) {
         let (mut initialized, mut shutdown) = (initialized, false);
         for (subsystem, call) in calls {
             let heap = mem::heap_stats();
@@ -199,7 +201,7 @@ impl Storage {
                 nbd: None,
                 iscsi: Some(&mut self.iscsi),
                 nvmf: Some(&mut self.nvmf),
-                memory_budget: heap.ram_bdev_budget(),
+                memory_budget: heap.ram_bdev_budget().saturating_sub(held),
                 initialized: &mut initialized,
                 shutdown: &mut shutdown,
                 bench: None,
@@ -215,7 +217,7 @@ impl Storage {
     pub fn finish_init(&mut self) {
         let calls = core::mem::take(&mut self.pending);
         log::info!("framework_start_init: {} boot config calls", calls.len());
-        self.apply(calls, true);
+        self.apply(calls, true, 0);
     }
 
     /// Polls every device once; completions land in `out`.
@@ -330,7 +332,9 @@ pub fn init(devices: &[Function], config: Option<&BootConfig>, wait_for_init: bo
             .partition(|(_, c)| {
                 !wait_for_init || ironbay_rpc::methods::lookup(&c.method).is_some_and(|m| m.startup)
             });
-        s.apply(now, !wait_for_init);
+        // The target services allocate their socket buffers after the boot
+        // config has run: keep RAM bdevs out of that memory.
+        s.apply(now, !wait_for_init, crate::services::SOCKET_MEMORY as u64);
         s.pending = later;
     }
     log::info!("{} block devices:", s.bdevs.ids().count());

@@ -4,6 +4,8 @@
 # and reads with SQ flow control off (C2HData SUCCESS).
 # e2fsprogs by full path: busybox's mke2fs applet comes first on PATH.
 set -e
+# On failure, what the host driver said.
+trap 'rc=$?; [ $rc -eq 0 ] || dmesg | grep -i nvme | tail -40; exit $rc' EXIT
 A=10.55.0.10
 NQN=nqn.2016-06.io.spdk:cnode1
 OPEN=nqn.2016-06.io.spdk:open

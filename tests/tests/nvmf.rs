@@ -561,6 +561,8 @@ fn linux_nvme_tcp_discover_connect_ext4_digests_and_hot_add() {
         append: "mgmt.ip=10.0.2.15/24 mgmt.gw=10.0.2.2 data.ip=10.55.0.10/24".into(),
         config: Some(cfg),
     });
+    // 184 MiB of RAM bdevs on top of the socket pools and the I/O reserve.
+    m.memory_mib = 1024;
     m.data_tap = Some(ns.add_tap().unwrap());
     m.forwards = vec![(Nic::Mgmt, rpc, 5260)];
     let mut appliance = Running::spawn(ns.wrap(&m.command())).expect("start qemu");
