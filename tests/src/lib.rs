@@ -29,6 +29,34 @@ pub const EXIT_FAILURE: i32 = 35;
 /// The line the kernel prints once it serves.
 pub const READY: &str = "ironbay ready:";
 
+/// A fresh, empty `target/test-scratch/NAME`.
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    let d = images::target_dir().join("test-scratch").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A boot config call creating a `mib` MiB RAM bdev of 512-byte blocks.
+pub fn malloc(name: &str, mib: u64) -> String {
+    format!(
+        r#"{{"method":"bdev_malloc_create","params":{{"name":"{name}","num_blocks":{},"block_size":512}}}}"#,
+        mib * 2048
+    )
+}
+
+/// Writes `target/test-scratch/NAME/config.json` with one entry per
+/// (subsystem, comma-separated JSON calls) and returns its path.
+pub fn boot_config(name: &str, subsystems: &[(&str, &str)]) -> std::path::PathBuf {
+    let list: Vec<String> = subsystems
+        .iter()
+        .map(|(s, calls)| format!(r#"{{"subsystem":"{s}","config":[{calls}]}}"#))
+        .collect();
+    let cfg = scratch(name).join("config.json");
+    std::fs::write(&cfg, format!(r#"{{"subsystems":[{}]}}"#, list.join(","))).unwrap();
+    cfg
+}
+
 /// Runs SPDK's `spdk-rpc` CLI (pip package `spdk`) against the JSON-RPC
 /// port forwarded to `port`; the combined output, `Err` on failure.
 pub fn spdk_rpc(port: u16, args: &[&str]) -> Result<String, String> {

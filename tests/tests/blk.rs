@@ -3,10 +3,10 @@
 //! byte-exact in the backing files. Run by `cargo xtask test`.
 
 use ironbay_bdev::pattern::{self, Fill};
-use ironbay_tests::images::{kernel, require, target_dir};
+use ironbay_tests::images::{kernel, require};
 use ironbay_tests::machine::{Boot, Disk, Machine};
 use ironbay_tests::serial::Running;
-use ironbay_tests::{EXIT_SUCCESS, READY};
+use ironbay_tests::{EXIT_SUCCESS, READY, scratch};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,13 +18,6 @@ struct Backing {
     file: PathBuf,
     bytes: u64,
     block_size: u32,
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = target_dir().join("test-scratch").join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn fresh(path: &PathBuf, bytes: u64) {

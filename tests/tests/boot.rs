@@ -5,20 +5,11 @@
 use ironbay_tests::images::{kernel, kernel_pvh, require};
 use ironbay_tests::machine::{Boot, Disk, Machine, sparse_disk};
 use ironbay_tests::serial::Running;
-use ironbay_tests::{EXIT_FAILURE, EXIT_SUCCESS, READY, pxe};
+use ironbay_tests::{EXIT_FAILURE, EXIT_SUCCESS, READY, pxe, scratch};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn scratch(name: &str) -> PathBuf {
-    let d = ironbay_tests::images::target_dir()
-        .join("test-scratch")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn kernel_boot(image: PathBuf, append: &str, config: Option<PathBuf>) -> Machine {
     Machine::new(Boot::Kernel {

@@ -3,12 +3,12 @@
 //! management, and Linux open-iscsi in the rig's guest. Run by
 //! `cargo xtask test`.
 
-use ironbay_tests::READY;
 use ironbay_tests::images::{kernel, require, target_dir};
 use ironbay_tests::libiscsi;
 use ironbay_tests::machine::{Boot, Machine, Nic, free_port};
 use ironbay_tests::rig::{guest, netns::Netns, vm};
 use ironbay_tests::serial::Running;
+use ironbay_tests::{READY, boot_config, malloc, scratch};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -23,30 +23,6 @@ struct Appliance {
     rpc: u16,
     /// Forwarded to data port 3261, for a second portal.
     iscsi_alt: u16,
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = target_dir().join("test-scratch").join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A boot config: `bdev` and `iscsi` subsystem calls (JSON objects).
-fn config(name: &str, bdev: &str, iscsi: &str) -> PathBuf {
-    let cfg = scratch(name).join("config.json");
-    let json = format!(
-        r#"{{"subsystems":[{{"subsystem":"bdev","config":[{bdev}]}},{{"subsystem":"iscsi","config":[{iscsi}]}}]}}"#
-    );
-    std::fs::write(&cfg, json).unwrap();
-    cfg
-}
-
-fn malloc(name: &str, mib: u64) -> String {
-    format!(
-        r#"{{"method":"bdev_malloc_create","params":{{"name":"{name}","num_blocks":{},"block_size":512}}}}"#,
-        mib * 2048
-    )
 }
 
 const PORTAL_ANY: &str = r#"{"method":"iscsi_create_portal_group","params":{"tag":1,"portals":[{"host":"0.0.0.0","port":"3260"}]}},
@@ -149,7 +125,10 @@ fn libiscsi_tools_discover_inquire_and_read_capacity() {
         &node("disk1", r#"{"bdev_name":"Malloc1","lun_id":0}"#, ""),
     ]
     .join(",");
-    let a = boot(config("iscsi-tools", &bdevs, &iscsi));
+    let a = boot(boot_config(
+        "iscsi-tools",
+        &[("bdev", &bdevs), ("iscsi", &iscsi)],
+    ));
     let portal = format!("iscsi://127.0.0.1:{}", a.iscsi);
     let list = a.run(&mut cmd("iscsi-ls", &[&portal]));
     for t in ["disk0", "disk1"] {
@@ -268,7 +247,10 @@ fn iscsi_test_cu_families_pass_with_dataloss() {
         &node("mpath", r#"{"bdev_name":"Malloc2","lun_id":0}"#, ""),
     ]
     .join(",");
-    let a = boot(config("iscsi-test-cu", &bdevs, &iscsi));
+    let a = boot(boot_config(
+        "iscsi-test-cu",
+        &[("bdev", &bdevs), ("iscsi", &iscsi)],
+    ));
     let mut table = Vec::new();
     let mut failures = String::new();
     let runs = FAMILIES
@@ -321,7 +303,10 @@ fn chap_and_initiator_groups_are_enforced() {
         r#"{"method":"iscsi_create_target_node","params":{"name":"private","alias_name":"private","luns":[{"bdev_name":"Malloc0","lun_id":0}],"pg_ig_maps":[{"pg_tag":1,"ig_tag":2}],"queue_depth":8}}"#,
     ]
     .join(",");
-    let a = boot(config("iscsi-chap", &bdevs, &iscsi));
+    let a = boot(boot_config(
+        "iscsi-chap",
+        &[("bdev", &bdevs), ("iscsi", &iscsi)],
+    ));
     let port = a.iscsi;
     let with =
         |user: &str, target: &str| format!("iscsi://{user}127.0.0.1:{port}/{IQN}:{target}/0");
@@ -377,7 +362,7 @@ fn chap_and_initiator_groups_are_enforced() {
 #[ignore = "boots QEMU; run through cargo xtask test"]
 fn spdk_client_builds_a_target_and_lists_connections() {
     let bdevs = [malloc("Malloc0", 16), malloc("Malloc1", 8)].join(",");
-    let a = boot(config("iscsi-rpc", &bdevs, ""));
+    let a = boot(boot_config("iscsi-rpc", &[("bdev", &bdevs), ("iscsi", "")]));
     a.spdk(&["iscsi_create_portal_group", "1", "0.0.0.0:3260"]);
     a.spdk(&["iscsi_create_initiator_group", "2", "ANY", "ANY"]);
     a.spdk(&[
@@ -469,7 +454,7 @@ fn linux_open_iscsi_with_mutual_chap_ext4_and_digests() {
         r#"{"method":"iscsi_set_discovery_auth","params":{"require_chap":true,"chap_group":1}}"#,
     ]
     .join(",");
-    let cfg = config("iscsi-rig", &bdevs, &iscsi);
+    let cfg = boot_config("iscsi-rig", &[("bdev", &bdevs), ("iscsi", &iscsi)]);
     let mut ns = Netns::create("iscsirig").unwrap_or_else(|e| panic!("{e}"));
     let mut m = Machine::new(Boot::Kernel {
         image: require(&kernel()),

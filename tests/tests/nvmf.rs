@@ -2,12 +2,12 @@
 //! the rig's guest, SPDK's Python client for management, and a raw PDU host
 //! for what no well-behaved host sends. Run by `cargo xtask test`.
 
-use ironbay_tests::READY;
 use ironbay_tests::images::{kernel, require, target_dir};
 use ironbay_tests::machine::{Boot, Machine, Nic, free_port};
 use ironbay_tests::nvmf::{self, Host};
 use ironbay_tests::rig::{guest, netns::Netns, vm};
 use ironbay_tests::serial::Running;
+use ironbay_tests::{READY, boot_config, malloc};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -25,30 +25,6 @@ struct Appliance {
     nvme: u16,
     discovery: u16,
     rpc: u16,
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = target_dir().join("test-scratch").join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A boot config: `bdev` and `nvmf` subsystem calls (JSON objects).
-fn config(name: &str, bdev: &str, nvmf: &str) -> PathBuf {
-    let cfg = scratch(name).join("config.json");
-    let json = format!(
-        r#"{{"subsystems":[{{"subsystem":"bdev","config":[{bdev}]}},{{"subsystem":"nvmf","config":[{nvmf}]}}]}}"#
-    );
-    std::fs::write(&cfg, json).unwrap();
-    cfg
-}
-
-fn malloc(name: &str, mib: u64) -> String {
-    format!(
-        r#"{{"method":"bdev_malloc_create","params":{{"name":"{name}","num_blocks":{},"block_size":512}}}}"#,
-        mib * 2048
-    )
 }
 
 const TRANSPORT: &str = r#"{"method":"nvmf_create_transport","params":{"trtype":"TCP"}}"#;
@@ -166,7 +142,10 @@ fn discovery_log(port: u16, hostnqn: &str) -> Result<Vec<String>, String> {
 fn bad_pdus_get_termination_requests_and_others_keep_being_served() {
     let bdevs = malloc("Malloc0", 16);
     let nvmf = [TRANSPORT.to_string(), subsystem(CNODE1, &["Malloc0"], &[])].join(",");
-    let a = boot(config("nvmf-raw", &bdevs, &nvmf));
+    let a = boot(boot_config(
+        "nvmf-raw",
+        &[("bdev", &bdevs), ("nvmf", &nvmf)],
+    ));
 
     // A well-behaved host: admin queue, then an I/O queue with digests.
     let (mut admin, cntlid) = a.ok(Host::admin_queue(a.nvme, CNODE1, HOST_A), "admin queue");
@@ -343,12 +322,7 @@ fn spdk_client_manages_subsystems_and_host_lists() {
         malloc("Malloc2", 8),
     ]
     .join(",");
-    let cfg = scratch("nvmf-spdk").join("config.json");
-    std::fs::write(
-        &cfg,
-        format!(r#"{{"subsystems":[{{"subsystem":"bdev","config":[{bdevs}]}}]}}"#),
-    )
-    .unwrap();
+    let cfg = boot_config("nvmf-spdk", &[("bdev", &bdevs)]);
     let a = boot(cfg);
     a.spdk(&[
         "nvmf_create_transport",
@@ -553,7 +527,7 @@ fn linux_nvme_tcp_discover_connect_ext4_digests_and_hot_add() {
         subsystem("nqn.2016-06.io.spdk:open", &["Malloc3"], &[]),
     ]
     .join(",");
-    let cfg = config("nvmf-rig", &bdevs, &nvmf);
+    let cfg = boot_config("nvmf-rig", &[("bdev", &bdevs), ("nvmf", &nvmf)]);
     let mut ns = Netns::create("nvmfrig").unwrap_or_else(|e| panic!("{e}"));
     let rpc = free_port();
     let mut m = Machine::new(Boot::Kernel {

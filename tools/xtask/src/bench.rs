@@ -227,3 +227,53 @@ pub fn spawn_server(cmd: &mut std::process::Command, port: u16) -> Result<Server
     }
     Err(format!("{cmd:?} did not listen"))
 }
+
+/// The appliance as a target VM on the namespace's bridge at `ip`, the
+/// size of the rig's peer guest (so the two compare), with `disk` as its
+/// virtio-blk disk and `config` as its boot config; returns once it serves.
+pub fn appliance_vm(
+    ns: &mut ironbay_tests::rig::netns::Netns,
+    kernel: &std::path::Path,
+    config: std::path::PathBuf,
+    ip: &str,
+    disk: &std::path::Path,
+) -> Result<Running, String> {
+    let mut m = Machine::new(Boot::Kernel {
+        image: kernel.to_path_buf(),
+        append: format!("data.ip={ip}/24"),
+        config: Some(config),
+    });
+    let peer = peer_guest(ip, Vec::new());
+    m.memory_mib = peer.memory_mib;
+    m.cpus = peer.cpus;
+    m.disks = vec![Disk::virtio(disk.to_path_buf())];
+    m.data_tap = Some(ns.add_tap()?);
+    let mut vm = Running::spawn(ns.wrap(&m.command())).map_err(|e| e.to_string())?;
+    vm.wait_for(READY, Duration::from_secs(120))?;
+    Ok(vm)
+}
+
+/// The rig's peer target guest (Linux nvmet-tcp on vda, LIO on vdb, null
+/// devices) at `ip`.
+pub fn peer_guest(ip: &str, disks: Vec<std::path::PathBuf>) -> ironbay_tests::rig::vm::GuestVm {
+    let script = crate::workspace_root().join("tests/scripts/peer-targets.sh");
+    let mut peer = ironbay_tests::rig::vm::GuestVm::new(&script);
+    peer.ip = Some(format!("{ip}/24"));
+    peer.mac = "52:54:00:1b:10:03".into();
+    peer.disks = disks;
+    peer
+}
+
+/// Starts the peer guest on the namespace's bridge; returns once it serves.
+pub fn peer_vm(
+    ns: &mut ironbay_tests::rig::netns::Netns,
+    guest: &ironbay_tests::rig::guest::GuestImage,
+    ip: &str,
+    disks: Vec<std::path::PathBuf>,
+) -> Result<Running, String> {
+    let mut peer = peer_guest(ip, disks);
+    peer.tap = Some(ns.add_tap()?);
+    let mut vm = peer.start(guest, Some(ns))?;
+    vm.wait_for("PEER-READY", Duration::from_secs(300))?;
+    Ok(vm)
+}

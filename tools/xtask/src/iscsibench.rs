@@ -12,8 +12,7 @@
 
 use crate::bench::{Server, spawn_server as spawn};
 use crate::{build, build_hosted};
-use ironbay_tests::READY;
-use ironbay_tests::machine::{Boot, Disk, Machine, free_port};
+use ironbay_tests::machine::free_port;
 use ironbay_tests::rig::fio::median;
 use ironbay_tests::rig::netns::Netns;
 use ironbay_tests::rig::vm::{self, GuestVm};
@@ -264,19 +263,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let mut ns = Netns::create("iscsibench")?;
     let cfg = dir.join("iscsi-appliance.json");
     appliance_config(&cfg)?;
-    let mut m = Machine::new(Boot::Kernel {
-        image: images.kernel.clone(),
-        append: format!("data.ip={APPLIANCE}/24"),
-        config: Some(cfg),
-    });
-    let peer_script = crate::workspace_root().join("tests/scripts/peer-targets.sh");
-    let mut peer = GuestVm::new(&peer_script);
-    m.memory_mib = peer.memory_mib;
-    m.cpus = peer.cpus;
-    m.disks = vec![Disk::virtio(file.clone())];
-    m.data_tap = Some(ns.add_tap()?);
-    let mut appliance = Running::spawn(ns.wrap(&m.command())).map_err(|e| e.to_string())?;
-    appliance.wait_for(READY, Duration::from_secs(120))?;
+    let appliance = crate::bench::appliance_vm(&mut ns, &images.kernel, cfg, APPLIANCE, &file)?;
     let ours_vm = measure_vms(
         &mut ns,
         &guest,
@@ -292,12 +279,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
 
     let spare = dir.join("iscsi-peer-vda.img");
     crate::bench::filled_disk(&spare, 64 << 20)?;
-    peer.ip = Some(format!("{LIO}/24"));
-    peer.mac = "52:54:00:1b:10:03".into();
-    peer.tap = Some(ns.add_tap()?);
-    peer.disks = vec![spare, file.clone()];
-    let mut peer_vm = peer.start(&guest, Some(&ns))?;
-    peer_vm.wait_for("PEER-READY", Duration::from_secs(300))?;
+    let peer_vm = crate::bench::peer_vm(&mut ns, &guest, LIO, vec![spare, file.clone()])?;
     let lio_vm = measure_vms(
         &mut ns,
         &guest,

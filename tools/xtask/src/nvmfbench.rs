@@ -7,8 +7,6 @@
 //! Every figure is the median of the runs; ratios are ironbay / nvmet.
 
 use crate::build;
-use ironbay_tests::READY;
-use ironbay_tests::machine::{Boot, Disk, Machine};
 use ironbay_tests::rig::guest::GuestImage;
 use ironbay_tests::rig::netns::Netns;
 use ironbay_tests::rig::vm::{self, GuestVm};
@@ -124,19 +122,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
 
     let cfg = dir.join("nvmf-appliance.json");
     appliance_config(&cfg)?;
-    let mut m = Machine::new(Boot::Kernel {
-        image: images.kernel.clone(),
-        append: format!("data.ip={APPLIANCE}/24"),
-        config: Some(cfg),
-    });
-    let peer_script = crate::workspace_root().join("tests/scripts/peer-targets.sh");
-    let mut peer = GuestVm::new(&peer_script);
-    m.memory_mib = peer.memory_mib;
-    m.cpus = peer.cpus;
-    m.disks = vec![Disk::virtio(file.clone())];
-    m.data_tap = Some(ns.add_tap()?);
-    let mut appliance = Running::spawn(ns.wrap(&m.command())).map_err(|e| e.to_string())?;
-    appliance.wait_for(READY, Duration::from_secs(120))?;
+    let appliance = crate::bench::appliance_vm(&mut ns, &images.kernel, cfg, APPLIANCE, &file)?;
     let ours = measure(
         &mut ns,
         &guest,
@@ -153,12 +139,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     // The peer script exports vda over nvmet (and vdb over LIO, unused here).
     let spare = dir.join("nvmf-peer-vdb.img");
     crate::bench::filled_disk(&spare, 64 << 20)?;
-    peer.ip = Some(format!("{NVMET}/24"));
-    peer.mac = "52:54:00:1b:10:03".into();
-    peer.tap = Some(ns.add_tap()?);
-    peer.disks = vec![file.clone(), spare];
-    let mut peer_vm = peer.start(&guest, Some(&ns))?;
-    peer_vm.wait_for("PEER-READY", Duration::from_secs(300))?;
+    let peer_vm = crate::bench::peer_vm(&mut ns, &guest, NVMET, vec![file.clone(), spare])?;
     let theirs = measure(
         &mut ns,
         &guest,

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 
 mod iscsi;
 mod nvmf;
+mod params;
 
 /// JSON-RPC error codes as SPDK uses them.
 pub mod code {

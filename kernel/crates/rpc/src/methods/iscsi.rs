@@ -10,9 +10,9 @@ use ironbay_model::iscsi::ConnInfo;
 use ironbay_model::iscsi::config::{
     ChapPolicy, Config, LunSpec, NodeSpec, Options, PgIgMap, Portal, Secret, TargetNode,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-type Params = Map<String, Value>;
+use super::params::{Params, objects, opt_bool, opt_u32, port, required, strings};
 
 /// A required tag: SPDK's positive int32.
 fn tag_param(p: &Params, key: &str) -> Result<u32, RpcError> {
@@ -21,61 +21,6 @@ fn tag_param(p: &Params, key: &str) -> Result<u32, RpcError> {
         .filter(|t| (1..=i32::MAX as u64).contains(t))
         .map(|t| t as u32)
         .ok_or_else(|| RpcError::params(format!("`{key}` must be a positive integer")))
-}
-
-fn opt_bool(p: &Params, key: &str) -> Result<Option<bool>, RpcError> {
-    match p.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(RpcError::params(format!("`{key}` must be a boolean"))),
-    }
-}
-
-fn opt_u32(p: &Params, key: &str) -> Result<Option<u32>, RpcError> {
-    match p.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .map(Some)
-            .ok_or_else(|| RpcError::params(format!("`{key}` must be a non-negative integer"))),
-    }
-}
-
-/// A list of strings; absent is empty.
-fn strings(p: &Params, key: &str) -> Result<Vec<String>, RpcError> {
-    match p.get(key) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(String::from)
-                    .ok_or_else(|| RpcError::params(format!("`{key}` must hold strings")))
-            })
-            .collect(),
-        Some(_) => Err(RpcError::params(format!("`{key}` must be a list"))),
-    }
-}
-
-/// A list of objects; absent is empty.
-fn objects<'p>(p: &'p Params, key: &str) -> Result<Vec<&'p Params>, RpcError> {
-    match p.get(key) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| {
-                v.as_object()
-                    .ok_or_else(|| RpcError::params(format!("`{key}` must hold objects")))
-            })
-            .collect(),
-        Some(_) => Err(RpcError::params(format!("`{key}` must be a list"))),
-    }
-}
-
-fn required<'p>(p: &'p Params, key: &str) -> Result<&'p Value, RpcError> {
-    p.get(key)
-        .ok_or_else(|| RpcError::params(format!("missing `{key}`")))
 }
 
 fn pg_ig_maps(p: &Params) -> Result<Vec<PgIgMap>, RpcError> {
@@ -383,20 +328,6 @@ pub(super) fn get_auth_groups(m: &mut Model<'_>, p: &Params) -> Result<Value, Rp
     ))
 }
 
-/// SPDK sends the port as a string; a number is taken too.
-fn port(v: &Value) -> Result<u16, RpcError> {
-    let n = match v {
-        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse::<u64>().ok()
-        }
-        Value::Number(n) => n.as_u64(),
-        _ => None,
-    };
-    n.filter(|n| (1..=65535).contains(n))
-        .map(|n| n as u16)
-        .ok_or_else(|| RpcError::params("portal `port` must be a port number, 1-65535"))
-}
-
 /// `wait` (listen only once started) is taken but has no effect: portals
 /// are served as soon as they exist.
 pub(super) fn create_portal_group(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
@@ -410,7 +341,7 @@ pub(super) fn create_portal_group(m: &mut Model<'_>, p: &Params) -> Result<Value
             only(o, &["host", "port", "cpumask"])?;
             Ok(Portal {
                 host: str_param(o, "host")?.into(),
-                port: port(required(o, "port")?)?,
+                port: port(required(o, "port")?, "portal `port`")?,
             })
         })
         .collect::<Result<Vec<_>, RpcError>>()?;

@@ -12,9 +12,11 @@ use ironbay_model::nvmf::config::{
     Adrfam, Config, ConfigError, Listener, Namespace, Subsystem, TransportOptions, Trtype,
 };
 use ironbay_model::nvmf::spec::DISCOVERY_NQN;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-type Params = Map<String, Value>;
+use super::params::{
+    Params, object, objects, opt_bool, opt_u16, opt_u32, opt_u64, port, required, strings,
+};
 
 impl From<ConfigError> for RpcError {
     fn from(e: ConfigError) -> Self {
@@ -24,86 +26,6 @@ impl From<ConfigError> for RpcError {
 
 /// The one poll group the engine reports (SPDK's name for the first).
 const POLL_GROUP: &str = "nvmf_tgt_poll_group_000";
-
-fn required<'p>(p: &'p Params, key: &str) -> Result<&'p Value, RpcError> {
-    match p.get(key) {
-        None | Some(Value::Null) => Err(RpcError::params(format!("missing `{key}`"))),
-        Some(v) => Ok(v),
-    }
-}
-
-fn opt_bool(p: &Params, key: &str) -> Result<Option<bool>, RpcError> {
-    match p.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(RpcError::params(format!("`{key}` must be a boolean"))),
-    }
-}
-
-fn opt_u64(p: &Params, key: &str) -> Result<Option<u64>, RpcError> {
-    match p.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| RpcError::params(format!("`{key}` must be a non-negative integer"))),
-    }
-}
-
-/// An integer that must fit `max`; the range check proper is the model's.
-fn opt_num(p: &Params, key: &str, max: u64) -> Result<Option<u64>, RpcError> {
-    match opt_u64(p, key)? {
-        Some(v) if v > max => Err(RpcError::params(format!(
-            "`{key}` {v} must be at most {max}"
-        ))),
-        v => Ok(v),
-    }
-}
-
-fn opt_u32(p: &Params, key: &str) -> Result<Option<u32>, RpcError> {
-    Ok(opt_num(p, key, u32::MAX as u64)?.map(|v| v as u32))
-}
-
-fn opt_u16(p: &Params, key: &str) -> Result<Option<u16>, RpcError> {
-    Ok(opt_num(p, key, u16::MAX as u64)?.map(|v| v as u16))
-}
-
-fn object<'p>(p: &'p Params, key: &str) -> Result<&'p Params, RpcError> {
-    required(p, key)?
-        .as_object()
-        .ok_or_else(|| RpcError::params(format!("`{key}` must be an object")))
-}
-
-/// A list of objects; absent is empty.
-fn objects<'p>(p: &'p Params, key: &str) -> Result<Vec<&'p Params>, RpcError> {
-    match p.get(key) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| {
-                v.as_object()
-                    .ok_or_else(|| RpcError::params(format!("`{key}` must hold objects")))
-            })
-            .collect(),
-        Some(_) => Err(RpcError::params(format!("`{key}` must be a list"))),
-    }
-}
-
-/// A list of strings; absent is empty.
-fn strings(p: &Params, key: &str) -> Result<Vec<String>, RpcError> {
-    match p.get(key) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(String::from)
-                    .ok_or_else(|| RpcError::params(format!("`{key}` must hold strings")))
-            })
-            .collect(),
-        Some(_) => Err(RpcError::params(format!("`{key}` must be a list"))),
-    }
-}
 
 /// Keys the client sends at their defaults for features we do not have:
 /// taken when off, refused when on.
@@ -150,20 +72,6 @@ fn known_nqn<'p>(m: &Model<'_>, p: &'p Params) -> Result<&'p str, RpcError> {
     Ok(nqn)
 }
 
-/// SPDK sends the port as a string; a number is taken too.
-fn port(v: &Value) -> Result<u16, RpcError> {
-    let n = match v {
-        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse::<u64>().ok()
-        }
-        Value::Number(n) => n.as_u64(),
-        _ => None,
-    };
-    n.filter(|n| (1..=65535).contains(n))
-        .map(|n| n as u16)
-        .ok_or_else(|| RpcError::params("`trsvcid` must be a port number, 1-65535"))
-}
-
 /// A `listen_address` object: TCP only; `adrfam` defaults to the
 /// address's family.
 fn listen_address(a: &Params) -> Result<Listener, RpcError> {
@@ -178,7 +86,7 @@ fn listen_address(a: &Params) -> Result<Listener, RpcError> {
     Ok(Listener::new(
         adrfam,
         traddr,
-        port(required(a, "trsvcid")?)?,
+        port(required(a, "trsvcid")?, "`trsvcid`")?,
     )?)
 }
 
