@@ -62,7 +62,8 @@ pub struct TransportOptions {
     /// Whether header / data digests are granted when a host asks.
     pub header_digest: bool,
     pub data_digest: bool,
-    /// Seconds a command may wait for its data before the queue is failed.
+    /// Seconds a command may wait for its data before the queue is failed
+    /// (at least 10, whatever is set).
     pub abort_timeout_sec: u32,
 }
 

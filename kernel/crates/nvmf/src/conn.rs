@@ -62,6 +62,8 @@ const TTAG_SLOT_MASK: u16 = (1 << TTAG_SLOT_BITS) - 1;
 /// R2Ts outstanding per command, whatever the host allows.
 const MAX_R2T_PER_CMD: usize = 8;
 const _: () = assert!(MAX_CMDS <= 1 << TTAG_SLOT_BITS);
+/// Shortest wait for solicited data before the queue is failed, seconds.
+const MIN_DATA_WAIT_SEC: u32 = 10;
 /// Generic status 22h: the host retries the command.
 pub(crate) const TRANSIENT_TRANSPORT_ERROR: Status = Status::generic(0x22);
 
@@ -135,7 +137,6 @@ pub(crate) enum Stage {
 pub(crate) struct Cmd {
     pub sqe: Sqe,
     pub generation: u8,
-    pub sqhd: u16,
     pub stage: Stage,
     /// Host-to-controller data: buffers of `chunk` bytes (the last may be
     /// shorter), `want` bytes in all, `got` arrived.
@@ -169,11 +170,10 @@ pub(crate) struct Cmd {
 }
 
 impl Cmd {
-    fn new(sqe: Sqe, generation: u8, sqhd: u16, now: u64) -> Cmd {
+    fn new(sqe: Sqe, generation: u8, now: u64) -> Cmd {
         Cmd {
             sqe,
             generation,
-            sqhd,
             stage: Stage::Running,
             data: Vec::new(),
             chunk: 0,
@@ -276,8 +276,8 @@ pub struct Connection {
     /// Commands waiting for room in [`MAX_DATA_OUT`], as (slot,
     /// generation), oldest first.
     grant_queue: VecDeque<(u16, u8)>,
-    /// Asynchronous Event Requests parked: (CID, SQ head).
-    aers: VecDeque<(u16, u16)>,
+    /// Asynchronous Event Requests parked, by CID.
+    aers: VecDeque<u16>,
     pub(crate) now: u64,
     started: u64,
     next_tick: u64,
@@ -302,7 +302,7 @@ impl Connection {
             align: 4,
             maxh2cdata: 4096,
             max_r2t: 1,
-            abort_timeout_ms: 1000,
+            abort_timeout_ms: MIN_DATA_WAIT_SEC as u64 * 1000,
             queue: None,
             released: false,
             sq_head: 0,
@@ -601,7 +601,10 @@ impl Connection {
         // Hosts refuse a MAXH2CDATA below 4 KiB or not a multiple of 4.
         self.maxh2cdata = o.io_unit_size.max(4096) & !3;
         self.max_r2t = (req.maxr2t as usize).saturating_add(1).min(MAX_R2T_PER_CMD);
-        self.abort_timeout_ms = (o.abort_timeout_sec.max(1) as u64).saturating_mul(1000);
+        // A floor well above a busy host's scheduling delay: the wait starts
+        // when the R2T is queued, not when the host reads it.
+        self.abort_timeout_ms =
+            (o.abort_timeout_sec.max(MIN_DATA_WAIT_SEC) as u64).saturating_mul(1000);
         let dgst = self.hd as u8 | (self.dd as u8) << 1;
         self.send(pdu::ic_resp(0, dgst, self.maxh2cdata));
         self.phase = Phase::Connect;
@@ -637,6 +640,12 @@ impl Connection {
     fn fetch_sq_head(&mut self) -> u16 {
         let n = self.sqsize();
         self.sq_head = (self.sq_head.wrapping_add(1)) % n;
+        self.current_sq_head()
+    }
+
+    /// SQHD for a completion posted now: the head as it is now, not when
+    /// the command was fetched, so it never moves back for the host.
+    fn current_sq_head(&self) -> u16 {
         match self.queue {
             Some(q) if q.sq_flow_disabled => 0xffff,
             _ => self.sq_head,
@@ -680,7 +689,7 @@ impl Connection {
             return self.respond(cid, sqhd, Status::CID_CONFLICT, 0, 0);
         }
         let generation = self.next_generation();
-        let mut cmd = Box::new(Cmd::new(sqe, generation, sqhd, self.now));
+        let mut cmd = Box::new(Cmd::new(sqe, generation, self.now));
         if !digest_ok {
             cmd.failed = Some(TRANSIENT_TRANSPORT_ERROR);
         }
@@ -698,7 +707,7 @@ impl Connection {
     }
 
     fn cid_busy(&self, cid: u16) -> bool {
-        self.aers.iter().any(|a| a.0 == cid)
+        self.aers.iter().any(|&a| a == cid)
             || self
                 .slots
                 .iter()
@@ -984,13 +993,6 @@ impl Connection {
                 self.phase = Phase::Ready;
                 // The Connect itself was the first entry fetched.
                 self.sq_head = 1 % q.sqsize.max(1);
-                if let Some(c) = self.cmd_mut(i) {
-                    c.sqhd = if q.sq_flow_disabled {
-                        0xffff
-                    } else {
-                        1 % q.sqsize.max(1)
-                    };
-                }
                 self.complete(i, Status::SUCCESS, dw0, 0);
                 self.kato_deadline = ctrl::keep_alive_deadline(target, q.cntlid);
             }
@@ -1013,7 +1015,6 @@ impl Connection {
             return Ok(());
         };
         let sqe = cmd.sqe;
-        let sqhd = cmd.sqhd;
         let data = cmd.host_data().to_vec();
         match ctrl::admin(target, bdevs, q, &sqe, &data, self.local, self.now) {
             Outcome::Done {
@@ -1033,7 +1034,7 @@ impl Connection {
                 self.complete(i, status, dw0, dw1);
             }
             Outcome::Parked => {
-                self.aers.push_back((sqe.cid(), sqhd));
+                self.aers.push_back(sqe.cid());
                 self.release_slot(i);
             }
         }
@@ -1129,7 +1130,8 @@ impl Connection {
         let Some(c) = self.cmd_mut(i) else {
             return;
         };
-        let (cid, sqhd) = (c.sqe.cid(), c.sqhd);
+        let cid = c.sqe.cid();
+        let sqhd = self.current_sq_head();
         self.respond(cid, sqhd, status, dw0, dw1);
         self.release_slot(i);
     }
@@ -1273,11 +1275,12 @@ impl Connection {
             self.abort_all();
             return self.fail("controller failed or was reset");
         }
-        while let Some(&(cid, sqhd)) = self.aers.front() {
+        while let Some(&cid) = self.aers.front() {
             let Some(dw0) = ctrl::take_event(target, q.cntlid) else {
                 break;
             };
             self.aers.pop_front();
+            let sqhd = self.current_sq_head();
             self.respond(cid, sqhd, Status::SUCCESS, dw0, 0);
         }
     }

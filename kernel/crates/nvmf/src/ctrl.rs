@@ -108,6 +108,10 @@ pub const CHANGED_NS_MAX: usize = 1024;
 pub const MAX_CONTROLLERS: usize = 1024;
 /// CAP.TO, in 500 ms units: how long a host waits for CSTS.RDY.
 const CAP_TIMEOUT: u64 = 30;
+/// Keep-alive timeout (ms) of a discovery controller connected with KATO 0:
+/// otherwise a stale discovery session (host gone without a FIN) would
+/// hold its controller, and one of [`MAX_CONTROLLERS`], forever.
+pub const DISCOVERY_KATO_MS: u32 = 120_000;
 
 // Controller Configuration and Status bits.
 const CC_EN: u32 = 1;
@@ -396,6 +400,11 @@ pub fn connect(
     let subnqn = nqn_at(data, 256).ok_or_else(|| invalid_param(true, IPO_DATA_SUBNQN))?;
     let hostnqn = nqn_at(data, 512).ok_or_else(|| invalid_param(true, IPO_DATA_HOSTNQN))?;
     let discovery = Config::is_discovery(subnqn);
+    let kato = if discovery && kato == 0 {
+        DISCOVERY_KATO_MS
+    } else {
+        kato
+    };
     if !discovery {
         let Some(s) = target.config.subsystem(subnqn) else {
             return Err(invalid_param(true, IPO_DATA_SUBNQN));

@@ -1133,6 +1133,45 @@ fn completions_out_of_order() {
 }
 
 #[test]
+fn sqhd_is_current_at_completion() {
+    let (mut r, _) = Rig::io(0, 0);
+    r.hold = true;
+    // Fetched: Connect (head 1), c1 (2), c2 (3).
+    let c1 = r.cmd(Sqe::rw(spec::NVM_READ, 1, 0, 1).transport(512), &[]);
+    let c2 = r.cmd(Sqe::rw(spec::NVM_READ, 1, 1, 1).transport(512), &[]);
+    r.release_reversed();
+    for cid in [c2, c1] {
+        assert_eq!(r.recv().ty, ty::C2H_DATA);
+        let p = r.recv();
+        assert_eq!(p.resp().0, cid);
+        assert_eq!(p.sqhd(), 3, "SQHD must not move back");
+    }
+    // A parked AER reports the head at its completion too.
+    let (mut r, _) = Rig::admin(0);
+    r.cmd(
+        Sqe::new(spec::ADM_SET_FEATURES, 0)
+            .cdw(10, spec::FEAT_ASYNC_EVENT_CONFIG as u32)
+            .cdw(11, 1 << 8),
+        &[],
+    );
+    r.recv();
+    let aer = r.cmd(Sqe::new(spec::ADM_ASYNC_EVENT_REQUEST, 0), &[]);
+    let mut head = 0;
+    for _ in 0..5 {
+        r.cmd(Sqe::new(spec::ADM_KEEP_ALIVE, 0), &[]);
+        head = r.recv().sqhd();
+    }
+    r.t.config.subsystems[0]
+        .namespaces
+        .push(namespace(3, "Malloc2"));
+    r.t.refresh(&r.reg);
+    r.tick(0);
+    let p = r.recv();
+    assert_eq!(p.resp().0, aer);
+    assert_eq!(p.sqhd(), head);
+}
+
+#[test]
 fn queue_overflow_terminates() {
     let (mut r, _) = Rig::io(0, 0);
     r.hold = true;
@@ -1391,6 +1430,9 @@ fn r2t_data_timeout_closes() {
     assert_eq!(r.recv().ty, ty::R2T);
     let t = r.conn.poll_timeout().unwrap();
     assert!(t <= r.now + 1000);
+    // The data wait has a 10 s floor whatever abort_timeout_sec says.
+    r.tick(9000);
+    assert!(!r.conn.finished());
     r.tick(1500);
     assert!(r.conn.finished());
 }

@@ -1134,6 +1134,25 @@ fn keep_alive_expiry() {
     assert_eq!(keep_alive_deadline(&t, q2.cntlid), None);
 }
 
+#[test]
+fn discovery_kato_zero_still_expires() {
+    let (mut t, reg) = setup();
+    // A discovery session with KATO 0 gets a timer, so a host that vanished
+    // does not hold its controller forever.
+    let q = disc_q(&mut t, &reg, HOST, sa("10.0.0.9:8009"));
+    assert_eq!(
+        keep_alive_deadline(&t, q.cntlid),
+        Some(DISCOVERY_KATO_MS as u64)
+    );
+    check_keep_alive(&mut t, q.cntlid, DISCOVERY_KATO_MS as u64);
+    assert!(!alive(&t, q.cntlid));
+    // A KATO the host chose is kept.
+    let s = connect_sqe(0, 31, 7000);
+    let d = connect_data(HOSTID, CNTLID_DYNAMIC, DISCOVERY_NQN, HOST);
+    let (q2, _) = connect(&mut t, &reg, &s, &d, local(), peer(), 0).unwrap();
+    assert_eq!(keep_alive_deadline(&t, q2.cntlid), Some(7000));
+}
+
 // Refresh.
 
 #[test]
