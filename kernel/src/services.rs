@@ -11,10 +11,8 @@ use crate::net::Network;
 use crate::storage::Storage;
 use alloc::vec::Vec;
 use ironbay_bdev::{BdevId, IoCompletion, IoOp, IoRequest};
-use ironbay_iscsi::BlockIo as IscsiIo;
 use ironbay_nbd::{BlockIo, Connection, Export, Exports};
 use ironbay_net::{Listener, Role, TcpTuning};
-use ironbay_nvmf::BlockIo as NvmfIo;
 use smoltcp::socket::tcp;
 
 pub const NBD_PORT: u16 = 10809;
@@ -257,14 +255,14 @@ trait TargetEngine: Engine {
 /// whose connection API has the shared shape (new, handle_input,
 /// handle_timeout, poll_io, ...).
 macro_rules! target_engine {
-    ($conn:ty, $target:ty, $io:ident, $peer:literal) => {
+    ($conn:ty, $target:ty, $peer:literal) => {
         impl Engine for $conn {
             const PEER: &'static str = $peer;
             fn next_io(&mut self) -> Option<(u64, BdevId, IoOp, bool)> {
                 self.poll_io().map(|io| (io.tag, io.bdev, io.op, io.fua))
             }
             fn requeue_io(&mut self, tag: u64, bdev: BdevId, op: IoOp, fua: bool) {
-                self.retry_io($io { tag, bdev, op, fua });
+                self.retry_io(BlockIo { tag, bdev, op, fua });
             }
             fn output(&self) -> Option<&[u8]> {
                 self.poll_output()
@@ -327,13 +325,11 @@ macro_rules! target_engine {
 target_engine!(
     ironbay_iscsi::Connection,
     ironbay_iscsi::Target,
-    IscsiIo,
     "iSCSI initiator"
 );
 target_engine!(
     ironbay_nvmf::Connection,
     ironbay_nvmf::Target,
-    NvmfIo,
     "NVMe-oF host"
 );
 

@@ -24,6 +24,7 @@ extern crate alloc;
 
 pub mod bench;
 mod buf;
+pub mod engine;
 mod malloc;
 mod null;
 pub mod pattern;
@@ -33,6 +34,7 @@ pub mod stats;
 mod types;
 
 pub use buf::IoBuf;
+pub use engine::BlockIo;
 pub use malloc::MallocBdev;
 pub use null::NullBdev;
 pub use registry::{BdevId, BdevOptions, QosLimits, Registry, RegistryError};

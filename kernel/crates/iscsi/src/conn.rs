@@ -42,7 +42,7 @@ use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::net::SocketAddr;
-use ironbay_bdev::{BdevId, IoBuf, IoCompletion, IoOp, IoStatus, Registry};
+use ironbay_bdev::{IoBuf, IoCompletion, IoOp, IoStatus, Registry};
 
 /// Output plus read data in flight before reading pauses.
 pub const MAX_BUFFERED: usize = 32 << 20;
@@ -60,32 +60,9 @@ const LOGIN_TIMEOUT_MS: u64 = 30_000;
 /// Login data segments (RFC 7143 §6.1: 8192 until negotiated).
 pub const LOGIN_MRDSL: usize = 8192;
 
-/// A block I/O the connection wants started. `tag` stays below 2^39.
-#[derive(Debug)]
-pub struct BlockIo {
-    pub tag: u64,
-    pub bdev: BdevId,
-    pub op: IoOp,
-    pub fua: bool,
-}
-
-const SUB_BITS: u32 = 16;
-const GEN_BITS: u32 = 7;
-const GEN_MASK: u8 = (1 << GEN_BITS) - 1;
-
-pub(crate) fn make_tag(slot: u16, generation: u8, sub: u32) -> u64 {
-    (slot as u64) << (SUB_BITS + GEN_BITS)
-        | ((generation & GEN_MASK) as u64) << SUB_BITS
-        | (sub & 0xffff) as u64
-}
-
-fn split_tag(tag: u64) -> (usize, u8, u32) {
-    (
-        (tag >> (SUB_BITS + GEN_BITS)) as usize & 0xffff,
-        (tag >> SUB_BITS) as u8 & GEN_MASK,
-        tag as u32 & 0xffff,
-    )
-}
+pub use ironbay_bdev::BlockIo;
+pub(crate) use ironbay_bdev::engine::Out;
+use ironbay_bdev::engine::tag::{GEN_MASK, pack as make_tag, unpack as split_tag};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -93,24 +70,6 @@ pub(crate) enum Phase {
     FullFeature,
     /// No more input: finish what is in flight, flush, then close.
     Closing,
-}
-
-pub(crate) enum Out {
-    Bytes(Vec<u8>),
-    Data {
-        buf: Rc<IoBuf>,
-        start: usize,
-        end: usize,
-    },
-}
-
-impl Out {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Out::Bytes(v) => v,
-            Out::Data { buf, start, end } => buf.as_slice().get(*start..*end).unwrap_or(&[]),
-        }
-    }
 }
 
 pub(crate) enum Slot {

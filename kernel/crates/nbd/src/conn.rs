@@ -52,14 +52,7 @@ const MAX_BUFFERED: usize = 64 << 20;
 /// Requests in flight per connection.
 const MAX_REQUESTS: usize = 256;
 
-/// A block I/O the connection wants started.
-#[derive(Debug)]
-pub struct BlockIo {
-    pub tag: u64,
-    pub bdev: BdevId,
-    pub op: IoOp,
-    pub fua: bool,
-}
+pub use ironbay_bdev::BlockIo;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
