@@ -578,6 +578,8 @@ fn linux_nvme_tcp_discover_connect_ext4_digests_and_hot_add() {
     );
     let (rc, out) =
         vm::finish(&mut guest_vm, Duration::from_secs(900)).unwrap_or_else(|e| panic!("host: {e}"));
+    // Shown with --nocapture: what nvme-cli reported.
+    println!("{out}");
     assert_eq!(
         rc,
         0,
