@@ -78,7 +78,18 @@ fn iperf(ns: &Netns, reverse: bool, secs: u64) -> Result<f64, String> {
     if reverse {
         c.arg("-R");
     }
-    let out = run_in(ns, &mut c)?;
+    // The guest's iperf3 daemon may not listen yet, or still be closing the
+    // previous test: a few tries, a second apart.
+    let mut tries = 0;
+    let out = loop {
+        match run_in(ns, &mut c) {
+            Err(e) if tries < 10 && (e.contains("Connection refused") || e.contains("busy")) => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            r => break r?,
+        }
+    };
     let line = out
         .lines()
         .find(|l| l.contains("receiver"))
