@@ -358,7 +358,9 @@ impl Connection {
         now_ms: u64,
     ) -> usize {
         self.now = now_ms;
-        self.sync(target);
+        // Keep-alive expiry waits for the end: this input may hold the
+        // Keep Alive that renews the timer.
+        self.sync_with(target, false);
         let mut used = 0;
         loop {
             if self.phase == Phase::Closing || (self.rx.is_empty() && self.busy()) {
@@ -1216,13 +1218,17 @@ impl Connection {
     /// Things the target changed: controller failure, keep-alive expiry,
     /// asynchronous events to deliver.
     fn sync(&mut self, target: &mut Target) {
+        self.sync_with(target, true);
+    }
+
+    fn sync_with(&mut self, target: &mut Target, expire: bool) {
         let Some(q) = self.queue else {
             return;
         };
         if self.phase != Phase::Ready {
             return;
         }
-        if q.qid == 0 {
+        if q.qid == 0 && expire {
             if let Some(d) = ctrl::keep_alive_deadline(target, q.cntlid)
                 && self.now >= d
             {

@@ -1424,6 +1424,21 @@ fn keep_alive_expiry_closes() {
 }
 
 #[test]
+fn late_keep_alive_in_the_same_input_renews() {
+    let mut r = Rig::new();
+    r.ic_req(0, 0);
+    assert_eq!(r.connect(0, 32, 0, 5000, spec::CNTLID_DYNAMIC).resp().1, 0);
+    r.enable();
+    // Past the deadline, but nothing ran the timeout yet: the Keep Alive
+    // in this very input keeps the controller.
+    r.now += 6000;
+    r.cmd(Sqe::new(spec::ADM_KEEP_ALIVE, 0), &[]);
+    assert_eq!(r.recv().resp().1, 0);
+    r.tick(1000);
+    assert!(!r.conn.finished(), "keep-alive renewed the timer");
+}
+
+#[test]
 fn r2t_data_timeout_closes() {
     let (mut r, _) = Rig::io(0, 0);
     r.cmd(Sqe::rw(spec::NVM_WRITE, 1, 0, 8).transport(4096), &[]);
