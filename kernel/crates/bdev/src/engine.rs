@@ -2,6 +2,7 @@
 //! protocol and the block layer.
 
 use crate::{BdevId, IoBuf, IoOp};
+use alloc::collections::VecDeque;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
 
@@ -61,9 +62,89 @@ impl Out {
     }
 }
 
+/// Output waiting for the socket: pieces in order, how much of the first
+/// is sent, and how many bytes are still to go.
+#[derive(Default)]
+pub struct OutQueue {
+    pieces: VecDeque<Out>,
+    pos: usize,
+    bytes: usize,
+}
+
+impl OutQueue {
+    pub fn push_bytes(&mut self, v: Vec<u8>) {
+        self.bytes += v.len();
+        self.pieces.push_back(Out::Bytes(v));
+    }
+
+    /// Queues `buf[start..end]` without copying it.
+    pub fn push_data(&mut self, buf: Rc<IoBuf>, start: usize, end: usize) {
+        self.bytes += end.saturating_sub(start);
+        self.pieces.push_back(Out::Data { buf, start, end });
+    }
+
+    /// Bytes queued and not yet sent.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Out> {
+        self.pieces.iter()
+    }
+
+    /// The unsent part of the first piece.
+    pub fn front(&self) -> Option<&[u8]> {
+        self.pieces
+            .front()
+            .map(|o| o.bytes().get(self.pos..).unwrap_or(&[]))
+    }
+
+    /// `n` bytes went out.
+    pub fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.pieces.front() else {
+                return;
+            };
+            let len = front.bytes().len();
+            let k = n.min(len.saturating_sub(self.pos));
+            self.pos += k;
+            self.bytes = self.bytes.saturating_sub(k);
+            n -= k;
+            if self.pos >= len {
+                self.pieces.pop_front();
+                self.pos = 0;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::tag;
+    use super::{IoBuf, OutQueue, tag};
+    use alloc::rc::Rc;
+    use alloc::vec;
+
+    #[test]
+    fn out_queue_sends_pieces_in_order() {
+        let mut q = OutQueue::default();
+        q.push_bytes(vec![1, 2, 3]);
+        let mut buf = IoBuf::new(512);
+        buf.as_mut_slice()[10..14].copy_from_slice(&[7, 8, 9, 10]);
+        q.push_data(Rc::new(buf), 10, 14);
+        assert_eq!(q.bytes(), 7);
+        assert_eq!(q.front(), Some(&[1u8, 2, 3][..]));
+        q.consume(2);
+        assert_eq!(q.front(), Some(&[3u8][..]));
+        q.consume(2);
+        assert_eq!(q.front(), Some(&[8u8, 9, 10][..]));
+        q.consume(3);
+        assert!(q.is_empty() && q.bytes() == 0 && q.front().is_none());
+        q.consume(5);
+    }
 
     #[test]
     fn tags_round_trip() {

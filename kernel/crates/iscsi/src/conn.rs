@@ -61,7 +61,9 @@ const LOGIN_TIMEOUT_MS: u64 = 30_000;
 pub const LOGIN_MRDSL: usize = 8192;
 
 pub use ironbay_bdev::BlockIo;
-pub(crate) use ironbay_bdev::engine::Out;
+#[cfg(test)]
+use ironbay_bdev::engine::Out;
+use ironbay_bdev::engine::OutQueue;
 use ironbay_bdev::engine::tag::{GEN_MASK, pack as make_tag, unpack as split_tag};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,9 +106,7 @@ pub struct Connection {
     pub(crate) phase: Phase,
     rx: Vec<u8>,
     need: usize,
-    out: VecDeque<Out>,
-    out_pos: usize,
-    out_bytes: usize,
+    out: OutQueue,
     /// Digests in force (from the first full feature phase PDU on).
     pub(crate) hd: bool,
     pub(crate) dd: bool,
@@ -160,9 +160,7 @@ impl Connection {
             phase: Phase::Login,
             rx: Vec::new(),
             need: 0,
-            out: VecDeque::new(),
-            out_pos: 0,
-            out_bytes: 0,
+            out: OutQueue::default(),
             hd: false,
             dd: false,
             login: Some(Box::default()),
@@ -210,8 +208,7 @@ impl Connection {
     }
 
     pub(crate) fn send(&mut self, v: Vec<u8>) {
-        self.out_bytes += v.len();
-        self.out.push_back(Out::Bytes(v));
+        self.out.push_bytes(v);
     }
 
     /// Queues a PDU with the digests in force.
@@ -231,12 +228,7 @@ impl Connection {
         }
         self.send(head);
         for (buf, start, end) in pieces {
-            self.out_bytes += end - start;
-            self.out.push_back(Out::Data {
-                buf: buf.clone(),
-                start: *start,
-                end: *end,
-            });
+            self.out.push_data(buf.clone(), *start, *end);
         }
         let mut tail = alloc::vec![0u8; pdu::pad_len(len)];
         if self.dd && len > 0 {
@@ -317,7 +309,7 @@ impl Connection {
     }
 
     fn busy(&self) -> bool {
-        self.out_bytes + self.executing_bytes > MAX_BUFFERED
+        self.out.bytes() + self.executing_bytes > MAX_BUFFERED
     }
 
     /// What the commands hold now: (data-out buffers and held data, read
@@ -326,7 +318,7 @@ impl Connection {
     pub(crate) fn held_bytes(&self) -> (usize, usize) {
         let (mut dout, mut read) = (0, 0);
         let mut last = core::ptr::null();
-        for o in &self.out {
+        for o in self.out.iter() {
             match o {
                 Out::Bytes(v) => read += v.len(),
                 Out::Data { buf, .. } if Rc::as_ptr(buf) != last => {
@@ -844,26 +836,11 @@ impl Connection {
 
     /// Bytes waiting to be sent (a prefix of them, at least one if any).
     pub fn poll_output(&self) -> Option<&[u8]> {
-        self.out
-            .front()
-            .map(|o| o.bytes().get(self.out_pos..).unwrap_or(&[]))
+        self.out.front()
     }
 
-    pub fn consume_output(&mut self, mut n: usize) {
-        while n > 0 {
-            let Some(front) = self.out.front() else {
-                return;
-            };
-            let len = front.bytes().len();
-            let k = n.min(len - self.out_pos);
-            self.out_pos += k;
-            self.out_bytes -= k;
-            n -= k;
-            if self.out_pos == len {
-                self.out.pop_front();
-                self.out_pos = 0;
-            }
-        }
+    pub fn consume_output(&mut self, n: usize) {
+        self.out.consume(n);
     }
 
     /// Nothing more to do: close the socket once this is true.

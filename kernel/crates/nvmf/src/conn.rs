@@ -68,7 +68,7 @@ const MIN_DATA_WAIT_SEC: u32 = 10;
 pub(crate) const TRANSIENT_TRANSPORT_ERROR: Status = Status::generic(0x22);
 
 pub use ironbay_bdev::BlockIo;
-pub(crate) use ironbay_bdev::engine::Out;
+use ironbay_bdev::engine::OutQueue;
 use ironbay_bdev::engine::tag::{GEN_MASK, pack as make_tag, unpack as split_tag};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,9 +206,7 @@ pub struct Connection {
     rx: Vec<u8>,
     /// Length of the PDU being assembled, 0 while reading a common header.
     need: usize,
-    out: VecDeque<Out>,
-    out_pos: usize,
-    out_bytes: usize,
+    out: OutQueue,
     /// Negotiated in the ICReq.
     pub(crate) hd: bool,
     pub(crate) dd: bool,
@@ -253,9 +251,7 @@ impl Connection {
             phase: Phase::Init,
             rx: Vec::new(),
             need: 0,
-            out: VecDeque::new(),
-            out_pos: 0,
-            out_bytes: 0,
+            out: OutQueue::default(),
             hd: false,
             dd: false,
             align: 4,
@@ -306,12 +302,11 @@ impl Connection {
     }
 
     pub(crate) fn send(&mut self, v: Vec<u8>) {
-        self.out_bytes += v.len();
-        self.out.push_back(Out::Bytes(v));
+        self.out.push_bytes(v);
     }
 
     fn busy(&self) -> bool {
-        self.out_bytes + self.executing_bytes > MAX_BUFFERED
+        self.out.bytes() + self.executing_bytes > MAX_BUFFERED
     }
 
     /// Queue entries (1 before Connect).
@@ -341,7 +336,7 @@ impl Connection {
     /// plus read buffers at the device).
     #[cfg(test)]
     pub(crate) fn held_bytes(&self) -> (usize, usize) {
-        (self.dout_granted, self.out_bytes + self.executing_bytes)
+        (self.dout_granted, self.out.bytes() + self.executing_bytes)
     }
 
     pub fn wants_input(&self) -> bool {
@@ -1056,12 +1051,7 @@ impl Connection {
                 let head =
                     pdu::c2h_data_head(cid, off as u32, n as u32, f, self.hd, self.dd, self.align);
                 self.send(head);
-                self.out_bytes += n;
-                self.out.push_back(Out::Data {
-                    buf: buf.clone(),
-                    start,
-                    end: start + n,
-                });
+                self.out.push_data(buf.clone(), start, start + n);
                 if self.dd {
                     let piece = buf.as_slice().get(start..start + n).unwrap_or(&[]);
                     self.send(pdu::digest_bytes(ironbay_crc::crc32c(piece)).to_vec());
@@ -1308,26 +1298,11 @@ impl Connection {
 
     /// Bytes waiting to be sent (a prefix of them, at least one if any).
     pub fn poll_output(&self) -> Option<&[u8]> {
-        self.out
-            .front()
-            .map(|o| o.bytes().get(self.out_pos..).unwrap_or(&[]))
+        self.out.front()
     }
 
-    pub fn consume_output(&mut self, mut n: usize) {
-        while n > 0 {
-            let Some(front) = self.out.front() else {
-                return;
-            };
-            let len = front.bytes().len();
-            let k = n.min(len.saturating_sub(self.out_pos));
-            self.out_pos += k;
-            self.out_bytes = self.out_bytes.saturating_sub(k);
-            n -= k;
-            if self.out_pos >= len {
-                self.out.pop_front();
-                self.out_pos = 0;
-            }
-        }
+    pub fn consume_output(&mut self, n: usize) {
+        self.out.consume(n);
     }
 
     /// Nothing more to do: close the socket once this is true.
