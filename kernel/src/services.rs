@@ -119,12 +119,12 @@ impl<C: TargetEngine> PortService<C> {
     /// Listens on ports the configuration added since the last look.
     /// Listeners stay when their ports go out of the configuration: logins
     /// through them are refused then.
-    fn follow(&mut self, network: &mut Network, generation: u64, ports: &[u16]) {
+    fn follow(&mut self, network: &mut Network, generation: u64, ports: impl FnOnce() -> Vec<u16>) {
         if generation == self.seen_generation {
             return;
         }
         self.seen_generation = generation;
-        for &port in ports {
+        for port in ports() {
             if self.listeners.iter().any(|l| l.port == port) {
                 continue;
             }
@@ -537,14 +537,12 @@ pub fn init(
         seen_events: 0,
     };
     // Listen before the ready line: clients may connect at once.
-    iscsi.follow(
-        network,
-        storage.iscsi.config.generation,
-        &iscsi_ports(&storage.iscsi.config),
-    );
+    iscsi.follow(network, storage.iscsi.config.generation, || {
+        iscsi_ports(&storage.iscsi.config)
+    });
     let nvmf_config = &storage.nvmf.config;
     nvmf.ports
-        .follow(network, nvmf_config.generation, &nvmf_config.ports());
+        .follow(network, nvmf_config.generation, || nvmf_config.ports());
     let rpc = rpc_init(network, cmdline);
     Services {
         nbd: Some(Nbd {
@@ -785,7 +783,7 @@ impl Services {
             return false;
         };
         let config = &storage.iscsi.config;
-        iscsi.follow(network, config.generation, &iscsi_ports(config));
+        iscsi.follow(network, config.generation, || iscsi_ports(config));
         iscsi.poll(network, &mut storage.iscsi, &mut storage.bdevs, false)
     }
 
@@ -795,7 +793,7 @@ impl Services {
         };
         let config = &storage.nvmf.config;
         nvmf.ports
-            .follow(network, config.generation, &config.ports());
+            .follow(network, config.generation, || config.ports());
         let events = storage.nvmf.events_seq();
         let wake = events != nvmf.seen_events;
         nvmf.seen_events = events;

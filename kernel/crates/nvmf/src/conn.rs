@@ -62,6 +62,8 @@ const TTAG_SLOT_MASK: u16 = (1 << TTAG_SLOT_BITS) - 1;
 /// R2Ts outstanding per command, whatever the host allows.
 const MAX_R2T_PER_CMD: usize = 8;
 const _: () = assert!(MAX_CMDS <= 1 << TTAG_SLOT_BITS);
+/// Block I/Os waiting for the device beyond which no new command is read.
+const MAX_QUEUED_IOS: usize = 8192;
 /// Shortest wait for solicited data before the queue is failed, seconds.
 const MIN_DATA_WAIT_SEC: u32 = 10;
 /// Generic status 22h: the host retries the command.
@@ -306,7 +308,9 @@ impl Connection {
     }
 
     fn busy(&self) -> bool {
-        self.out.bytes() + self.executing_bytes > MAX_BUFFERED
+        // Unmap and write-zeroes ranges fan out into many block I/Os: stop
+        // taking commands while the device leaves too many of them queued.
+        self.out.bytes() + self.executing_bytes > MAX_BUFFERED || self.ios.len() > MAX_QUEUED_IOS
     }
 
     /// Queue entries (1 before Connect).
@@ -1267,6 +1271,10 @@ impl Connection {
 
     /// When the oldest outstanding R2T times out.
     fn data_deadline(&self) -> Option<u64> {
+        // Only granted commands wait for data: skip the scan when none is.
+        if self.dout_granted == 0 {
+            return None;
+        }
         self.slots
             .iter()
             .filter_map(|s| match s {
