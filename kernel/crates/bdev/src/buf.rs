@@ -2,6 +2,7 @@
 
 use alloc::boxed::Box;
 use alloc::vec;
+use alloc::vec::Vec;
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 /// 512 bytes with 512-byte alignment: the unit buffers are made of, so every
@@ -18,6 +19,8 @@ struct Sector([u8; 512]);
 pub struct IoBuf {
     sectors: Box<[Sector]>,
     len: usize,
+    /// The budget share this buffer holds, released when it is dropped.
+    charge: Option<crate::budget::Charge>,
 }
 
 impl IoBuf {
@@ -26,7 +29,35 @@ impl IoBuf {
     /// A zeroed buffer of `len` bytes.
     pub fn new(len: usize) -> Self {
         let sectors = vec![Sector::new_zeroed(); len.div_ceil(512)].into_boxed_slice();
-        IoBuf { sectors, len }
+        IoBuf {
+            sectors,
+            len,
+            charge: None,
+        }
+    }
+
+    /// A zeroed buffer of `len` bytes, or `None` when the heap has no room:
+    /// the data path never lets a peer's request size abort the appliance.
+    pub fn try_new(len: usize) -> Option<Self> {
+        let n = len.div_ceil(512);
+        let mut v: Vec<Sector> = Vec::new();
+        v.try_reserve_exact(n).ok()?;
+        v.resize(n, Sector::new_zeroed());
+        Some(IoBuf {
+            sectors: v.into_boxed_slice(),
+            len,
+            charge: None,
+        })
+    }
+
+    pub(crate) fn with_charge(mut self, charge: crate::budget::Charge) -> Self {
+        self.charge = Some(charge);
+        self
+    }
+
+    /// Whether the buffer counts against a budget.
+    pub fn is_charged(&self) -> bool {
+        self.charge.is_some()
     }
 
     pub fn len(&self) -> usize {

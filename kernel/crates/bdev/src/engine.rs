@@ -1,10 +1,11 @@
 //! What every target engine (NBD, iSCSI, NVMe-oF) shares between its
 //! protocol and the block layer.
 
-use crate::{BdevId, IoBuf, IoOp};
+use crate::{Account, BdevId, IoBuf, IoCompletion, IoOp, Registry};
 use alloc::collections::VecDeque;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
+use core::net::SocketAddr;
 
 /// A block I/O a target engine wants started; `tag` comes back in the
 /// completion.
@@ -14,6 +15,78 @@ pub struct BlockIo {
     pub bdev: BdevId,
     pub op: IoOp,
     pub fua: bool,
+}
+
+/// One connection of a sans-IO target engine, as the endpoint drives it.
+///
+/// Driving order, each poll-loop turn: [`handle_input`](Self::handle_input)
+/// with received bytes while [`wants_input`](Self::wants_input) (unconsumed
+/// bytes stay in the socket), [`handle_memory`](Self::handle_memory) while
+/// [`waits_for_memory`](Self::waits_for_memory),
+/// [`handle_timeout`](Self::handle_timeout) once
+/// [`poll_timeout`](Self::poll_timeout) has passed, start every
+/// [`poll_io`](Self::poll_io) on the block layer (giving back with
+/// [`retry_io`](Self::retry_io) what the layer cannot take yet), send what
+/// [`poll_output`](Self::poll_output) offers and report it with
+/// [`consume_output`](Self::consume_output). Completions go to
+/// [`handle_completion`](Self::handle_completion) whenever they arrive.
+/// When [`finished`](Self::finished), the endpoint closes the socket; when
+/// the socket is gone, [`closed`](Self::closed) is the last call.
+///
+/// Every buffer a peer makes the engine hold is taken from the connection's
+/// [`Account`]; when it says wait, the engine stops taking input until
+/// `handle_memory` lets it go on.
+pub trait TargetEngine {
+    /// What the engine's connections share (exports, target nodes,
+    /// subsystems).
+    type Target;
+    /// Who is on the other end, for the log.
+    const PEER: &'static str;
+    fn open(
+        local: SocketAddr,
+        peer: SocketAddr,
+        now_ms: u64,
+        account: Account,
+        target: &mut Self::Target,
+    ) -> Self;
+    fn wants_input(&self) -> bool;
+    /// Takes bytes from the peer; returns how many were used.
+    fn handle_input(
+        &mut self,
+        data: &[u8],
+        target: &mut Self::Target,
+        bdevs: &Registry,
+        now_ms: u64,
+    ) -> usize;
+    fn waits_for_memory(&self) -> bool {
+        false
+    }
+    /// Memory may have come back: retry what waited for it.
+    fn handle_memory(&mut self, _target: &mut Self::Target, _bdevs: &Registry, _now_ms: u64) {}
+    /// When [`handle_timeout`](Self::handle_timeout) is next due (ms).
+    fn poll_timeout(&self) -> Option<u64>;
+    fn handle_timeout(&mut self, target: &mut Self::Target, bdevs: &Registry, now_ms: u64);
+    fn poll_io(&mut self) -> Option<BlockIo>;
+    fn retry_io(&mut self, io: BlockIo);
+    fn handle_completion(
+        &mut self,
+        tag: u64,
+        c: IoCompletion,
+        target: &mut Self::Target,
+        bdevs: &Registry,
+        now_ms: u64,
+    );
+    fn poll_output(&self) -> Option<&[u8]>;
+    fn consume_output(&mut self, n: usize);
+    /// Nothing more will happen: close the socket once output is sent.
+    fn finished(&self) -> bool;
+    /// Why the connection ended early, once, for the log.
+    fn take_error(&mut self) -> Option<&'static str>;
+    /// Still logging in (handshake, login, ICReq/Connect): such a connection
+    /// may be evicted when every slot is taken.
+    fn in_handshake(&self) -> bool;
+    /// The socket is gone; release what the target keeps for it.
+    fn closed(&mut self, target: &mut Self::Target);
 }
 
 /// Engine tags below 2^39 (the glue owns the bits above): the command's

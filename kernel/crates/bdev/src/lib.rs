@@ -23,6 +23,7 @@
 extern crate alloc;
 
 pub mod bench;
+pub mod budget;
 mod buf;
 pub mod engine;
 mod malloc;
@@ -33,6 +34,7 @@ mod rng;
 pub mod stats;
 mod types;
 
+pub use budget::{Account, Budget, Short};
 pub use buf::IoBuf;
 pub use engine::BlockIo;
 pub use malloc::MallocBdev;
