@@ -133,8 +133,8 @@ pub struct HeapStats {
 }
 
 /// Heap held back for I/O buffers (a quarter of the heap, at most 128 MiB):
-/// target engines take no new requests while less is free, and RAM bdevs
-/// may not be created into it.
+/// the target I/O budget is cut from it, and RAM bdevs may not be created
+/// into it.
 const IO_RESERVE_MAX: usize = 128 << 20;
 
 impl HeapStats {
@@ -144,29 +144,6 @@ impl HeapStats {
 
     pub fn io_reserve(&self) -> usize {
         (self.size / 4).min(IO_RESERVE_MAX)
-    }
-
-    /// Room for new requests' buffers: a burst of large ones waits for
-    /// earlier ones to finish instead of exhausting the heap.
-    pub fn takes_io(&self) -> bool {
-        let ok = self.free() > self.io_reserve();
-        // Say so once per change, not once per poll.
-        static PAUSED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-        if PAUSED.swap(!ok, core::sync::atomic::Ordering::Relaxed) == ok {
-            if ok {
-                log::info!(
-                    "heap: {} KiB free again, targets take requests",
-                    self.free() >> 10
-                );
-            } else {
-                log::warn!(
-                    "heap: {} KiB free, under the {} KiB I/O reserve: targets pause new requests",
-                    self.free() >> 10,
-                    self.io_reserve() >> 10
-                );
-            }
-        }
-        ok
     }
 
     /// What a new RAM bdev may take: what lies beyond the reserve.

@@ -1,6 +1,7 @@
 //! `ironbay-hosted`: the NBD and iSCSI engines and the block layer as an
 //! ordinary Linux process, over std TCP sockets and file-backed or RAM bdevs.
-//! The same protocol code as the appliance; only this glue differs. It makes
+//! The same protocol code and endpoint as the appliance; only the sockets
+//! differ. It makes
 //! real client tests fast and lets the engines be benchmarked without a VM.
 //!
 //! ironbay-hosted [--listen ADDR] [--iscsi ADDR] [--chap USER:SECRET[:MUSER:MSECRET]]
@@ -15,145 +16,25 @@
 
 mod file;
 
-use ironbay_bdev::{BdevId, IoCompletion, IoOp, IoRequest, MallocBdev, Registry};
+mod sockets;
+
+use ironbay_bdev::engine::TargetEngine;
+use ironbay_bdev::{BdevId, Budget, MallocBdev, Registry};
+use ironbay_endpoint::{Endpoint, Limits, tag};
 use ironbay_iscsi::config::{
     AuthGroup, ChapPolicy, InitiatorGroup, Lun, PgIgMap, Portal, PortalGroup, Secret, TargetNode,
 };
 use ironbay_iscsi::{Config, Target};
 use ironbay_nbd::{Export, Exports};
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use sockets::StdSockets;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 const MAX_CONNECTIONS: usize = 64;
 
 /// Node names of the hosted iSCSI target.
 const IQN_BASE: &str = "iqn.2016-06.io.ironbay";
-
-enum Engine {
-    Nbd(Box<ironbay_nbd::Connection>),
-    Iscsi(Box<ironbay_iscsi::Connection>),
-    Nvmf(Box<ironbay_nvmf::Connection>),
-}
-
-/// Which engine a listener feeds.
-#[derive(Clone, Copy)]
-enum Kind {
-    Nbd,
-    Iscsi,
-    Nvmf,
-}
-
-/// What the engines serve, shared by all connections.
-struct Served {
-    reg: Registry,
-    exports: Exports,
-    target: Target,
-    nvmf: ironbay_nvmf::Target,
-}
-
-impl Engine {
-    fn wants_input(&self) -> bool {
-        match self {
-            Engine::Nbd(c) => c.wants_input(),
-            Engine::Iscsi(c) => c.wants_input(),
-            Engine::Nvmf(c) => c.wants_input(),
-        }
-    }
-
-    fn handle_input(&mut self, b: &[u8], s: &mut Served, now_ms: u64) -> usize {
-        match self {
-            Engine::Nbd(c) => c.handle_input(b, &s.exports, &s.reg),
-            Engine::Iscsi(c) => c.handle_input(b, &mut s.target, &s.reg, now_ms),
-            Engine::Nvmf(c) => c.handle_input(b, &mut s.nvmf, &s.reg, now_ms),
-        }
-    }
-
-    /// `wake`: the NVMe-oF target has events for its connections.
-    fn handle_timeout(&mut self, s: &mut Served, now_ms: u64, wake: bool) {
-        match self {
-            Engine::Iscsi(c) if c.poll_timeout().is_some_and(|t| t <= now_ms) => {
-                c.handle_timeout(&mut s.target, &s.reg, now_ms);
-            }
-            Engine::Nvmf(c) if wake || c.poll_timeout().is_some_and(|t| t <= now_ms) => {
-                c.handle_timeout(&mut s.nvmf, &s.reg, now_ms);
-            }
-            _ => {}
-        }
-    }
-
-    fn poll_io(&mut self) -> Option<(u64, BdevId, IoOp, bool)> {
-        match self {
-            Engine::Nbd(c) => c.poll_io().map(|io| (io.tag, io.bdev, io.op, io.fua)),
-            Engine::Iscsi(c) => c.poll_io().map(|io| (io.tag, io.bdev, io.op, io.fua)),
-            Engine::Nvmf(c) => c.poll_io().map(|io| (io.tag, io.bdev, io.op, io.fua)),
-        }
-    }
-
-    fn retry_io(&mut self, tag: u64, bdev: BdevId, op: IoOp, fua: bool) {
-        match self {
-            Engine::Nbd(c) => c.retry_io(ironbay_nbd::BlockIo { tag, bdev, op, fua }),
-            Engine::Iscsi(c) => c.retry_io(ironbay_iscsi::BlockIo { tag, bdev, op, fua }),
-            Engine::Nvmf(c) => c.retry_io(ironbay_nvmf::BlockIo { tag, bdev, op, fua }),
-        }
-    }
-
-    fn handle_completion(&mut self, tag: u64, comp: IoCompletion, s: &mut Served, now_ms: u64) {
-        match self {
-            Engine::Nbd(c) => c.handle_completion(tag, comp),
-            Engine::Iscsi(c) => c.handle_completion(tag, comp, &mut s.target, &s.reg, now_ms),
-            Engine::Nvmf(c) => c.handle_completion(tag, comp, &mut s.nvmf, &s.reg, now_ms),
-        }
-    }
-
-    fn poll_output(&self) -> Option<&[u8]> {
-        match self {
-            Engine::Nbd(c) => c.poll_output(),
-            Engine::Iscsi(c) => c.poll_output(),
-            Engine::Nvmf(c) => c.poll_output(),
-        }
-    }
-
-    fn consume_output(&mut self, n: usize) {
-        match self {
-            Engine::Nbd(c) => c.consume_output(n),
-            Engine::Iscsi(c) => c.consume_output(n),
-            Engine::Nvmf(c) => c.consume_output(n),
-        }
-    }
-
-    fn finished(&self) -> bool {
-        match self {
-            Engine::Nbd(c) => c.finished(),
-            Engine::Iscsi(c) => c.finished(),
-            Engine::Nvmf(c) => c.finished(),
-        }
-    }
-
-    fn take_error(&mut self) -> Option<&'static str> {
-        match self {
-            Engine::Nbd(c) => c.error.take(),
-            Engine::Iscsi(c) => c.error.take(),
-            Engine::Nvmf(c) => c.error.take(),
-        }
-    }
-
-    fn closed(&mut self, s: &mut Served) {
-        match self {
-            Engine::Iscsi(c) => c.closed(&mut s.target),
-            Engine::Nvmf(c) => c.closed(&mut s.nvmf),
-            Engine::Nbd(_) => {}
-        }
-    }
-}
-
-struct Client {
-    sock: TcpStream,
-    engine: Engine,
-    /// Received bytes the engine has not taken yet.
-    pending: Vec<u8>,
-    generation: u32,
-}
 
 fn usage() -> ! {
     eprintln!(
@@ -368,131 +249,101 @@ fn main() {
         target,
         nvmf,
     };
-    serve(
-        [
-            (nbd, Kind::Nbd),
-            (iscsi, Kind::Iscsi),
-            (nvmf_listener, Kind::Nvmf),
-        ],
-        served,
-    )
+    serve(nbd, iscsi, nvmf_listener, served)
 }
 
-fn accept(
-    listener: Option<&TcpListener>,
-    clients: &mut [Option<Client>],
-    generations: &mut [u32],
-    now_ms: u64,
-    kind: Kind,
-) -> bool {
-    let mut busy = false;
-    while let Some(Ok((sock, peer))) = listener.map(|l| l.accept()) {
-        busy = true;
-        let Some(i) = clients.iter().position(Option::is_none) else {
-            continue;
+/// What the engines serve, shared by all connections.
+struct Served {
+    reg: Registry,
+    exports: Exports,
+    target: Target,
+    nvmf: ironbay_nvmf::Target,
+}
+
+/// Budget for the engines' buffers, like the appliance's.
+const IO_BUDGET: usize = 512 << 20;
+
+/// One engine kind's endpoint and sockets.
+struct Service<E: TargetEngine> {
+    endpoint: Endpoint<E>,
+    sockets: StdSockets,
+}
+
+impl<E: TargetEngine> Service<E> {
+    fn new(service: u8, listener: TcpListener, budget: &Budget, handshake_ms: u64) -> Self {
+        let limits = Limits {
+            handshake_ms,
+            ..Limits::default()
         };
-        let _ = sock.set_nonblocking(true);
-        let _ = sock.set_nodelay(true);
-        let Ok(local) = sock.local_addr() else {
-            continue;
-        };
-        let engine = match kind {
-            Kind::Nbd => Engine::Nbd(Box::new(ironbay_nbd::Connection::new())),
-            Kind::Iscsi => Engine::Iscsi(Box::new(ironbay_iscsi::Connection::new(
-                local, peer, now_ms,
-            ))),
-            Kind::Nvmf => {
-                Engine::Nvmf(Box::new(ironbay_nvmf::Connection::new(local, peer, now_ms)))
-            }
-        };
-        generations[i] = generations[i].wrapping_add(1);
-        clients[i] = Some(Client {
-            sock,
-            engine,
-            pending: Vec::new(),
-            generation: generations[i],
-        });
+        Service {
+            endpoint: Endpoint::new(service, MAX_CONNECTIONS, limits, budget.clone()),
+            sockets: StdSockets::new(listener, MAX_CONNECTIONS),
+        }
     }
-    busy
+
+    fn poll(
+        &mut self,
+        target: &mut E::Target,
+        reg: &mut Registry,
+        now_us: u64,
+        wake: bool,
+    ) -> bool {
+        let busy = self.sockets.refresh();
+        busy | self
+            .endpoint
+            .poll(&mut self.sockets, target, reg, now_us, wake)
+    }
 }
 
-fn serve(listeners: [(Option<TcpListener>, Kind); 3], mut s: Served) -> ! {
-    let mut clients: Vec<Option<Client>> = (0..MAX_CONNECTIONS).map(|_| None).collect();
-    let mut generations = vec![0u32; MAX_CONNECTIONS];
+fn serve(
+    nbd: Option<TcpListener>,
+    iscsi: Option<TcpListener>,
+    nvmf: Option<TcpListener>,
+    mut s: Served,
+) -> ! {
+    let budget = Budget::new(IO_BUDGET, 3 * MAX_CONNECTIONS);
+    let mut nbd = nbd.map(|l| Service::<ironbay_nbd::Connection>::new(0, l, &budget, 10_000));
+    let mut iscsi = iscsi.map(|l| Service::<ironbay_iscsi::Connection>::new(1, l, &budget, 60_000));
+    let mut nvmf = nvmf.map(|l| Service::<ironbay_nvmf::Connection>::new(2, l, &budget, 60_000));
     let mut done = Vec::new();
-    let mut buf = vec![0u8; 1 << 20];
     let start = Instant::now();
     let mut seen_events = 0;
     loop {
         let now = start.elapsed().as_micros() as u64;
-        let now_ms = now / 1000;
         let mut busy = false;
-        for (l, kind) in &listeners {
-            busy |= accept(l.as_ref(), &mut clients, &mut generations, now_ms, *kind);
+        if let Some(n) = &mut nbd {
+            busy |= n.poll(&mut s.exports, &mut s.reg, now, false);
         }
-        let events = s.nvmf.events_seq();
-        let wake = events != seen_events;
-        seen_events = events;
-        for (i, slot) in clients.iter_mut().enumerate() {
-            let Some(c) = slot else { continue };
-            let mut closed = false;
-            if c.engine.wants_input() {
-                if c.pending.is_empty() {
-                    match c.sock.read(&mut buf) {
-                        Ok(0) => closed = true,
-                        Ok(n) => c.pending.extend_from_slice(&buf[..n]),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                        Err(_) => closed = true,
-                    }
-                }
-                if !c.pending.is_empty() {
-                    let n = c.engine.handle_input(&c.pending, &mut s, now_ms);
-                    c.pending.drain(..n);
-                    busy |= n > 0;
-                }
-            }
-            c.engine.handle_timeout(&mut s, now_ms, wake);
-            while let Some((tag, bdev, op, fua)) = c.engine.poll_io() {
-                let t = (i as u64) << 56 | (c.generation as u64 & 0xffff) << 40 | tag;
-                if let Err(back) = s.reg.submit(bdev, IoRequest { tag: t, op, fua }, now) {
-                    c.engine.retry_io(tag, bdev, back.op, fua);
-                    break;
-                }
-                busy = true;
-            }
-            while let Some(out) = c.engine.poll_output() {
-                match c.sock.write(out) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        c.engine.consume_output(n);
-                        busy = true;
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        closed = true;
-                        break;
-                    }
-                }
-            }
-            if let Some(why) = c.engine.take_error() {
-                eprintln!("ironbay-hosted: client {i}: {why}");
-            }
-            if closed || (c.engine.finished() && c.engine.poll_output().is_none()) {
-                c.engine.closed(&mut s);
-                *slot = None;
-            }
+        if let Some(i) = &mut iscsi {
+            busy |= i.poll(&mut s.target, &mut s.reg, now, false);
+        }
+        if let Some(n) = &mut nvmf {
+            let events = s.nvmf.events_seq();
+            let wake = events != seen_events;
+            seen_events = events;
+            busy |= n.poll(&mut s.nvmf, &mut s.reg, now, wake);
         }
         done.clear();
         s.reg.poll(now, &mut done);
-        for (_, comp) in done.drain(..) {
+        for (_, c) in done.drain(..) {
             busy = true;
-            let i = (comp.tag >> 56) as usize;
-            let generation = (comp.tag >> 40) as u32 & 0xffff;
-            if let Some(Some(c)) = clients.get_mut(i)
-                && c.generation & 0xffff == generation
-            {
-                let tag = comp.tag & ((1 << 40) - 1);
-                c.engine.handle_completion(tag, comp, &mut s, now_ms);
+            match tag::service(c.tag) {
+                Some(0) => {
+                    if let Some(n) = &mut nbd {
+                        n.endpoint.complete(c, &mut s.exports, &s.reg, now);
+                    }
+                }
+                Some(1) => {
+                    if let Some(i) = &mut iscsi {
+                        i.endpoint.complete(c, &mut s.target, &s.reg, now);
+                    }
+                }
+                Some(2) => {
+                    if let Some(n) = &mut nvmf {
+                        n.endpoint.complete(c, &mut s.nvmf, &s.reg, now);
+                    }
+                }
+                _ => {}
             }
         }
         if !busy {

@@ -115,6 +115,92 @@ pub mod tag {
     const _: () = assert!(SUB_BITS + GEN_BITS + 16 == 39);
 }
 
+/// Commands in flight, each in a slot whose generation changes when the
+/// slot is reused, so a completion's tag ([`tag::pack`]) finds its own
+/// command and never a successor.
+pub struct CommandTable<T> {
+    slots: Vec<(u8, Option<T>)>,
+    free: Vec<u16>,
+    live: usize,
+}
+
+impl<T> Default for CommandTable<T> {
+    fn default() -> Self {
+        CommandTable {
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+        }
+    }
+}
+
+impl<T> CommandTable<T> {
+    /// Slots a table may have (the tag's 16 slot bits).
+    pub const MAX: usize = 1 << 16;
+
+    /// Stores `cmd`; its slot, or `None` when every slot is taken.
+    pub fn insert(&mut self, cmd: T) -> Option<u16> {
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None if self.slots.len() < Self::MAX => {
+                self.slots.push((0, None));
+                (self.slots.len() - 1) as u16
+            }
+            None => return None,
+        };
+        self.slots[i as usize].1 = Some(cmd);
+        self.live += 1;
+        Some(i)
+    }
+
+    /// The engine tag of sub-request `sub` of the command in `slot`.
+    pub fn tag(&self, slot: u16, sub: u32) -> u64 {
+        let generation = self.slots.get(slot as usize).map_or(0, |s| s.0);
+        tag::pack(slot, generation, sub)
+    }
+
+    /// The command a tag names, if it is still the one that made the tag:
+    /// (slot, sub-request, command).
+    pub fn by_tag(&mut self, t: u64) -> Option<(u16, u32, &mut T)> {
+        let (slot, generation, sub) = tag::unpack(t);
+        let (g, cmd) = self.slots.get_mut(slot)?;
+        if *g != generation {
+            return None;
+        }
+        Some((slot as u16, sub, cmd.as_mut()?))
+    }
+
+    pub fn get_mut(&mut self, slot: u16) -> Option<&mut T> {
+        self.slots.get_mut(slot as usize)?.1.as_mut()
+    }
+
+    /// Ends the command in `slot`; its old tags are stale from now on.
+    pub fn remove(&mut self, slot: u16) -> Option<T> {
+        let s = self.slots.get_mut(slot as usize)?;
+        let cmd = s.1.take()?;
+        s.0 = s.0.wrapping_add(1) & tag::GEN_MASK;
+        self.free.push(slot);
+        self.live -= 1;
+        Some(cmd)
+    }
+
+    /// Commands stored.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (u16, &mut T)> {
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i as u16, s.1.as_mut()?)))
+    }
+}
+
 /// One piece of queued output: bytes built for it, or a range of a data
 /// buffer shared with the command that read it (sent without a copy).
 pub enum Out {
@@ -217,6 +303,23 @@ mod tests {
         q.consume(3);
         assert!(q.is_empty() && q.bytes() == 0 && q.front().is_none());
         q.consume(5);
+    }
+
+    #[test]
+    fn command_tables_reject_stale_tags() {
+        let mut t = super::CommandTable::default();
+        let a = t.insert("a").unwrap();
+        let old = t.tag(a, 3);
+        assert_eq!(
+            t.by_tag(old).map(|(s, sub, c)| (s, sub, *c)),
+            Some((a, 3, "a"))
+        );
+        assert_eq!(t.remove(a), Some("a"));
+        let b = t.insert("b").unwrap();
+        assert_eq!(a, b);
+        assert!(t.by_tag(old).is_none());
+        assert_eq!(t.by_tag(t.tag(b, 0)).map(|(_, _, c)| *c), Some("b"));
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

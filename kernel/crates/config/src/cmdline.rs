@@ -99,6 +99,12 @@ fn is_count(v: &str) -> Result<(), &'static str> {
         _ => Err("expected 0-256"),
     }
 }
+fn is_seconds(v: &str) -> Result<(), &'static str> {
+    match v.parse::<u16>() {
+        Ok(n) if (1..=3600).contains(&n) => Ok(()),
+        _ => Err("expected 1-3600 seconds"),
+    }
+}
 fn is_export_list(v: &str) -> Result<(), &'static str> {
     v.split(',').try_for_each(|e| {
         let (bdev, ro) = e.split_once(':').map_or((e, None), |(b, r)| (b, Some(r)));
@@ -224,9 +230,24 @@ pub static OPTIONS: &[OptionSpec] = &[
         help: "NBD connection limit, 0 = default (16); 1 also withdraws multi-conn",
     },
     OptionSpec {
+        key: "nbd.handshake_timeout",
+        check: is_seconds,
+        help: "seconds an NBD client may take to finish its handshake (10)",
+    },
+    OptionSpec {
         key: "iscsi.max_connections",
         check: is_count,
         help: "iSCSI connection limit (sockets on port 3260), 0 = default (16)",
+    },
+    OptionSpec {
+        key: "nvmf.max_connections",
+        check: is_count,
+        help: "NVMe-oF/TCP sockets per listening port, 0 = default (16)",
+    },
+    OptionSpec {
+        key: "target.stall_timeout",
+        check: is_seconds,
+        help: "seconds a storage client may leave our replies unread before it is dropped (30)",
     },
 ];
 

@@ -97,6 +97,8 @@ pub(crate) struct SessionInfo {
 }
 
 pub struct Connection {
+    /// Where this connection's data buffers are charged.
+    pub(crate) account: ironbay_bdev::Account,
     /// Why the connection ended early, for the log.
     pub error: Option<&'static str>,
     pub(crate) local: SocketAddr,
@@ -153,6 +155,7 @@ pub struct Connection {
 impl Connection {
     pub fn new(local: SocketAddr, peer: SocketAddr, now_ms: u64) -> Self {
         Connection {
+            account: ironbay_bdev::Account::default(),
             error: None,
             local,
             peer,

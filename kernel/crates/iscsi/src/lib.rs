@@ -13,6 +13,7 @@ extern crate alloc;
 pub mod chap;
 pub mod config;
 pub mod conn;
+mod engine;
 pub mod login;
 pub mod pdu;
 pub mod scsi;

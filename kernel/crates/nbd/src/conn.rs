@@ -8,16 +8,20 @@
 //! [`Connection::consume_output`] for what was sent. Close the socket when
 //! [`Connection::finished`] says so.
 //!
-//! Memory is bounded: handshake data by the option length limit, write
-//! payloads go straight into their I/O buffers, and no new request is read
-//! while the data in flight or queued for output exceeds the limits.
+//! Memory is bounded: handshake data by the option length limit; every
+//! request buffer (read data, write payload) comes from the connection's
+//! budget [`Account`], and a request that does not fit yet waits, with no
+//! more input read, until [`Connection::handle_memory`] finds room. Write
+//! payloads go straight into their I/O buffers.
 
 use crate::export::{Export, Exports, MAX_REQUEST};
 use crate::wire::{self, Reader, Request, chunk, cmd, errno, info, opt, rep};
 use alloc::collections::VecDeque;
+use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
-use ironbay_bdev::{BdevId, IoBuf, IoCompletion, IoOp, IoStatus, IoType, Registry};
+use ironbay_bdev::engine::{CommandTable, OutQueue};
+use ironbay_bdev::{Account, BdevId, IoBuf, IoCompletion, IoOp, IoStatus, IoType, Registry, Short};
 
 /// Where BLOCK_STATUS learns which blocks hold data.
 pub trait AllocationMap {
@@ -47,7 +51,8 @@ const MAX_EXTENTS: usize = 1024;
 const MAX_OPTION: usize = 64 * 1024;
 /// Options before the client must have picked an export.
 const MAX_OPTIONS: u32 = 512;
-/// Request payload bytes in flight or queued for sending before reading pauses.
+/// Request payload bytes in flight or queued for sending before reading
+/// pauses (the budget account usually says wait first).
 const MAX_BUFFERED: usize = 64 << 20;
 /// Requests in flight per connection.
 const MAX_REQUESTS: usize = 256;
@@ -65,30 +70,19 @@ enum Phase {
 
 enum Pending {
     None,
-    /// A write whose payload is arriving.
+    /// A write whose payload is arriving, into one buffer per bdev-sized
+    /// piece.
     Payload {
         req: Request,
-        buf: IoBuf,
+        bufs: Vec<IoBuf>,
+        /// Piece being filled, and bytes in it.
+        piece: usize,
         filled: usize,
     },
     /// Bytes to throw away (an oversized option or refused write payload).
     Skip {
         left: usize,
     },
-}
-
-enum Out {
-    Bytes(Vec<u8>),
-    Data(IoBuf),
-}
-
-impl Out {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Out::Bytes(v) => v,
-            Out::Data(b) => b.as_slice(),
-        }
-    }
 }
 
 struct Command {
@@ -106,18 +100,18 @@ pub struct Connection {
     phase: Phase,
     head: Vec<u8>,
     pending: Pending,
-    out: VecDeque<Out>,
-    out_pos: usize,
-    out_bytes: usize,
+    out: OutQueue,
     no_zeroes: bool,
     structured: bool,
     base_allocation: bool,
     options: u32,
     export: Option<Export>,
     ios: VecDeque<BlockIo>,
-    commands: Vec<Option<Command>>,
-    free: Vec<u32>,
+    commands: CommandTable<Command>,
     in_flight_bytes: usize,
+    account: Account,
+    /// A request waiting for memory; no input is read meanwhile.
+    stalled: Option<Request>,
     /// Why the connection ended early, for the log.
     pub error: Option<&'static str>,
 }
@@ -139,24 +133,29 @@ fn errno_of(s: IoStatus) -> u32 {
 }
 
 impl Connection {
-    /// A new connection; the greeting is queued for output.
+    /// A new connection with memory from an unlimited budget.
     pub fn new() -> Self {
+        Self::with_account(Account::default())
+    }
+
+    /// A new connection charging its buffers to `account`; the greeting is
+    /// queued for output.
+    pub fn with_account(account: Account) -> Self {
         let mut c = Connection {
             phase: Phase::ClientFlags,
             head: Vec::new(),
             pending: Pending::None,
-            out: VecDeque::new(),
-            out_pos: 0,
-            out_bytes: 0,
+            out: OutQueue::default(),
             no_zeroes: false,
             structured: false,
             base_allocation: false,
             options: 0,
             export: None,
             ios: VecDeque::new(),
-            commands: Vec::new(),
-            free: Vec::new(),
+            commands: CommandTable::default(),
             in_flight_bytes: 0,
+            account,
+            stalled: None,
             error: None,
         };
         let mut g = Vec::with_capacity(18);
@@ -168,14 +167,22 @@ impl Connection {
     }
 
     fn send(&mut self, v: Vec<u8>) {
-        self.out_bytes += v.len();
-        self.out.push_back(Out::Bytes(v));
+        self.out.push_bytes(v);
+    }
+
+    /// Largest request payload served: what one connection's share of the
+    /// budget can hold, as a power of two (clients split larger I/O).
+    pub fn max_payload(&self) -> u32 {
+        let hold = self.account.budget().max_hold().min(MAX_REQUEST as usize);
+        let p = 1u32 << (usize::BITS - 1 - hold.max(1).leading_zeros());
+        p.max(4096)
     }
 
     fn fail(&mut self, why: &'static str) {
         self.error.get_or_insert(why);
         self.phase = Phase::Draining;
         self.pending = Pending::None;
+        self.stalled = None;
     }
 
     /// The export in use once transmission started.
@@ -184,8 +191,8 @@ impl Connection {
     }
 
     fn busy(&self) -> bool {
-        self.in_flight_bytes + self.out_bytes > MAX_BUFFERED
-            || self.commands.len() - self.free.len() >= MAX_REQUESTS
+        self.in_flight_bytes + self.out.bytes() > MAX_BUFFERED
+            || self.commands.len() >= MAX_REQUESTS
     }
 
     /// Takes bytes from the peer; returns how many were used. Fewer than
@@ -199,16 +206,26 @@ impl Connection {
         let total = data.len();
         while !data.is_empty() && self.phase != Phase::Draining {
             match &mut self.pending {
-                Pending::Payload { buf, filled, .. } => {
+                Pending::Payload {
+                    bufs,
+                    piece,
+                    filled,
+                    ..
+                } => {
+                    let buf = &mut bufs[*piece];
                     let n = (buf.len() - *filled).min(data.len());
                     buf.as_mut_slice()[*filled..*filled + n].copy_from_slice(&data[..n]);
                     *filled += n;
                     data = &data[n..];
-                    if *filled == buf.len()
-                        && let Pending::Payload { req, buf, .. } =
+                    if *filled == buf.len() {
+                        *piece += 1;
+                        *filled = 0;
+                    }
+                    if *piece == bufs.len()
+                        && let Pending::Payload { req, bufs, .. } =
                             core::mem::replace(&mut self.pending, Pending::None)
                     {
-                        self.start_write(req, buf);
+                        self.start_write(req, bufs);
                     }
                     continue;
                 }
@@ -223,7 +240,9 @@ impl Connection {
                 }
                 Pending::None => {}
             }
-            if self.phase == Phase::Transmission && self.head.is_empty() && self.busy() {
+            if self.stalled.is_some()
+                || (self.phase == Phase::Transmission && self.head.is_empty() && self.busy())
+            {
                 break;
             }
             let need = match self.phase {
@@ -385,6 +404,7 @@ impl Connection {
         }
         // Always sent: clients must not go below the bdev's block size.
         let (min, pref, max) = e.block_sizes();
+        let max = max.min(self.max_payload()).max(min);
         let mut d = info::BLOCK_SIZE.to_be_bytes().to_vec();
         d.extend(min.to_be_bytes());
         d.extend(pref.to_be_bytes());
@@ -442,12 +462,65 @@ impl Connection {
         let Some(req) = Request::parse(&raw) else {
             return self.fail("bad request magic");
         };
+        self.process(req, map);
+    }
+
+    /// Buffers for a `len`-byte request cut into bdev-sized pieces, from
+    /// the account. `Ok(None)`: the request was answered with an error or
+    /// waits for memory (then it is `stalled`).
+    fn buffers(&mut self, req: Request, e: &Export) -> Option<Vec<IoBuf>> {
+        let chunk = piece_len(e);
+        let total = req.length as u64;
+        let mut bufs = Vec::new();
+        let mut off = 0;
+        while off < total {
+            let n = chunk.min(total - off) as usize;
+            match self.account.try_buf(n) {
+                Ok(b) => bufs.push(b),
+                Err(Short::Wait) => {
+                    self.stalled = Some(req);
+                    return None;
+                }
+                Err(Short::Never) => {
+                    self.refuse(req, errno::ENOMEM);
+                    return None;
+                }
+            }
+            off += n as u64;
+        }
+        Some(bufs)
+    }
+
+    /// Answers a request with an error, skipping a write's payload.
+    fn refuse(&mut self, req: Request, err: u32) {
+        if req.kind == cmd::WRITE {
+            self.pending = Pending::Skip {
+                left: req.length as usize,
+            };
+        }
+        self.reply_error(req.cookie, req.kind, err);
+    }
+
+    /// Memory may have been released: retry the request that waited.
+    pub fn handle_memory(&mut self, map: &dyn AllocationMap) {
+        if let Some(req) = self.stalled.take() {
+            self.process(req, map);
+        }
+    }
+
+    /// Whether a request waits for memory.
+    pub fn waits_for_memory(&self) -> bool {
+        self.stalled.is_some()
+    }
+
+    fn process(&mut self, req: Request, map: &dyn AllocationMap) {
         let Some(e) = self.export.clone() else {
             return self.fail("no export");
         };
         let write_like = matches!(req.kind, cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES);
         let end = req.offset.checked_add(req.length as u64);
         let bs = e.block_size as u64;
+        let max_payload = self.max_payload();
         let check = || -> Result<(), u32> {
             if req.kind == cmd::DISC || req.kind == cmd::FLUSH {
                 return Ok(());
@@ -455,7 +528,7 @@ impl Connection {
             if write_like && e.read_only {
                 return Err(errno::EPERM);
             }
-            if req.length > MAX_REQUEST && matches!(req.kind, cmd::READ | cmd::WRITE) {
+            if req.length > max_payload && matches!(req.kind, cmd::READ | cmd::WRITE) {
                 return Err(errno::EOVERFLOW);
             }
             match end {
@@ -484,18 +557,19 @@ impl Connection {
                     self.reply_error(req.cookie, req.kind, err);
                     return self.fail("write payload too large");
                 }
-                self.pending = Pending::Skip {
-                    left: req.length as usize,
-                };
-                return self.reply_error(req.cookie, req.kind, err);
+                return self.refuse(req, err);
             }
             if req.length == 0 {
                 return self.reply_done(req.cookie);
             }
+            let Some(bufs) = self.buffers(req, &e) else {
+                return;
+            };
             self.in_flight_bytes += req.length as usize;
             self.pending = Pending::Payload {
                 req,
-                buf: IoBuf::new(req.length as usize),
+                bufs,
+                piece: 0,
                 filled: 0,
             };
             return;
@@ -507,10 +581,14 @@ impl Connection {
             cmd::DISC => self.phase = Phase::Draining,
             cmd::READ if req.length == 0 => self.reply_done(req.cookie),
             cmd::READ => {
+                let Some(bufs) = self.buffers(req, &e) else {
+                    return;
+                };
                 self.in_flight_bytes += req.length as usize;
-                self.split(&e, req, |lba, bytes| IoOp::Read {
+                let mut bufs = bufs.into_iter();
+                self.split(&e, req, |lba, _| IoOp::Read {
                     lba,
-                    buf: IoBuf::new(bytes as usize),
+                    buf: bufs.next().unwrap_or_else(|| IoBuf::new(0)),
                 });
             }
             cmd::FLUSH => self.split(&e, req, |_, _| IoOp::Flush),
@@ -530,9 +608,14 @@ impl Connection {
                 } else if req.flags & cmd::FLAG_FAST_ZERO != 0 {
                     self.reply_error(req.cookie, req.kind, errno::ENOTSUP);
                 } else {
-                    self.split(&e, req, |lba, bytes| IoOp::Write {
+                    // Zeroes written as data: buffers from the budget too.
+                    let Some(bufs) = self.buffers(req, &e) else {
+                        return;
+                    };
+                    let mut bufs = bufs.into_iter();
+                    self.split(&e, req, |lba, _| IoOp::Write {
                         lba,
-                        buf: IoBuf::new(bytes as usize),
+                        buf: bufs.next().unwrap_or_else(|| IoBuf::new(0)),
                     });
                 }
             }
@@ -541,7 +624,7 @@ impl Connection {
         }
     }
 
-    fn new_command(&mut self, req: Request, parts: u32) -> u32 {
+    fn new_command(&mut self, req: Request, parts: u32) -> Option<u16> {
         let c = Command {
             cookie: req.cookie,
             kind: req.kind,
@@ -551,20 +634,11 @@ impl Connection {
             error: 0,
             data: Vec::new(),
         };
-        match self.free.pop() {
-            Some(i) => {
-                self.commands[i as usize] = Some(c);
-                i
-            }
-            None => {
-                self.commands.push(Some(c));
-                (self.commands.len() - 1) as u32
-            }
-        }
+        self.commands.insert(c)
     }
 
     /// Splits a request into bdev-sized pieces made by `op(lba, bytes)`.
-    fn split(&mut self, e: &Export, req: Request, op: impl Fn(u64, u64) -> IoOp) {
+    fn split(&mut self, e: &Export, req: Request, mut op: impl FnMut(u64, u64) -> IoOp) {
         let bs = e.block_size as u64;
         let limit = match req.kind {
             cmd::TRIM => e.max_unmap_blocks as u64 * bs,
@@ -583,9 +657,12 @@ impl Connection {
         if parts > u16::MAX as u64 {
             return self.reply_error(req.cookie, req.kind, errno::EOVERFLOW);
         }
-        let id = self.new_command(req, parts as u32);
+        // MAX_REQUESTS keeps the table far below its 65536 slots.
+        let Some(id) = self.new_command(req, parts as u32) else {
+            return self.reply_error(req.cookie, req.kind, errno::ENOMEM);
+        };
         if req.kind == cmd::READ
-            && let Some(c) = self.commands[id as usize].as_mut()
+            && let Some(c) = self.commands.get_mut(id)
         {
             c.data = (0..parts).map(|_| None).collect();
         }
@@ -593,7 +670,7 @@ impl Connection {
         for p in 0..parts {
             let off = p * chunk;
             let bytes = chunk.min(total - off);
-            let tag = (id as u64) << 16 | p;
+            let tag = self.commands.tag(id, p as u32);
             self.ios.push_back(BlockIo {
                 tag,
                 bdev: e.bdev,
@@ -603,31 +680,13 @@ impl Connection {
         }
     }
 
-    fn start_write(&mut self, req: Request, buf: IoBuf) {
+    /// The payload is in: one bdev write per piece it arrived in.
+    fn start_write(&mut self, req: Request, bufs: Vec<IoBuf>) {
         let Some(e) = self.export.clone() else { return };
-        let bs = e.block_size as u64;
-        if buf.len() as u64 <= e.max_transfer as u64 {
-            let id = self.new_command(req, 1);
-            let fua = req.flags & cmd::FLAG_FUA != 0;
-            self.ios.push_back(BlockIo {
-                tag: (id as u64) << 16,
-                bdev: e.bdev,
-                op: IoOp::Write {
-                    lba: req.offset / bs,
-                    buf,
-                },
-                fua,
-            });
-            return;
-        }
-        // Larger than one bdev transfer: copy into pieces.
-        let data = buf;
-        self.split(&e, req, |lba, bytes| {
-            let mut b = IoBuf::new(bytes as usize);
-            let start = (lba * bs - req.offset) as usize;
-            b.as_mut_slice()
-                .copy_from_slice(&data.as_slice()[start..start + bytes as usize]);
-            IoOp::Write { lba, buf: b }
+        let mut bufs = bufs.into_iter();
+        self.split(&e, req, |lba, _| IoOp::Write {
+            lba,
+            buf: bufs.next().unwrap_or_else(|| IoBuf::new(0)),
         });
     }
 
@@ -686,11 +745,10 @@ impl Connection {
     }
 
     pub fn handle_completion(&mut self, tag: u64, c: IoCompletion) {
-        let id = (tag >> 16) as usize;
-        let part = (tag & 0xffff) as usize;
-        let Some(Some(cmd)) = self.commands.get_mut(id) else {
+        let Some((id, part, cmd)) = self.commands.by_tag(tag) else {
             return;
         };
+        let part = part as usize;
         cmd.parts_left -= 1;
         if cmd.error == 0 {
             cmd.error = errno_of(c.status);
@@ -703,10 +761,9 @@ impl Connection {
         if cmd.parts_left > 0 {
             return;
         }
-        let Some(cmd) = self.commands[id].take() else {
+        let Some(cmd) = self.commands.remove(id) else {
             return;
         };
-        self.free.push(id as u32);
         if matches!(cmd.kind, cmd::READ | cmd::WRITE) {
             self.in_flight_bytes = self.in_flight_bytes.saturating_sub(cmd.length as usize);
         }
@@ -730,43 +787,37 @@ impl Connection {
             self.send(wire::simple_reply(0, cmd.cookie).to_vec());
         }
         for b in cmd.data.into_iter().flatten() {
-            self.out_bytes += b.len();
-            self.out.push_back(Out::Data(b));
+            let len = b.len();
+            self.out.push_data(Rc::new(b), 0, len);
         }
     }
 
     /// Bytes waiting to be sent (a prefix of them, at least one if any).
     pub fn poll_output(&self) -> Option<&[u8]> {
-        self.out.front().map(|o| &o.bytes()[self.out_pos..])
+        self.out.front()
     }
 
-    pub fn consume_output(&mut self, mut n: usize) {
-        while n > 0 {
-            let Some(front) = self.out.front() else {
-                return;
-            };
-            let left = front.bytes().len() - self.out_pos;
-            let k = n.min(left);
-            self.out_pos += k;
-            self.out_bytes -= k;
-            n -= k;
-            if self.out_pos == front.bytes().len() {
-                self.out.pop_front();
-                self.out_pos = 0;
-            }
-        }
+    pub fn consume_output(&mut self, n: usize) {
+        self.out.consume(n);
     }
 
     /// Whether more input would be taken now.
     pub fn wants_input(&self) -> bool {
-        self.phase != Phase::Draining && !(self.phase == Phase::Transmission && self.busy())
+        self.phase != Phase::Draining
+            && self.stalled.is_none()
+            && !(self.phase == Phase::Transmission && self.busy())
+    }
+
+    /// Still in the handshake: no export chosen yet.
+    pub fn in_handshake(&self) -> bool {
+        matches!(self.phase, Phase::ClientFlags | Phase::Options)
     }
 
     /// Nothing in flight, nothing to send, and the client is done or dropped.
     pub fn finished(&self) -> bool {
         self.phase == Phase::Draining
             && self.out.is_empty()
-            && self.commands.len() == self.free.len()
+            && self.commands.is_empty()
             && self.ios.is_empty()
     }
 
@@ -779,4 +830,10 @@ impl Default for Connection {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Bytes per bdev request for reads and writes.
+fn piece_len(e: &Export) -> u64 {
+    let bs = e.block_size as u64;
+    (e.max_transfer as u64 / bs).max(1) * bs
 }

@@ -18,11 +18,14 @@
 extern crate alloc;
 
 mod conn;
+mod engine;
 pub mod export;
 pub mod wire;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_endpoint;
 
 pub use conn::{AllocationMap, BlockIo, Connection, NoAllocationMap};
 pub use export::{Export, Exports};

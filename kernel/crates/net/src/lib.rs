@@ -22,6 +22,7 @@ extern crate alloc;
 pub mod device;
 pub mod diag;
 pub mod listener;
+pub mod sockets;
 pub mod stack;
 
 #[cfg(test)]
@@ -29,4 +30,5 @@ mod fake;
 
 pub use device::{NetDevice, NetDriver, RxStats};
 pub use listener::{Listener, TcpTuning};
+pub use sockets::{SetSockets, TcpSocket};
 pub use stack::{Ipv4Mode, NicConfig, Role, Stack};

@@ -200,6 +200,8 @@ fn host_to_ctrl(sqe: &Sqe) -> bool {
 }
 
 pub struct Connection {
+    /// Where this connection's data buffers are charged.
+    pub(crate) account: ironbay_bdev::Account,
     /// Why the connection ended early, for the log.
     pub error: Option<&'static str>,
     pub(crate) local: SocketAddr,
@@ -247,6 +249,7 @@ pub struct Connection {
 impl Connection {
     pub fn new(local: SocketAddr, peer: SocketAddr, now_ms: u64) -> Self {
         Connection {
+            account: ironbay_bdev::Account::default(),
             error: None,
             local,
             peer,

@@ -16,6 +16,7 @@ extern crate alloc;
 
 pub mod config;
 pub mod conn;
+mod engine;
 pub mod ctrl;
 mod io;
 pub mod pdu;

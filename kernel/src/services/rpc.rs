@@ -1,0 +1,218 @@
+//! The JSON-RPC server on the management NIC: sessions on port 5260, the
+//! allow-list, deferred init and the benchmark a session asked for.
+
+use crate::net::Network;
+use crate::storage::Storage;
+use alloc::vec::Vec;
+use ironbay_endpoint::tag::BENCH as BENCH_TAG;
+use ironbay_nbd::Exports;
+use ironbay_net::{Listener, Role, TcpTuning};
+use smoltcp::socket::tcp;
+
+pub const RPC_PORT: u16 = 5260;
+pub const RPC_CONNECTIONS: usize = 8;
+
+/// The JSON-RPC server on the management NIC.
+pub struct Rpc {
+    stack: usize,
+    listener: Listener,
+    sessions: Vec<Option<ironbay_rpc::Session>>,
+    /// Client subnets allowed; empty means the management NIC's own subnet.
+    allow: Vec<ironbay_config::net::Ipv4Cidr>,
+    initialized: bool,
+    /// `spdk_kill_instance` asked for an orderly shutdown.
+    pub shutdown: bool,
+    /// A benchmark `bdevperf_run` asked for, and the one running (with the
+    /// session waiting for its result).
+    bench_request: Option<ironbay_bdev::bench::BenchSpec>,
+    running: Option<(usize, ironbay_bdev::bench::Bench)>,
+}
+
+pub fn rpc_init(network: &mut Network, cmdline: &ironbay_config::Cmdline) -> Option<Rpc> {
+    let Some(stack) = network.stacks.iter().position(|s| s.role == Role::Mgmt) else {
+        log::warn!("no management NIC: JSON-RPC not started");
+        return None;
+    };
+    let allow: Vec<ironbay_config::net::Ipv4Cidr> = cmdline
+        .get("mgmt.allow")
+        .map(|l| l.split(',').filter_map(|c| c.parse().ok()).collect())
+        .unwrap_or_default();
+    let listener = Listener::new(
+        &mut network.stacks[stack].sockets,
+        RPC_PORT,
+        RPC_CONNECTIONS,
+        TcpTuning::MANAGEMENT,
+    );
+    if allow.is_empty() {
+        log::info!("mgmt: JSON-RPC on TCP port {RPC_PORT}, clients from the management subnet");
+    } else {
+        let list: Vec<alloc::string::String> =
+            allow.iter().map(|c| alloc::format!("{c}")).collect();
+        log::info!(
+            "mgmt: JSON-RPC on TCP port {RPC_PORT}, clients from {}",
+            list.join(" ")
+        );
+    }
+    Some(Rpc {
+        stack,
+        listener,
+        sessions: (0..RPC_CONNECTIONS).map(|_| None).collect(),
+        allow,
+        initialized: !cmdline.flag("mgmt.wait_for_init"),
+        shutdown: false,
+        bench_request: None,
+        running: None,
+    })
+}
+
+impl Rpc {
+    fn allowed(&self, network: &Network, peer: smoltcp::wire::IpAddress) -> bool {
+        let smoltcp::wire::IpAddress::Ipv4(ip) = peer else {
+            return false;
+        };
+        let ip = core::net::Ipv4Addr::from(ip.octets());
+        if self.allow.is_empty() {
+            // Default: the management NIC's own subnet.
+            return network.stacks[self.stack].ipv4().is_some_and(|c| {
+                let addr = core::net::Ipv4Addr::from(c.address().octets());
+                ironbay_config::net::Ipv4Cidr {
+                    addr,
+                    prefix: c.prefix_len(),
+                }
+                .contains(ip)
+            });
+        }
+        self.allow.iter().any(|c| c.contains(ip))
+    }
+
+    pub fn poll(
+        &mut self,
+        network: &mut Network,
+        storage: &mut Storage,
+        mut nbd: Option<&mut Exports>,
+    ) -> bool {
+        let mut busy = false;
+        let was_initialized = self.initialized;
+        if let Some((owner, bench)) = &mut self.running {
+            busy = true;
+            if bench.tick(&mut storage.bdevs, crate::time::uptime_us()) {
+                let report = bench.report();
+                log::info!("mgmt: benchmark done: {:.0} IOPS", report.iops);
+                // The asker may have gone; then the result has nowhere to go.
+                if let Some(session) = self.sessions[*owner].as_mut() {
+                    session.complete_deferred(
+                        ironbay_rpc::Wait::Bench,
+                        Ok(ironbay_rpc::methods::bench_result(&report)),
+                    );
+                }
+                self.running = None;
+            }
+        }
+        for (i, &h) in self.listener.sockets().iter().enumerate() {
+            let (state, peer) = {
+                let s = network.stacks[self.stack].sockets.get::<tcp::Socket<'_>>(h);
+                (s.state(), s.remote_endpoint())
+            };
+            if !matches!(state, tcp::State::Established | tcp::State::CloseWait) {
+                self.sessions[i] = None;
+                continue;
+            }
+            if self.sessions[i].is_none() {
+                if !peer.is_some_and(|p| self.allowed(network, p.addr)) {
+                    log::warn!(
+                        "mgmt: JSON-RPC connection from {peer:?} refused (not in the allow-list)"
+                    );
+                    network.stacks[self.stack]
+                        .sockets
+                        .get_mut::<tcp::Socket<'_>>(h)
+                        .abort();
+                    continue;
+                }
+                self.sessions[i] = Some(ironbay_rpc::Session::new());
+            }
+            let Some(session) = self.sessions[i].as_mut() else {
+                continue;
+            };
+            let s = network.stacks[self.stack]
+                .sockets
+                .get_mut::<tcp::Socket<'_>>(h);
+            if session.wants_input() && s.can_recv() {
+                let heap = crate::mem::heap_stats();
+                let mut model = ironbay_rpc::Model {
+                    bdevs: &mut storage.bdevs,
+                    devices: Some(&mut storage.hw),
+                    nbd: nbd.as_deref_mut(),
+                    iscsi: Some(&mut storage.iscsi),
+                    nvmf: Some(&mut storage.nvmf),
+                    memory_budget: heap.ram_bdev_budget(),
+                    initialized: &mut self.initialized,
+                    shutdown: &mut self.shutdown,
+                    bench: Some(&mut self.bench_request),
+                };
+                let _ = s.recv(|b| {
+                    session.handle_input(b, &mut model);
+                    (b.len(), ())
+                });
+                busy = true;
+            }
+            if let Some(spec) = self.bench_request.take() {
+                if self.running.is_some() {
+                    session.complete_deferred(
+                        ironbay_rpc::Wait::Bench,
+                        Err(ironbay_rpc::RpcError {
+                            code: ironbay_rpc::methods::code::INVALID_STATE,
+                            message: "a benchmark is already running".into(),
+                        }),
+                    );
+                } else {
+                    match ironbay_bdev::bench::Bench::new(spec, &storage.bdevs) {
+                        Ok(mut bench) => {
+                            log::info!("mgmt: benchmark started over JSON-RPC");
+                            bench.set_tag_base(BENCH_TAG);
+                            bench.start(&mut storage.bdevs, crate::time::uptime_us());
+                            self.running = Some((i, bench));
+                        }
+                        Err(e) => session.complete_deferred(
+                            ironbay_rpc::Wait::Bench,
+                            Err(ironbay_rpc::RpcError::params(e)),
+                        ),
+                    }
+                }
+            }
+            while !session.poll_output().is_empty() {
+                match s.send_slice(session.poll_output()) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        session.consume_output(n);
+                        busy = true;
+                    }
+                }
+            }
+            if (session.closed() || s.state() == tcp::State::CloseWait)
+                && session.poll_output().is_empty()
+            {
+                s.close();
+            }
+        }
+        if !was_initialized && self.initialized {
+            storage.finish_init();
+            for session in self.sessions.iter_mut().flatten() {
+                session
+                    .complete_deferred(ironbay_rpc::Wait::Init, Ok(serde_json::Value::Bool(true)));
+            }
+            busy = true;
+        }
+        self.listener
+            .relisten(&mut network.stacks[self.stack].sockets);
+        busy
+    }
+}
+
+impl Rpc {
+    /// Hands a benchmark completion to the running benchmark.
+    pub fn complete_bench(&mut self, c: ironbay_bdev::IoCompletion, storage: &mut Storage) {
+        if let Some((_, bench)) = &mut self.running {
+            bench.handle(&mut storage.bdevs, c, crate::time::uptime_us());
+        }
+    }
+}
