@@ -11,12 +11,22 @@ use smoltcp::socket::tcp;
 
 pub const RPC_PORT: u16 = 5260;
 pub const RPC_CONNECTIONS: usize = 8;
+/// A session with no traffic this long is dropped (clients connect per call
+/// or keep a session busy; a benchmark's asker is exempt).
+const IDLE_US: u64 = 120_000_000;
+/// A quiet session may be dropped this soon when every socket is taken.
+const EVICT_IDLE_US: u64 = 5_000_000;
+/// A close that has not finished by then is aborted.
+const LINGER_US: u64 = 2_000_000;
 
 /// The JSON-RPC server on the management NIC.
 pub struct Rpc {
     stack: usize,
     listener: Listener,
     sessions: Vec<Option<ironbay_rpc::Session>>,
+    /// Per socket: last traffic, and when a close began.
+    active_us: Vec<u64>,
+    closing_since: Vec<Option<u64>>,
     /// Client subnets allowed; empty means the management NIC's own subnet.
     allow: Vec<ironbay_config::net::Ipv4Cidr>,
     initialized: bool,
@@ -57,6 +67,8 @@ pub fn rpc_init(network: &mut Network, cmdline: &ironbay_config::Cmdline) -> Opt
         stack,
         listener,
         sessions: (0..RPC_CONNECTIONS).map(|_| None).collect(),
+        active_us: alloc::vec![0; RPC_CONNECTIONS],
+        closing_since: alloc::vec![None; RPC_CONNECTIONS],
         allow,
         initialized: !cmdline.flag("mgmt.wait_for_init"),
         shutdown: false,
@@ -108,6 +120,8 @@ impl Rpc {
                 self.running = None;
             }
         }
+        let now = crate::time::uptime_us();
+        let bench_owner = self.running.as_ref().map(|(o, _)| *o);
         for (i, &h) in self.listener.sockets().iter().enumerate() {
             let (state, peer) = {
                 let s = network.stacks[self.stack].sockets.get::<tcp::Socket<'_>>(h);
@@ -115,6 +129,32 @@ impl Rpc {
             };
             if !matches!(state, tcp::State::Established | tcp::State::CloseWait) {
                 self.sessions[i] = None;
+                let s = network.stacks[self.stack]
+                    .sockets
+                    .get_mut::<tcp::Socket<'_>>(h);
+                match state {
+                    tcp::State::Listen | tcp::State::Closed => self.closing_since[i] = None,
+                    // Nothing more will be said: free the socket now.
+                    tcp::State::TimeWait => s.abort(),
+                    _ => {
+                        let since = *self.closing_since[i].get_or_insert(now);
+                        if now.saturating_sub(since) >= LINGER_US {
+                            s.abort();
+                        }
+                    }
+                }
+                continue;
+            }
+            if self.sessions[i].is_some()
+                && bench_owner != Some(i)
+                && now.saturating_sub(self.active_us[i]) >= IDLE_US
+            {
+                log::warn!("mgmt: JSON-RPC client {peer:?} idle too long; dropped");
+                self.sessions[i] = None;
+                network.stacks[self.stack]
+                    .sockets
+                    .get_mut::<tcp::Socket<'_>>(h)
+                    .abort();
                 continue;
             }
             if self.sessions[i].is_none() {
@@ -129,6 +169,7 @@ impl Rpc {
                     continue;
                 }
                 self.sessions[i] = Some(ironbay_rpc::Session::new());
+                self.active_us[i] = now;
             }
             let Some(session) = self.sessions[i].as_mut() else {
                 continue;
@@ -153,6 +194,7 @@ impl Rpc {
                     session.handle_input(b, &mut model);
                     (b.len(), ())
                 });
+                self.active_us[i] = now;
                 busy = true;
             }
             if let Some(spec) = self.bench_request.take() {
@@ -184,6 +226,7 @@ impl Rpc {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         session.consume_output(n);
+                        self.active_us[i] = now;
                         busy = true;
                     }
                 }
@@ -202,9 +245,36 @@ impl Rpc {
             }
             busy = true;
         }
+        self.evict_when_full(network, now, bench_owner);
         self.listener
             .relisten(&mut network.stacks[self.stack].sockets);
         busy
+    }
+
+    /// When no socket listens, drops the session quiet longest (if quiet a
+    /// while), so idle connections cannot lock the management API.
+    fn evict_when_full(&mut self, network: &mut Network, now: u64, bench_owner: Option<usize>) {
+        let sockets = &mut network.stacks[self.stack].sockets;
+        let handles = self.listener.sockets();
+        if handles
+            .iter()
+            .any(|&h| sockets.get::<tcp::Socket<'_>>(h).state() == tcp::State::Listen)
+        {
+            return;
+        }
+        let victim = (0..handles.len())
+            .filter(|&i| self.sessions[i].is_some() && bench_owner != Some(i))
+            .filter(|&i| now.saturating_sub(self.active_us[i]) >= EVICT_IDLE_US)
+            .min_by_key(|&i| self.active_us[i]);
+        if let Some(i) = victim {
+            let s = sockets.get_mut::<tcp::Socket<'_>>(handles[i]);
+            log::warn!(
+                "mgmt: every JSON-RPC socket taken; dropped quiet client {:?}",
+                s.remote_endpoint()
+            );
+            s.abort();
+            self.sessions[i] = None;
+        }
     }
 }
 
