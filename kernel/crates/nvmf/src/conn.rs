@@ -3,8 +3,10 @@
 //! Driving order, per poll-loop turn:
 //! 1. feed received bytes to [`Connection::handle_input`]; it returns how
 //!    many it took, and the rest must be offered again later (it stops at a
-//!    PDU boundary while too much output or read data is queued, see
-//!    [`Connection::wants_input`]);
+//!    PDU boundary while too much output or read data is queued, or while
+//!    commands wait for memory, see [`Connection::wants_input`]); then,
+//!    while [`Connection::waits_for_memory`], call
+//!    [`Connection::handle_memory`];
 //! 2. start every [`Connection::poll_io`] on the bdev layer, giving back any
 //!    the layer refuses with [`Connection::retry_io`] (same order);
 //! 3. feed each completion to [`Connection::handle_completion`];
@@ -17,17 +19,25 @@
 //! 6. close the socket once [`Connection::finished`], and call
 //!    [`Connection::closed`] whenever the socket goes away.
 //!
-//! Memory per connection is bounded: one PDU is assembled at a time, and
-//! its length is checked against the negotiated limits (in-capsule data
-//! size, MAXH2CDATA) from its 8-byte common header before any of it is
-//! buffered. Commands are limited to the queue size.
+//! Memory: every data buffer a host can make the connection hold (read
+//! data, solicited write data, in-capsule data of I/O commands) is charged
+//! to the connection's account of the appliance's budget; what cannot have
+//! its buffers waits (see [`crate::mem`]). What is not charged is small and
+//! fixed per connection: one PDU header or command capsule is assembled at
+//! a time (its length checked against the negotiated limits from its
+//! 8-byte common header before any of it is buffered; H2CData goes
+//! straight into the command's buffers), admin and Fabrics data are used
+//! at once, and no new PDU is read while more than [`MAX_UNCHARGED_OUT`]
+//! of headers, responses and admin data waits for the socket. Commands are
+//! limited to the queue size.
 //! - Reads: while queued output plus the read buffers of running commands
-//!   exceed [`MAX_BUFFERED`], no new PDU is read, so at most one command
-//!   (the transport's max I/O size) goes past it.
-//! - Writes: a command's buffers for solicited data are allocated only once
-//!   it is granted room in [`MAX_DATA_OUT`] (in arrival order; a command
-//!   alone is always granted), and only then is its R2T sent.
+//!   exceed [`MAX_BUFFERED`], no new PDU is read.
+//! - Writes: a command's buffers for solicited data are taken only once it
+//!   is granted room in [`MAX_DATA_OUT`] and the budget (in arrival order;
+//!   a command alone is always granted room), and only then is its R2T
+//!   sent.
 
+use crate::config::MIN_MAX_IO_SIZE;
 use crate::ctrl::{self, Outcome, QueueBinding};
 use crate::io::Prep;
 use crate::pdu::{self, CH_LEN, Common, DIGEST_LEN, fes, flag, ty};
@@ -52,13 +62,16 @@ pub const MAX_CMDS: usize = 1024;
 pub const ADMIN_DATA: usize = 8192;
 /// Largest C2HData PDU we send.
 pub const C2H_CHUNK: usize = 128 << 10;
+/// Queued output not charged to the budget (PDU headers, responses, admin
+/// data) beyond which no new PDU is read.
+pub const MAX_UNCHARGED_OUT: usize = 1 << 20;
 /// ICReq and Connect must arrive within this time.
 const SETUP_TIMEOUT_MS: u64 = 30_000;
 /// How often the connection looks at its controller without being asked.
 const TICK_MS: u64 = 1000;
 /// TTAG: the command's slot in the low bits, its R2T number above.
 const TTAG_SLOT_BITS: u32 = 10;
-const TTAG_SLOT_MASK: u16 = (1 << TTAG_SLOT_BITS) - 1;
+pub(crate) const TTAG_SLOT_MASK: u16 = (1 << TTAG_SLOT_BITS) - 1;
 /// R2Ts outstanding per command, whatever the host allows.
 const MAX_R2T_PER_CMD: usize = 8;
 const _: () = assert!(MAX_CMDS <= 1 << TTAG_SLOT_BITS);
@@ -70,8 +83,8 @@ const MIN_DATA_WAIT_SEC: u32 = 10;
 pub(crate) const TRANSIENT_TRANSPORT_ERROR: Status = Status::generic(0x22);
 
 pub use ironbay_bdev::BlockIo;
-use ironbay_bdev::engine::OutQueue;
 use ironbay_bdev::engine::tag::{GEN_MASK, pack as make_tag, unpack as split_tag};
+use ironbay_bdev::engine::{Out, OutQueue};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -88,8 +101,11 @@ pub(crate) enum Phase {
 pub(crate) enum Stage {
     /// Host data still to come (in R2T windows).
     Receiving,
-    /// Waiting for room in [`MAX_DATA_OUT`] before its R2T goes out.
+    /// Waiting for room in [`MAX_DATA_OUT`] and the budget before its R2T
+    /// goes out.
     WaitGrant,
+    /// Waiting for the budget to give its read or in-capsule data buffers.
+    WaitMemory,
     /// Executing (block I/O at the device).
     Running,
 }
@@ -128,6 +144,8 @@ pub(crate) struct Cmd {
     pub err_lba: u64,
     /// Read results, by sub-request.
     pub bufs: Vec<Option<IoBuf>>,
+    /// In-capsule data of an admin or Fabrics command (used at once).
+    pub inline: Vec<u8>,
 }
 
 impl Cmd {
@@ -152,11 +170,12 @@ impl Cmd {
             status: Status::SUCCESS,
             err_lba: 0,
             bufs: Vec::new(),
+            inline: Vec::new(),
         }
     }
 
     /// Copies host data at `off` into the command's buffers.
-    fn put(&mut self, off: usize, mut bytes: &[u8]) {
+    pub(crate) fn put(&mut self, off: usize, mut bytes: &[u8]) {
         let chunk = self.chunk.max(1);
         let mut at = off;
         while !bytes.is_empty() {
@@ -177,7 +196,28 @@ impl Cmd {
 
     /// The host data as one slice (single-buffer commands).
     pub fn host_data(&self) -> &[u8] {
-        self.data.first().map_or(&[][..], |b| b.as_slice())
+        self.data.first().map_or(&self.inline[..], |b| b.as_slice())
+    }
+
+    /// The host data of a command that runs at once, taken out of it.
+    fn take_host_data(&mut self) -> HostData {
+        HostData {
+            bufs: core::mem::take(&mut self.data),
+            inline: core::mem::take(&mut self.inline),
+        }
+    }
+}
+
+/// Host data taken out of a command: its buffers or in-capsule bytes.
+struct HostData {
+    bufs: Vec<IoBuf>,
+    inline: Vec<u8>,
+}
+
+impl core::ops::Deref for HostData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.bufs.first().map_or(&self.inline[..], |b| b.as_slice())
     }
 }
 
@@ -208,9 +248,14 @@ pub struct Connection {
     pub(crate) peer: SocketAddr,
     pub(crate) phase: Phase,
     rx: Vec<u8>,
-    /// Length of the PDU being assembled, 0 while reading a common header.
+    /// Length of the PDU being assembled, 0 while reading a common header
+    /// (of H2CData, only its header: the data is streamed).
     need: usize,
-    out: OutQueue,
+    /// The H2CData PDU whose data is coming in.
+    pub(crate) h2c: Option<crate::h2c::Incoming>,
+    pub(crate) out: OutQueue,
+    /// Bytes of `out` not charged to the budget.
+    uncharged_out: usize,
     /// Negotiated in the ICReq.
     pub(crate) hd: bool,
     pub(crate) dd: bool,
@@ -233,10 +278,12 @@ pub struct Connection {
     /// Read buffers of the commands running at the device.
     pub(crate) executing_bytes: usize,
     /// Solicited write data of the commands granted buffers.
-    dout_granted: usize,
-    /// Commands waiting for room in [`MAX_DATA_OUT`], as (slot,
-    /// generation), oldest first.
-    grant_queue: VecDeque<(u16, u8)>,
+    pub(crate) dout_granted: usize,
+    /// Commands waiting for buffers (stage [`Stage::WaitGrant`] or
+    /// [`Stage::WaitMemory`]), as (slot, generation), oldest first.
+    pub(crate) waiting: VecDeque<(u16, u8)>,
+    /// A command whose in-capsule data waits for buffers.
+    pub(crate) parked: Option<crate::mem::Parked>,
     /// Asynchronous Event Requests parked, by CID.
     aers: VecDeque<u16>,
     pub(crate) now: u64,
@@ -256,7 +303,9 @@ impl Connection {
             phase: Phase::Init,
             rx: Vec::new(),
             need: 0,
+            h2c: None,
             out: OutQueue::default(),
+            uncharged_out: 0,
             hd: false,
             dd: false,
             align: 4,
@@ -272,7 +321,8 @@ impl Connection {
             ios: VecDeque::new(),
             executing_bytes: 0,
             dout_granted: 0,
-            grant_queue: VecDeque::new(),
+            waiting: VecDeque::new(),
+            parked: None,
             aers: VecDeque::new(),
             now: now_ms,
             started: now_ms,
@@ -292,6 +342,7 @@ impl Connection {
         self.phase = Phase::Closing;
         self.rx = Vec::new();
         self.need = 0;
+        self.h2c = None;
     }
 
     /// Sends a C2HTermReq and closes.
@@ -307,13 +358,24 @@ impl Connection {
     }
 
     pub(crate) fn send(&mut self, v: Vec<u8>) {
+        if v.is_empty() {
+            return;
+        }
+        self.uncharged_out += v.len();
         self.out.push_bytes(v);
     }
 
     fn busy(&self) -> bool {
         // Unmap and write-zeroes ranges fan out into many block I/Os: stop
         // taking commands while the device leaves too many of them queued.
-        self.out.bytes() + self.executing_bytes > MAX_BUFFERED || self.ios.len() > MAX_QUEUED_IOS
+        self.out.bytes() + self.executing_bytes > MAX_BUFFERED
+            || self.uncharged_out > MAX_UNCHARGED_OUT
+            || self.ios.len() > MAX_QUEUED_IOS
+    }
+
+    /// Whether a new PDU may be read.
+    fn takes_pdus(&self) -> bool {
+        !self.busy() && !self.blocked_on_memory()
     }
 
     /// Queue entries (1 before Connect).
@@ -346,8 +408,11 @@ impl Connection {
         (self.dout_granted, self.out.bytes() + self.executing_bytes)
     }
 
+    /// Whether [`Connection::handle_input`] takes bytes now: always within
+    /// a PDU, at a PDU boundary unless output or memory holds it back.
     pub fn wants_input(&self) -> bool {
-        self.phase != Phase::Closing && !self.busy()
+        self.phase != Phase::Closing
+            && (self.h2c.is_some() || !self.rx.is_empty() || self.takes_pdus())
     }
 
     /// Takes bytes from the host; returns how many were used. Fewer than
@@ -365,7 +430,17 @@ impl Connection {
         self.sync_with(target, false);
         let mut used = 0;
         loop {
-            if self.phase == Phase::Closing || (self.rx.is_empty() && self.busy()) {
+            if self.phase == Phase::Closing {
+                break;
+            }
+            if self.h2c.is_some() {
+                used += self.h2c_stream(&bytes[used..], target, bdevs);
+                if self.h2c.is_some() {
+                    break;
+                }
+                continue;
+            }
+            if self.rx.is_empty() && !self.takes_pdus() {
                 break;
             }
             let want = if self.need == 0 { CH_LEN } else { self.need };
@@ -387,21 +462,30 @@ impl Connection {
                     self.terminate(f, i, &bad, "invalid PDU header");
                     break;
                 }
-                // check_header bounds plen to the negotiated limits.
-                self.need = c.plen as usize;
+                // check_header bounds plen to the negotiated limits; the
+                // data of H2CData (after PDO) goes to the command's buffers.
+                self.need = if c.ty == ty::H2C_DATA {
+                    c.pdo as usize
+                } else {
+                    c.plen as usize
+                };
                 self.rx
                     .reserve_exact(self.need.saturating_sub(self.rx.len()));
                 continue;
             }
             let raw = core::mem::take(&mut self.rx);
             self.need = 0;
-            self.pdu(&raw, target, bdevs);
+            if raw.first() == Some(&ty::H2C_DATA) {
+                self.h2c_head(&raw);
+            } else {
+                self.pdu(&raw, target, bdevs);
+            }
             if raw.capacity() <= 2 * ADMIN_DATA {
                 self.rx = raw;
                 self.rx.clear();
             }
         }
-        self.grant_waiting();
+        self.retry_waiting(target, bdevs);
         self.sync(target);
         used
     }
@@ -453,11 +537,11 @@ impl Connection {
         }
     }
 
-    fn hd_len(&self) -> usize {
+    pub(crate) fn hd_len(&self) -> usize {
         if self.hd { DIGEST_LEN } else { 0 }
     }
 
-    fn dd_len(&self) -> usize {
+    pub(crate) fn dd_len(&self) -> usize {
         if self.dd { DIGEST_LEN } else { 0 }
     }
 
@@ -494,7 +578,8 @@ impl Connection {
         Ok(())
     }
 
-    /// A whole PDU whose common header passed [`Self::check_header`].
+    /// A whole PDU (not H2CData) whose common header passed
+    /// [`Self::check_header`].
     fn pdu(&mut self, raw: &[u8], target: &mut Target, bdevs: &Registry) {
         let Some(c) = Common::parse(raw) else {
             return;
@@ -525,10 +610,8 @@ impl Connection {
         } else {
             (&[][..], true)
         };
-        match c.ty {
-            ty::CAPSULE_CMD => self.capsule(raw, data, digest_ok, target, bdevs),
-            ty::H2C_DATA => self.h2c_data(raw, &c, data, digest_ok, target, bdevs),
-            _ => {}
+        if c.ty == ty::CAPSULE_CMD {
+            self.capsule(raw, data, digest_ok, target, bdevs);
         }
     }
 
@@ -661,12 +744,21 @@ impl Connection {
         };
         let i = i as usize;
         if let Err(st) = self.begin(i, data, target, bdevs) {
-            if self.phase == Phase::Ready && self.qid() != 0 {
-                let slba = sqe.cdw(10) as u64 | (sqe.cdw(11) as u64) << 32;
-                target.log_error(self.cntlid(), self.qid(), cid, st, sqe.nsid(), slba);
-            }
-            self.complete(i, st, 0, 0);
+            self.fail_cmd(i, st, target);
         }
+    }
+
+    /// Completes command `i` with an error, logged for I/O queues.
+    pub(crate) fn fail_cmd(&mut self, i: usize, st: Status, target: &mut Target) {
+        let Some(c) = self.cmd_mut(i) else {
+            return;
+        };
+        let sqe = c.sqe;
+        if self.phase == Phase::Ready && self.qid() != 0 {
+            let slba = sqe.cdw(10) as u64 | (sqe.cdw(11) as u64) << 32;
+            target.log_error(self.cntlid(), self.qid(), sqe.cid(), st, sqe.nsid(), slba);
+        }
+        self.complete(i, st, 0, 0);
     }
 
     fn cid_busy(&self, cid: u16) -> bool {
@@ -706,7 +798,8 @@ impl Connection {
                 sq_flow_disabled: false,
                 discovery: false,
             });
-            let prep = crate::io::prepare(target, bdevs, &q, &sqe)?;
+            let cap = self.transfer_cap(target);
+            let prep = crate::io::prepare(target, bdevs, &q, &sqe, cap)?;
             chunk = prep.buf_chunk;
             if let Some(c) = self.cmd_mut(i) {
                 c.prep = Some(prep);
@@ -738,10 +831,13 @@ impl Connection {
             };
             c.want = want;
             c.chunk = chunk.max(1);
-            c.data = alloc_chunks(want, c.chunk);
-            c.put(0, src);
             c.got = want;
-            return self.ready(i, target, bdevs);
+            if !io_queue {
+                // Admin and Fabrics commands run at once: no buffer to hold.
+                c.inline = src.to_vec();
+                return self.ready(i, target, bdevs);
+            }
+            return self.capsule_data(i, src, target, bdevs);
         }
         if !sgl.transport() {
             return Err(Status::SGL_TYPE_INVALID);
@@ -756,47 +852,15 @@ impl Connection {
         c.chunk = chunk.max(1);
         c.stage = Stage::WaitGrant;
         let g = c.generation;
-        self.grant_queue.push_back((i as u16, g));
-        self.grant_waiting();
+        self.waiting.push_back((i as u16, g));
+        self.retry_waiting(target, bdevs);
         Ok(())
-    }
-
-    /// Grants write buffers (and sends R2Ts) in arrival order while they
-    /// fit in [`MAX_DATA_OUT`]; a command alone always fits.
-    fn grant_waiting(&mut self) {
-        if self.phase == Phase::Closing {
-            return;
-        }
-        while let Some(&(s, g)) = self.grant_queue.front() {
-            let i = s as usize;
-            let want = match self.slots.get(i) {
-                Some(Slot::Active(c)) if c.generation == g && c.stage == Stage::WaitGrant => c.want,
-                _ => {
-                    self.grant_queue.pop_front();
-                    continue;
-                }
-            };
-            if self.dout_granted > 0 && self.dout_granted + want > MAX_DATA_OUT {
-                break;
-            }
-            self.grant_queue.pop_front();
-            self.dout_granted += want;
-            let now = self.now;
-            let Some(c) = self.cmd_mut(i) else {
-                continue;
-            };
-            c.granted = true;
-            c.data = alloc_chunks(want, c.chunk);
-            c.stage = Stage::Receiving;
-            c.data_since = now;
-            self.send_r2ts(i);
-        }
     }
 
     /// Sends R2Ts for command `i` while it has fewer outstanding than the
     /// host allows, each for at most MAXH2CDATA bytes (hosts before
     /// MAXH2CDATA splitting send one H2CData per R2T).
-    fn send_r2ts(&mut self, i: usize) {
+    pub(crate) fn send_r2ts(&mut self, i: usize) {
         let (hd, unit, max) = (self.hd, self.maxh2cdata.max(1) as usize, self.max_r2t);
         let mut out = Vec::new();
         let Some(c) = self.cmd_mut(i) else {
@@ -816,102 +880,13 @@ impl Connection {
         }
     }
 
-    /// An H2CData PDU.
-    fn h2c_data(
+    /// The command has its data: run it.
+    pub(crate) fn ready(
         &mut self,
-        raw: &[u8],
-        c: &Common,
-        data: &[u8],
-        digest_ok: bool,
+        i: usize,
         target: &mut Target,
         bdevs: &Registry,
-    ) {
-        let h = pdu::H2cData::parse(raw);
-        let i = (h.ttag & TTAG_SLOT_MASK) as usize;
-        let now = self.now;
-        let found = match self.slots.get(i) {
-            Some(Slot::Active(cmd)) if cmd.stage == Stage::Receiving => {
-                if cmd.sqe.cid() != h.cccid {
-                    return self.terminate(
-                        fes::INVALID_HEADER_FIELD,
-                        pdu::at::CCCID,
-                        raw,
-                        "H2CData for an unknown command",
-                    );
-                }
-                cmd.windows
-                    .iter()
-                    .position(|w| w.0 == h.ttag)
-                    .and_then(|k| Some((k, *cmd.windows.get(k)?)))
-            }
-            _ => None,
-        };
-        let Some((k, (_, off, len, got))) = found else {
-            return self.terminate(
-                fes::INVALID_HEADER_FIELD,
-                pdu::at::TTAG,
-                raw,
-                "H2CData for an unknown transfer tag",
-            );
-        };
-        if h.datal as usize != data.len() {
-            return self.terminate(
-                fes::INVALID_HEADER_FIELD,
-                pdu::at::DATAL,
-                raw,
-                "H2CData length does not match the PDU",
-            );
-        }
-        let expect = off.saturating_add(got);
-        let end = expect.saturating_add(h.datal);
-        if h.datao != expect || end > off.saturating_add(len) {
-            return self.terminate(
-                fes::OUT_OF_RANGE,
-                pdu::at::DATAO,
-                raw,
-                "H2CData outside the R2T window",
-            );
-        }
-        let last = end == off.saturating_add(len);
-        if (c.flags & flag::LAST_PDU != 0) != last {
-            return self.terminate(fes::SEQUENCE_ERROR, 0, raw, "H2CData LAST_PDU misplaced");
-        }
-        let Some(cmd) = self.cmd_mut(i) else {
-            return;
-        };
-        if digest_ok {
-            cmd.put(h.datao as usize, data);
-        } else {
-            cmd.failed.get_or_insert(TRANSIENT_TRANSPORT_ERROR);
-        }
-        cmd.got += data.len();
-        cmd.data_since = now;
-        if let Some(w) = cmd.windows.get_mut(k) {
-            w.3 = got + h.datal;
-        }
-        if !last {
-            return;
-        }
-        cmd.windows.remove(k);
-        if !cmd.windows.is_empty() {
-            return self.send_r2ts(i);
-        }
-        // With a digest error no further R2Ts go out: answer once the
-        // outstanding ones are in.
-        if let Some(st) = cmd.failed {
-            return self.complete(i, st, 0, 0);
-        }
-        if cmd.got < cmd.want {
-            return self.send_r2ts(i);
-        }
-        cmd.stage = Stage::Running;
-        if let Err(st) = self.ready(i, target, bdevs) {
-            self.complete(i, st, 0, 0);
-        }
-    }
-
-    /// The command has its data: run it.
-    fn ready(&mut self, i: usize, target: &mut Target, bdevs: &Registry) -> Result<(), Status> {
+    ) -> Result<(), Status> {
         let Some(cmd) = self.cmd_mut(i) else {
             return Ok(());
         };
@@ -949,11 +924,18 @@ impl Connection {
             return Ok(());
         };
         let sqe = cmd.sqe;
-        let data = cmd.host_data().to_vec();
+        let data = cmd.take_host_data();
         match ctrl::connect(target, bdevs, &sqe, &data, self.local, self.peer, self.now) {
             Ok((q, dw0)) => {
                 self.queue = Some(q);
                 self.phase = Phase::Ready;
+                if q.qid == 0 {
+                    // MDTS cannot say less than 8 KiB; what goes beyond the
+                    // cap still fails alone.
+                    let cap = self.budget_cap(target).max(MIN_MAX_IO_SIZE as usize);
+                    let cap = u32::try_from(cap).unwrap_or(u32::MAX);
+                    ctrl::limit_transfer(target, q.cntlid, cap);
+                }
                 // The Connect itself was the first entry fetched.
                 self.sq_head = 1 % q.sqsize.max(1);
                 self.complete(i, Status::SUCCESS, dw0, 0);
@@ -978,7 +960,7 @@ impl Connection {
             return Ok(());
         };
         let sqe = cmd.sqe;
-        let data = cmd.host_data().to_vec();
+        let data = cmd.take_host_data();
         match ctrl::admin(target, bdevs, q, &sqe, &data, self.local, self.now) {
             Outcome::Done {
                 status,
@@ -1113,8 +1095,17 @@ impl Connection {
         }
         self.executing_bytes = self.executing_bytes.saturating_sub(c.exec);
         let g = c.generation;
-        self.grant_queue
-            .retain(|&(s, sg)| !(s as usize == i && sg == g));
+        if matches!(c.stage, Stage::WaitGrant | Stage::WaitMemory) {
+            self.waiting
+                .retain(|&(s, sg)| !(s as usize == i && sg == g));
+            if self
+                .parked
+                .as_ref()
+                .is_some_and(|p| p.slot as usize == i && p.generation == g)
+            {
+                self.parked = None;
+            }
+        }
     }
 
     /// Queues block I/O for slot `i`.
@@ -1174,7 +1165,7 @@ impl Connection {
             Some(Slot::Zombie(cmd)) if cmd.generation == g => self.zombie_completion(i),
             _ => {}
         }
-        self.grant_waiting();
+        self.retry_waiting(target, bdevs);
         self.sync(target);
     }
 
@@ -1185,7 +1176,9 @@ impl Connection {
             self.abort_slot(i);
         }
         self.aers.clear();
-        self.grant_queue.clear();
+        self.waiting.clear();
+        self.parked = None;
+        self.h2c = None;
     }
 
     fn abort_slot(&mut self, i: usize) {
@@ -1214,7 +1207,7 @@ impl Connection {
 
     /// Things the target changed: controller failure, keep-alive expiry,
     /// asynchronous events to deliver.
-    fn sync(&mut self, target: &mut Target) {
+    pub(crate) fn sync(&mut self, target: &mut Target) {
         self.sync_with(target, true);
     }
 
@@ -1248,7 +1241,6 @@ impl Connection {
     }
 
     pub fn handle_timeout(&mut self, target: &mut Target, bdevs: &Registry, now_ms: u64) {
-        let _ = bdevs;
         self.now = now_ms;
         if self.phase == Phase::Closing {
             return;
@@ -1266,7 +1258,7 @@ impl Connection {
             self.abort_all();
             return self.fail("solicited data not received in time");
         }
-        self.grant_waiting();
+        self.retry_waiting(target, bdevs);
         if now_ms >= self.next_tick {
             self.next_tick = now_ms.saturating_add(TICK_MS);
         }
@@ -1312,8 +1304,22 @@ impl Connection {
         self.out.front()
     }
 
-    pub fn consume_output(&mut self, n: usize) {
-        self.out.consume(n);
+    pub fn consume_output(&mut self, mut n: usize) {
+        // Piece by piece, to count what leaves of the uncharged bytes.
+        while n > 0 {
+            let (Some(front), Some(piece)) = (self.out.front(), self.out.iter().next()) else {
+                return;
+            };
+            let k = n.min(front.len());
+            if k == 0 {
+                return;
+            }
+            if matches!(piece, Out::Bytes(_)) {
+                self.uncharged_out = self.uncharged_out.saturating_sub(k);
+            }
+            self.out.consume(k);
+            n -= k;
+        }
     }
 
     /// Nothing more to do: close the socket once this is true.
@@ -1342,19 +1348,6 @@ impl Connection {
             ctrl::disconnect(target, &q);
         }
     }
-}
-
-/// Zeroed buffers for `want` bytes in pieces of `chunk`.
-pub(crate) fn alloc_chunks(want: usize, chunk: usize) -> Vec<IoBuf> {
-    let chunk = chunk.max(1);
-    let mut v = Vec::with_capacity(want.div_ceil(chunk));
-    let mut left = want;
-    while left > 0 {
-        let n = left.min(chunk);
-        v.push(IoBuf::new(n));
-        left -= n;
-    }
-    v
 }
 
 /// The NVMe status for a block I/O that failed.

@@ -240,6 +240,9 @@ pub(crate) struct Controller {
     pub errors: VecDeque<ErrorEntry>,
     pub error_count: u64,
     pub io: IoCounters,
+    /// Largest transfer the transport can hold for one command (MDTS),
+    /// bytes; 0 until the admin queue's transport tells.
+    pub max_transfer: u32,
 }
 
 impl Controller {
@@ -507,6 +510,7 @@ pub fn connect(
             errors: VecDeque::new(),
             error_count: 0,
             io: IoCounters::default(),
+            max_transfer: 0,
         });
         target.next_cntlid = if id >= hi { lo } else { id + 1 };
         return Ok((binding(qpair_id, id), id as u32));
@@ -591,10 +595,13 @@ fn dispatch(
     local: SocketAddr,
     now_ms: u64,
 ) -> Outcome {
-    let opts = options(&target.config);
+    let mut opts = options(&target.config);
     let Some(c) = target.ctrl(q.cntlid) else {
         return Outcome::err(Status::COMMAND_SEQUENCE_ERROR);
     };
+    if c.max_transfer != 0 {
+        opts.max_io_size = opts.max_io_size.min(c.max_transfer);
+    }
     if c.failed || q.qid != 0 || c.admin_qpair != q.qpair_id {
         return Outcome::err(Status::COMMAND_SEQUENCE_ERROR);
     }
@@ -998,6 +1005,14 @@ pub fn io_namespace(
         unmap: info.io_types.contains(IoType::Unmap),
         write_zeroes: info.io_types.contains(IoType::WriteZeroes),
     })
+}
+
+/// Caps the transfer size the controller reports (MDTS) to what the
+/// transport can hold for one command.
+pub fn limit_transfer(target: &mut Target, cntlid: u16, bytes: u32) {
+    if let Some(c) = target.ctrl_mut(cntlid) {
+        c.max_transfer = bytes;
+    }
 }
 
 /// Volatile write cache enabled for this controller (Set Features 06h).

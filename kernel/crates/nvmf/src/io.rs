@@ -6,12 +6,13 @@
 //! block I/O no larger than the bdev takes, and [`completion`] collects
 //! the results (in any order) and answers.
 
-use crate::conn::{Connection, io_status};
+use crate::conn::{Connection, Stage, io_status};
 use crate::ctrl::{self, NsTarget, QueueBinding};
+use crate::mem::{charge, never_status, take_chunks};
 use crate::spec::{self, Sqe, Status};
 use crate::target::Target;
 use alloc::vec::Vec;
-use ironbay_bdev::{IoBuf, IoCompletion, IoOp, IoStatus, Registry};
+use ironbay_bdev::{IoBuf, IoCompletion, IoOp, IoStatus, Registry, Short};
 
 /// Generic status 20h (NVMe 2.0): namespace is write protected.
 pub(crate) const WRITE_PROTECTED: Status = Status::generic(0x20).no_retry();
@@ -64,12 +65,14 @@ impl Prep {
     }
 }
 
-/// Checks an I/O command against its namespace and the transport limits.
+/// Checks an I/O command against its namespace and the transport limits
+/// (`max_io`: the most one command may move, as reported in MDTS).
 pub(crate) fn prepare(
     target: &Target,
     bdevs: &Registry,
     q: &QueueBinding,
     sqe: &Sqe,
+    max_io: usize,
 ) -> Result<Prep, Status> {
     let action = match sqe.opcode() {
         spec::NVM_READ => Action::Read,
@@ -88,11 +91,7 @@ pub(crate) fn prepare(
     if bs == 0 {
         return Err(Status::INTERNAL);
     }
-    let max_io = target
-        .config
-        .transport
-        .as_ref()
-        .map_or(131072, |o| o.max_io_size) as u64;
+    let max_io = max_io as u64;
     let per_blocks = ((ns.max_transfer as u64).min(max_io) / bs).max(1);
     let slba = sqe.cdw(10) as u64 | (sqe.cdw(11) as u64) << 32;
     let nlb = (sqe.cdw(12) & 0xffff) as u64 + 1;
@@ -176,26 +175,54 @@ pub(crate) fn start(
         return Err(Status::INTERNAL);
     };
     let bs = prep.ns.block_size as u64;
-    let per = prep.blocks_per_chunk();
     let mut ops: Vec<IoOp> = Vec::new();
-    match prep.action {
-        Action::Read | Action::Compare => {
-            let total = prep.bytes() as usize;
-            let mut lba = prep.slba;
-            let mut left = prep.nlb;
-            while left > 0 {
-                let n = left.min(per);
-                ops.push(IoOp::Read {
-                    lba,
-                    buf: IoBuf::new((n * bs) as usize),
-                });
-                lba += n;
-                left -= n;
-            }
-            cmd.bufs = (0..ops.len()).map(|_| None).collect();
-            cmd.exec = total;
-            conn.executing_bytes += total;
+    if matches!(prep.action, Action::Read | Action::Compare) {
+        let total = prep.bytes() as usize;
+        // Commands already waiting for memory go first.
+        let queued = cmd.stage == Stage::WaitMemory;
+        if !queued && !conn.waiting.is_empty() {
+            conn.wait_for_memory(i);
+            return Ok(());
         }
+        // A compare holds the host's data while it waits for the read:
+        // both must fit what one connection may hold.
+        let holding = if prep.action == Action::Compare {
+            charge(total)
+        } else {
+            0
+        };
+        if holding + charge(total) > conn.account.budget().max_hold() {
+            return Err(Status::INVALID_FIELD);
+        }
+        let bufs = match take_chunks(&conn.account, total, prep.chunk) {
+            Ok(bufs) => bufs,
+            Err(Short::Wait) => {
+                if !queued {
+                    conn.wait_for_memory(i);
+                }
+                return Ok(());
+            }
+            Err(Short::Never) => return Err(never_status(&conn.account, total)),
+        };
+        let mut lba = prep.slba;
+        for buf in bufs {
+            let n = buf.len() as u64 / bs.max(1);
+            ops.push(IoOp::Read { lba, buf });
+            lba += n;
+        }
+        let Some(cmd) = conn.cmd_mut(i) else {
+            return Ok(());
+        };
+        cmd.stage = Stage::Running;
+        cmd.bufs = (0..ops.len()).map(|_| None).collect();
+        cmd.exec = total;
+        conn.executing_bytes += total;
+    }
+    let Some(cmd) = conn.cmd_mut(i) else {
+        return Ok(());
+    };
+    match prep.action {
+        Action::Read | Action::Compare => {}
         Action::Write => {
             let mut lba = prep.slba;
             for buf in core::mem::take(&mut cmd.data) {

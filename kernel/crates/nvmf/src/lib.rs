@@ -16,15 +16,19 @@ extern crate alloc;
 
 pub mod config;
 pub mod conn;
-mod engine;
 pub mod ctrl;
+mod engine;
+mod h2c;
 mod io;
+mod mem;
 pub mod pdu;
 pub mod spec;
 pub mod target;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_endpoint;
 
 pub use config::Config;
 pub use conn::{BlockIo, Connection};

@@ -8,7 +8,7 @@ use crate::{Connection, Target};
 use ironbay_bdev::{BdevId, IoRequest, MallocBdev, Registry};
 use ironbay_crc::crc32c;
 
-const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
+pub(crate) const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:0f0e0d0c-0b0a-0908-0706-050403020100";
 const BS: usize = 512;
 const TRANSIENT: u16 = 0x22;
@@ -17,7 +17,7 @@ fn addr(s: &str) -> core::net::SocketAddr {
     s.parse().unwrap()
 }
 
-fn listener() -> Listener {
+pub(crate) fn listener() -> Listener {
     Listener {
         trtype: Trtype::Tcp,
         adrfam: Adrfam::Ipv4,
@@ -26,7 +26,7 @@ fn listener() -> Listener {
     }
 }
 
-fn namespace(nsid: u32, bdev: &str) -> Namespace {
+pub(crate) fn namespace(nsid: u32, bdev: &str) -> Namespace {
     Namespace {
         nsid,
         bdev_name: bdev.into(),
@@ -100,22 +100,22 @@ struct Rig {
 }
 
 #[derive(Clone, Copy)]
-struct Sqe([u8; 64]);
+pub(crate) struct Sqe(pub [u8; 64]);
 
 impl Sqe {
-    fn new(opc: u8, nsid: u32) -> Sqe {
+    pub(crate) fn new(opc: u8, nsid: u32) -> Sqe {
         let mut b = [0u8; 64];
         b[0] = opc;
         b[1] = 0x40;
         b[4..8].copy_from_slice(&nsid.to_le_bytes());
         Sqe(b)
     }
-    fn fabrics(fctype: u8) -> Sqe {
+    pub(crate) fn fabrics(fctype: u8) -> Sqe {
         let mut s = Sqe::new(spec::OPC_FABRICS, 0);
         s.0[4] = fctype;
         s
     }
-    fn cdw(mut self, i: usize, v: u32) -> Sqe {
+    pub(crate) fn cdw(mut self, i: usize, v: u32) -> Sqe {
         self.0[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
         self
     }
@@ -124,20 +124,20 @@ impl Sqe {
         self
     }
     /// Transport SGL (R2T / C2HData) of `len` bytes.
-    fn transport(mut self, len: u32) -> Sqe {
+    pub(crate) fn transport(mut self, len: u32) -> Sqe {
         self.0[24..40].fill(0);
         self.0[32..36].copy_from_slice(&len.to_le_bytes());
         self.0[39] = 0x5a;
         self
     }
     /// In-capsule data block of `len` bytes at offset 0.
-    fn in_capsule(mut self, len: u32) -> Sqe {
+    pub(crate) fn in_capsule(mut self, len: u32) -> Sqe {
         self.0[24..40].fill(0);
         self.0[32..36].copy_from_slice(&len.to_le_bytes());
         self.0[39] = 0x01;
         self
     }
-    fn rw(opc: u8, nsid: u32, lba: u64, blocks: u32) -> Sqe {
+    pub(crate) fn rw(opc: u8, nsid: u32, lba: u64, blocks: u32) -> Sqe {
         Sqe::new(opc, nsid)
             .cdw(10, lba as u32)
             .cdw(11, (lba >> 32) as u32)
@@ -145,7 +145,7 @@ impl Sqe {
     }
 }
 
-fn connect_data(cntlid: u16, subnqn: &str) -> Vec<u8> {
+pub(crate) fn connect_data(cntlid: u16, subnqn: &str) -> Vec<u8> {
     let mut d = vec![0u8; 1024];
     d[..16].copy_from_slice(&[7u8; 16]);
     d[16..18].copy_from_slice(&cntlid.to_le_bytes());
@@ -154,7 +154,7 @@ fn connect_data(cntlid: u16, subnqn: &str) -> Vec<u8> {
     d
 }
 
-fn pattern(n: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn pattern(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()

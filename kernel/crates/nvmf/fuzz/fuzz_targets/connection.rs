@@ -1,20 +1,26 @@
-//! Arbitrary host bytes through an NVMe/TCP connection. The first input
-//! byte picks the start: bit 0 set = from the very first byte (the ICReq);
+//! Arbitrary host bytes through an NVMe/TCP connection, driven by the
+//! endpoint under the simulated network with a small memory budget, so
+//! commands also wait for memory. The first input byte picks the start:
+//! bit 0 set = from the very first byte (the ICReq);
 //! else the fuzzer's bytes follow a valid ICReq (digests from bits 2 and 3)
 //! and a Connect, of the admin queue (bit 1 set) or of an I/O queue of a
 //! controller another connection created, so it reaches admin, NVM, R2T
 //! and H2CData handling. With bit 4 set the rest is a list of records
 //! (kind, u16 length, payload) that become well-framed PDUs with correct
 //! digests: command capsules (SQE + in-capsule data), H2CData (CCCID, TTAG,
-//! DATAO + data) or raw bytes.
+//! DATAO + data) or raw bytes. With bit 5 set the host reads nothing back
+//! until all its bytes are in. When both hosts are gone, every buffer must
+//! be back in the budget.
 #![no_main]
 
-use ironbay_bdev::{IoRequest, MallocBdev, Registry};
+use ironbay_bdev::{Budget, MallocBdev, Registry};
 use ironbay_crc::crc32c;
+use ironbay_endpoint::sim::{SimNet, deliver, peer};
+use ironbay_endpoint::{Endpoint, Limits};
 use ironbay_nvmf::config::{
     Adrfam, Config, Listener, Namespace, Subsystem, TransportOptions, Trtype,
 };
-use ironbay_nvmf::{BlockIo, Connection, Target};
+use ironbay_nvmf::{Connection, Target};
 use libfuzzer_sys::fuzz_target;
 
 const NQN: &str = "nqn.2016-06.io.ironbay:fuzz";
@@ -108,56 +114,6 @@ fn records(mut rest: &[u8], hd: bool, dd: bool) -> Vec<u8> {
     v
 }
 
-/// Runs a connection over `input` until it stops taking bytes.
-fn drive(
-    conn: &mut Connection,
-    input: &[u8],
-    target: &mut Target,
-    reg: &mut Registry,
-    now: &mut u64,
-) {
-    let mut off = 0;
-    let mut done = Vec::new();
-    for _ in 0..512 {
-        off += conn.handle_input(&input[off..], target, reg, *now);
-        while let Some(io) = conn.poll_io() {
-            let req = IoRequest {
-                tag: io.tag,
-                op: io.op,
-                fua: io.fua,
-            };
-            if let Err(req) = reg.submit(io.bdev, req, 0) {
-                conn.retry_io(BlockIo {
-                    tag: req.tag,
-                    bdev: io.bdev,
-                    op: req.op,
-                    fua: req.fua,
-                });
-                break;
-            }
-        }
-        done.clear();
-        reg.poll(0, &mut done);
-        for (_, c) in done.drain(..) {
-            conn.handle_completion(c.tag, c, target, reg, *now);
-        }
-        *now += 300;
-        conn.handle_timeout(target, reg, *now);
-        let mut out = 0usize;
-        while let Some(b) = conn.poll_output() {
-            let n = b.len();
-            out += n;
-            conn.consume_output(n);
-        }
-        assert!(out < 64 << 20);
-        if (off >= input.len() && conn.poll_output().is_none() && done.is_empty())
-            || conn.finished()
-        {
-            break;
-        }
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
     let mut reg = Registry::new();
     let mut m0 = MallocBdev::new("Malloc0", 256, 512);
@@ -190,15 +146,18 @@ fuzz_target!(|data: &[u8]| {
         ..Config::default()
     };
     let mut target = Target::new(cfg);
-    let local = "127.0.0.1:4420".parse().unwrap();
-    let mut now = 0;
     let first = data.first().copied().unwrap_or(1);
     let rest = data.get(1..).unwrap_or(&[]);
     let (hd, dd) = (first & 4 != 0, first & 8 != 0);
     let dgst = hd as u8 | (dd as u8) << 1;
+    // Small enough that commands wait for memory: a 64 KiB floor per
+    // connection, 32 KiB transfers (MDTS).
+    let budget = Budget::new(256 << 10, 2);
+    let mut ep: Endpoint<Connection> = Endpoint::new(2, 2, Limits::default(), budget.clone());
+    let mut net = SimNet::new(4420, 2, 64 << 10);
+    let mut now = 0u64;
 
     // An admin queue whose controller I/O queues can join.
-    let mut admin = Connection::new(local, "127.0.0.1:40000".parse().unwrap(), 0);
     let mut setup = ic_req(0);
     setup.extend(connect(0, 0xffff, false, false));
     // Property Set CC.EN (with the NVM queue entry sizes).
@@ -209,9 +168,19 @@ fuzz_target!(|data: &[u8]| {
     cc[44..48].copy_from_slice(&0x14u32.to_le_bytes());
     cc[48..52].copy_from_slice(&(1u32 | 6 << 16 | 4 << 20).to_le_bytes());
     setup.extend(frame(0x04, 0, 72, &cc, false, false));
-    drive(&mut admin, &setup, &mut target, &mut reg, &mut now);
+    let admin = net.connect(peer(1, 40000)).unwrap();
+    let mut sent = net.sockets[admin].peer_send(&setup);
+    for _ in 0..64 {
+        if sent == setup.len() {
+            break;
+        }
+        turn(&mut ep, &mut net, &mut target, &mut reg, &budget, &mut now);
+        sent += net.sockets[admin].peer_send(&setup[sent..]);
+    }
+    for _ in 0..4 {
+        turn(&mut ep, &mut net, &mut target, &mut reg, &budget, &mut now);
+    }
 
-    let mut conn = Connection::new(local, "127.0.0.1:40001".parse().unwrap(), now);
     let mut input = Vec::new();
     if first & 1 == 0 {
         input.extend(ic_req(dgst));
@@ -224,14 +193,47 @@ fuzz_target!(|data: &[u8]| {
     } else {
         input.extend_from_slice(rest);
     }
-    drive(&mut conn, &input, &mut target, &mut reg, &mut now);
-    conn.closed(&mut target);
-    admin.closed(&mut target);
-    let mut done = Vec::new();
-    reg.poll(0, &mut done);
-    for (_, c) in done {
-        conn.handle_completion(c.tag, c, &mut target, &reg, now);
+    let c = net.connect(peer(2, 40001)).unwrap();
+    let mut off = 0;
+    let mut out = 0usize;
+    // Bit 5: the host reads nothing back until its input is all in.
+    let slow = first & 32 != 0;
+    for _ in 0..512 {
+        off += net.sockets[c].peer_send(&input[off..]);
+        if !slow || off == input.len() {
+            out += net.sockets[c].peer_read(usize::MAX).len();
+        }
+        net.sockets[admin].peer_read(usize::MAX);
+        let busy = turn(&mut ep, &mut net, &mut target, &mut reg, &budget, &mut now);
+        assert!(out < 64 << 20);
+        if off == input.len() && !busy && net.sockets[c].unread() == 0 {
+            break;
+        }
     }
-    assert!(conn.finished());
+    // Both hosts vanish: nothing may stay behind.
+    net.sockets[c].peer_reset();
+    net.sockets[admin].peer_reset();
+    for _ in 0..4 {
+        turn(&mut ep, &mut net, &mut target, &mut reg, &budget, &mut now);
+    }
+    assert_eq!(ep.connections().count(), 0);
     assert!(target.qpairs().is_empty());
+    assert_eq!(budget.used(), 0, "buffers left behind");
 });
+
+/// One poll-loop turn, its completions, then 300 µs; true if anything
+/// moved.
+fn turn(
+    ep: &mut Endpoint<Connection>,
+    net: &mut SimNet,
+    target: &mut Target,
+    reg: &mut Registry,
+    budget: &Budget,
+    now: &mut u64,
+) -> bool {
+    let busy = ep.poll(net, target, reg, *now, false);
+    let done = deliver(reg, ep, target, *now);
+    assert!(budget.used() <= budget.limit());
+    *now += 300;
+    busy || done > 0
+}
