@@ -1,12 +1,15 @@
-//! The hosted runner (the NBD and iSCSI engines as a Linux process) against
-//! real clients: fast checks of the same protocol code the appliance runs.
+//! The hosted runner (the NBD, iSCSI and NVMe-oF engines as a Linux process)
+//! against real clients: fast checks of the same protocol code the appliance
+//! runs.
 //! Run by `cargo xtask test`, which builds the runner.
 
 use ironbay_tests::images::target_dir;
 use ironbay_tests::libiscsi;
 use ironbay_tests::machine::free_port;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 struct Hosted {
     child: Child,
@@ -20,7 +23,21 @@ impl Drop for Hosted {
     }
 }
 
-/// Starts the runner serving `service` (`--listen` for NBD, `--iscsi`) on a free port.
+/// How often `start` picks another port after the runner could not bind.
+const START_ATTEMPTS: usize = 5;
+/// How long a runner may take to say it listens (a cold start under load).
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Starts the runner serving `service` (`--listen` for NBD, `--iscsi`,
+/// `--nvmf`) on a free port.
+///
+/// The runner is ready when *it* says it listens on the address we gave it:
+/// a port from `free_port` is only free at the moment it is picked, and a
+/// parallel test (or any other process) can bind it before our runner does.
+/// Our runner then exits ("Address already in use") and a connect probe
+/// would reach the other listener and call that "up"; the test then talks
+/// to a foreign server, or to nothing once that one goes away. Here a runner
+/// that exits before it listens costs one more attempt on another port.
 fn start(service: &str, args: &[String]) -> Hosted {
     let bin = std::env::var("IRONBAY_HOSTED").unwrap_or_else(|_| {
         target_dir()
@@ -28,22 +45,95 @@ fn start(service: &str, args: &[String]) -> Hosted {
             .display()
             .to_string()
     });
-    let port = free_port();
-    let mut child = Command::new(&bin)
-        .args([service, &format!("127.0.0.1:{port}")])
-        .args(args)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{bin}: {e} (run through cargo xtask test)"));
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Hosted { child, port };
+    let mut said = String::new();
+    for _ in 0..START_ATTEMPTS {
+        let port = free_port();
+        assert_ne!(port, 0, "no free TCP port on 127.0.0.1");
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = Command::new(&bin)
+            .args([service, &addr])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin}: {e} (run through cargo xtask test)"));
+        let lines = forward_stderr(child.stderr.take().expect("piped stderr"));
+        match wait_listening(&lines, &addr) {
+            Ok(()) => return Hosted { child, port },
+            Err(Some(text)) => {
+                // Exited before listening: most likely lost the port.
+                let _ = child.wait();
+                said = text;
+            }
+            Err(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("hosted runner did not listen on {addr} within {LISTEN_TIMEOUT:?}");
+            }
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("hosted runner did not listen");
+    panic!("hosted runner exited before listening, {START_ATTEMPTS} times; last:\n{said}");
+}
+
+/// Passes the runner's stderr through to the test's output, line by line,
+/// and hands each line to the caller until it stops listening.
+fn forward_stderr(err: ChildStderr) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// `Ok` once a line announces a listener on exactly `addr` (the runner
+/// prints "... on ADDR, ..." after binding); `Err(Some(output))` if the
+/// runner closed stderr first (it exited); `Err(None)` on timeout.
+fn wait_listening(lines: &Receiver<String>, addr: &str) -> Result<(), Option<String>> {
+    let deadline = Instant::now() + LISTEN_TIMEOUT;
+    let mut text = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if announces(&line, addr) => return Ok(()),
+            Ok(line) => {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            Err(RecvTimeoutError::Disconnected) => return Err(Some(text)),
+            Err(RecvTimeoutError::Timeout) => return Err(None),
+        }
+    }
+}
+
+/// Whether `line` says the runner listens on `addr` (and not on a longer
+/// port number that starts with the same digits).
+fn announces(line: &str, addr: &str) -> bool {
+    let needle = format!(" on {addr}");
+    line.match_indices(&needle).any(|(at, _)| {
+        !line[at + needle.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+#[test]
+fn listening_lines_name_the_exact_address() {
+    let nvmf = "ironbay-hosted: NVMe-oF/TCP on 127.0.0.1:4042, subsystem x with 2 namespaces";
+    assert!(announces(nvmf, "127.0.0.1:4042"));
+    assert!(!announces(nvmf, "127.0.0.1:404"));
+    assert!(announces(
+        "ironbay-hosted: NBD on 127.0.0.1:10809",
+        "127.0.0.1:10809"
+    ));
+    assert!(!announces(
+        "ironbay-hosted: 127.0.0.1:4042: Address already in use (os error 98)",
+        "127.0.0.1:4042"
+    ));
 }
 
 fn run(cmd: &mut Command) -> String {

@@ -123,7 +123,10 @@ pub fn init(
     let budget = io_budget(nbd_max + iscsi_max + 2 * nvmf_max);
     let mut exports = Exports::default();
     let mut add = |id, read_only| {
-        if let Some(info) = storage.bdevs.info(id) {
+        // NBD can only advertise a power-of-two minimum block size.
+        if let Some(info) = storage.bdevs.info(id)
+            && info.block_size.is_power_of_two()
+        {
             let mut e = Export::new(&info.name, &info.product, id, info, read_only);
             e.multi_conn = nbd_max != 1;
             exports.list.push(e);

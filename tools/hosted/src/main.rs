@@ -240,7 +240,7 @@ fn main() {
             luns.len()
         );
     }
-    if let Some(a) = &nbd_addr {
+    if let Some(a) = nbd.as_ref().and_then(|l| l.local_addr().ok()) {
         eprintln!("ironbay-hosted: NBD on {a}, {} exports", exports.list.len());
     }
     let served = Served {

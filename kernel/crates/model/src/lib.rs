@@ -245,7 +245,10 @@ impl Model<'_> {
             .bdevs
             .add(bdev)
             .map_err(|e| Error::params(e.to_string()))?;
-        if let (Some(nbd), Some(info)) = (self.nbd.as_deref_mut(), self.bdevs.info(id)) {
+        // NBD can only advertise a power-of-two minimum block size.
+        if let (Some(nbd), Some(info)) = (self.nbd.as_deref_mut(), self.bdevs.info(id))
+            && info.block_size.is_power_of_two()
+        {
             nbd.list
                 .push(Export::new(&name, &info.product, id, info, false));
         }
@@ -413,6 +416,12 @@ impl Model<'_> {
             .info(id)
             .cloned()
             .ok_or_else(|| Error::params("bdev vanished"))?;
+        if !info.block_size.is_power_of_two() {
+            return Err(Error::params(format!(
+                "{bdev}: NBD needs a power-of-two block size, not {}",
+                info.block_size
+            )));
+        }
         let exports = self.nbd_exports()?;
         if exports.list.len() >= MAX_EXPORTS {
             return Err(Error::state(format!(
@@ -840,6 +849,26 @@ mod tests {
         });
         assert_eq!(reg.ids().count(), 1);
         assert_eq!(exports.list.len(), 1);
+    }
+
+    #[test]
+    fn only_power_of_two_block_sizes_are_exported_over_nbd() {
+        let (_, exports) = with_model(1 << 20, |m| {
+            m.create_ram_bdev(ram(RamKind::Null, Some("odd"), 8, 1536))
+                .unwrap();
+            let e = m.export_nbd("odd", Some("odd2")).unwrap_err();
+            assert!(e.message.contains("power-of-two"), "{e:?}");
+            m.create_ram_bdev(ram(RamKind::Null, Some("even"), 8, 2048))
+                .unwrap();
+        });
+        let names: Vec<&str> = exports.list.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["even"]);
+        assert!(
+            exports
+                .list
+                .iter()
+                .all(|e| e.block_sizes().0.is_power_of_two())
+        );
     }
 
     #[test]

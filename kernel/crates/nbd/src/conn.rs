@@ -104,6 +104,9 @@ pub struct Connection {
     no_zeroes: bool,
     structured: bool,
     base_allocation: bool,
+    /// Export whose `base:allocation` the last NBD_OPT_SET_META_CONTEXT
+    /// selected; transmission on another export has no context.
+    meta_export: Option<String>,
     options: u32,
     export: Option<Export>,
     ios: VecDeque<BlockIo>,
@@ -149,6 +152,7 @@ impl Connection {
             no_zeroes: false,
             structured: false,
             base_allocation: false,
+            meta_export: None,
             options: 0,
             export: None,
             ios: VecDeque::new(),
@@ -279,9 +283,11 @@ impl Connection {
     fn client_flags(&mut self) {
         let f = u32::from_be_bytes([self.head[0], self.head[1], self.head[2], self.head[3]]);
         self.head.clear();
-        if f & wire::FLAG_C_FIXED_NEWSTYLE == 0 {
-            return self.fail("client does not speak fixed newstyle");
+        if f & !(wire::FLAG_C_FIXED_NEWSTYLE | wire::FLAG_C_NO_ZEROES) != 0 {
+            return self.fail("unknown client flags");
         }
+        // Without C_FIXED_NEWSTYLE the client speaks plain newstyle: it can
+        // only send EXPORT_NAME, which is answered the same way.
         self.no_zeroes = f & wire::FLAG_C_NO_ZEROES != 0;
         self.phase = Phase::Options;
     }
@@ -302,6 +308,13 @@ impl Connection {
             as usize;
         if len > MAX_OPTION {
             self.head.clear();
+            match option {
+                // No error reply exists for EXPORT_NAME (and no name is this long).
+                opt::EXPORT_NAME => return self.fail("export name too long"),
+                // ABORT is acknowledged whatever data came with it.
+                opt::ABORT => return self.abort(),
+                _ => {}
+            }
             self.pending = Pending::Skip { left: len };
             self.send(wire::option_reply(option, rep::ERR_TOO_BIG, b""));
         } else if len == 0 {
@@ -322,23 +335,18 @@ impl Connection {
                     Some(e) => {
                         let mut v = Vec::with_capacity(134);
                         v.extend(e.size.to_be_bytes());
-                        v.extend(e.flags().to_be_bytes());
+                        v.extend(self.transmission_flags(e).to_be_bytes());
                         if !self.no_zeroes {
                             v.extend([0u8; 124]);
                         }
                         self.send(v);
-                        self.export = Some(e.clone());
-                        self.phase = Phase::Transmission;
+                        self.enter_transmission(e.clone());
                     }
                     // No error reply exists for EXPORT_NAME: the only answer is to close.
                     None => self.fail("unknown export"),
                 }
             }
-            opt::ABORT => {
-                self.send(reply(rep::ACK));
-                self.fail("client aborted");
-                self.error = None;
-            }
+            opt::ABORT => self.abort(),
             opt::LIST => {
                 if !data.is_empty() {
                     return self.send(reply(rep::ERR_INVALID));
@@ -368,6 +376,30 @@ impl Connection {
         }
     }
 
+    fn abort(&mut self) {
+        self.send(wire::option_reply(opt::ABORT, rep::ACK, b""));
+        self.fail("client aborted");
+        self.error = None;
+    }
+
+    /// Transmission flags for `e` on this connection: DF only with
+    /// structured replies.
+    fn transmission_flags(&self, e: &Export) -> u16 {
+        let f = e.flags();
+        if self.structured {
+            f
+        } else {
+            f & !wire::tflag::SEND_DF
+        }
+    }
+
+    /// Entering transmission on `e`: contexts count only if selected for it.
+    fn enter_transmission(&mut self, e: Export) {
+        self.base_allocation = self.meta_export.as_deref() == Some(e.name.as_str());
+        self.export = Some(e);
+        self.phase = Phase::Transmission;
+    }
+
     fn info_or_go(&mut self, option: u32, data: &[u8], exports: &Exports) {
         let mut r = Reader::new(data);
         let parsed = (|| {
@@ -390,7 +422,7 @@ impl Connection {
         let mut export = Vec::new();
         export.extend(info::EXPORT.to_be_bytes());
         export.extend(e.size.to_be_bytes());
-        export.extend(e.flags().to_be_bytes());
+        export.extend(self.transmission_flags(&e).to_be_bytes());
         self.send(wire::option_reply(option, rep::INFO, &export));
         if wanted.contains(&info::NAME) {
             let mut d = info::NAME.to_be_bytes().to_vec();
@@ -412,14 +444,17 @@ impl Connection {
         self.send(wire::option_reply(option, rep::INFO, &d));
         self.send(wire::option_reply(option, rep::ACK, b""));
         if option == opt::GO {
-            self.export = Some(e);
-            self.phase = Phase::Transmission;
+            self.enter_transmission(e);
         }
     }
 
     fn meta_context(&mut self, option: u32, data: &[u8], exports: &Exports) {
-        if option == opt::SET_META_CONTEXT && !self.structured {
-            return self.send(wire::option_reply(option, rep::ERR_INVALID, b""));
+        // SET replaces the selection, also when it fails.
+        if option == opt::SET_META_CONTEXT {
+            self.meta_export = None;
+            if !self.structured {
+                return self.send(wire::option_reply(option, rep::ERR_INVALID, b""));
+            }
         }
         let mut r = Reader::new(data);
         let parsed = (|| {
@@ -427,28 +462,41 @@ impl Connection {
             let name = r.bytes(len)?;
             let n = r.u32()?;
             let mut queries = Vec::new();
-            for _ in 0..n.min(256) {
+            // Every query is parsed (each takes at least 4 of the option's
+            // bounded bytes); the first 256 are kept.
+            for i in 0..n {
                 let l = r.u32()? as usize;
-                queries.push(r.bytes(l)?);
+                let q = r.bytes(l)?;
+                if i < 256 {
+                    queries.push(q);
+                }
             }
-            (r.done() && n <= 256).then_some((String::from_utf8_lossy(name).into_owned(), queries))
+            r.done()
+                .then_some((String::from_utf8_lossy(name).into_owned(), queries, n))
         })();
-        let Some((name, queries)) = parsed else {
+        let Some((name, queries, n)) = parsed else {
             return self.send(wire::option_reply(option, rep::ERR_INVALID, b""));
         };
-        if exports.find(&name).is_none() {
-            return self.send(wire::option_reply(option, rep::ERR_UNKNOWN, b""));
+        if n > 256 {
+            return self.send(wire::option_reply(option, rep::ERR_TOO_BIG, b""));
         }
-        // base:allocation is our only context; LIST with no queries lists all.
+        let Some(export) = exports.find(&name) else {
+            return self.send(wire::option_reply(option, rep::ERR_UNKNOWN, b""));
+        };
+        // base:allocation is our only context. `base:` is a wildcard for
+        // LIST only (SET ignores it); LIST with no queries lists all.
+        let list = option == opt::LIST_META_CONTEXT;
         let matches = queries
             .iter()
-            .any(|q| *q == b"base:" || *q == BASE_ALLOCATION.as_bytes())
-            || (option == opt::LIST_META_CONTEXT && queries.is_empty());
-        if option == opt::SET_META_CONTEXT {
-            self.base_allocation = matches;
+            .any(|q| *q == BASE_ALLOCATION.as_bytes() || (list && *q == b"base:"))
+            || (list && queries.is_empty());
+        if !list && matches {
+            self.meta_export = Some(export.name.clone());
         }
         if matches {
-            let mut d = META_ID.to_be_bytes().to_vec();
+            // Context IDs in LIST replies are reserved: zero.
+            let id = if list { 0 } else { META_ID };
+            let mut d = id.to_be_bytes().to_vec();
             d.extend(BASE_ALLOCATION.as_bytes());
             self.send(wire::option_reply(option, rep::META_CONTEXT, &d));
         }
@@ -544,7 +592,11 @@ impl Connection {
             if !req.offset.is_multiple_of(bs) || !(req.length as u64).is_multiple_of(bs) {
                 return Err(errno::EINVAL);
             }
-            if req.kind == cmd::BLOCK_STATUS && !self.base_allocation {
+            if req.kind == cmd::BLOCK_STATUS && (!self.base_allocation || req.length == 0) {
+                return Err(errno::EINVAL);
+            }
+            // FUA is valid on every command; CACHE knows no other flag.
+            if req.kind == cmd::CACHE && req.flags & !cmd::FLAG_FUA != 0 {
                 return Err(errno::EINVAL);
             }
             Ok(())
@@ -579,7 +631,7 @@ impl Connection {
         }
         match req.kind {
             cmd::DISC => self.phase = Phase::Draining,
-            cmd::READ if req.length == 0 => self.reply_done(req.cookie),
+            cmd::READ if req.length == 0 => self.reply_none(req.cookie),
             cmd::READ => {
                 let Some(bufs) = self.buffers(req, &e) else {
                     return;
@@ -717,6 +769,16 @@ impl Connection {
         .to_vec();
         v.extend(payload);
         self.send(v);
+    }
+
+    /// Success without data: NBD_REPLY_TYPE_NONE once structured replies
+    /// are on (a READ must never get a simple reply then).
+    fn reply_none(&mut self, cookie: u64) {
+        if self.structured {
+            self.send(wire::chunk_header(chunk::FLAG_DONE, chunk::NONE, cookie, 0).to_vec());
+        } else {
+            self.reply_done(cookie);
+        }
     }
 
     fn reply_done(&mut self, cookie: u64) {

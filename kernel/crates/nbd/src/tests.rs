@@ -399,9 +399,9 @@ fn structured_reads_and_block_status() {
 
 #[test]
 fn hostile_input_ends_only_this_connection() {
-    // Not fixed newstyle.
+    // Client flags the server never offered.
     let mut r = rig();
-    r.handshake(0);
+    r.handshake(1 << 5);
     assert!(r.conn.finished());
     // Garbage instead of an option.
     let mut r = rig();
@@ -628,4 +628,271 @@ fn list_meta_context_and_abort() {
     r.send(&option(opt::ABORT, b""));
     assert_eq!(r.option_reply().1, rep::ACK);
     assert!(r.conn.finished() && r.conn.error.is_none());
+}
+
+// ---- handshake conformance review (proposed) ----
+
+/// Negotiates structured replies and `base:allocation` on `Malloc0`.
+fn structured_with_allocation(r: &mut Rig) {
+    r.send(&option(opt::STRUCTURED_REPLY, b""));
+    assert_eq!(r.option_reply().1, rep::ACK);
+    r.send(&option(
+        opt::SET_META_CONTEXT,
+        &meta_query("Malloc0", &[b"base:allocation"]),
+    ));
+    assert_eq!(r.option_reply().1, rep::META_CONTEXT);
+    assert_eq!(r.option_reply().1, rep::ACK);
+}
+
+/// LIST/SET_META_CONTEXT data: export name, then the queries.
+fn meta_query(name: &str, queries: &[&[u8]]) -> Vec<u8> {
+    let mut d = (name.len() as u32).to_be_bytes().to_vec();
+    d.extend(name.as_bytes());
+    d.extend((queries.len() as u32).to_be_bytes());
+    for q in queries {
+        d.extend((q.len() as u32).to_be_bytes());
+        d.extend(*q);
+    }
+    d
+}
+
+/// An option header announcing `len` bytes of data, followed by them.
+fn big_option(kind: u32, len: usize) -> Vec<u8> {
+    let mut v = wire::IHAVEOPT.to_be_bytes().to_vec();
+    v.extend(kind.to_be_bytes());
+    v.extend((len as u32).to_be_bytes());
+    v.extend(vec![b'x'; len]);
+    v
+}
+
+/// Reads one structured chunk: (flags, type, cookie, payload).
+fn read_chunk(r: &mut Rig) -> (u16, u16, u64, Vec<u8>) {
+    let h = r.take(20);
+    assert_eq!(
+        u32::from_be_bytes(h[..4].try_into().unwrap()),
+        wire::STRUCTURED_REPLY_MAGIC,
+        "a structured reply chunk"
+    );
+    let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+    (
+        u16::from_be_bytes([h[4], h[5]]),
+        u16::from_be_bytes([h[6], h[7]]),
+        u64::from_be_bytes(h[8..16].try_into().unwrap()),
+        r.take(len),
+    )
+}
+
+/// Transmission flags from GO's NBD_INFO_EXPORT.
+fn go_flags(r: &mut Rig, name: &str) -> u16 {
+    r.send(&option(opt::GO, &go_data(name, &[])));
+    let mut flags = None;
+    loop {
+        let (_, t, d) = r.option_reply();
+        if t == rep::ACK {
+            break;
+        }
+        assert_eq!(t, rep::INFO);
+        if u16::from_be_bytes([d[0], d[1]]) == info::EXPORT {
+            flags = Some(u16::from_be_bytes([d[10], d[11]]));
+        }
+    }
+    flags.expect("NBD_INFO_EXPORT before ACK")
+}
+
+#[test]
+fn client_flags_the_server_does_not_know_close_the_connection() {
+    for bad in [1u32 << 2, 1 << 31, 3 | 1 << 7] {
+        let mut r = rig();
+        r.handshake(bad);
+        assert!(r.conn.finished(), "client flags {bad:#x} accepted");
+        assert!(r.out.is_empty(), "nothing is sent after unknown flags");
+    }
+}
+
+#[test]
+fn plain_newstyle_clients_are_served_through_export_name() {
+    // C_FIXED_NEWSTYLE clear: the client may only send NBD_OPT_EXPORT_NAME,
+    // and the server may honour it (no other ground for a hard disconnect).
+    let mut r = rig();
+    r.handshake(0);
+    assert!(!r.conn.finished());
+    r.send(&option(opt::EXPORT_NAME, b"Malloc0"));
+    let d = r.take(8 + 2 + 124);
+    assert_eq!(u64::from_be_bytes(d[..8].try_into().unwrap()), 2048 * 512);
+    assert!(r.conn.in_transmission());
+}
+
+#[test]
+fn oversized_export_name_ends_the_session_without_an_option_reply() {
+    // EXPORT_NAME has no reply format for errors: an option reply here
+    // would be read by the client as size and flags.
+    let mut r = rig();
+    r.handshake(3);
+    let big = big_option(opt::EXPORT_NAME, 128 << 10);
+    let _ = r.conn.handle_input(&big, &r.exports, &r.reg);
+    r.pump();
+    assert!(r.out.is_empty(), "no option reply to EXPORT_NAME");
+    assert!(r.conn.finished());
+    assert!(!r.conn.in_transmission());
+}
+
+#[test]
+fn oversized_abort_is_still_acknowledged() {
+    let mut r = rig();
+    r.handshake(3);
+    let big = big_option(opt::ABORT, 128 << 10);
+    let _ = r.conn.handle_input(&big, &r.exports, &r.reg);
+    r.pump();
+    assert_eq!(r.option_reply(), (opt::ABORT, rep::ACK, Vec::new()));
+    assert!(r.conn.finished() && r.conn.error.is_none());
+}
+
+#[test]
+fn send_df_only_once_structured_replies_are_negotiated() {
+    let mut r = rig();
+    r.handshake(3);
+    let plain = go_flags(&mut r, "Malloc0");
+    assert_eq!(
+        plain & wire::tflag::SEND_DF,
+        0,
+        "GO without structured replies"
+    );
+
+    let mut r = rig();
+    r.handshake(3);
+    r.send(&option(opt::EXPORT_NAME, b"Malloc0"));
+    let d = r.take(8 + 2);
+    let flags = u16::from_be_bytes([d[8], d[9]]);
+    assert_eq!(
+        flags & wire::tflag::SEND_DF,
+        0,
+        "EXPORT_NAME without structured replies"
+    );
+
+    let mut r = rig();
+    r.handshake(3);
+    r.send(&option(opt::STRUCTURED_REPLY, b""));
+    assert_eq!(r.option_reply().1, rep::ACK);
+    assert_ne!(go_flags(&mut r, "Malloc0") & wire::tflag::SEND_DF, 0);
+}
+
+#[test]
+fn base_wildcard_selects_nothing_in_set_meta_context() {
+    let mut r = rig();
+    r.handshake(3);
+    r.send(&option(opt::STRUCTURED_REPLY, b""));
+    assert_eq!(r.option_reply().1, rep::ACK);
+    r.send(&option(
+        opt::SET_META_CONTEXT,
+        &meta_query("Malloc0", &[b"base:"]),
+    ));
+    assert_eq!(
+        r.option_reply().1,
+        rep::ACK,
+        "`base:` must be ignored by SET"
+    );
+    r.go("Malloc0");
+    r.request(cmd::BLOCK_STATUS, 0, 1, 0, 4096, &[]);
+    let (flags, kind, cookie, p) = read_chunk(&mut r);
+    assert_eq!((flags, kind, cookie), (chunk::FLAG_DONE, chunk::ERROR, 1));
+    assert_eq!(
+        u32::from_be_bytes(p[..4].try_into().unwrap()),
+        errno::EINVAL
+    );
+}
+
+#[test]
+fn a_failed_set_meta_context_still_replaces_the_selection() {
+    for failing in [
+        meta_query("nope", &[b"base:allocation"]),
+        vec![0, 0, 0, 9, b'M'],
+    ] {
+        let mut r = rig();
+        r.handshake(3);
+        structured_with_allocation(&mut r);
+        r.send(&option(opt::SET_META_CONTEXT, &failing));
+        assert!(r.option_reply().1 >= 1 << 31, "the second SET fails");
+        r.go("Malloc0");
+        r.request(cmd::BLOCK_STATUS, 0, 2, 0, 4096, &[]);
+        let (_, kind, _, p) = read_chunk(&mut r);
+        assert_eq!(kind, chunk::ERROR, "no context is selected any more");
+        assert_eq!(
+            u32::from_be_bytes(p[..4].try_into().unwrap()),
+            errno::EINVAL
+        );
+    }
+}
+
+#[test]
+fn contexts_selected_for_another_export_do_not_carry_over() {
+    let mut r = rig();
+    r.handshake(3);
+    structured_with_allocation(&mut r); // for Malloc0
+    r.go("ro");
+    r.request(cmd::BLOCK_STATUS, 0, 3, 0, 4096, &[]);
+    let (_, kind, _, p) = read_chunk(&mut r);
+    assert_eq!(kind, chunk::ERROR);
+    assert_eq!(
+        u32::from_be_bytes(p[..4].try_into().unwrap()),
+        errno::EINVAL
+    );
+}
+
+#[test]
+fn list_meta_context_ids_are_zero() {
+    let mut r = rig();
+    r.handshake(3);
+    r.send(&option(
+        opt::LIST_META_CONTEXT,
+        &meta_query("Malloc0", &[b"base:"]),
+    ));
+    let (_, t, d) = r.option_reply();
+    assert_eq!(t, rep::META_CONTEXT);
+    assert_eq!(u32::from_be_bytes(d[..4].try_into().unwrap()), 0);
+    assert_eq!(&d[4..], b"base:allocation");
+    assert_eq!(r.option_reply().1, rep::ACK);
+}
+
+#[test]
+fn zero_length_read_and_block_status_get_valid_structured_replies() {
+    let mut r = rig();
+    r.handshake(3);
+    structured_with_allocation(&mut r);
+    r.go("Malloc0");
+    r.request(cmd::READ, 0, 4, 0, 0, &[]);
+    let (flags, kind, cookie, p) = read_chunk(&mut r);
+    assert_eq!((flags, kind, cookie), (chunk::FLAG_DONE, chunk::NONE, 4));
+    assert!(p.is_empty());
+    // A block status chunk needs at least one extent; with nothing to
+    // describe, the answer is an error.
+    r.request(cmd::BLOCK_STATUS, 0, 5, 0, 0, &[]);
+    let (flags, kind, cookie, p) = read_chunk(&mut r);
+    assert_eq!((flags, kind, cookie), (chunk::FLAG_DONE, chunk::ERROR, 5));
+    assert_eq!(
+        u32::from_be_bytes(p[..4].try_into().unwrap()),
+        errno::EINVAL
+    );
+}
+
+#[test]
+fn cache_refuses_command_flags_it_does_not_know() {
+    let mut r = rig();
+    r.handshake(3);
+    r.go("Malloc0");
+    r.request(cmd::CACHE, cmd::FLAG_FUA, 1, 0, 4096, &[]);
+    assert_eq!(r.simple(), (0, 1), "FUA is valid on every command");
+    r.request(cmd::CACHE, cmd::FLAG_NO_HOLE, 2, 0, 4096, &[]);
+    assert_eq!(r.simple(), (errno::EINVAL, 2));
+}
+
+#[test]
+fn too_many_meta_context_queries_are_too_big_not_invalid() {
+    let mut r = rig();
+    r.handshake(3);
+    let queries: Vec<&[u8]> = (0..300).map(|_| &b"base:allocation"[..]).collect();
+    r.send(&option(
+        opt::LIST_META_CONTEXT,
+        &meta_query("Malloc0", &queries),
+    ));
+    assert_eq!(r.option_reply().1, rep::ERR_TOO_BIG);
 }
