@@ -109,6 +109,12 @@ impl StdSockets {
     /// happened.
     pub fn refresh(&mut self) -> bool {
         let mut busy = false;
+        // Only slots the endpoint has already seen free take newcomers: a
+        // slot freed in this call still has its old engine until the next
+        // poll retires it.
+        let free: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].conn.is_none())
+            .collect();
         for s in &mut self.slots {
             busy |= s.fill();
             // A close we started is done once the peer's FIN is in too.
@@ -116,7 +122,7 @@ impl StdSockets {
                 s.abort();
             }
         }
-        while let Some(i) = self.slots.iter().position(|s| s.conn.is_none()) {
+        for i in free {
             let Ok((sock, peer)) = self.listener.accept() else {
                 break;
             };

@@ -291,8 +291,12 @@ impl<E: TargetEngine> Endpoint<E> {
         let peer_left = s.state() == SocketState::PeerClosed && !s.can_recv();
         if conn.finished() || peer_left {
             if !pending {
+                // Done with this peer: a socket that ends and is reused
+                // before the next turn must not reach this engine.
+                retire(slot, target);
                 s.close();
                 slot.closing_since = Some(now_ms);
+                return true;
             } else {
                 // Flush what is queued, for at most the linger.
                 let since = *slot.closing_since.get_or_insert(now_ms);

@@ -12,25 +12,40 @@
 //!    [`Connection::handle_timeout`] (NOP-In pings, their timeout, LUN map
 //!    and capacity changes, session reinstatement by another connection,
 //!    held commands once output has drained: then it asks for no wait);
+//!    while [`Connection::waits_for_memory`], call
+//!    [`Connection::handle_memory`] each turn;
 //! 5. send what [`Connection::poll_output`] offers and report it with
 //!    [`Connection::consume_output`];
 //! 6. close the socket once [`Connection::finished`], and call
 //!    [`Connection::closed`] whenever the socket goes away.
 //!
-//! Memory per connection is bounded: one PDU of at most the declared
+//! Memory is bounded for the appliance and per connection. Every data
+//! buffer an initiator can make a connection hold (data-out, data-in,
+//! work buffers, parameter data, immediate and unsolicited data) comes
+//! from the connection's [`Account`] of the appliance's I/O budget:
+//! - A command is granted its buffers in arrival order, all of them at
+//!   once (or, for data-out within the connection's floor of the budget,
+//!   the promise of them, kept as the data comes), before its data is
+//!   solicited with R2Ts or it runs. When the account says wait, the
+//!   command waits in the grant queue and no new PDU is read
+//!   ([`Connection::wants_input`]) until [`Connection::handle_memory`]
+//!   finds room, except while granted writes still wait for their data,
+//!   which only more input brings. When it says never, that command ends
+//!   with CHECK CONDITION (INVALID FIELD IN CDB) or TASK SET FULL.
+//! - Immediate and unsolicited data of a command not granted yet is held
+//!   in a buffer sized for all that may come unsolicited, within half the
+//!   connection's floor; without room the command gets TASK SET FULL.
+//! - MAXIMUM TRANSFER LENGTH follows the account's share, so an honest
+//!   initiator never sends a command that cannot fit.
+//!
+//! Per-connection bounds remain on top: one PDU of at most the declared
 //! MaxRecvDataSegmentLength is assembled at a time, out-of-order commands
 //! are held only inside the CmdSN window (as their PDUs), and commands
-//! (immediate ones too) are limited to the session's queue depth.
-//! - Reads: while the queued output plus the read buffers of running
-//!   commands exceed [`MAX_BUFFERED`], no new PDU is read and held
-//!   commands are not started, so at most one command
-//!   ([`crate::scsi::MAX_TRANSFER_BYTES`]) or PDU goes past it.
-//! - Writes: a command's data-out buffers are allocated only once it is
-//!   granted room in [`MAX_DATA_OUT`] (in arrival order; a command alone
-//!   is always granted), and only then are R2Ts sent for it. Immediate
-//!   and unsolicited data arriving before that is held as it came, so
-//!   each command holds at most max(FirstBurstLength,
-//!   MaxRecvDataSegmentLength) beyond the budget.
+//! (immediate ones too) are limited to the session's queue depth. No new
+//! PDU is read while queued output plus the read buffers of running
+//! commands exceed [`MAX_BUFFERED`], or headers and other output not in
+//! data buffers exceed [`MAX_CONTROL_OUTPUT`]; writes are granted while
+//! their data-out fits [`MAX_DATA_OUT`] (a write alone always does).
 
 use crate::pdu::{self, BHS_LEN, Bhs, FrameError, NO_TAG, Pdu};
 use crate::session::{Cmd, Pending};
@@ -42,10 +57,13 @@ use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::net::SocketAddr;
-use ironbay_bdev::{IoBuf, IoCompletion, IoOp, IoStatus, Registry};
+use ironbay_bdev::{Account, IoBuf, IoCompletion, IoOp, IoStatus, Registry};
 
 /// Output plus read data in flight before reading pauses.
 pub const MAX_BUFFERED: usize = 32 << 20;
+/// Output outside data buffers (headers, sense data, NOP-In echoes, Text
+/// replies) before reading pauses: it is not charged to the account.
+pub const MAX_CONTROL_OUTPUT: usize = 1 << 20;
 /// Data-out buffers of the writes a connection has solicited. 16 MiB lets
 /// QD32 of 512 KiB writes (or 16 of 1 MiB) be in flight at once, more
 /// than a 10 Gb/s link needs, and keeps 16 busy connections within a
@@ -61,10 +79,8 @@ const LOGIN_TIMEOUT_MS: u64 = 30_000;
 pub const LOGIN_MRDSL: usize = 8192;
 
 pub use ironbay_bdev::BlockIo;
-#[cfg(test)]
-use ironbay_bdev::engine::Out;
-use ironbay_bdev::engine::OutQueue;
 use ironbay_bdev::engine::tag::{GEN_MASK, pack as make_tag, unpack as split_tag};
+use ironbay_bdev::engine::{Out, OutQueue};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -98,7 +114,7 @@ pub(crate) struct SessionInfo {
 
 pub struct Connection {
     /// Where this connection's data buffers are charged.
-    pub(crate) account: ironbay_bdev::Account,
+    pub(crate) account: Account,
     /// Why the connection ended early, for the log.
     pub error: Option<&'static str>,
     pub(crate) local: SocketAddr,
@@ -109,6 +125,8 @@ pub struct Connection {
     rx: Vec<u8>,
     need: usize,
     out: OutQueue,
+    /// Bytes of `out` not in data buffers.
+    ctl_out: usize,
     /// Digests in force (from the first full feature phase PDU on).
     pub(crate) hd: bool,
     pub(crate) dd: bool,
@@ -129,11 +147,15 @@ pub struct Connection {
     pub(crate) executing_bytes: usize,
     /// Data-out bytes of the commands granted buffers.
     pub(crate) dout_granted: usize,
-    /// Immediate and unsolicited data held for commands not granted yet.
+    /// Staging buffers of commands not granted yet.
     pub(crate) dout_staged: usize,
-    /// Write commands waiting for room in [`MAX_DATA_OUT`], as (slot,
-    /// generation), oldest first.
+    /// Data-out granted but not allocated yet, as the budget counts it.
+    pub(crate) dout_promised: usize,
+    /// Commands waiting for their buffers (and writes for room in
+    /// [`MAX_DATA_OUT`]), as (slot, generation), oldest first.
     pub(crate) grant_queue: VecDeque<(u16, u8)>,
+    /// The head of the grant queue waits for the account.
+    pub(crate) mem_blocked: bool,
     /// A held command is next in CmdSN order but waits for output to drain.
     deferred: bool,
     pub(crate) next_ttt: u32,
@@ -155,7 +177,7 @@ pub struct Connection {
 impl Connection {
     pub fn new(local: SocketAddr, peer: SocketAddr, now_ms: u64) -> Self {
         Connection {
-            account: ironbay_bdev::Account::default(),
+            account: Account::default(),
             error: None,
             local,
             peer,
@@ -164,6 +186,7 @@ impl Connection {
             rx: Vec::new(),
             need: 0,
             out: OutQueue::default(),
+            ctl_out: 0,
             hd: false,
             dd: false,
             login: Some(Box::default()),
@@ -180,7 +203,9 @@ impl Connection {
             executing_bytes: 0,
             dout_granted: 0,
             dout_staged: 0,
+            dout_promised: 0,
             grant_queue: VecDeque::new(),
+            mem_blocked: false,
             deferred: false,
             next_ttt: 1,
             pending: Vec::new(),
@@ -211,6 +236,7 @@ impl Connection {
     }
 
     pub(crate) fn send(&mut self, v: Vec<u8>) {
+        self.ctl_out += v.len();
         self.out.push_bytes(v);
     }
 
@@ -312,7 +338,30 @@ impl Connection {
     }
 
     fn busy(&self) -> bool {
-        self.out.bytes() + self.executing_bytes > MAX_BUFFERED
+        self.out.bytes() + self.executing_bytes > MAX_BUFFERED || self.ctl_out > MAX_CONTROL_OUTPUT
+    }
+
+    /// No new PDU until memory comes back: the head of the grant queue
+    /// waits for it. Not while granted writes wait for data, though: only
+    /// more input completes them and frees what they hold.
+    fn stalled(&self) -> bool {
+        self.mem_blocked
+            && !self
+                .slots
+                .iter()
+                .any(|s| matches!(s, Slot::Active(c) if c.granted && !c.running && c.want > 0))
+    }
+
+    /// A command waits for the account to have room.
+    pub fn waits_for_memory(&self) -> bool {
+        self.mem_blocked
+    }
+
+    /// Memory may have come back: grants what waited for it.
+    pub fn handle_memory(&mut self, target: &mut Target, bdevs: &Registry, now_ms: u64) {
+        self.now = now_ms;
+        self.sync(target);
+        self.grant_waiting(bdevs);
     }
 
     /// What the commands hold now: (data-out buffers and held data, read
@@ -334,7 +383,7 @@ impl Connection {
         for s in &self.slots {
             if let Slot::Active(c) | Slot::Zombie(c) = s {
                 let (d, r) = c.task.held_bytes();
-                dout += d + c.staged.len();
+                dout += d + c.staged.as_ref().map_or(0, IoBuf::len);
                 read += r;
             }
         }
@@ -381,7 +430,7 @@ impl Connection {
     }
 
     pub fn wants_input(&self) -> bool {
-        self.phase != Phase::Closing && !self.busy()
+        self.phase != Phase::Closing && !self.busy() && !self.stalled()
     }
 
     /// Takes bytes from the initiator; returns how many were used. Fewer
@@ -398,7 +447,9 @@ impl Connection {
         self.run_queued(target, bdevs);
         let mut used = 0;
         loop {
-            if self.phase == Phase::Closing || (self.rx.is_empty() && self.busy()) {
+            if self.phase == Phase::Closing
+                || (self.rx.is_empty() && (self.busy() || self.stalled()))
+            {
                 break;
             }
             let want = if self.need == 0 { BHS_LEN } else { self.need };
@@ -688,7 +739,10 @@ impl Connection {
         if c.granted {
             self.dout_granted = self.dout_granted.saturating_sub(c.want);
         }
-        self.dout_staged = self.dout_staged.saturating_sub(c.staged.len());
+        self.dout_staged = self
+            .dout_staged
+            .saturating_sub(c.staged.as_ref().map_or(0, IoBuf::len));
+        self.dout_promised = self.dout_promised.saturating_sub(c.promised);
         self.executing_bytes = self.executing_bytes.saturating_sub(c.exec);
         let g = c.generation;
         self.grant_queue
@@ -843,6 +897,22 @@ impl Connection {
     }
 
     pub fn consume_output(&mut self, n: usize) {
+        let mut left = n;
+        for (k, o) in self.out.iter().enumerate() {
+            if left == 0 {
+                break;
+            }
+            let unsent = if k == 0 {
+                self.out.front().map_or(0, <[u8]>::len)
+            } else {
+                o.bytes().len()
+            };
+            let sent = left.min(unsent);
+            if let Out::Bytes(_) = o {
+                self.ctl_out = self.ctl_out.saturating_sub(sent);
+            }
+            left -= sent;
+        }
         self.out.consume(n);
     }
 

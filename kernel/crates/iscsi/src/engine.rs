@@ -31,6 +31,12 @@ impl TargetEngine for Connection {
     ) -> usize {
         Connection::handle_input(self, data, t, bdevs, now_ms)
     }
+    fn waits_for_memory(&self) -> bool {
+        Connection::waits_for_memory(self)
+    }
+    fn handle_memory(&mut self, t: &mut Target, bdevs: &Registry, now_ms: u64) {
+        Connection::handle_memory(self, t, bdevs, now_ms)
+    }
     fn poll_timeout(&self) -> Option<u64> {
         Connection::poll_timeout(self)
     }

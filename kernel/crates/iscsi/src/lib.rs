@@ -23,6 +23,8 @@ pub mod text;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_endpoint;
 
 pub use config::Config;
 pub use conn::{BlockIo, Connection};

@@ -3,7 +3,7 @@
 //! events. These are `Connection` methods: with one connection per session
 //! (MaxConnections=1) the session state lives in the connection.
 
-use crate::conn::{Connection, MAX_DATA_OUT, MAX_TASKS, Slot};
+use crate::conn::{Connection, MAX_DATA_OUT, MAX_TASKS, Phase, Slot};
 use crate::pdu::{self, Bhs, NO_TAG, Pdu, at, flag, op};
 use crate::scsi::{LunRef, Response, Task, UnitAttention, status};
 use crate::target::Target;
@@ -12,7 +12,7 @@ use alloc::boxed::Box;
 use alloc::rc::Rc;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use ironbay_bdev::{BdevId, IoBuf, Registry};
+use ironbay_bdev::{Account, BdevId, IoBuf, Registry, Short};
 
 /// One data sequence: unsolicited (TTT 0xffffffff) or for one R2T.
 #[derive(Clone, Copy, Debug)]
@@ -43,12 +43,20 @@ pub(crate) struct Cmd {
     /// Data-out bytes the SCSI layer takes.
     pub want: usize,
     pub written: usize,
-    /// `want` is counted in the connection's data-out budget: the task's
-    /// buffers may be allocated and its data solicited.
+    /// The task has its buffers from the account (or, for data-out, the
+    /// promise of them: see `promised`) and `want` is counted in the
+    /// connection's data-out bound: its data may be solicited and it may
+    /// run.
     pub granted: bool,
+    /// Data-out the grant promised without allocating, as the budget
+    /// counts it: taken as the data arrives, within the connection's
+    /// floor of the budget, which it may always have.
+    pub promised: usize,
     /// Immediate and unsolicited data that came before the grant, from
-    /// offset 0, exactly as long as it came.
-    pub staged: Vec<u8>,
+    /// offset 0, in a buffer as large as may come unsolicited.
+    pub staged: Option<IoBuf>,
+    /// Bytes of `staged` that came.
+    pub staged_len: usize,
     /// Read buffer bytes counted in the connection's executing bytes.
     pub exec: usize,
     pub unsol: Option<Seq>,
@@ -59,8 +67,17 @@ pub(crate) struct Cmd {
     pub data_pdus: u32,
     pub running: bool,
     pub outstanding: u32,
-    /// The transport failed the command with this sense data.
-    pub failed: Option<[u8; 18]>,
+    /// The transport failed the command.
+    pub failed: Option<Failed>,
+}
+
+/// How the transport ended a command.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Failed {
+    /// CHECK CONDITION with this sense data.
+    Check([u8; 18]),
+    /// A status without sense data.
+    Status(u8),
 }
 
 /// A response held back until aborted tasks' I/O has drained.
@@ -123,9 +140,11 @@ fn residual(expected: u64, actual: u64) -> (u8, u32) {
     }
 }
 
-/// The first `len` bytes of `data`. A buffer only partly sent is copied:
-/// queued output must not pin whole read buffers for a short EDTL.
-fn trim(data: Vec<IoBuf>, len: usize) -> Vec<IoBuf> {
+/// The first `len` bytes of `data`. A buffer only partly sent is copied
+/// when the account has room: queued output must not pin whole read
+/// buffers for a short EDTL. Otherwise it is sent from as it is (it is
+/// charged already).
+fn trim(data: Vec<IoBuf>, len: usize, account: &Account) -> Vec<IoBuf> {
     let mut left = len;
     let mut out = Vec::new();
     for b in data {
@@ -136,10 +155,14 @@ fn trim(data: Vec<IoBuf>, len: usize) -> Vec<IoBuf> {
             left -= b.len();
             out.push(b);
         } else {
-            let mut part = IoBuf::new(left);
-            part.as_mut_slice()
-                .copy_from_slice(b.as_slice().get(..left).unwrap_or(&[]));
-            out.push(part);
+            match account.try_buf(left) {
+                Ok(mut part) => {
+                    part.as_mut_slice()
+                        .copy_from_slice(b.as_slice().get(..left).unwrap_or(&[]));
+                    out.push(part);
+                }
+                Err(_) => out.push(b),
+            }
             left = 0;
         }
     }
@@ -198,6 +221,7 @@ impl Connection {
         };
         let info = entry.as_ref().and_then(|l| bdevs.info(l.bdev));
         let epoch = target.lun_epoch(&name, lun);
+        let memory = self.command_memory();
         let task = match (&entry, info) {
             (Some(l), Some(info)) => {
                 let sid = self.session_id();
@@ -212,6 +236,7 @@ impl Connection {
                     nexus_id: sid,
                     shared,
                     nexus,
+                    memory,
                 };
                 Task::new(&cdb, Some(r), &luns, write_len)
             }
@@ -220,7 +245,7 @@ impl Connection {
         let want = task.data_out_len();
         let spdtl = task.cdb_out_len() as u64;
         let generation = self.next_generation();
-        let failed = self.digest_failed_cmd.then(crc_error);
+        let failed = self.digest_failed_cmd.then(|| Failed::Check(crc_error()));
         let cmd = Box::new(Cmd {
             task,
             generation,
@@ -237,7 +262,9 @@ impl Connection {
             want,
             written: 0,
             granted: false,
-            staged: Vec::new(),
+            promised: 0,
+            staged: None,
+            staged_len: 0,
             exec: 0,
             unsol: None,
             r2ts: Vec::new(),
@@ -262,22 +289,68 @@ impl Connection {
         } else {
             0
         };
-        // Straight into the task's buffers when nothing waits ahead and
-        // the budget has room; held otherwise.
-        if want > 0 && failed.is_none() {
-            if self.grant_queue.is_empty() && self.has_room(want) {
-                self.grant(i);
+        let first_burst = self.params.first_burst_length;
+        let unsolicited = write && !bhs.is_final() && !self.params.initial_r2t;
+        // Straight to its buffers when nothing waits ahead and the account
+        // and data-out bound have room; queued otherwise.
+        let mut refused = false;
+        if failed.is_none() {
+            // A command needing no memory (a status, an error) need not
+            // wait behind one that does.
+            let free = self.cmd_mut(i).is_some_and(|c| c.task.memory() == (0, 0));
+            let now = free
+                || (!self.mem_blocked
+                    && (want == 0 || (!self.writes_queued() && self.has_room(want))));
+            match if now {
+                self.try_grant(i)
             } else {
-                self.grant_queue.push_back((i as u16, generation));
+                Err(Short::Wait)
+            } {
+                Ok(()) => {}
+                Err(Short::Wait) => {
+                    self.mem_blocked |= now;
+                    self.grant_queue.push_back((i as u16, generation));
+                }
+                Err(Short::Never) => refused = true,
             }
         }
-        self.give_data(i, 0, p.data.get(..imm).unwrap_or(&[]));
-        let first_burst = self.params.first_burst_length;
-        let unsolicited = !bhs.is_final() && !self.params.initial_r2t;
+        if !refused
+            && !self
+                .cmd_mut(i)
+                .is_some_and(|c| c.granted || c.failed.is_some())
+        {
+            // What may come before the grant, immediate and unsolicited, is
+            // held in a buffer of its own; without room for it the
+            // command is turned away rather than waited for with input
+            // stopped.
+            let unsol_end = if unsolicited {
+                first_burst.min(write_len) as usize
+            } else {
+                0
+            };
+            let len = unsol_end.max(imm).min(want);
+            if len > 0 {
+                match self.stage_buffer(len) {
+                    Some(b) => {
+                        self.dout_staged += b.len();
+                        if let Some(c) = self.cmd_mut(i) {
+                            c.staged = Some(b);
+                        }
+                    }
+                    None => {
+                        self.abort_slot(i);
+                        return self.busy_response(&bhs);
+                    }
+                }
+            }
+        }
+        if !self.give_data(i, 0, p.data.get(..imm).unwrap_or(&[])) {
+            return self.fail_cmd(i, Failed::Status(status::BUSY), bdevs);
+        }
         if let Some(c) = self.cmd_mut(i) {
             c.next_r2t = imm as u32;
             let end = first_burst.min(write_len);
-            if write && unsolicited && (imm as u32) < end {
+            if unsolicited && (imm as u32) < end && !refused {
                 c.unsol = Some(Seq {
                     ttt: NO_TAG,
                     end,
@@ -286,53 +359,145 @@ impl Connection {
                 });
             }
         }
+        if refused {
+            // The task ended itself (too large, or no memory at all).
+            return self.start(i, bdevs);
+        }
         self.advance(i, bdevs);
     }
 
-    /// Whether `want` more data-out bytes fit the budget. With nothing
-    /// granted they always do: a command larger than the budget must
-    /// still run, and nothing else would ever free room.
+    /// Whether `want` more data-out bytes fit the per-connection bound.
+    /// With nothing granted they always do: nothing else would ever free
+    /// room.
     fn has_room(&self, want: usize) -> bool {
         self.dout_granted == 0 || self.dout_granted + want <= MAX_DATA_OUT
     }
 
-    /// Counts the task's data-out in the budget and moves any held data
-    /// into its buffers.
-    fn grant(&mut self, i: usize) {
-        let Some(c) = self.cmd_mut(i) else { return };
-        if c.granted {
-            return;
-        }
-        c.granted = true;
-        let (want, generation) = (c.want, c.generation);
-        let staged = core::mem::take(&mut c.staged);
-        self.dout_granted += want;
-        self.dout_staged = self.dout_staged.saturating_sub(staged.len());
-        self.grant_queue
-            .retain(|&(s, g)| !(s as usize == i && g == generation));
-        self.give_data(i, 0, &staged);
+    /// A write waits in the grant queue: later writes queue behind it.
+    fn writes_queued(&self) -> bool {
+        self.grant_queue.iter().any(|&(s, g)| {
+            matches!(self.slots.get(s as usize), Some(Slot::Active(c)) if c.generation == g && c.want > 0)
+        })
     }
 
-    /// Grants waiting writes in arrival order while the budget has room,
-    /// and solicits their data.
+    /// What staged data may take of the account: half its floor of the
+    /// budget, so staging never takes from the shared pool and the
+    /// command at the head of the queue always fits beside it.
+    pub(crate) fn staging_cap(&self) -> usize {
+        self.account.budget().floor() / 2
+    }
+
+    /// Most one command may hold: what the account may hold, less the
+    /// room staged data may take.
+    pub(crate) fn command_memory(&self) -> usize {
+        let b = self.account.budget();
+        b.max_hold().saturating_sub(self.staging_cap())
+    }
+
+    /// A staging buffer of `len` bytes, if the cap and the account allow.
+    fn stage_buffer(&self, len: usize) -> Option<IoBuf> {
+        if self.dout_staged.saturating_add(len) > self.staging_cap() {
+            return None;
+        }
+        self.account.try_buf(len).ok()
+    }
+
+    /// Gives the command in slot `i` its buffers from the account and
+    /// counts its data-out in the per-connection bound. Data-out buffers
+    /// are only promised while the connection, with every promise it made
+    /// and the staging room, stays within its floor of the budget (which
+    /// it may always have): they come as the data does, so writes whose
+    /// data is slow to come hold no memory. Beyond the floor they are
+    /// taken now, and no grant may go past it while promises are out.
+    fn try_grant(&mut self, i: usize) -> Result<(), Short> {
+        let b = self.account.budget();
+        let (floor, held) = (b.floor(), self.account.held());
+        let cap = self.staging_cap();
+        let Connection {
+            slots,
+            account,
+            dout_promised,
+            dout_granted,
+            dout_staged,
+            ..
+        } = self;
+        let Some(Slot::Active(c)) = slots.get_mut(i) else {
+            return Ok(());
+        };
+        if c.granted {
+            return Ok(());
+        }
+        let (dout, run) = c.task.memory();
+        let within = held
+            .saturating_add(*dout_promised)
+            .saturating_add(dout)
+            .saturating_add(run)
+            .saturating_add(cap)
+            <= floor;
+        if *dout_promised > 0 && !within {
+            return Err(Short::Wait);
+        }
+        let lazy = within && dout > 0 && c.staged.is_none();
+        c.task.reserve(account, !lazy)?;
+        if lazy {
+            c.promised = dout;
+            *dout_promised += dout;
+        }
+        c.granted = true;
+        *dout_granted += c.want;
+        // What came before the grant moves into the task's buffers.
+        if let Some(staged) = c.staged.take() {
+            *dout_staged = dout_staged.saturating_sub(staged.len());
+            let n = c.staged_len.min(staged.len());
+            if c.task.write_data_out(0, &staged.as_slice()[..n]) {
+                c.written += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Grants waiting commands in arrival order while the account has
+    /// room (writes also while the data-out bound has room; reads may
+    /// pass writes waiting for that), and solicits their data or starts
+    /// them. The first one the account has no room for stops the rest:
+    /// the connection then waits for memory.
     pub(crate) fn grant_waiting(&mut self, bdevs: &Registry) {
-        while self.phase == crate::conn::Phase::FullFeature {
-            let Some(&(s, g)) = self.grant_queue.front() else {
-                return;
-            };
+        self.mem_blocked = false;
+        let mut k = 0;
+        let mut writes_held = false;
+        while self.phase == Phase::FullFeature && k < self.grant_queue.len() {
+            let (s, g) = self.grant_queue[k];
             let i = s as usize;
-            let want = match self.cmd_mut(i) {
-                Some(c) if c.generation == g && !c.granted && !c.running => c.want,
+            let (want, all_staged) = match self.cmd_mut(i) {
+                Some(c) if c.generation == g && !c.granted && !c.running => {
+                    (c.want, c.want > 0 && c.staged_len >= c.want)
+                }
                 _ => {
-                    self.grant_queue.pop_front();
+                    self.grant_queue.remove(k);
                     continue;
                 }
             };
-            if !self.has_room(want) {
-                return;
+            // A write whose data all came unsolicited may pass the
+            // data-out bound: it holds that data already.
+            if want > 0 && !all_staged && (writes_held || !self.has_room(want)) {
+                writes_held = true;
+                k += 1;
+                continue;
             }
-            self.grant(i);
-            self.advance(i, bdevs);
+            match self.try_grant(i) {
+                Ok(()) => {
+                    self.grant_queue.remove(k);
+                    self.advance(i, bdevs);
+                }
+                Err(Short::Wait) => {
+                    self.mem_blocked = true;
+                    return;
+                }
+                Err(Short::Never) => {
+                    self.grant_queue.remove(k);
+                    self.start(i, bdevs);
+                }
+            }
         }
     }
 
@@ -349,30 +514,52 @@ impl Connection {
     /// Hands data-out bytes at `offset` to the task, within what it takes,
     /// or holds them until the task is granted its buffers. Only immediate
     /// and unsolicited data come before the grant, in order from offset 0
-    /// (the sequence checks see to it), so what is held is no more than
-    /// what came.
-    fn give_data(&mut self, i: usize, offset: usize, bytes: &[u8]) {
-        let Some(c) = self.cmd_mut(i) else { return };
+    /// (the sequence checks see to it), into the buffer staged for them.
+    /// False if a promised buffer could not be had after all: the command
+    /// must fail.
+    fn give_data(&mut self, i: usize, offset: usize, bytes: &[u8]) -> bool {
+        let Connection {
+            slots,
+            account,
+            dout_promised,
+            ..
+        } = self;
+        let Some(Slot::Active(c)) = slots.get_mut(i) else {
+            return true;
+        };
         if offset >= c.want || bytes.is_empty() {
-            return;
+            return true;
         }
         let n = bytes.len().min(c.want - offset);
-        let Some(bytes) = bytes.get(..n) else { return };
+        let Some(bytes) = bytes.get(..n) else {
+            return true;
+        };
         if c.granted {
+            if c.promised > 0 {
+                // Within the floor this only fails if the heap itself is
+                // out of room.
+                let Ok(got) = c.task.reserve_data_out(account, offset, n) else {
+                    return false;
+                };
+                let got = got.min(c.promised);
+                c.promised -= got;
+                *dout_promised = dout_promised.saturating_sub(got);
+            }
             if c.task.write_data_out(offset, bytes) {
                 c.written += n;
             }
-            return;
+            return true;
         }
         let end = offset + n;
-        let grown = end.saturating_sub(c.staged.len());
-        if grown > 0 {
-            c.staged.resize(end, 0);
-        }
-        if let Some(to) = c.staged.get_mut(offset..end) {
+        if let Some(to) = c
+            .staged
+            .as_mut()
+            .and_then(|b| b.as_mut_slice().get_mut(offset..end))
+        {
             to.copy_from_slice(bytes);
+            c.staged_len = c.staged_len.max(end);
         }
-        self.dout_staged += grown;
+        true
     }
 
     /// Solicits missing data with R2Ts, or starts the command once all
@@ -389,12 +576,7 @@ impl Connection {
                 return self.start(i, bdevs);
             }
             if !c.granted {
-                // Everything the task takes came unsolicited: its buffers
-                // replace what is held, no more memory.
-                if c.staged.len() >= c.want {
-                    self.grant(i);
-                    continue;
-                }
+                // `grant_waiting` moves it on.
                 return;
             }
             if c.unsol.is_some() {
@@ -452,7 +634,7 @@ impl Connection {
         self.pump(i, bdevs);
     }
 
-    fn fail_cmd(&mut self, i: usize, s: [u8; 18], bdevs: &Registry) {
+    fn fail_cmd(&mut self, i: usize, s: Failed, bdevs: &Registry) {
         if let Some(c) = self.cmd_mut(i)
             && !c.running
         {
@@ -478,11 +660,11 @@ impl Connection {
             c.r2ts.iter_mut().find(|s| s.ttt == ttt)
         };
         let Some(seq) = seq else {
-            return self.fail_cmd(i, data_phase_error(), bdevs);
+            return self.fail_cmd(i, Failed::Check(data_phase_error()), bdevs);
         };
         let fits = offset.checked_add(len).is_some_and(|e| e <= seq.end);
         if seq.next != offset || seq.data_sn != data_sn || !fits {
-            return self.fail_cmd(i, data_phase_error(), bdevs);
+            return self.fail_cmd(i, Failed::Check(data_phase_error()), bdevs);
         }
         seq.next += len;
         seq.data_sn = seq.data_sn.wrapping_add(1);
@@ -493,18 +675,20 @@ impl Connection {
                 c.unsol = None;
                 c.next_r2t = c.next_r2t.max(next);
             } else if next != end {
-                return self.fail_cmd(i, data_phase_error(), bdevs);
+                return self.fail_cmd(i, Failed::Check(data_phase_error()), bdevs);
             } else {
                 c.r2ts.retain(|s| s.ttt != ttt);
             }
         }
-        self.give_data(i, offset as usize, &p.data);
+        if !self.give_data(i, offset as usize, &p.data) {
+            return self.fail_cmd(i, Failed::Status(status::BUSY), bdevs);
+        }
         self.advance(i, bdevs);
     }
 
     pub(crate) fn data_out_digest_error(&mut self, b: &Bhs, bdevs: &Registry) {
         if let Some(i) = self.find_itt(b.itt()) {
-            self.fail_cmd(i, crc_error(), bdevs);
+            self.fail_cmd(i, Failed::Check(crc_error()), bdevs);
         }
     }
 
@@ -521,9 +705,14 @@ impl Connection {
         self.free.push(i as u16);
         self.release(i, &c);
         let resp = match c.failed {
-            Some(s) => Response {
+            Some(Failed::Check(s)) => Response {
                 status: status::CHECK_CONDITION,
                 sense: s.to_vec(),
+                data: Vec::new(),
+            },
+            Some(Failed::Status(st)) => Response {
+                status: st,
+                sense: Vec::new(),
                 data: Vec::new(),
             },
             None => c.task.take_response(),
@@ -542,7 +731,10 @@ impl Connection {
             && resp.sense.is_empty()
             && matches!(resp.status, status::GOOD | status::CONDITION_MET)
             && bidi_flags == 0;
-        let bufs: Vec<Rc<IoBuf>> = trim(resp.data, send).into_iter().map(Rc::new).collect();
+        let bufs: Vec<Rc<IoBuf>> = trim(resp.data, send, &self.account)
+            .into_iter()
+            .map(Rc::new)
+            .collect();
         let seg_max = (self
             .params
             .initiator_mrdsl

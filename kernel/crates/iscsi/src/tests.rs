@@ -1996,3 +1996,82 @@ fn short_edtl_reads_do_not_pin_buffers() {
         assert_eq!(p.bhs.flags() & flag::OVERFLOW, flag::OVERFLOW);
     }
 }
+
+/// A write promised its buffers within the connection's floor fails with
+/// BUSY, and nothing else, if they cannot be had when its data comes (the
+/// budget cut for fewer connections than it serves, or the heap out of
+/// room); the session goes on.
+#[test]
+fn a_promise_the_budget_cannot_keep_fails_one_write_busy() {
+    let budget = ironbay_bdev::Budget::new(4 << 20, 1);
+    let mut r = Rig::new();
+    r.conn.account = budget.account();
+    r.login(&[("InitialR2T", "Yes"), ("ImmediateData", "No")]);
+    let (itt, v) = r.command(&write10(0, 8), flag::FINAL | flag::WRITE, 4096, &[]);
+    r.send(&v);
+    let p = r.recv();
+    assert_eq!(p.bhs.opcode(), op::R2T);
+    assert_eq!((budget.used(), r.conn.dout_promised), (0, 4096));
+    // Two more accounts than the budget was cut for take all of it.
+    let mut hogs = Vec::new();
+    for _ in 0..2 {
+        let a = budget.account();
+        while let Ok(b) = a.try_buf(64 << 10) {
+            hogs.push(b);
+        }
+    }
+    assert_eq!(budget.used(), budget.limit());
+    let v = r.data_out(itt, p.bhs.u32_at(at::W20), 0, 0, &[1; 4096], true);
+    r.send(&v);
+    let p = r.recv();
+    assert_eq!(
+        (p.bhs.opcode(), p.bhs.itt(), status_of(&p)),
+        (op::SCSI_RSP, itt, crate::scsi::status::BUSY)
+    );
+    assert_eq!(r.conn.dout_promised, 0);
+    drop(hogs);
+    assert_eq!(status_of(&r.write(0, &[1; 512])), 0);
+    r.conn.closed(&mut r.t);
+    assert_eq!(budget.used(), 0);
+}
+
+/// Under a small budget the transfer limit shrinks and a connection with
+/// reads waiting for memory stops taking input until its output drains.
+#[test]
+fn reads_wait_for_memory_with_input_stopped() {
+    let budget = ironbay_bdev::Budget::new(4 << 20, 4);
+    let mut r = big_rig(32, true);
+    r.conn.account = budget.account();
+    r.login(&[("MaxRecvDataSegmentLength", "262144")]);
+    r.out.clear();
+    let blocks = (r.conn.command_memory() / 4 * 3 / BS) as u32;
+    let bytes: Vec<u8> = (0..8)
+        .flat_map(|_| {
+            r.command(
+                &rw16(0x88, 0, blocks),
+                flag::FINAL | flag::READ,
+                blocks * 512,
+                &[],
+            )
+            .1
+        })
+        .collect();
+    let n = r.conn.handle_input(&bytes, &mut r.t, &r.reg, r.now);
+    r.device();
+    assert!(n < bytes.len(), "input stops while a read waits");
+    assert!(r.conn.waits_for_memory() && !r.conn.wants_input());
+    assert!(budget.used() <= budget.max_hold());
+    // Output drains: the waiting read is granted and input resumes.
+    let (mut data_in, mut done, mut off) = (Vec::new(), 0, n);
+    while done < 8 {
+        take_output(&mut r, 64 << 10, &mut data_in, &mut done);
+        r.conn.handle_memory(&mut r.t, &r.reg, r.now);
+        if r.conn.wants_input() {
+            off += r.conn.handle_input(&bytes[off..], &mut r.t, &r.reg, r.now);
+        }
+        r.device();
+        assert!(budget.used() <= budget.max_hold());
+    }
+    assert!(data_in.iter().all(|x| x.1 == blocks as usize * 512));
+    assert_eq!(budget.used(), 0);
+}

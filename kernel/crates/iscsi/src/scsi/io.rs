@@ -1,22 +1,49 @@
-//! Block I/O of a task: data-out buffers and the phases that cut a
+//! Block I/O of a task: data-out buffers, the buffers taken from the
+//! connection's account before a task may go on, and the phases that cut a
 //! command into bdev-sized I/Os.
 
 use super::sense::{Sense, asc, key};
-use super::{Cmd, FILL_IN_FLIGHT, Failure, MAX_IN_FLIGHT, Stage, Task, status};
+use super::{Cmd, Failure, MAX_IN_FLIGHT, Stage, Task, status};
 use alloc::vec::Vec;
-use ironbay_bdev::{IoBuf, IoOp, IoStatus};
+use ironbay_bdev::{Account, IoBuf, IoOp, IoStatus, Short};
 
-/// What a read piece's data is for.
+/// What a buffer of `len` bytes counts against the budget.
+pub(super) fn charge(len: usize) -> usize {
+    len.div_ceil(IoBuf::ALIGN) * IoBuf::ALIGN
+}
+
+/// Buffers of `sizes` from `account`, all or none: a task never holds part
+/// of what it needs while waiting for the rest (tasks holding parts of
+/// their needs could wait on each other for ever).
+pub(super) fn take_all(account: &Account, sizes: &[usize]) -> Result<Vec<IoBuf>, Short> {
+    let total: usize = sizes.iter().map(|&s| charge(s)).sum();
+    let b = account.budget();
+    if total > b.max_hold() {
+        return Err(Short::Never);
+    }
+    // Cheap refusals first, so a waiting task does not allocate and free
+    // its buffers on every retry.
+    if account.held() + total > b.max_hold() || b.used() + total > b.limit() {
+        return Err(Short::Wait);
+    }
+    let mut v = Vec::new();
+    v.try_reserve_exact(sizes.len()).map_err(|_| Short::Wait)?;
+    for &s in sizes {
+        v.push(account.try_buf(s)?);
+    }
+    Ok(v)
+}
+
+/// What a read piece's data is for. Only data-in is kept; the others use
+/// the task's work buffers, given back as each piece completes.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Keep {
     DataIn,
-    /// Compared with data-out buffer `base + piece`.
-    Compare {
-        base: usize,
-    },
-    /// Every block compared with data-out buffer 0.
+    /// Compared with the data-out at the same offset.
+    Compare,
+    /// Every block compared with the first block of data-out.
     CompareOne,
-    /// ORed into data-out buffer `piece` (ORWRITE).
+    /// ORed into the data-out at the same offset (ORWRITE).
     Or,
     Discard,
 }
@@ -63,8 +90,9 @@ pub(super) enum Phase {
 }
 
 /// Data-out buffers: one or two segments (COMPARE AND WRITE: verify data,
-/// then write data), each cut into I/O-sized buffers that are allocated as
-/// the data arrives and handed to the bdev without copying.
+/// then write data), each cut into I/O-sized buffers that the transport has
+/// taken from its account (all at once, or as the data arrives) and that go
+/// to the bdev without copying.
 #[derive(Debug, Default)]
 pub(super) struct DataOut {
     pub(super) len: usize,
@@ -123,35 +151,89 @@ impl DataOut {
         (base + i, seg_off - start, self.chunk.min(seg_len - start))
     }
 
-    pub(super) fn write(&mut self, mut off: usize, mut bytes: &[u8]) -> bool {
+    /// The buffers (index, length) of the bytes `off..off + len` that are
+    /// not allocated yet.
+    pub(super) fn missing(&self, mut off: usize, len: usize) -> Vec<(usize, usize)> {
+        let end = off.saturating_add(len).min(self.len);
+        let mut v = Vec::new();
+        while off < end {
+            let (i, at, n) = self.locate(off);
+            if self.bufs.get(i).is_some_and(Option::is_none) {
+                v.push((i, n));
+            }
+            off += n - at;
+        }
+        v
+    }
+
+    /// Copies `bytes` in at `off`; false if outside the data-out or a buffer
+    /// is not allocated.
+    pub(super) fn write(&mut self, off: usize, bytes: &[u8]) -> bool {
         match off.checked_add(bytes.len()) {
             Some(end) if end <= self.len => {}
             _ => return false,
         }
-        while !bytes.is_empty() {
-            let (i, at, len) = self.locate(off);
-            let Some(slot) = self.bufs.get_mut(i) else {
-                return false;
-            };
-            let buf = slot.get_or_insert_with(|| IoBuf::new(len));
-            let n = (len - at).min(bytes.len());
-            buf.as_mut_slice()[at..at + n].copy_from_slice(&bytes[..n]);
-            off += n;
-            bytes = &bytes[n..];
-        }
-        true
+        let ok = self.visit(off, bytes.len(), |b, done| {
+            b.copy_from_slice(&bytes[done..done + b.len()]);
+            true
+        });
+        ok.is_some()
     }
 
-    /// Zero-fills buffers no data arrived for.
-    pub(super) fn fill_missing(&mut self) {
-        let mut off = 0;
-        while off < self.len {
-            let (i, _, len) = self.locate(off);
-            if let Some(slot) = self.bufs.get_mut(i) {
-                slot.get_or_insert_with(|| IoBuf::new(len));
+    /// Runs `f` on each buffer slice of `off..off + len` with the bytes of
+    /// the range done before it; `None` if a buffer is missing or `f`
+    /// stops.
+    fn visit(
+        &mut self,
+        mut off: usize,
+        len: usize,
+        mut f: impl FnMut(&mut [u8], usize) -> bool,
+    ) -> Option<()> {
+        let end = off.checked_add(len).filter(|&e| e <= self.len)?;
+        let mut done = 0;
+        while off < end {
+            let (i, at, n) = self.locate(off);
+            let k = (n - at).min(end - off);
+            let buf = self.bufs.get_mut(i)?.as_mut()?;
+            if !f(buf.as_mut_slice().get_mut(at..at + k)?, done) {
+                return None;
             }
-            off += len;
+            off += k;
+            done += k;
         }
+        Some(())
+    }
+
+    /// Offset in `bytes` of the first byte differing from the data-out at
+    /// `off` (`Err` if the data-out does not hold that range).
+    pub(super) fn compare(&mut self, off: usize, bytes: &[u8]) -> Result<Option<usize>, ()> {
+        let mut diff = None;
+        let whole = self.visit(off, bytes.len(), |b, done| {
+            diff = first_diff(b, &bytes[done..done + b.len()]).map(|p| done + p);
+            diff.is_none()
+        });
+        match (diff, whole) {
+            (Some(p), _) => Ok(Some(p)),
+            (None, Some(())) => Ok(None),
+            (None, None) => Err(()),
+        }
+    }
+
+    /// ORs `bytes` into the data-out at `off`.
+    pub(super) fn or_into(&mut self, off: usize, bytes: &[u8]) -> bool {
+        self.visit(off, bytes.len(), |b, done| {
+            for (w, r) in b.iter_mut().zip(&bytes[done..]) {
+                *w |= *r;
+            }
+            true
+        })
+        .is_some()
+    }
+
+    /// Every buffer is allocated (every byte arrived when the transport
+    /// says the data-out is complete).
+    pub(super) fn is_whole(&self) -> bool {
+        self.bufs.iter().all(Option::is_some)
     }
 
     /// All of the data-out as one vector (parameter lists).
@@ -166,10 +248,14 @@ impl DataOut {
 
 impl Task {
     pub(super) fn start_phase(&mut self, n: u8, phase: Phase) {
-        self.limit = if matches!(phase, Phase::Fill { .. }) {
-            FILL_IN_FLIGHT
-        } else {
-            MAX_IN_FLIGHT
+        // Pieces that borrow a work buffer are as many as there are buffers.
+        self.limit = match phase {
+            Phase::Fill { .. }
+            | Phase::Read {
+                keep: Keep::Compare | Keep::CompareOne | Keep::Or | Keep::Discard,
+                ..
+            } => self.pool.len().clamp(1, MAX_IN_FLIGHT),
+            _ => MAX_IN_FLIGHT,
         };
         if self.slots.len() < self.limit {
             self.slots.resize(self.limit, None);
@@ -192,10 +278,20 @@ impl Task {
         match &mut self.phase {
             Phase::Idle => None,
             Phase::Read {
-                lba, blocks, chunk, ..
+                lba,
+                blocks,
+                chunk,
+                keep,
             } => {
                 let (start, n) = span(piece, *blocks, *chunk)?;
-                let buf = IoBuf::new((n * bs) as usize);
+                let len = (n * bs) as usize;
+                let mut buf = match keep {
+                    Keep::DataIn => self.din.get_mut(piece as usize)?.take()?,
+                    _ => self.pool.pop()?,
+                };
+                if !buf.set_len(len) {
+                    return None;
+                }
                 Some((
                     IoOp::Read {
                         lba: *lba + start,
@@ -211,14 +307,8 @@ impl Task {
                 base,
                 fua,
             } => {
-                let (start, n) = span(piece, *blocks, *chunk)?;
-                let len = (n * bs) as usize;
-                let buf = self
-                    .dout
-                    .bufs
-                    .get_mut(*base + piece as usize)
-                    .and_then(Option::take)
-                    .unwrap_or_else(|| IoBuf::new(len));
+                let (start, _) = span(piece, *blocks, *chunk)?;
+                let buf = self.dout.bufs.get_mut(*base + piece as usize)?.take()?;
                 Some((
                     IoOp::Write {
                         lba: *lba + start,
@@ -235,9 +325,9 @@ impl Task {
             } => {
                 let (start, n) = span(piece, *blocks, *chunk)?;
                 let len = (n * bs) as usize;
-                let mut buf = self.pool.pop().unwrap_or_else(|| IoBuf::new(len));
+                let mut buf = self.pool.pop()?;
                 if !buf.set_len(len) {
-                    buf = IoBuf::new(len);
+                    return None;
                 }
                 for block in buf.as_mut_slice().chunks_mut(bs as usize) {
                     let k = block.len().min(self.pattern.len());
@@ -305,38 +395,44 @@ impl Task {
                 let (start, n) = span(piece, *blocks, *chunk).ok_or(broken)?;
                 let buf = buf.filter(|b| b.len() as u64 == n * bs).ok_or(broken)?;
                 let at = start * bs;
-                match *keep {
-                    Keep::DataIn => {
-                        if let Some(slot) = self.din.get_mut(piece as usize) {
-                            *slot = Some(buf);
-                        }
+                let keep = *keep;
+                if let Keep::DataIn = keep {
+                    if let Some(slot) = self.din.get_mut(piece as usize) {
+                        *slot = Some(buf);
                     }
-                    Keep::Compare { base } => {
-                        let want = self.dout.bufs.get(base + piece as usize);
-                        let want = want.and_then(Option::as_ref).ok_or(broken)?;
-                        if let Some(p) = first_diff(buf.as_slice(), want.as_slice()) {
+                    return Ok(());
+                }
+                let r = match keep {
+                    Keep::Compare => match self.dout.compare(at as usize, buf.as_slice()) {
+                        Ok(Some(p)) => {
                             self.note_miscompare(at + p as u64);
+                            Ok(())
                         }
-                    }
+                        Ok(None) => Ok(()),
+                        Err(()) => Err(broken),
+                    },
                     Keep::CompareOne => {
                         let want = self.dout.bufs.first().and_then(Option::as_ref);
-                        let want = want.ok_or(broken)?;
-                        let blocks = buf.as_slice().chunks(bs as usize);
-                        if let Some(off) = blocks.enumerate().find_map(|(k, b)| {
-                            first_diff(b, want.as_slice()).map(|p| k as u64 * bs + p as u64)
-                        }) {
-                            self.note_miscompare(at + off);
+                        match want {
+                            Some(want) => {
+                                let blocks = buf.as_slice().chunks(bs as usize);
+                                if let Some(off) = blocks.enumerate().find_map(|(k, b)| {
+                                    first_diff(b, want.as_slice()).map(|p| k as u64 * bs + p as u64)
+                                }) {
+                                    self.note_miscompare(at + off);
+                                }
+                                Ok(())
+                            }
+                            None => Err(broken),
                         }
                     }
-                    Keep::Or => {
-                        let into = self.dout.bufs.get_mut(piece as usize);
-                        let into = into.and_then(Option::as_mut).ok_or(broken)?;
-                        for (w, r) in into.as_mut_slice().iter_mut().zip(buf.as_slice()) {
-                            *w |= *r;
-                        }
-                    }
-                    Keep::Discard => {}
-                }
+                    Keep::Or if self.dout.or_into(at as usize, buf.as_slice()) => Ok(()),
+                    Keep::Or => Err(broken),
+                    Keep::DataIn | Keep::Discard => Ok(()),
+                };
+                // The work buffer serves the next piece.
+                self.pool.push(buf);
+                return r;
             }
             Phase::Write { base, .. } => {
                 // Kept for the read-back compare of WRITE AND VERIFY.

@@ -3,19 +3,28 @@
 //! Sans-IO like the rest of the crate: a [`Task`] is one SCSI command. The
 //! transport drives it in this order:
 //! 1. [`Task::new`] parses the CDB against the LUN;
-//! 2. if [`Task::data_out_len`] is non-zero, the transport moves the
+//! 2. [`Task::reserve`] takes every buffer the task will use from the
+//!    connection's account, all at once or not at all (the transport may
+//!    leave the data-out buffers to [`Task::reserve_data_out`] as the data
+//!    arrives); nothing is allocated anywhere else, and no I/O starts
+//!    before it;
+//! 3. if [`Task::data_out_len`] is non-zero, the transport moves the
 //!    initiator's data in with [`Task::write_data_out`] (any order of
 //!    offsets) and then calls [`Task::data_out_done`];
-//! 3. if [`Task::wants_allocation`] asks for it (GET LBA STATUS), the
+//! 4. if [`Task::wants_allocation`] asks for it (GET LBA STATUS), the
 //!    transport looks the range up in the bdev registry and hands the runs
 //!    to [`Task::handle_allocation`];
-//! 4. every [`Task::poll_io`] is started on the bdev layer and its
+//! 5. every [`Task::poll_io`] is started on the bdev layer and its
 //!    completion given back with [`Task::handle_completion`]; `poll_io` is
 //!    called again after every completion (a task keeps a bounded number
 //!    of I/Os in flight and a COMPARE AND WRITE may wait for the LU's
 //!    lock, see [`Task::is_blocked`]);
-//! 5. once [`Task::is_done`], [`Task::take_response`] gives status, sense
+//! 6. once [`Task::is_done`], [`Task::take_response`] gives status, sense
 //!    and the data-in buffers.
+//!
+//! What a task may reserve is bounded by [`LunRef::memory`], the share of
+//! the I/O budget one command may hold: MAXIMUM TRANSFER LENGTH is set so
+//! that the largest transfer plus the work buffers of a verify fit it.
 //!
 //! Data-in is the full amount the CDB asks for (truncated to its
 //! allocation length); the transport trims it to the initiator's expected
@@ -63,8 +72,8 @@ use alloc::vec::Vec;
 use cdb::{Cdb, op};
 use core::cell::RefCell;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use io::{DataOut, Keep, Phase, io_failure};
-use ironbay_bdev::{BdevId, BdevInfo, IoBuf, IoCompletion, IoOp, IoType};
+use io::{DataOut, Keep, Phase, charge, io_failure, span, take_all};
+use ironbay_bdev::{Account, BdevId, BdevInfo, IoBuf, IoCompletion, IoOp, IoType, Short};
 pub use pr::initiator_port;
 use pr::{Nexus, Reservations};
 use sbc::lba_len;
@@ -84,8 +93,12 @@ pub mod status {
 }
 
 /// Largest data transfer of one command (block limits MAXIMUM TRANSFER
-/// LENGTH); larger ones are refused before any memory is allocated.
+/// LENGTH) when the I/O budget allows it; larger ones are refused before
+/// any memory is allocated.
 pub const MAX_TRANSFER_BYTES: usize = 8 << 20;
+/// Reads that are compared, ORed or thrown away go through work buffers of
+/// at most this size, so a verify needs little beyond its data-out.
+const WORK_CHUNK_BYTES: u64 = 256 << 10;
 /// MAXIMUM WRITE SAME LENGTH in blocks.
 pub const MAX_WRITE_SAME_BLOCKS: u64 = 0xffff;
 /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
@@ -101,6 +114,11 @@ const FILL_CHUNK_BYTES: u64 = 1 << 20;
 const FILL_IN_FLIGHT: usize = 4;
 /// GET LBA STATUS descriptors in one answer.
 const MAX_LBA_STATUS_DESCRIPTORS: usize = 4096;
+
+/// What buffers of `sizes` count against the budget.
+fn charge_all(sizes: &[usize]) -> usize {
+    sizes.iter().map(|&n| charge(n)).sum()
+}
 
 /// The logical unit a command addresses, as the transport sees it now.
 pub struct LunRef<'a> {
@@ -121,6 +139,10 @@ pub struct LunRef<'a> {
     pub shared: &'a mut LunState,
     /// State of this I_T nexus (pending unit attentions, ...).
     pub nexus: &'a mut NexusState,
+    /// Most bytes of buffers one command may hold (the connection's share
+    /// of the I/O budget): bounds MAXIMUM TRANSFER LENGTH and the work
+    /// buffers of a command.
+    pub memory: usize,
 }
 
 /// Per logical unit state shared by all sessions.
@@ -304,6 +326,8 @@ pub(crate) struct Geo {
     pub chunk_blocks: u64,
     /// Blocks per command (MAXIMUM TRANSFER LENGTH).
     pub max_xfer_blocks: u64,
+    /// Bytes of buffers one command may hold.
+    pub mem_limit: usize,
     pub unmap: bool,
     /// Unmapped blocks read back as zeroes (LBPRZ).
     pub unmap_zeroes: bool,
@@ -317,14 +341,18 @@ pub(crate) struct Geo {
 }
 
 impl Geo {
-    fn new(info: &BdevInfo, read_only: bool) -> Geo {
+    fn new(info: &BdevInfo, read_only: bool, memory: usize) -> Geo {
         let bs = (info.block_size as u64).max(1);
-        let max_xfer_blocks = (MAX_TRANSFER_BYTES as u64 / bs).max(1);
+        // A quarter of what a command may hold is left for its work
+        // buffers (verify, compare, ORWRITE), the rest may be data.
+        let max_xfer = (MAX_TRANSFER_BYTES as u64).min((memory / 4 * 3) as u64);
+        let max_xfer_blocks = (max_xfer / bs).max(1);
         Geo {
             bs,
             num_blocks: info.num_blocks,
             chunk_blocks: (info.max_transfer as u64 / bs).clamp(1, max_xfer_blocks),
             max_xfer_blocks,
+            mem_limit: memory,
             unmap: info.io_types.contains(IoType::Unmap),
             unmap_zeroes: info.unmap_zeroes,
             write_zeroes: info.io_types.contains(IoType::WriteZeroes),
@@ -336,8 +364,29 @@ impl Geo {
         }
     }
 
+    /// MAXIMUM COMPARE AND WRITE LENGTH: both halves of its data-out fit a
+    /// transfer.
     pub fn max_caw_blocks(&self) -> u64 {
-        MAX_CAW_BLOCKS.min(self.max_xfer_blocks)
+        MAX_CAW_BLOCKS.min((self.max_xfer_blocks / 2).max(1))
+    }
+
+    /// Blocks per work buffer: within the quarter of a command's share
+    /// that MAXIMUM TRANSFER LENGTH leaves.
+    fn work_blocks(&self) -> u64 {
+        let quarter = (self.mem_limit / 4) as u64 / self.bs;
+        self.chunk_blocks
+            .min(WORK_CHUNK_BYTES / self.bs)
+            .min(quarter)
+            .max(1)
+    }
+
+    /// Blocks per WRITE SAME buffer.
+    fn fill_blocks(&self) -> u64 {
+        let quarter = (self.mem_limit / 4) as u64 / self.bs;
+        self.chunk_blocks
+            .min(FILL_CHUNK_BYTES / self.bs)
+            .min(quarter)
+            .max(1)
     }
 
     /// MAXIMUM ATOMIC TRANSFER LENGTH: what one bdev write takes.
@@ -466,9 +515,17 @@ pub struct Task {
     din: Vec<Option<IoBuf>>,
     /// Lowest byte offset of a miscompare.
     miscompare: Option<u64>,
-    /// WRITE SAME block and the buffers that came back for reuse.
+    /// WRITE SAME block.
     pattern: Vec<u8>,
+    /// Work buffers: WRITE SAME's pattern buffers, reads that are compared,
+    /// ORed or discarded. Each serves one piece at a time.
     pool: Vec<IoBuf>,
+    /// Parameter data made before its buffer was reserved.
+    reply: Vec<u8>,
+    /// The buffer GET LBA STATUS answers in.
+    reply_buf: Option<IoBuf>,
+    /// [`Task::reserve`] has taken what the task needs.
+    reserved: bool,
     lu: Option<Rc<LuShared>>,
     nexus_mode: Option<Arc<AtomicU64>>,
     caw_held: bool,
@@ -481,7 +538,11 @@ impl Task {
         Task {
             stage: Stage::Done,
             cmd: Cmd::None,
-            geo: Geo::default(),
+            // Without a LUN only short parameter data is made.
+            geo: Geo {
+                mem_limit: usize::MAX,
+                ..Geo::default()
+            },
             status: status::GOOD,
             sense: None,
             data: Vec::new(),
@@ -499,6 +560,9 @@ impl Task {
             miscompare: None,
             pattern: Vec::new(),
             pool: Vec::new(),
+            reply: Vec::new(),
+            reply_buf: None,
+            reserved: false,
             lu: None,
             nexus_mode: None,
             caw_held: false,
@@ -530,7 +594,7 @@ impl Task {
             }
             return t;
         };
-        t.geo = Geo::new(lun.info, lun.read_only);
+        t.geo = Geo::new(lun.info, lun.read_only, lun.memory);
         lun.nexus.sync(lun.info, &lun.shared.inner);
         let who = Nexus {
             port: lun.initiator_port,
@@ -855,16 +919,23 @@ impl Task {
         self.finish(Err(s.into()));
     }
 
-    /// Parameter data, cut to the allocation length.
+    /// Parameter data, cut to the allocation length: into the reserved
+    /// buffer (cut to it too), or kept until [`Task::reserve`] takes one
+    /// for it.
     fn reply(&mut self, mut d: Vec<u8>, alloc: u64) {
         d.truncate(alloc.min(d.len() as u64) as usize);
-        let data = if d.is_empty() {
-            Vec::new()
-        } else {
-            let mut b = IoBuf::new(d.len());
-            b.as_mut_slice().copy_from_slice(&d);
-            vec![b]
-        };
+        let mut data = Vec::new();
+        match self.reply_buf.take() {
+            Some(mut b) => {
+                d.truncate(b.capacity());
+                b.set_len(d.len());
+                b.as_mut_slice().copy_from_slice(&d);
+                if !d.is_empty() {
+                    data.push(b);
+                }
+            }
+            _ => self.reply = d,
+        }
         self.finish(Ok(data));
     }
 
@@ -895,7 +966,7 @@ impl Task {
             return;
         }
         self.caw_held = self.lu.is_some();
-        let chunk = self.geo.chunk_blocks;
+        let chunk = self.geo.work_blocks();
         match self.cmd {
             Cmd::CompareAndWrite { lba, blocks, .. } => self.start_phase(
                 0,
@@ -903,7 +974,7 @@ impl Task {
                     lba,
                     blocks,
                     chunk,
-                    keep: Keep::Compare { base: 0 },
+                    keep: Keep::Compare,
                 },
             ),
             Cmd::OrWrite { lba, blocks, .. } => self.start_phase(
@@ -942,49 +1013,202 @@ impl Task {
         }
     }
 
-    /// Most bytes of read buffers the task holds at a time while it runs: all
-    /// of a READ's data-in, the reads in flight of a verify, compare or
-    /// ORWRITE, WRITE SAME's pattern buffers, parameter data. The
-    /// transport counts it against its per-connection memory bound, next
-    /// to [`Task::data_out_len`].
-    pub fn read_buffer_len(&self) -> usize {
-        let bs = self.geo.bs;
-        let in_flight = |blocks: u64| {
-            blocks
-                .min((MAX_IN_FLIGHT as u64).saturating_mul(self.geo.chunk_blocks))
-                .saturating_mul(bs)
+    // Memory.
+
+    /// Sizes of the buffers the task needs besides its data-out: all of a
+    /// READ's data-in, the work buffers of a verify, compare, ORWRITE or
+    /// WRITE SAME, parameter data.
+    fn run_buffers(&self) -> Vec<usize> {
+        let mut v = Vec::new();
+        let g = &self.geo;
+        let bs = g.bs as usize;
+        // Work buffers of `piece` blocks, as many as may be in flight and
+        // the command's share leaves room for.
+        let mut work = |blocks: u64, piece: u64, in_flight: usize| {
+            let piece = piece.min(blocks).max(1);
+            let len = piece as usize * bs;
+            let room = g.mem_limit.saturating_sub(charge(self.dout.len)) / charge(len).max(1);
+            let n = (blocks.div_ceil(piece) as usize)
+                .min(in_flight)
+                .min(room.max(1));
+            v.extend(core::iter::repeat_n(len, n));
         };
-        let io = match (self.cmd, &self.phase) {
-            (Cmd::Read, Phase::Read { blocks, .. }) => blocks.saturating_mul(bs),
-            (
-                Cmd::Write {
-                    blocks,
-                    verify: Some(_),
-                    ..
+        if self.stage != Stage::Done {
+            match (self.cmd, &self.phase) {
+                (Cmd::Read, Phase::Read { blocks, chunk, .. }) => {
+                    for p in 0..blocks.div_ceil(*chunk) {
+                        if let Some((_, n)) = span(p, *blocks, *chunk) {
+                            v.push(n as usize * bs);
+                        }
+                    }
                 }
-                | Cmd::Verify { blocks, .. }
-                | Cmd::CompareAndWrite { blocks, .. }
-                | Cmd::OrWrite { blocks, .. },
-                _,
-            ) => in_flight(blocks),
-            (Cmd::WriteSame { blocks, .. }, _) => blocks
-                .saturating_mul(bs)
-                .min(FILL_IN_FLIGHT as u64 * FILL_CHUNK_BYTES),
-            (Cmd::LbaStatus { alloc, .. }, _) => {
-                alloc.min(8 + 16 * MAX_LBA_STATUS_DESCRIPTORS) as u64
+                (
+                    Cmd::Write {
+                        blocks,
+                        verify: Some(_),
+                        ..
+                    }
+                    | Cmd::Verify { blocks, .. }
+                    | Cmd::CompareAndWrite { blocks, .. }
+                    | Cmd::OrWrite { blocks, .. },
+                    _,
+                ) => work(blocks, g.work_blocks(), MAX_IN_FLIGHT),
+                // Unmapping or zeroing needs no pattern buffers.
+                (Cmd::WriteSame { .. }, Phase::Zero { .. }) => {}
+                (Cmd::WriteSame { unmap: true, .. }, _) if g.unmap => {}
+                (Cmd::WriteSame { blocks, .. }, _) => work(blocks, g.fill_blocks(), FILL_IN_FLIGHT),
+                // A longer list than one command may hold is cut short, as
+                // an allocation length would cut it.
+                (Cmd::LbaStatus { alloc, .. }, _) => v.push(
+                    alloc
+                        .min(8 + 16 * MAX_LBA_STATUS_DESCRIPTORS)
+                        .min(g.mem_limit),
+                ),
+                _ => {}
             }
-            _ => 0,
+        }
+        if !self.reply.is_empty() {
+            v.push(self.reply.len());
+        }
+        v
+    }
+
+    /// What the task takes from its account, as the budget counts it:
+    /// (data-out buffers not allocated yet, everything else). Zero once
+    /// reserved.
+    pub fn memory(&self) -> (usize, usize) {
+        let dout = self
+            .dout
+            .missing(0, self.data_out_len())
+            .iter()
+            .map(|m| charge(m.1))
+            .sum();
+        if self.reserved {
+            return (dout, 0);
+        }
+        (dout, self.run_buffers().iter().map(|&n| charge(n)).sum())
+    }
+
+    /// Takes every buffer the task needs from `account`, with its
+    /// data-out buffers too if `data_out` (otherwise they come with
+    /// [`Task::reserve_data_out`] as the data arrives), all or none.
+    /// `Wait`: nothing is held, try again once memory came back. `Never`:
+    /// the command ends, with INVALID FIELD IN CDB if it needs more than
+    /// one command may hold, TASK SET FULL if the heap has no room at all.
+    pub fn reserve(&mut self, account: &Account, data_out: bool) -> Result<(), Short> {
+        if self.reserved {
+            if data_out {
+                self.reserve_data_out(account, 0, self.data_out_len())?;
+            }
+            return Ok(());
+        }
+        let (dout, run) = self.memory();
+        if dout.saturating_add(run) > self.geo.mem_limit {
+            self.refuse(true);
+            return Err(Short::Never);
+        }
+        let run = self.run_buffers();
+        let missing = if data_out {
+            self.dout.missing(0, self.data_out_len())
+        } else {
+            Vec::new()
         };
-        let data: usize = self.data.iter().map(IoBuf::len).sum();
-        (io as usize).saturating_add(data)
+        let mut sizes = run.clone();
+        sizes.extend(missing.iter().map(|m| m.1));
+        let mut bufs = match take_all(account, &sizes) {
+            Ok(b) => b,
+            Err(Short::Never) => {
+                self.refuse(dout + charge_all(&run) > account.budget().max_hold());
+                return Err(Short::Never);
+            }
+            Err(Short::Wait) => return Err(Short::Wait),
+        };
+        for ((i, _), b) in missing.iter().zip(bufs.drain(run.len()..)) {
+            if let Some(slot) = self.dout.bufs.get_mut(*i) {
+                *slot = Some(b);
+            }
+        }
+        let mut bufs = bufs.into_iter();
+        if !self.reply.is_empty()
+            && let Some(mut b) = bufs.next_back()
+        {
+            b.as_mut_slice().copy_from_slice(&self.reply);
+            self.reply = Vec::new();
+            self.data = vec![b];
+        }
+        match self.cmd {
+            Cmd::Read => {
+                for (slot, b) in self.din.iter_mut().zip(bufs) {
+                    *slot = Some(b);
+                }
+            }
+            Cmd::LbaStatus { .. } => self.reply_buf = bufs.next(),
+            _ => self.pool.extend(bufs),
+        }
+        self.reserved = true;
+        // A phase started before its buffers came sizes itself by them.
+        if let Stage::Io(n) = self.stage
+            && self.next_piece == 0
+            && self.in_flight == 0
+        {
+            let phase = core::mem::replace(&mut self.phase, Phase::Idle);
+            self.start_phase(n, phase);
+        }
+        Ok(())
+    }
+
+    /// Takes the data-out buffers holding bytes `off..off + len` that are
+    /// not there yet, all or none; returns what they count against the
+    /// budget.
+    pub fn reserve_data_out(
+        &mut self,
+        account: &Account,
+        off: usize,
+        len: usize,
+    ) -> Result<usize, Short> {
+        if self.stage != Stage::DataOut {
+            return Ok(0);
+        }
+        let missing = self.dout.missing(off, len);
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let sizes: Vec<usize> = missing.iter().map(|m| m.1).collect();
+        let bufs = take_all(account, &sizes)?;
+        for ((i, _), b) in missing.iter().zip(bufs) {
+            if let Some(slot) = self.dout.bufs.get_mut(*i) {
+                *slot = Some(b);
+            }
+        }
+        Ok(charge_all(&sizes))
+    }
+
+    /// Ends a command whose buffers can never be had.
+    fn refuse(&mut self, too_large: bool) {
+        self.reply = Vec::new();
+        if too_large {
+            self.fail(Sense::illegal(asc::INVALID_FIELD_IN_CDB));
+        } else {
+            self.finish(Err(Failure::Status(status::TASK_SET_FULL)));
+        }
+    }
+
+    /// Bytes of buffers the task holds for its run (data-in, work
+    /// buffers, parameter data): the transport counts them against its
+    /// per-connection bound, next to [`Task::data_out_len`].
+    pub fn read_buffer_len(&self) -> usize {
+        let sum = |v: &[Option<IoBuf>]| v.iter().flatten().map(IoBuf::len).sum::<usize>();
+        sum(&self.din)
+            + self.pool.iter().map(IoBuf::capacity).sum::<usize>()
+            + self.reply_buf.as_ref().map_or(0, IoBuf::capacity)
+            + self.data.iter().map(IoBuf::len).sum::<usize>()
     }
 
     /// Bytes of data-out and of read buffers the task holds now.
     #[cfg(test)]
     pub(crate) fn held_bytes(&self) -> (usize, usize) {
         let sum = |v: &[Option<IoBuf>]| v.iter().flatten().map(IoBuf::len).sum::<usize>();
-        let data: usize = self.data.iter().map(IoBuf::len).sum();
-        (sum(&self.dout.bufs), sum(&self.din) + data)
+        (sum(&self.dout.bufs), self.read_buffer_len())
     }
 
     /// Data-out bytes the CDB itself asks for (SCSI's expected data
@@ -1008,7 +1232,14 @@ impl Task {
         if !complete {
             return self.fail(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR));
         }
-        self.dout.fill_missing();
+        if !self.dout.is_whole() {
+            // Every byte came, so every buffer is there; if not, the
+            // transport lost track and the command must not run.
+            return self.fail(Sense::new(
+                key::HARDWARE_ERROR,
+                asc::INTERNAL_TARGET_FAILURE,
+            ));
+        }
         let chunk = self.geo.chunk_blocks;
         match self.cmd {
             Cmd::Write {
@@ -1143,6 +1374,9 @@ impl Task {
     /// The next block I/O to start: a sub-tag (below 2^16) for the completion,
     /// the op and FUA.
     pub fn poll_io(&mut self) -> Option<(u32, IoOp, bool)> {
+        if !self.reserved {
+            return None;
+        }
         self.try_lock();
         if !matches!(self.stage, Stage::Io(_))
             || self.aborted
@@ -1154,7 +1388,16 @@ impl Task {
         }
         let slot = self.slots.iter().position(Option::is_none)?;
         let piece = self.next_piece;
-        let (op, fua) = self.make_piece(piece)?;
+        let Some((op, fua)) = self.make_piece(piece) else {
+            // No buffer for the piece and none in flight to come back: the
+            // reservation fell short, which must not hang the command.
+            if self.in_flight == 0 {
+                let broken = Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE);
+                self.error.get_or_insert(broken.into());
+                self.check_phase_end();
+            }
+            return None;
+        };
         self.next_piece += 1;
         self.slots[slot] = Some(piece);
         self.in_flight += 1;
@@ -1215,7 +1458,7 @@ impl Task {
                 ..
             } if n == 0 => {
                 let keep = if compare {
-                    Keep::Compare { base: 0 }
+                    Keep::Compare
                 } else {
                     Keep::Discard
                 };
@@ -1224,7 +1467,7 @@ impl Task {
                     Phase::Read {
                         lba,
                         blocks,
-                        chunk,
+                        chunk: self.geo.work_blocks(),
                         keep,
                     },
                 );

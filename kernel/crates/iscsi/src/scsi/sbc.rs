@@ -3,9 +3,7 @@
 use super::cdb::{self, Cdb, op};
 use super::io::{DataOut, Keep, Phase};
 use super::sense::{Sense, asc};
-use super::{
-    Cmd, Cmp, FILL_CHUNK_BYTES, Failure, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS, Task,
-};
+use super::{Cmd, Cmp, Failure, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS, Task};
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -316,10 +314,10 @@ impl Task {
         };
         let keep = match cmp {
             Cmp::None => Keep::Discard,
-            Cmp::Full => Keep::Compare { base: 0 },
+            Cmp::Full => Keep::Compare,
             Cmp::One => Keep::CompareOne,
         };
-        let chunk = self.geo.chunk_blocks;
+        let chunk = self.geo.work_blocks();
         self.start_phase(
             0,
             Phase::Read {
@@ -363,7 +361,7 @@ impl Task {
             Phase::Fill {
                 lba,
                 blocks,
-                chunk: g.chunk_blocks.min(FILL_CHUNK_BYTES / g.bs).max(1),
+                chunk: g.fill_blocks(),
                 fua,
             }
         };

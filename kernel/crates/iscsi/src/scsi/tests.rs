@@ -109,6 +109,9 @@ struct Rig {
     luns: Vec<u64>,
     /// Largest number of I/Os one task had in flight.
     max_in_flight: usize,
+    /// Where tasks take their buffers, and what one may hold.
+    account: Account,
+    memory: usize,
     fuas: std::rc::Rc<std::cell::RefCell<Vec<(u64, bool)>>>,
 }
 
@@ -130,6 +133,8 @@ fn rig_with(dev: TestBdev) -> Rig {
         read_only: false,
         luns: vec![0],
         max_in_flight: 0,
+        account: Account::default(),
+        memory: usize::MAX / 4,
         fuas,
     }
 }
@@ -197,8 +202,16 @@ impl Rig {
             nexus_id: self.nexus_id,
             shared: &mut self.shared,
             nexus: &mut self.nexus,
+            memory: self.memory,
         };
-        Task::new(cdb, Some(lun), &self.luns, edtl as u32)
+        let mut t = Task::new(cdb, Some(lun), &self.luns, edtl as u32);
+        // The transport's part: every buffer before anything else.
+        match t.reserve(&self.account, true) {
+            Ok(()) => assert_eq!(t.memory(), (0, 0)),
+            Err(Short::Never) => assert!(t.is_done()),
+            Err(Short::Wait) => panic!("the rig's account is short"),
+        }
+        t
     }
 
     fn cmd(&mut self, cdb: &[u8], out: &[u8]) -> Response {
@@ -425,6 +438,7 @@ fn missing_lun() {
     let cmd = |cdb: &[u8]| {
         let mut t = Task::new(cdb, None, &[0, 1], 0);
         assert!(t.is_done());
+        t.reserve(&Account::default(), true).unwrap();
         assert!(t.poll_io().is_none());
         t.take_response()
     };
@@ -665,8 +679,10 @@ fn read_capacity() {
         nexus_id: 1,
         shared: &mut s,
         nexus: &mut n,
+        memory: usize::MAX / 4,
     };
     let mut t = Task::new(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], Some(lun), &[0], 0);
+    t.reserve(&Account::default(), true).unwrap();
     assert_eq!(
         data(&t.take_response()),
         [0xff, 0xff, 0xff, 0xff, 0, 0, 0x10, 0]
@@ -1317,6 +1333,7 @@ fn mode_select_write_cache() {
             nexus_id: 2,
             shared: &mut r.shared,
             nexus: n,
+            memory: usize::MAX / 4,
         };
         Task::new(&[0; 6], Some(lun), &[0], 0).take_response()
     };
@@ -2284,4 +2301,52 @@ fn read_defect_data_is_empty() {
     let mut short = d12;
     short[9] = 3;
     assert_eq!(data(&r.cmd(&short, &[])), [0, 0x14, 0]);
+}
+
+/// With a small share of the I/O budget the block limits shrink so that
+/// the largest transfer, with the work buffers of a verify beside it, fits
+/// what one command may hold; larger commands are refused, the largest
+/// ones run.
+#[test]
+fn block_limits_follow_what_a_command_may_hold() {
+    let mut r = rig_dev(|d| d.info.max_transfer = 64 << 10);
+    r.memory = 512 << 10;
+    let be32 = |d: &[u8], at: usize| u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]);
+    let bl = vpd(&mut r, 0xb0);
+    let (max, opt) = (be32(&bl, 8) as usize, be32(&bl, 12) as usize);
+    assert_eq!(max * 512, 384 << 10, "three quarters of the share");
+    assert_eq!(opt * 512, 64 << 10, "the bdev's transfer");
+    assert_eq!(
+        bl[5] as usize, 255,
+        "both halves of a COMPARE AND WRITE fit"
+    );
+    assert_eq!(be32(&bl, 44) as usize, opt, "atomic: one bdev write");
+    illegal(
+        &r.cmd(&cdb16(0x88, 0, max as u32 + 1), &[]),
+        asc::INVALID_FIELD_IN_CDB,
+    );
+    let d = pattern(max * 512, 4);
+    illegal(
+        &r.cmd(&cdb16(0x8a, 0, max as u32 + 1), &d),
+        asc::INVALID_FIELD_IN_CDB,
+    );
+    r.write(0, &d);
+    assert_eq!(r.read(0, max as u32), d);
+    // Compare, OR and write-and-verify go through work buffers that fit
+    // beside the data-out.
+    good(&r.cmd(&with_flags(cdb16(0x8f, 0, max as u32), 0x02), &d));
+    good(&r.cmd(&with_flags(cdb16(0x8e, 0, max as u32), 0x02), &d));
+    good(&r.cmd(&orwrite(0, max as u32, 0), &d));
+    assert_eq!(r.read(0, max as u32), d);
+    let mut bad = d.clone();
+    bad[300_000] ^= 1;
+    let e = r.cmd(&with_flags(cdb16(0x8f, 0, max as u32), 0x02), &bad);
+    expect(&e, key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY);
+    assert_eq!(info_field(&e), 300_000);
+    // Parameter data larger than the share can never be held.
+    r.memory = 16 << 10;
+    let mut list = vec![0u8; 20_000];
+    list[1] = 6;
+    let select = [0x55, 0x10, 0, 0, 0, 0, 0, 0x4e, 0x20, 0];
+    illegal(&r.cmd(&select, &list), asc::INVALID_FIELD_IN_CDB);
 }
