@@ -118,19 +118,36 @@ pub mod tag {
 /// Commands in flight, each in a slot whose generation changes when the
 /// slot is reused, so a completion's tag ([`tag::pack`]) finds its own
 /// command and never a successor.
+///
+/// A command may be retired: it is over for the protocol, but block I/O it
+/// started is still at the device, so its slot (and its tags) stay taken
+/// until the engine removes it.
 pub struct CommandTable<T> {
-    slots: Vec<(u8, Option<T>)>,
+    slots: Vec<(u8, Entry<T>)>,
     free: Vec<u16>,
     live: usize,
+    retired: usize,
+    limit: usize,
+}
+
+enum Entry<T> {
+    Free,
+    Live(T),
+    Retired(T),
+}
+
+/// What a tag still names: the command's slot, the sub-request, and
+/// whether the command is retired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub slot: u16,
+    pub sub: u32,
+    pub retired: bool,
 }
 
 impl<T> Default for CommandTable<T> {
     fn default() -> Self {
-        CommandTable {
-            slots: Vec::new(),
-            free: Vec::new(),
-            live: 0,
-        }
+        Self::with_limit(Self::MAX)
     }
 }
 
@@ -138,53 +155,141 @@ impl<T> CommandTable<T> {
     /// Slots a table may have (the tag's 16 slot bits).
     pub const MAX: usize = 1 << 16;
 
+    /// A table of at most `limit` slots (and never more than [`Self::MAX`]).
+    pub fn with_limit(limit: usize) -> Self {
+        CommandTable {
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            retired: 0,
+            limit: limit.min(Self::MAX),
+        }
+    }
+
     /// Stores `cmd`; its slot, or `None` when every slot is taken.
     pub fn insert(&mut self, cmd: T) -> Option<u16> {
         let i = match self.free.pop() {
             Some(i) => i,
-            None if self.slots.len() < Self::MAX => {
-                self.slots.push((0, None));
+            None if self.slots.len() < self.limit => {
+                self.slots.push((0, Entry::Free));
                 (self.slots.len() - 1) as u16
             }
             None => return None,
         };
-        self.slots[i as usize].1 = Some(cmd);
+        self.slots[i as usize].1 = Entry::Live(cmd);
         self.live += 1;
         Some(i)
     }
 
+    /// The generation of `slot`: what its current command's tags carry.
+    pub fn generation(&self, slot: u16) -> u8 {
+        self.slots.get(slot as usize).map_or(0, |s| s.0)
+    }
+
     /// The engine tag of sub-request `sub` of the command in `slot`.
     pub fn tag(&self, slot: u16, sub: u32) -> u64 {
-        let generation = self.slots.get(slot as usize).map_or(0, |s| s.0);
-        tag::pack(slot, generation, sub)
+        tag::pack(slot, self.generation(slot), sub)
     }
 
-    /// The command a tag names, if it is still the one that made the tag:
-    /// (slot, sub-request, command).
-    pub fn by_tag(&mut self, t: u64) -> Option<(u16, u32, &mut T)> {
+    /// The live or retired command a tag names, if it is still the one
+    /// that made the tag.
+    pub fn find(&self, t: u64) -> Option<Found> {
         let (slot, generation, sub) = tag::unpack(t);
-        let (g, cmd) = self.slots.get_mut(slot)?;
-        if *g != generation {
-            return None;
+        let (g, e) = self.slots.get(slot)?;
+        let retired = match e {
+            _ if *g != generation => return None,
+            Entry::Free => return None,
+            Entry::Live(_) => false,
+            Entry::Retired(_) => true,
+        };
+        Some(Found {
+            slot: slot as u16,
+            sub,
+            retired,
+        })
+    }
+
+    /// The live command a tag names, if it is still the one that made the
+    /// tag: (slot, sub-request, command).
+    pub fn by_tag(&mut self, t: u64) -> Option<(u16, u32, &mut T)> {
+        let f = self.find(t).filter(|f| !f.retired)?;
+        Some((f.slot, f.sub, self.get_mut(f.slot)?))
+    }
+
+    /// Whether `slot` holds a live command of `generation`.
+    pub fn is_current(&self, slot: u16, generation: u8) -> bool {
+        self.get(slot).is_some() && self.generation(slot) == generation
+    }
+
+    /// The live command in `slot`.
+    pub fn get(&self, slot: u16) -> Option<&T> {
+        match self.slots.get(slot as usize)? {
+            (_, Entry::Live(c)) => Some(c),
+            _ => None,
         }
-        Some((slot as u16, sub, cmd.as_mut()?))
     }
 
+    /// The live command in `slot`.
     pub fn get_mut(&mut self, slot: u16) -> Option<&mut T> {
-        self.slots.get_mut(slot as usize)?.1.as_mut()
+        match self.slots.get_mut(slot as usize)? {
+            (_, Entry::Live(c)) => Some(c),
+            _ => None,
+        }
     }
 
-    /// Ends the command in `slot`; its old tags are stale from now on.
+    /// The retired command in `slot`.
+    pub fn retired_mut(&mut self, slot: u16) -> Option<&mut T> {
+        match self.slots.get_mut(slot as usize)? {
+            (_, Entry::Retired(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub fn is_retired(&self, slot: u16) -> bool {
+        matches!(self.slots.get(slot as usize), Some((_, Entry::Retired(_))))
+    }
+
+    /// Retires the live command in `slot`: its slot and tags stay taken
+    /// until [`remove`](Self::remove).
+    pub fn retire(&mut self, slot: u16) -> bool {
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return false;
+        };
+        match core::mem::replace(&mut s.1, Entry::Free) {
+            Entry::Live(c) => {
+                s.1 = Entry::Retired(c);
+                self.live -= 1;
+                self.retired += 1;
+                true
+            }
+            e => {
+                s.1 = e;
+                false
+            }
+        }
+    }
+
+    /// Ends the command (live or retired) in `slot`; its old tags are
+    /// stale from now on.
     pub fn remove(&mut self, slot: u16) -> Option<T> {
         let s = self.slots.get_mut(slot as usize)?;
-        let cmd = s.1.take()?;
+        let cmd = match core::mem::replace(&mut s.1, Entry::Free) {
+            Entry::Free => return None,
+            Entry::Live(c) => {
+                self.live -= 1;
+                c
+            }
+            Entry::Retired(c) => {
+                self.retired -= 1;
+                c
+            }
+        };
         s.0 = s.0.wrapping_add(1) & tag::GEN_MASK;
         self.free.push(slot);
-        self.live -= 1;
         Some(cmd)
     }
 
-    /// Commands stored.
+    /// Live commands.
     pub fn len(&self) -> usize {
         self.live
     }
@@ -193,11 +298,111 @@ impl<T> CommandTable<T> {
         self.live == 0
     }
 
+    /// Retired commands still waiting for the device.
+    pub fn retired(&self) -> usize {
+        self.retired
+    }
+
+    /// One past the highest slot ever used: live slots are below it.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Live commands.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, &T)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match &s.1 {
+                Entry::Live(c) => Some((i as u16, c)),
+                _ => None,
+            })
+    }
+
+    /// Live commands.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (u16, &mut T)> {
         self.slots
             .iter_mut()
             .enumerate()
-            .filter_map(|(i, s)| Some((i as u16, s.1.as_mut()?)))
+            .filter_map(|(i, s)| match &mut s.1 {
+                Entry::Live(c) => Some((i as u16, c)),
+                _ => None,
+            })
+    }
+
+    /// Live and retired commands.
+    pub fn iter_all(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().filter_map(|s| match &s.1 {
+            Entry::Live(c) | Entry::Retired(c) => Some(c),
+            Entry::Free => None,
+        })
+    }
+}
+
+/// Commands waiting for memory (or a grant), oldest first, as (slot,
+/// generation): an entry whose command has ended or moved on is skipped.
+#[derive(Default)]
+pub struct WaitQueue {
+    q: VecDeque<(u16, u8)>,
+}
+
+impl WaitQueue {
+    /// Queues the live command in `slot` last.
+    pub fn push<T>(&mut self, table: &CommandTable<T>, slot: u16) {
+        self.q.push_back((slot, table.generation(slot)));
+    }
+
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.q.clear();
+    }
+
+    /// The waiting command at position `k`: entries there whose command is
+    /// gone or for which `waits` is false are dropped first.
+    pub fn at<T>(
+        &mut self,
+        k: usize,
+        table: &CommandTable<T>,
+        waits: impl Fn(&T) -> bool,
+    ) -> Option<u16> {
+        while let Some(&(s, g)) = self.q.get(k) {
+            match table.get(s) {
+                Some(c) if table.generation(s) == g && waits(c) => return Some(s),
+                _ => {
+                    self.q.remove(k);
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes the entry at position `k` off, if it is still that of `slot`
+    /// and `generation`.
+    pub fn remove_at(&mut self, k: usize, slot: u16, generation: u8) {
+        if self.q.get(k) == Some(&(slot, generation)) {
+            self.q.remove(k);
+        }
+    }
+
+    /// Takes the command of `slot` and `generation` off the queue.
+    pub fn forget(&mut self, slot: u16, generation: u8) {
+        self.q.retain(|&e| e != (slot, generation));
+    }
+
+    /// Whether a command still queued satisfies `f`.
+    pub fn any<T>(&self, table: &CommandTable<T>, f: impl Fn(&T) -> bool) -> bool {
+        self.q.iter().any(|&(s, g)| {
+            table
+                .get(s)
+                .is_some_and(|c| table.generation(s) == g && f(c))
+        })
     }
 }
 
@@ -283,7 +488,7 @@ impl OutQueue {
 
 #[cfg(test)]
 mod tests {
-    use super::{IoBuf, OutQueue, tag};
+    use super::{CommandTable, Found, IoBuf, OutQueue, WaitQueue, tag};
     use alloc::rc::Rc;
     use alloc::vec;
 
@@ -328,5 +533,67 @@ mod tests {
         assert!(t < 1 << 39);
         assert_eq!(tag::unpack(t), (0xffff, 0x7f, 0xffff));
         assert_eq!(tag::unpack(tag::pack(3, 0x80 | 5, 9)), (3, 5, 9));
+    }
+
+    #[test]
+    fn retired_commands_keep_their_tags_until_removed() {
+        let mut t = CommandTable::with_limit(2);
+        let a = t.insert("a").unwrap();
+        let b = t.insert("b").unwrap();
+        assert!(t.insert("c").is_none(), "the limit holds");
+        let old = t.tag(a, 1);
+        assert!(t.retire(a) && !t.retire(a));
+        assert_eq!((t.len(), t.retired()), (1, 1));
+        assert!(t.get_mut(a).is_none() && t.by_tag(old).is_none());
+        assert_eq!(
+            t.find(old),
+            Some(Found {
+                slot: a,
+                sub: 1,
+                retired: true
+            })
+        );
+        assert!(t.insert("c").is_none(), "a retired slot stays taken");
+        assert_eq!(t.retired_mut(a).map(|c| *c), Some("a"));
+        assert_eq!(t.iter_all().count(), 2);
+        assert_eq!(t.remove(a), Some("a"));
+        assert_eq!(t.retired(), 0);
+        assert!(t.find(old).is_none());
+        assert_eq!(t.insert("c"), Some(a));
+        assert!(
+            t.find(old).is_none(),
+            "the successor does not take old tags"
+        );
+        assert_eq!(t.find(t.tag(b, 0)).map(|f| f.retired), Some(false));
+    }
+
+    #[test]
+    fn wait_queues_skip_what_no_longer_waits() {
+        let mut t = CommandTable::default();
+        let mut q = WaitQueue::default();
+        let a = t.insert(1).unwrap();
+        let b = t.insert(2).unwrap();
+        let c = t.insert(3).unwrap();
+        for s in [a, b, c] {
+            q.push(&t, s);
+        }
+        assert!(q.any(&t, |&v| v == 2));
+        t.remove(a);
+        let a2 = t.insert(4).unwrap();
+        assert_eq!(a2, a);
+        // The ended command's entry is dropped, not taken for its successor.
+        assert_eq!(q.at(0, &t, |_| true), Some(b));
+        assert_eq!(q.len(), 2);
+        // Entries whose command no longer waits are dropped too.
+        assert_eq!(q.at(0, &t, |&v| v != 2), Some(c));
+        q.remove_at(0, c, t.generation(c).wrapping_add(1));
+        assert_eq!(q.len(), 1, "not the entry of another generation");
+        q.remove_at(0, c, t.generation(c));
+        assert!(q.is_empty() && q.at(0, &t, |_| true).is_none());
+        q.push(&t, b);
+        q.push(&t, c);
+        q.forget(b, t.generation(b));
+        assert_eq!(q.at(0, &t, |_| true), Some(c));
+        assert!(!q.any(&t, |&v| v == 2));
     }
 }

@@ -79,8 +79,8 @@ const LOGIN_TIMEOUT_MS: u64 = 30_000;
 pub const LOGIN_MRDSL: usize = 8192;
 
 pub use ironbay_bdev::BlockIo;
-use ironbay_bdev::engine::tag::{GEN_MASK, pack as make_tag, unpack as split_tag};
-use ironbay_bdev::engine::{Out, OutQueue};
+use ironbay_bdev::engine::tag::{pack as make_tag, unpack as split_tag};
+use ironbay_bdev::engine::{CommandTable, Out, OutQueue, WaitQueue};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -88,15 +88,6 @@ pub(crate) enum Phase {
     FullFeature,
     /// No more input: finish what is in flight, flush, then close.
     Closing,
-}
-
-pub(crate) enum Slot {
-    Free,
-    Active(Box<Cmd>),
-    /// Aborted with block I/O still at the device: the slot (and so its
-    /// tags) stays taken until the completions are back, and the task sees
-    /// them (it may hold the LU's COMPARE AND WRITE lock until then).
-    Zombie(Box<Cmd>),
 }
 
 /// What the session is, once login has succeeded.
@@ -139,9 +130,11 @@ pub struct Connection {
     pub(crate) depth: u32,
     /// Non-immediate commands that arrived ahead of a CmdSN gap.
     pub(crate) queued: Vec<Pdu>,
-    pub(crate) slots: Vec<Slot>,
-    pub(crate) free: Vec<u16>,
-    pub(crate) generation: u8,
+    /// Tasks by slot. One aborted with block I/O still at the device is
+    /// retired: its slot and tags stay taken until the completions are
+    /// back, and the task sees them (it may hold the LU's COMPARE AND
+    /// WRITE lock until then).
+    pub(crate) slots: CommandTable<Box<Cmd>>,
     pub(crate) ios: VecDeque<BlockIo>,
     /// Read buffers of the commands running at the device.
     pub(crate) executing_bytes: usize,
@@ -152,8 +145,8 @@ pub struct Connection {
     /// Data-out granted but not allocated yet, as the budget counts it.
     pub(crate) dout_promised: usize,
     /// Commands waiting for their buffers (and writes for room in
-    /// [`MAX_DATA_OUT`]), as (slot, generation), oldest first.
-    pub(crate) grant_queue: VecDeque<(u16, u8)>,
+    /// [`MAX_DATA_OUT`]), oldest first.
+    pub(crate) grant_queue: WaitQueue,
     /// The head of the grant queue waits for the account.
     pub(crate) mem_blocked: bool,
     /// A held command is next in CmdSN order but waits for output to drain.
@@ -196,15 +189,13 @@ impl Connection {
             exp_cmd_sn: 0,
             depth: 1,
             queued: Vec::new(),
-            slots: Vec::new(),
-            free: Vec::new(),
-            generation: 0,
+            slots: CommandTable::with_limit(MAX_TASKS),
             ios: VecDeque::new(),
             executing_bytes: 0,
             dout_granted: 0,
             dout_staged: 0,
             dout_promised: 0,
-            grant_queue: VecDeque::new(),
+            grant_queue: WaitQueue::default(),
             mem_blocked: false,
             deferred: false,
             next_ttt: 1,
@@ -294,10 +285,7 @@ impl Connection {
     }
 
     pub(crate) fn active_tasks(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| matches!(s, Slot::Active(_)))
-            .count()
+        self.slots.len()
     }
 
     /// StatSN for a status-bearing PDU; advances it.
@@ -349,7 +337,7 @@ impl Connection {
             && !self
                 .slots
                 .iter()
-                .any(|s| matches!(s, Slot::Active(c) if c.granted && !c.running && c.want > 0))
+                .any(|(_, c)| c.granted && !c.running && c.want > 0)
     }
 
     /// A command waits for the account to have room.
@@ -380,12 +368,10 @@ impl Connection {
                 Out::Data { .. } => {}
             }
         }
-        for s in &self.slots {
-            if let Slot::Active(c) | Slot::Zombie(c) = s {
-                let (d, r) = c.task.held_bytes();
-                dout += d + c.staged.as_ref().map_or(0, IoBuf::len);
-                read += r;
-            }
+        for c in self.slots.iter_all() {
+            let (d, r) = c.task.held_bytes();
+            dout += d + c.staged.as_ref().map_or(0, IoBuf::len);
+            read += r;
         }
         (dout, read)
     }
@@ -607,33 +593,17 @@ impl Connection {
 
     /// Takes a free task slot.
     pub(crate) fn alloc_slot(&mut self, cmd: Box<Cmd>) -> Option<u16> {
-        let i = match self.free.pop() {
-            Some(i) => i,
-            None if self.slots.len() < MAX_TASKS => {
-                self.slots.push(Slot::Free);
-                (self.slots.len() - 1) as u16
-            }
-            None => return None,
-        };
-        *self.slots.get_mut(i as usize)? = Slot::Active(cmd);
-        Some(i)
+        self.slots.insert(cmd)
     }
 
     pub(crate) fn cmd_mut(&mut self, i: usize) -> Option<&mut Cmd> {
-        match self.slots.get_mut(i) {
-            Some(Slot::Active(c)) => Some(c),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn next_generation(&mut self) -> u8 {
-        self.generation = self.generation.wrapping_add(1) & GEN_MASK;
-        self.generation
+        self.slots.get_mut(i as u16).map(|c| &mut **c)
     }
 
     /// Moves the task's block I/O to the queue and finishes it when done.
     pub(crate) fn pump(&mut self, i: usize, bdevs: &Registry) {
-        let Some(Slot::Active(c)) = self.slots.get_mut(i) else {
+        let generation = self.slots.generation(i as u16);
+        let Some(c) = self.slots.get_mut(i as u16) else {
             return;
         };
         if !c.running {
@@ -645,7 +615,7 @@ impl Connection {
         }
         let mut local_fail = Vec::new();
         while let Some((sub, op, fua)) = c.task.poll_io() {
-            let tag = make_tag(i as u16, c.generation, sub);
+            let tag = make_tag(i as u16, generation, sub);
             match c.bdev {
                 Some(bdev) => {
                     c.outstanding += 1;
@@ -675,23 +645,24 @@ impl Connection {
 
     /// Gives back an I/O the bdev layer could not take yet.
     pub fn retry_io(&mut self, io: BlockIo) {
-        let (i, g, sub) = split_tag(io.tag);
-        match self.slots.get_mut(i) {
-            Some(Slot::Active(c)) if c.generation == g => self.ios.push_front(io),
-            Some(Slot::Zombie(c)) if c.generation == g => {
+        match self.slots.find(io.tag) {
+            Some(f) if !f.retired => self.ios.push_front(io),
+            Some(f) => {
                 let done = IoCompletion {
                     tag: io.tag,
                     status: IoStatus::DeviceFailed,
                     buf: io.op.into_buf(),
                 };
-                self.zombie_completion(i, sub, done);
+                self.zombie_completion(f.slot as usize, f.sub, done);
             }
-            _ => {}
+            None => {}
         }
     }
 
     fn zombie_completion(&mut self, i: usize, sub: u32, done: IoCompletion) {
-        let Some(Slot::Zombie(c)) = self.slots.get_mut(i) else {
+        let s = i as u16;
+        let g = self.slots.generation(s);
+        let Some(c) = self.slots.retired_mut(s) else {
             return;
         };
         c.outstanding = c.outstanding.saturating_sub(1);
@@ -699,11 +670,8 @@ impl Connection {
         if c.outstanding > 0 {
             return;
         }
-        if let Some(s) = self.slots.get_mut(i)
-            && let Slot::Zombie(c) = core::mem::replace(s, Slot::Free)
-        {
-            self.free.push(i as u16);
-            self.release(i, &c);
+        if let Some(c) = self.slots.remove(s) {
+            self.release(i, g, &c);
             self.check_pending();
         }
     }
@@ -717,15 +685,16 @@ impl Connection {
         now_ms: u64,
     ) {
         self.now = now_ms;
-        let (i, g, sub) = split_tag(tag);
-        match self.slots.get_mut(i) {
-            Some(Slot::Active(cmd)) if cmd.generation == g => {
-                cmd.outstanding = cmd.outstanding.saturating_sub(1);
-                cmd.task.handle_completion(sub, c);
-                self.pump(i, bdevs);
+        match self.slots.find(tag) {
+            Some(f) if !f.retired => {
+                if let Some(cmd) = self.slots.get_mut(f.slot) {
+                    cmd.outstanding = cmd.outstanding.saturating_sub(1);
+                    cmd.task.handle_completion(f.sub, c);
+                }
+                self.pump(f.slot as usize, bdevs);
             }
-            Some(Slot::Zombie(cmd)) if cmd.generation == g => self.zombie_completion(i, sub, c),
-            _ => {}
+            Some(f) => self.zombie_completion(f.slot as usize, f.sub, c),
+            None => {}
         }
         self.sync(target);
         self.pump_blocked(bdevs);
@@ -734,8 +703,8 @@ impl Connection {
     }
 
     /// Gives back what a command leaving its slot held of the connection's
-    /// memory bounds.
-    pub(crate) fn release(&mut self, i: usize, c: &Cmd) {
+    /// memory bounds; `g` is the generation it had.
+    pub(crate) fn release(&mut self, i: usize, g: u8, c: &Cmd) {
         if c.granted {
             self.dout_granted = self.dout_granted.saturating_sub(c.want);
         }
@@ -744,26 +713,22 @@ impl Connection {
             .saturating_sub(c.staged.as_ref().map_or(0, IoBuf::len));
         self.dout_promised = self.dout_promised.saturating_sub(c.promised);
         self.executing_bytes = self.executing_bytes.saturating_sub(c.exec);
-        let g = c.generation;
-        self.grant_queue
-            .retain(|&(s, sg)| !(s as usize == i && sg == g));
+        self.grant_queue.forget(i as u16, g);
     }
 
     /// Aborts a task without a response; its I/O at the device is waited
     /// for quietly.
     pub(crate) fn abort_slot(&mut self, i: usize) {
-        let Some(slot) = self.slots.get_mut(i) else {
-            return;
-        };
-        let Slot::Active(mut c) = core::mem::replace(slot, Slot::Free) else {
+        let s = i as u16;
+        let generation = self.slots.generation(s);
+        let Some(c) = self.slots.get_mut(s) else {
             return;
         };
         c.task.abort();
-        let generation = c.generation;
         let mut queued = Vec::new();
         self.ios.retain_mut(|io| {
-            let (s, g, sub) = split_tag(io.tag);
-            let mine = s == i && g == generation;
+            let (t, g, sub) = split_tag(io.tag);
+            let mine = t == i && g == generation;
             if mine {
                 let op = core::mem::replace(&mut io.op, IoOp::Flush);
                 queued.push((sub, op));
@@ -782,18 +747,20 @@ impl Connection {
             );
         }
         if c.outstanding == 0 {
-            self.free.push(i as u16);
-            self.release(i, &c);
-        } else if let Some(s) = self.slots.get_mut(i) {
+            if let Some(c) = self.slots.remove(s) {
+                self.release(i, generation, &c);
+            }
+        } else {
             // Its buffers stay counted until the device gives them back.
-            *s = Slot::Zombie(c);
+            self.slots.retire(s);
         }
     }
 
     /// COMPARE AND WRITEs waiting for the LU lock get another try.
     pub(crate) fn pump_blocked(&mut self, bdevs: &Registry) {
-        for i in 0..self.slots.len() {
-            if matches!(&self.slots[i], Slot::Active(c) if c.running && c.task.is_blocked()) {
+        for i in 0..self.slots.slot_count() {
+            let cmd = self.slots.get(i as u16);
+            if cmd.is_some_and(|c| c.running && c.task.is_blocked()) {
                 self.pump(i, bdevs);
             }
         }
@@ -802,11 +769,11 @@ impl Connection {
     fn any_blocked(&self) -> bool {
         self.slots
             .iter()
-            .any(|s| matches!(s, Slot::Active(c) if c.running && c.task.is_blocked()))
+            .any(|(_, c)| c.running && c.task.is_blocked())
     }
 
     pub(crate) fn abort_all(&mut self) {
-        for i in 0..self.slots.len() {
+        for i in 0..self.slots.slot_count() {
             self.abort_slot(i);
         }
         self.queued.clear();
@@ -814,7 +781,7 @@ impl Connection {
 
     /// Whether slot `i` still has I/O at the device.
     pub(crate) fn slot_busy(&self, i: usize) -> bool {
-        matches!(self.slots.get(i), Some(Slot::Zombie(_)))
+        self.slots.is_retired(i as u16)
     }
 
     pub fn handle_timeout(&mut self, target: &mut Target, bdevs: &Registry, now_ms: u64) {
@@ -921,11 +888,8 @@ impl Connection {
         self.phase == Phase::Closing
             && self.out.is_empty()
             && self.ios.is_empty()
-            && self.slots.iter().all(|s| match s {
-                Slot::Free => true,
-                Slot::Active(c) => c.outstanding == 0,
-                Slot::Zombie(_) => false,
-            })
+            && self.slots.retired() == 0
+            && self.slots.iter().all(|(_, c)| c.outstanding == 0)
     }
 
     /// The socket is gone: the session and registration go with it.

@@ -3,7 +3,7 @@
 //! events. These are `Connection` methods: with one connection per session
 //! (MaxConnections=1) the session state lives in the connection.
 
-use crate::conn::{Connection, MAX_DATA_OUT, MAX_TASKS, Phase, Slot};
+use crate::conn::{Connection, MAX_DATA_OUT, MAX_TASKS, Phase};
 use crate::pdu::{self, Bhs, NO_TAG, Pdu, at, flag, op};
 use crate::scsi::{LunRef, Response, Task, UnitAttention, status};
 use crate::target::Target;
@@ -26,7 +26,6 @@ pub(crate) struct Seq {
 /// A SCSI command in flight.
 pub(crate) struct Cmd {
     pub task: Task,
-    pub generation: u8,
     pub itt: u32,
     pub lun_raw: [u8; 8],
     pub lun: u64,
@@ -188,7 +187,8 @@ impl Connection {
     fn find_itt(&self, itt: u32) -> Option<usize> {
         self.slots
             .iter()
-            .position(|s| matches!(s, Slot::Active(c) if c.itt == itt))
+            .find(|(_, c)| c.itt == itt)
+            .map(|(s, _)| s as usize)
     }
 
     pub(crate) fn scsi_command(&mut self, p: Pdu, target: &mut Target, bdevs: &Registry) {
@@ -244,11 +244,9 @@ impl Connection {
         };
         let want = task.data_out_len();
         let spdtl = task.cdb_out_len() as u64;
-        let generation = self.next_generation();
         let failed = self.digest_failed_cmd.then(|| Failed::Check(crc_error()));
         let cmd = Box::new(Cmd {
             task,
-            generation,
             itt: bhs.itt(),
             lun_raw: bhs.lun_raw(),
             lun,
@@ -309,7 +307,7 @@ impl Connection {
                 Ok(()) => {}
                 Err(Short::Wait) => {
                     self.mem_blocked |= now;
-                    self.grant_queue.push_back((i as u16, generation));
+                    self.grant_queue.push(&self.slots, i as u16);
                 }
                 Err(Short::Never) => refused = true,
             }
@@ -375,9 +373,7 @@ impl Connection {
 
     /// A write waits in the grant queue: later writes queue behind it.
     fn writes_queued(&self) -> bool {
-        self.grant_queue.iter().any(|&(s, g)| {
-            matches!(self.slots.get(s as usize), Some(Slot::Active(c)) if c.generation == g && c.want > 0)
-        })
+        self.grant_queue.any(&self.slots, |c| c.want > 0)
     }
 
     /// What staged data may take of the account: half its floor of the
@@ -421,7 +417,7 @@ impl Connection {
             dout_staged,
             ..
         } = self;
-        let Some(Slot::Active(c)) = slots.get_mut(i) else {
+        let Some(c) = slots.get_mut(i as u16) else {
             return Ok(());
         };
         if c.granted {
@@ -465,17 +461,20 @@ impl Connection {
         self.mem_blocked = false;
         let mut k = 0;
         let mut writes_held = false;
-        while self.phase == Phase::FullFeature && k < self.grant_queue.len() {
-            let (s, g) = self.grant_queue[k];
-            let i = s as usize;
-            let (want, all_staged) = match self.cmd_mut(i) {
-                Some(c) if c.generation == g && !c.granted && !c.running => {
-                    (c.want, c.want > 0 && c.staged_len >= c.want)
-                }
-                _ => {
-                    self.grant_queue.remove(k);
-                    continue;
-                }
+        while self.phase == Phase::FullFeature {
+            let waiting = self
+                .grant_queue
+                .at(k, &self.slots, |c| !c.granted && !c.running);
+            let Some(s) = waiting else {
+                break;
+            };
+            let (i, g) = (s as usize, self.slots.generation(s));
+            let Some((want, all_staged)) = self
+                .slots
+                .get(s)
+                .map(|c| (c.want, c.want > 0 && c.staged_len >= c.want))
+            else {
+                break;
             };
             // A write whose data all came unsolicited may pass the
             // data-out bound: it holds that data already.
@@ -486,7 +485,7 @@ impl Connection {
             }
             match self.try_grant(i) {
                 Ok(()) => {
-                    self.grant_queue.remove(k);
+                    self.grant_queue.remove_at(k, s, g);
                     self.advance(i, bdevs);
                 }
                 Err(Short::Wait) => {
@@ -494,7 +493,7 @@ impl Connection {
                     return;
                 }
                 Err(Short::Never) => {
-                    self.grant_queue.remove(k);
+                    self.grant_queue.remove_at(k, s, g);
                     self.start(i, bdevs);
                 }
             }
@@ -524,7 +523,7 @@ impl Connection {
             dout_promised,
             ..
         } = self;
-        let Some(Slot::Active(c)) = slots.get_mut(i) else {
+        let Some(c) = slots.get_mut(i as u16) else {
             return true;
         };
         if offset >= c.want || bytes.is_empty() {
@@ -695,15 +694,14 @@ impl Connection {
     /// The task is done: Data-In, then status (collapsed into the last
     /// Data-In when there is no sense data).
     pub(crate) fn finish(&mut self, i: usize) {
-        let Some(Slot::Active(mut c)) = self
-            .slots
-            .get_mut(i)
-            .map(|s| core::mem::replace(s, Slot::Free))
-        else {
+        let (s, g) = (i as u16, self.slots.generation(i as u16));
+        if self.slots.get(s).is_none() {
+            return;
+        }
+        let Some(mut c) = self.slots.remove(s) else {
             return;
         };
-        self.free.push(i as u16);
-        self.release(i, &c);
+        self.release(i, g, &c);
         let resp = match c.failed {
             Some(Failed::Check(s)) => Response {
                 status: status::CHECK_CONDITION,
@@ -810,7 +808,7 @@ impl Connection {
         while k < self.pending.len() {
             let ready = match &self.pending[k] {
                 Pending::Tmf { slots, .. } => slots.iter().all(|&s| !self.slot_busy(s)),
-                Pending::Logout { .. } => self.slots.iter().all(|s| matches!(s, Slot::Free)),
+                Pending::Logout { .. } => self.slots.is_empty() && self.slots.retired() == 0,
             };
             if !ready {
                 k += 1;
@@ -846,8 +844,8 @@ impl Connection {
     /// Tasks of other sessions' LUN resets are aborted here.
     pub(crate) fn check_resets(&mut self, target: &Target) {
         let Some(name) = self.node_name() else { return };
-        for i in 0..self.slots.len() {
-            if let Slot::Active(c) = &self.slots[i]
+        for i in 0..self.slots.slot_count() {
+            if let Some(c) = self.slots.get(i as u16)
                 && target.lun_epoch(&name, c.lun) != c.epoch
             {
                 self.abort_slot(i);
@@ -874,7 +872,6 @@ impl Connection {
             ),
             None => (false, Vec::new()),
         };
-        let on_lun = |c: &Slot, l: u64| matches!(c, Slot::Active(x) if x.lun == l);
         let mut aborted = Vec::new();
         let mut then_close = false;
         let response = match function {
@@ -897,8 +894,8 @@ impl Connection {
             }
             2 | 4 | 5 if !has_lun => NO_LUN,
             2 | 4 | 5 => {
-                for i in 0..self.slots.len() {
-                    if on_lun(&self.slots[i], lun) {
+                for i in 0..self.slots.slot_count() {
+                    if self.slots.get(i as u16).is_some_and(|c| c.lun == lun) {
                         self.abort_slot(i);
                         aborted.push(i);
                     }
@@ -918,8 +915,8 @@ impl Connection {
             }
             3 => NOT_SUPPORTED,
             6 | 7 => {
-                for i in 0..self.slots.len() {
-                    if matches!(self.slots[i], Slot::Active(_)) {
+                for i in 0..self.slots.slot_count() {
+                    if self.slots.get(i as u16).is_some() {
                         self.abort_slot(i);
                         aborted.push(i);
                     }
@@ -982,8 +979,8 @@ impl Connection {
             return self.logout_response(p.bhs.itt(), response);
         }
         // Commands waiting for data-out will get none now.
-        for i in 0..self.slots.len() {
-            if matches!(&self.slots[i], Slot::Active(c) if !c.running) {
+        for i in 0..self.slots.slot_count() {
+            if self.slots.get(i as u16).is_some_and(|c| !c.running) {
                 self.abort_slot(i);
             }
         }

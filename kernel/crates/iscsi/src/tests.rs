@@ -1524,10 +1524,8 @@ fn data_sn_wraps() {
     let (itt, v) = r.command(&write10(0, 8), flag::FINAL | flag::WRITE, 4096, &[]);
     r.send(&v);
     let ttt = r.recv().bhs.u32_at(at::W20);
-    for s in r.conn.slots.iter_mut() {
-        if let crate::conn::Slot::Active(c) = s {
-            c.r2ts[0].data_sn = u32::MAX;
-        }
+    for (_, c) in r.conn.slots.iter_mut() {
+        c.r2ts[0].data_sn = u32::MAX;
     }
     let v = r.data_out(itt, ttt, u32::MAX, 0, &[], false);
     r.send(&v);

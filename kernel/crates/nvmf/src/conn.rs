@@ -83,7 +83,8 @@ const MIN_DATA_WAIT_SEC: u32 = 10;
 pub(crate) const TRANSIENT_TRANSPORT_ERROR: Status = Status::generic(0x22);
 
 pub use ironbay_bdev::BlockIo;
-use ironbay_bdev::engine::tag::{GEN_MASK, pack as make_tag, unpack as split_tag};
+use ironbay_bdev::engine::tag::unpack as split_tag;
+use ironbay_bdev::engine::{CommandTable, WaitQueue};
 use ironbay_bdev::engine::{Out, OutQueue};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +114,6 @@ pub(crate) enum Stage {
 /// One command in a slot.
 pub(crate) struct Cmd {
     pub sqe: Sqe,
-    pub generation: u8,
     pub stage: Stage,
     /// Host-to-controller data: buffers of `chunk` bytes (the last may be
     /// shorter), `want` bytes in all, `got` arrived.
@@ -149,10 +149,9 @@ pub(crate) struct Cmd {
 }
 
 impl Cmd {
-    fn new(sqe: Sqe, generation: u8, now: u64) -> Cmd {
+    fn new(sqe: Sqe, now: u64) -> Cmd {
         Cmd {
             sqe,
-            generation,
             stage: Stage::Running,
             data: Vec::new(),
             chunk: 0,
@@ -221,14 +220,6 @@ impl core::ops::Deref for HostData {
     }
 }
 
-pub(crate) enum Slot {
-    Free,
-    Active(Box<Cmd>),
-    /// Gone with block I/O still at the device: the slot (and so its tags)
-    /// stays taken until the completions are back.
-    Zombie(Box<Cmd>),
-}
-
 /// Data direction of a command (opcode bits 1:0, Fabrics: FCTYPE bits 1:0).
 fn host_to_ctrl(sqe: &Sqe) -> bool {
     let d = if sqe.opcode() == spec::OPC_FABRICS {
@@ -271,9 +262,9 @@ pub struct Connection {
     released: bool,
     /// Submission queue head after the last command fetched.
     sq_head: u16,
-    pub(crate) slots: Vec<Slot>,
-    free: Vec<u16>,
-    generation: u8,
+    /// Commands by slot; one gone with block I/O still at the device is
+    /// retired until the completions are back.
+    pub(crate) slots: CommandTable<Box<Cmd>>,
     pub(crate) ios: VecDeque<BlockIo>,
     /// Read buffers of the commands running at the device.
     pub(crate) executing_bytes: usize,
@@ -281,7 +272,7 @@ pub struct Connection {
     pub(crate) dout_granted: usize,
     /// Commands waiting for buffers (stage [`Stage::WaitGrant`] or
     /// [`Stage::WaitMemory`]), as (slot, generation), oldest first.
-    pub(crate) waiting: VecDeque<(u16, u8)>,
+    pub(crate) waiting: WaitQueue,
     /// A command whose in-capsule data waits for buffers.
     pub(crate) parked: Option<crate::mem::Parked>,
     /// Asynchronous Event Requests parked, by CID.
@@ -315,13 +306,11 @@ impl Connection {
             queue: None,
             released: false,
             sq_head: 0,
-            slots: Vec::new(),
-            free: Vec::new(),
-            generation: 0,
+            slots: CommandTable::with_limit(MAX_CMDS),
             ios: VecDeque::new(),
             executing_bytes: 0,
             dout_granted: 0,
-            waiting: VecDeque::new(),
+            waiting: WaitQueue::default(),
             parked: None,
             aers: VecDeque::new(),
             now: now_ms,
@@ -393,12 +382,7 @@ impl Connection {
 
     /// Commands the host has outstanding on this queue.
     fn in_flight(&self) -> usize {
-        self.aers.len()
-            + self
-                .slots
-                .iter()
-                .filter(|s| matches!(s, Slot::Active(_)))
-                .count()
+        self.aers.len() + self.slots.len()
     }
 
     /// What the commands hold now: (granted write buffers, queued output
@@ -658,28 +642,11 @@ impl Connection {
 
     /// Takes a free command slot.
     fn alloc_slot(&mut self, cmd: Box<Cmd>) -> Option<u16> {
-        let i = match self.free.pop() {
-            Some(i) => i,
-            None if self.slots.len() < MAX_CMDS => {
-                self.slots.push(Slot::Free);
-                (self.slots.len() - 1) as u16
-            }
-            None => return None,
-        };
-        *self.slots.get_mut(i as usize)? = Slot::Active(cmd);
-        Some(i)
+        self.slots.insert(cmd)
     }
 
     pub(crate) fn cmd_mut(&mut self, i: usize) -> Option<&mut Cmd> {
-        match self.slots.get_mut(i) {
-            Some(Slot::Active(c)) => Some(c),
-            _ => None,
-        }
-    }
-
-    fn next_generation(&mut self) -> u8 {
-        self.generation = self.generation.wrapping_add(1) & GEN_MASK;
-        self.generation
+        self.slots.get_mut(i as u16).map(|c| &mut **c)
     }
 
     /// The SQ head to report after fetching one more command.
@@ -734,8 +701,7 @@ impl Connection {
         if self.cid_busy(cid) {
             return self.respond(cid, sqhd, Status::CID_CONFLICT, 0, 0);
         }
-        let generation = self.next_generation();
-        let mut cmd = Box::new(Cmd::new(sqe, generation, self.now));
+        let mut cmd = Box::new(Cmd::new(sqe, self.now));
         if !digest_ok {
             cmd.failed = Some(TRANSIENT_TRANSPORT_ERROR);
         }
@@ -762,11 +728,7 @@ impl Connection {
     }
 
     fn cid_busy(&self, cid: u16) -> bool {
-        self.aers.iter().any(|&a| a == cid)
-            || self
-                .slots
-                .iter()
-                .any(|s| matches!(s, Slot::Active(c) if c.sqe.cid() == cid))
+        self.aers.iter().any(|&a| a == cid) || self.slots.iter().any(|(_, c)| c.sqe.cid() == cid)
     }
 
     /// Checks a new command's data transfer and collects its host data
@@ -851,8 +813,7 @@ impl Connection {
         c.want = want;
         c.chunk = chunk.max(1);
         c.stage = Stage::WaitGrant;
-        let g = c.generation;
-        self.waiting.push_back((i as u16, g));
+        self.waiting.push(&self.slots, i as u16);
         self.retry_waiting(target, bdevs);
         Ok(())
     }
@@ -1078,26 +1039,25 @@ impl Connection {
 
     /// Frees an active slot that has no I/O at the device.
     pub(crate) fn release_slot(&mut self, i: usize) {
-        let Some(s) = self.slots.get_mut(i) else {
-            return;
-        };
-        if let Slot::Active(c) = core::mem::replace(s, Slot::Free) {
-            self.release(i, &c);
-            self.free.push(i as u16);
+        let s = i as u16;
+        let g = self.slots.generation(s);
+        if self.slots.get(s).is_some()
+            && let Some(c) = self.slots.remove(s)
+        {
+            self.release(i, g, &c);
         }
     }
 
     /// Gives back what a command leaving its slot held of the connection's
     /// memory bounds.
-    fn release(&mut self, i: usize, c: &Cmd) {
+    /// `g` is the generation the command had.
+    fn release(&mut self, i: usize, g: u8, c: &Cmd) {
         if c.granted {
             self.dout_granted = self.dout_granted.saturating_sub(c.want);
         }
         self.executing_bytes = self.executing_bytes.saturating_sub(c.exec);
-        let g = c.generation;
         if matches!(c.stage, Stage::WaitGrant | Stage::WaitMemory) {
-            self.waiting
-                .retain(|&(s, sg)| !(s as usize == i && sg == g));
+            self.waiting.forget(i as u16, g);
             if self
                 .parked
                 .as_ref()
@@ -1110,11 +1070,11 @@ impl Connection {
 
     /// Queues block I/O for slot `i`.
     pub(crate) fn push_io(&mut self, i: usize, sub: u32, bdev: BdevId, op: IoOp, fua: bool) {
+        let tag = self.slots.tag(i as u16, sub);
         let Some(c) = self.cmd_mut(i) else {
             return;
         };
         c.outstanding += 1;
-        let tag = make_tag(i as u16, c.generation, sub);
         self.ios.push_back(BlockIo { tag, bdev, op, fua });
     }
 
@@ -1124,27 +1084,25 @@ impl Connection {
 
     /// Gives back an I/O the bdev layer could not take yet.
     pub fn retry_io(&mut self, io: BlockIo) {
-        let (i, g, _) = split_tag(io.tag);
-        match self.slots.get(i) {
-            Some(Slot::Active(c)) if c.generation == g => self.ios.push_front(io),
-            Some(Slot::Zombie(c)) if c.generation == g => self.zombie_completion(i),
-            _ => {}
+        match self.slots.find(io.tag) {
+            Some(f) if !f.retired => self.ios.push_front(io),
+            Some(f) => self.zombie_completion(f.slot as usize),
+            None => {}
         }
     }
 
     fn zombie_completion(&mut self, i: usize) {
-        let Some(Slot::Zombie(c)) = self.slots.get_mut(i) else {
+        let s = i as u16;
+        let g = self.slots.generation(s);
+        let Some(c) = self.slots.retired_mut(s) else {
             return;
         };
         c.outstanding = c.outstanding.saturating_sub(1);
         if c.outstanding > 0 {
             return;
         }
-        if let Some(s) = self.slots.get_mut(i)
-            && let Slot::Zombie(c) = core::mem::replace(s, Slot::Free)
-        {
-            self.release(i, &c);
-            self.free.push(i as u16);
+        if let Some(c) = self.slots.remove(s) {
+            self.release(i, g, &c);
         }
     }
 
@@ -1157,13 +1115,12 @@ impl Connection {
         now_ms: u64,
     ) {
         self.now = now_ms;
-        let (i, g, sub) = split_tag(tag);
-        match self.slots.get(i) {
-            Some(Slot::Active(cmd)) if cmd.generation == g => {
-                crate::io::completion(self, i, sub, c, target, bdevs)
+        match self.slots.find(tag) {
+            Some(f) if !f.retired => {
+                crate::io::completion(self, f.slot as usize, f.sub, c, target, bdevs)
             }
-            Some(Slot::Zombie(cmd)) if cmd.generation == g => self.zombie_completion(i),
-            _ => {}
+            Some(f) => self.zombie_completion(f.slot as usize),
+            None => {}
         }
         self.retry_waiting(target, bdevs);
         self.sync(target);
@@ -1172,7 +1129,7 @@ impl Connection {
     /// Drops every command without a response; I/O at the device is
     /// waited for quietly.
     pub(crate) fn abort_all(&mut self) {
-        for i in 0..self.slots.len() {
+        for i in 0..self.slots.slot_count() {
             self.abort_slot(i);
         }
         self.aers.clear();
@@ -1182,26 +1139,25 @@ impl Connection {
     }
 
     fn abort_slot(&mut self, i: usize) {
-        let Some(slot) = self.slots.get_mut(i) else {
+        let s = i as u16;
+        let generation = self.slots.generation(s);
+        let Some(c) = self.slots.get_mut(s) else {
             return;
         };
-        let Slot::Active(mut c) = core::mem::replace(slot, Slot::Free) else {
-            return;
-        };
-        let generation = c.generation;
         let before = self.ios.len();
         self.ios.retain(|io| {
-            let (s, g, _) = split_tag(io.tag);
-            !(s == i && g == generation)
+            let (t, g, _) = split_tag(io.tag);
+            !(t == i && g == generation)
         });
         let dropped = (before - self.ios.len()) as u32;
         c.outstanding = c.outstanding.saturating_sub(dropped);
         if c.outstanding == 0 {
-            self.release(i, &c);
-            self.free.push(i as u16);
-        } else if let Some(s) = self.slots.get_mut(i) {
+            if let Some(c) = self.slots.remove(s) {
+                self.release(i, generation, &c);
+            }
+        } else {
             // Its buffers stay counted until the device gives them back.
-            *s = Slot::Zombie(c);
+            self.slots.retire(s);
         }
     }
 
@@ -1272,12 +1228,8 @@ impl Connection {
         }
         self.slots
             .iter()
-            .filter_map(|s| match s {
-                Slot::Active(c) if c.stage == Stage::Receiving && !c.windows.is_empty() => {
-                    Some(c.data_since.saturating_add(self.abort_timeout_ms))
-                }
-                _ => None,
-            })
+            .filter(|(_, c)| c.stage == Stage::Receiving && !c.windows.is_empty())
+            .map(|(_, c)| c.data_since.saturating_add(self.abort_timeout_ms))
             .min()
     }
 
@@ -1327,11 +1279,8 @@ impl Connection {
         self.phase == Phase::Closing
             && self.out.is_empty()
             && self.ios.is_empty()
-            && self.slots.iter().all(|s| match s {
-                Slot::Free => true,
-                Slot::Active(c) => c.outstanding == 0,
-                Slot::Zombie(_) => false,
-            })
+            && self.slots.retired() == 0
+            && self.slots.iter().all(|(_, c)| c.outstanding == 0)
     }
 
     /// The socket is gone: the queue goes with it.

@@ -3,7 +3,7 @@
 //! computed on the way. No PDU-sized buffer is ever assembled, so MAXH2CDATA
 //! costs no memory beyond what the R2T grant already holds.
 
-use crate::conn::{Connection, Slot, Stage, TRANSIENT_TRANSPORT_ERROR, TTAG_SLOT_MASK};
+use crate::conn::{Connection, Stage, TRANSIENT_TRANSPORT_ERROR, TTAG_SLOT_MASK};
 use crate::pdu::{self, Common, DIGEST_LEN, fes, flag};
 use crate::target::Target;
 use ironbay_bdev::Registry;
@@ -46,8 +46,9 @@ impl Connection {
         let data_len = (c.plen as usize).saturating_sub(c.pdo as usize + self.dd_len());
         let h = pdu::H2cData::parse(raw);
         let i = (h.ttag & TTAG_SLOT_MASK) as usize;
-        let found = match self.slots.get(i) {
-            Some(Slot::Active(cmd)) if cmd.stage == Stage::Receiving => {
+        let generation = self.slots.generation(i as u16);
+        let found = match self.slots.get(i as u16) {
+            Some(cmd) if cmd.stage == Stage::Receiving => {
                 if cmd.sqe.cid() != h.cccid {
                     return self.terminate(
                         fes::INVALID_HEADER_FIELD,
@@ -59,7 +60,7 @@ impl Connection {
                 cmd.windows
                     .iter()
                     .find(|w| w.0 == h.ttag)
-                    .map(|w| (cmd.generation, *w))
+                    .map(|w| (generation, *w))
             }
             _ => None,
         };
@@ -125,8 +126,8 @@ impl Connection {
                 inc.crc = crc32c_append(inc.crc, piece);
             }
             // A command aborted meanwhile takes nothing.
-            if let Some(Slot::Active(c)) = self.slots.get_mut(inc.slot)
-                && c.generation == inc.generation
+            if self.slots.is_current(inc.slot as u16, inc.generation)
+                && let Some(c) = self.slots.get_mut(inc.slot as u16)
             {
                 c.put(inc.at, piece);
             }
@@ -153,10 +154,13 @@ impl Connection {
     fn h2c_done(&mut self, inc: &Incoming, digest_ok: bool, target: &mut Target, bdevs: &Registry) {
         let i = inc.slot;
         let now = self.now;
-        let Some(Slot::Active(cmd)) = self.slots.get_mut(i) else {
+        if !self.slots.is_current(i as u16, inc.generation) {
+            return;
+        }
+        let Some(cmd) = self.slots.get_mut(i as u16) else {
             return;
         };
-        if cmd.generation != inc.generation || cmd.stage != Stage::Receiving {
+        if cmd.stage != Stage::Receiving {
             return;
         }
         let Some(k) = cmd.windows.iter().position(|w| w.0 == inc.ttag) else {

@@ -36,7 +36,7 @@
 //! (which a host retries) otherwise. A compare holds the host's data while
 //! its read waits, so both together must fit what a connection may hold.
 
-use crate::conn::{Connection, MAX_DATA_OUT, Phase, Slot, Stage};
+use crate::conn::{Connection, MAX_DATA_OUT, Phase, Stage};
 use crate::spec::Status;
 use crate::target::Target;
 use alloc::vec::Vec;
@@ -158,11 +158,7 @@ impl Connection {
 
     /// Whether solicited data is outstanding (only input brings it in).
     fn receiving(&self) -> bool {
-        self.dout_granted > 0
-            && self
-                .slots
-                .iter()
-                .any(|s| matches!(s, Slot::Active(c) if c.stage == Stage::Receiving))
+        self.dout_granted > 0 && self.slots.iter().any(|(_, c)| c.stage == Stage::Receiving)
     }
 
     /// Bytes of solicited data granted and not all in yet.
@@ -172,10 +168,8 @@ impl Connection {
         }
         self.slots
             .iter()
-            .filter_map(|s| match s {
-                Slot::Active(c) if c.stage == Stage::Receiving => Some(c.want),
-                _ => None,
-            })
+            .filter(|(_, c)| c.stage == Stage::Receiving)
+            .map(|(_, c)| c.want)
             .sum()
     }
 
@@ -200,14 +194,11 @@ impl Connection {
         if let Some(p) = self.parked.take() {
             self.retry_parked(p, target, bdevs);
         }
-        while let Some(&(s, g)) = self.waiting.front() {
+        while let Some(s) = self.waiting.at(0, &self.slots, |_| true) {
             let i = s as usize;
-            let stage = match self.slots.get(i) {
-                Some(Slot::Active(c)) if c.generation == g => c.stage,
-                _ => {
-                    self.waiting.pop_front();
-                    continue;
-                }
+            let g = self.slots.generation(s);
+            let Some(stage) = self.slots.get(s).map(|c| c.stage) else {
+                break;
             };
             match stage {
                 Stage::WaitGrant => self.grant(i, target),
@@ -218,15 +209,13 @@ impl Connection {
                 }
                 _ => {}
             }
-            let still = matches!(self.slots.get(i),
-                Some(Slot::Active(c)) if c.generation == g && c.stage == stage);
+            let still =
+                self.slots.is_current(s, g) && self.slots.get(s).is_some_and(|c| c.stage == stage);
             if still {
                 break;
             }
             // Completing it may have taken it off already.
-            if self.waiting.front() == Some(&(s, g)) {
-                self.waiting.pop_front();
-            }
+            self.waiting.remove_at(0, s, g);
         }
     }
 
@@ -236,8 +225,7 @@ impl Connection {
             return;
         };
         c.stage = Stage::WaitMemory;
-        let g = c.generation;
-        self.waiting.push_back((i as u16, g));
+        self.waiting.push(&self.slots, i as u16);
     }
 
     /// Grants command `i` its solicited-data buffers and sends its R2Ts,
@@ -299,7 +287,7 @@ impl Connection {
             return Ok(());
         };
         c.stage = Stage::WaitMemory;
-        let generation = c.generation;
+        let generation = self.slots.generation(i as u16);
         self.parked = Some(Parked {
             slot: i as u16,
             generation,
@@ -310,7 +298,7 @@ impl Connection {
 
     fn retry_parked(&mut self, p: Parked, target: &mut Target, bdevs: &Registry) {
         let i = p.slot as usize;
-        if !matches!(self.slots.get(i), Some(Slot::Active(c)) if c.generation == p.generation) {
+        if !self.slots.is_current(p.slot, p.generation) {
             return;
         }
         let r = match self.fill_capsule_bufs(i, &p.data) {
