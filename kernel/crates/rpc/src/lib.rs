@@ -15,8 +15,12 @@
 extern crate alloc;
 
 pub mod methods;
+#[cfg(test)]
+mod seeds;
 mod session;
 
 pub use ironbay_model::{Devices, Model};
 pub use methods::{METHODS, Method, RpcError};
-pub use session::{Session, Wait};
+pub use session::{
+    MAX_BATCH, MAX_BATCH_OUTPUT, MAX_OUTPUT, MAX_REFUSED, MAX_REQUEST, MAX_VALUES, Session, Wait,
+};

@@ -19,6 +19,11 @@ pub mod code {
     pub const METHOD_NOT_FOUND: i64 = -32601;
     pub const INVALID_PARAMS: i64 = -32602;
     pub const INTERNAL_ERROR: i64 = -32603;
+    /// From JSON-RPC's server-error range: a session limit (requests or
+    /// reply bytes per batch, replies waiting to be read) was reached. The
+    /// request did not run, unless the message says only its reply was
+    /// dropped; sent again later, or alone, it works.
+    pub const LIMIT: i64 = -32000;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -487,10 +492,11 @@ fn bdev_create(
             "`{k}`: metadata and protection information are not supported"
         )));
     }
+    let (block_size, num_blocks) = (u64_param(p, "block_size")?, u64_param(p, "num_blocks")?);
     let spec = RamBdev {
         kind,
-        block_size: u64_param(p, "block_size")?,
-        num_blocks: u64_param(p, "num_blocks")?,
+        block_size,
+        num_blocks,
         name: opt_str(p, "name")?.map(String::from),
         uuid: opt_str(p, "uuid")?
             .map(|s| {
@@ -498,7 +504,15 @@ fn bdev_create(
             })
             .transpose()?,
     };
-    Ok(Value::String(m.create_ram_bdev(spec)?))
+    let name = m.create_ram_bdev(spec)?;
+    if kind == RamKind::Malloc {
+        // The budget is what was free when the caller made the model; calls
+        // sharing it (a batch, pipelined requests, the boot config) must not
+        // each spend it whole.
+        let bytes = num_blocks.saturating_mul(block_size);
+        m.memory_budget = m.memory_budget.saturating_sub(bytes);
+    }
+    Ok(Value::String(name))
 }
 
 fn bdev_delete(
