@@ -10,9 +10,12 @@
 //! - [`rig`]: the Linux guest rig (initiator and peer target) and its
 //!   private network.
 //! - [`libiscsi`]: iscsi-test-cu runs and their summaries.
+//! - [`attack`]: hostile clients (idle sockets, floods of unread reads,
+//!   trickled writes) and verified real clients for load tests.
 
 #![forbid(unsafe_code)]
 
+pub mod attack;
 pub mod images;
 pub mod libiscsi;
 pub mod machine;

@@ -7,6 +7,8 @@
 //!   lint                  rustfmt --check and clippy -D warnings (host and kernel target)
 //!   bench boot|blk|...    benchmarks (see USAGE)
 //!   rig build|shell       the Linux guest rig
+//!   fuzz [--seconds N]    every cargo-fuzz target
+//!   soak [--minutes N]    verified real-client I/O beside hostile clients
 //!
 //! Host packages it needs are installed with apt-get when running as root;
 //! otherwise the exact command is printed.
@@ -23,6 +25,7 @@ mod peers;
 mod prereq;
 mod rig;
 mod run;
+mod soak;
 
 use std::process::{Command, ExitCode};
 
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         "rig" => rig::rig(rest),
         "hosted" => hosted(rest),
         "fuzz" => fuzz(rest),
+        "soak" => soak::soak(rest),
         "__net-client" => netbench::client(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
@@ -95,7 +99,10 @@ const USAGE: &str = "usage: cargo xtask <command>
   hosted ARGS              the NBD, iSCSI and NVMe-oF engines as a Linux process: --listen ADDR
                            --iscsi ADDR --chap USER:SECRET[:MUSER:MSECRET] --nvmf ADDR
                            --export NAME=FILE[:ro] --malloc NAME=MIB
-  fuzz [--seconds N]       run the NBD, iSCSI and NVMe-oF fuzz targets (nightly + cargo-fuzz), N s each (20)
+  fuzz [--seconds N]       run every fuzz target: NBD, iSCSI and NVMe-oF engines, JSON-RPC
+                           session, boot config, command line (nightly + cargo-fuzz), N s each (20)
+  soak [--minutes N]       the appliance under waves of hostile load beside verified
+                           NBD, iSCSI and NVMe-oF clients for N minutes (10)
   rig build                build the Linux guest (cached under target/rig)
   rig shell SCRIPT         boot the guest, run SCRIPT in it, print its output";
 
@@ -191,22 +198,43 @@ fn fuzz(rest: &[String]) -> Result<(), String> {
             .args(["install", "cargo-fuzz", "--locked"])
             .env_remove("RUSTUP_TOOLCHAIN"))?;
     }
-    // Each engine's connection target, seeded with its captured traffic.
-    for engine in ["nbd", "iscsi", "nvmf"] {
-        let dir = workspace_root().join(format!("kernel/crates/{engine}/fuzz"));
-        let corpus = dir.join("corpus/connection");
-        std::fs::create_dir_all(&corpus).map_err(|e| e.to_string())?;
-        let mut c = nightly(&["fuzz", "run", "connection"]);
-        c.arg(&corpus);
-        let fixtures = dir.join("../fixtures");
-        if fixtures.is_dir() {
-            c.arg(fixtures);
+    // Every target of the engines and the parsers, each seeded with its
+    // crate's captured traffic (fixtures/) and its checked-in seeds.
+    for krate in ["nbd", "iscsi", "nvmf", "rpc", "config"] {
+        let dir = workspace_root().join(format!("kernel/crates/{krate}/fuzz"));
+        for target in fuzz_targets(&dir)? {
+            let corpus = dir.join("corpus").join(&target);
+            std::fs::create_dir_all(&corpus).map_err(|e| e.to_string())?;
+            let mut c = nightly(&["fuzz", "run", &target]);
+            c.arg(&corpus);
+            for seeds in [dir.join("../fixtures"), dir.join("seeds").join(&target)] {
+                if seeds.is_dir() {
+                    c.arg(seeds);
+                }
+            }
+            c.args(["--", &format!("-max_total_time={seconds}")])
+                .current_dir(&dir);
+            sh(&mut c)?;
         }
-        c.args(["--", &format!("-max_total_time={seconds}")])
-            .current_dir(&dir);
-        sh(&mut c)?;
     }
     Ok(())
+}
+
+/// The targets of a cargo-fuzz crate: its `fuzz_targets/*.rs`, by name.
+fn fuzz_targets(dir: &std::path::Path) -> Result<Vec<String>, String> {
+    let listing = dir.join("fuzz_targets");
+    let mut targets: Vec<String> = std::fs::read_dir(&listing)
+        .map_err(|e| format!("{}: {e}", listing.display()))?
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            if path.extension()? != "rs" {
+                return None;
+            }
+            path.file_stem()?.to_str().map(String::from)
+        })
+        .collect();
+    targets.sort();
+    Ok(targets)
 }
 
 fn lint() -> Result<(), String> {
@@ -239,8 +267,9 @@ fn test(rest: &[String]) -> Result<(), String> {
     lint()?;
     let mut totals = Totals::default();
     totals.run(cargo().args(["test", "--workspace"]))?;
-    // A short fuzz run of the NBD engine, as every parser gets.
-    fuzz(&["--seconds".into(), "20".into()])?;
+    // A short run of every fuzz target (engines through the endpoint,
+    // JSON-RPC, boot config, command line), as every parser gets.
+    fuzz(&["--seconds".into(), "10".into()])?;
     let images = build::build(true)?;
     rig::build()?;
     let hosted = build_hosted()?;
