@@ -333,7 +333,7 @@ fn nbd_unread_large_reads_and_trickled_writes_leave_a_real_client_served() {
         connections: 12,
         duration: ATTACK_LIFE,
         reconnect: Some(Duration::from_secs(1)),
-        request_bytes: 32 << 20,
+        request_bytes: 4 << 20,
         burst: 32,
         fire_at: FIRE_AT,
         more_every: Some(Duration::from_secs(1)),
@@ -345,12 +345,14 @@ fn nbd_unread_large_reads_and_trickled_writes_leave_a_real_client_served() {
             connections: 3,
             duration: ATTACK_LIFE,
             reconnect: Some(Duration::from_secs(1)),
-            request_bytes: 32 << 20,
+            request_bytes: 4 << 20,
             chunk: 64 << 10,
             interval: Duration::from_millis(100),
         })
     };
-    println!("NBD: 12 connections pipelining 32 MiB reads unread, 3 trickling 32 MiB writes");
+    // At the largest payload the appliance advertises (4 MiB under the
+    // default budget): larger ones are refused before any memory is taken.
+    println!("NBD: 12 connections pipelining 4 MiB reads unread, 3 trickling 4 MiB writes");
     let (readers, writers) = ramp_up(&a, readers, 12, writers, 3);
     let abort = crash_check(&a);
     // A connection refused while an attacker's closed socket still holds
@@ -399,7 +401,7 @@ fn iscsi_unread_large_reads_and_trickled_writes_leave_a_real_client_served() {
         connections: 12,
         duration: ATTACK_LIFE,
         reconnect: Some(Duration::from_secs(1)),
-        request_bytes: 8 << 20,
+        request_bytes: 4 << 20,
         block_size: 512,
         lu_blocks: MALLOC0_BLOCKS,
         cdb: attack::ReadCdb::Both,
@@ -413,7 +415,7 @@ fn iscsi_unread_large_reads_and_trickled_writes_leave_a_real_client_served() {
             connections: 3,
             duration: ATTACK_LIFE,
             reconnect: Some(Duration::from_secs(1)),
-            request_bytes: 8 << 20,
+            request_bytes: 4 << 20,
             block_size: 512,
             lu_blocks: MALLOC0_BLOCKS,
             commands: 4,
@@ -422,7 +424,7 @@ fn iscsi_unread_large_reads_and_trickled_writes_leave_a_real_client_served() {
         })
     };
     println!(
-        "iSCSI: 12 sessions pipelining 8 MiB READ(16)/READ(10)s unread, 3 trickling 8 MiB WRITE(16)s"
+        "iSCSI: 12 sessions pipelining 4 MiB READ(16)/READ(10)s unread, 3 trickling 4 MiB WRITE(16)s"
     );
     let (readers, writers) = ramp_up(&a, readers, 12, writers, 3);
     let abort = crash_check(&a);

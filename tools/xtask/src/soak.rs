@@ -64,6 +64,8 @@ fn launch(a: &Appliance, mix: Mix, life: Duration, writers: bool) -> Vec<Attack>
         Mix::All => (6, 6, 5),
         _ => (12, 12, 9),
     };
+    // Reads at the largest payload the appliance advertises (they take
+    // memory); writes larger than it (refused before taking any).
     let mut v = Vec::new();
     if matches!(mix, Mix::Nbd | Mix::All) {
         v.extend((!writers).then(|| {
@@ -73,7 +75,7 @@ fn launch(a: &Appliance, mix: Mix, life: Duration, writers: bool) -> Vec<Attack>
                 connections: nbd,
                 duration: life,
                 reconnect: back,
-                request_bytes: 32 << 20,
+                request_bytes: 4 << 20,
                 burst: 32,
                 fire_at: FIRE_AT,
                 more_every: Some(Duration::from_secs(1)),
@@ -99,7 +101,7 @@ fn launch(a: &Appliance, mix: Mix, life: Duration, writers: bool) -> Vec<Attack>
                 connections: iscsi,
                 duration: life,
                 reconnect: back,
-                request_bytes: 8 << 20,
+                request_bytes: 4 << 20,
                 block_size: 512,
                 lu_blocks: MALLOC0_BLOCKS,
                 cdb: attack::ReadCdb::Both,
