@@ -89,6 +89,90 @@ pub trait TargetEngine {
     fn closed(&mut self, target: &mut Self::Target);
 }
 
+/// Implements [`TargetEngine`] for a connection whose inherent methods
+/// already carry the trait's names and signatures (`new(local, peer,
+/// now_ms)`, `handle_input(data, target, bdevs, now_ms)`, ...), an
+/// `account` field and a public `error`, as the iSCSI and NVMe-oF
+/// connections do.
+#[macro_export]
+macro_rules! target_engine_from_inherent {
+    ($conn:ty, $target:ty, $peer:expr) => {
+        impl $crate::engine::TargetEngine for $conn {
+            type Target = $target;
+            const PEER: &'static str = $peer;
+            fn open(
+                local: core::net::SocketAddr,
+                peer: core::net::SocketAddr,
+                now_ms: u64,
+                account: $crate::Account,
+                _: &mut $target,
+            ) -> Self {
+                let mut c = <$conn>::new(local, peer, now_ms);
+                c.account = account;
+                c
+            }
+            fn wants_input(&self) -> bool {
+                <$conn>::wants_input(self)
+            }
+            fn handle_input(
+                &mut self,
+                data: &[u8],
+                t: &mut $target,
+                bdevs: &$crate::Registry,
+                now_ms: u64,
+            ) -> usize {
+                <$conn>::handle_input(self, data, t, bdevs, now_ms)
+            }
+            fn waits_for_memory(&self) -> bool {
+                <$conn>::waits_for_memory(self)
+            }
+            fn handle_memory(&mut self, t: &mut $target, bdevs: &$crate::Registry, now_ms: u64) {
+                <$conn>::handle_memory(self, t, bdevs, now_ms)
+            }
+            fn poll_timeout(&self) -> Option<u64> {
+                <$conn>::poll_timeout(self)
+            }
+            fn handle_timeout(&mut self, t: &mut $target, bdevs: &$crate::Registry, now_ms: u64) {
+                <$conn>::handle_timeout(self, t, bdevs, now_ms)
+            }
+            fn poll_io(&mut self) -> Option<$crate::BlockIo> {
+                <$conn>::poll_io(self)
+            }
+            fn retry_io(&mut self, io: $crate::BlockIo) {
+                <$conn>::retry_io(self, io)
+            }
+            fn handle_completion(
+                &mut self,
+                tag: u64,
+                c: $crate::IoCompletion,
+                t: &mut $target,
+                bdevs: &$crate::Registry,
+                now_ms: u64,
+            ) {
+                <$conn>::handle_completion(self, tag, c, t, bdevs, now_ms)
+            }
+            fn poll_output(&self) -> Option<&[u8]> {
+                <$conn>::poll_output(self)
+            }
+            fn consume_output(&mut self, n: usize) {
+                <$conn>::consume_output(self, n)
+            }
+            fn finished(&self) -> bool {
+                <$conn>::finished(self)
+            }
+            fn take_error(&mut self) -> Option<&'static str> {
+                self.error.take()
+            }
+            fn in_handshake(&self) -> bool {
+                <$conn>::in_handshake(self)
+            }
+            fn closed(&mut self, t: &mut $target) {
+                <$conn>::closed(self, t)
+            }
+        }
+    };
+}
+
 /// Engine tags below 2^39 (the glue owns the bits above): the command's
 /// slot, a generation that changes whenever the slot is reused (so a late
 /// completion for an earlier command is recognised), and the sub-request.
