@@ -59,6 +59,8 @@ struct Slot<E> {
     progress_ms: u64,
     /// When the close began (by us or by the peer).
     closing_since: Option<u64>,
+    /// Since when the peer's TCP handshake has been unfinished.
+    opening_since: Option<u64>,
 }
 
 impl<E> Slot<E> {
@@ -69,6 +71,7 @@ impl<E> Slot<E> {
             opened_ms: 0,
             progress_ms: 0,
             closing_since: None,
+            opening_since: None,
         }
     }
 }
@@ -172,9 +175,16 @@ impl<E: TargetEngine> Endpoint<E> {
         } = self;
         let slot = &mut slots[i];
         match s.state() {
-            SocketState::Idle | SocketState::Opening => {
+            SocketState::Idle => {
                 retire(slot, target);
                 slot.closing_since = None;
+                slot.opening_since = None;
+                return false;
+            }
+            SocketState::Opening => {
+                retire(slot, target);
+                slot.closing_since = None;
+                slot.opening_since.get_or_insert(now_ms);
                 return false;
             }
             SocketState::TimeWait => {
@@ -200,6 +210,7 @@ impl<E: TargetEngine> Endpoint<E> {
             let (Some(local), Some(peer)) = (s.local(), s.peer()) else {
                 return false;
             };
+            slot.opening_since = None;
             let account = budget.account();
             slot.conn = Some(E::open(local, peer, now_ms, account, target));
             slot.opened_ms = now_ms;
@@ -329,13 +340,18 @@ impl<E: TargetEngine> Endpoint<E> {
             {
                 continue;
             }
+            // Logging in, or not even through TCP's handshake (a SYN
+            // flood): since when.
+            let since = |s: &Slot<E>| match &s.conn {
+                Some(c) if c.in_handshake() => Some(s.opened_ms),
+                Some(_) => None,
+                None => s.opening_since,
+            };
             let victim = range
-                .filter(|&i| {
-                    let s = &self.slots[i];
-                    s.conn.as_ref().is_some_and(|c| c.in_handshake())
-                        && now_ms.saturating_sub(s.opened_ms) >= self.limits.evict_after_ms
-                })
-                .min_by_key(|&i| self.slots[i].opened_ms);
+                .filter_map(|i| Some((i, since(&self.slots[i])?)))
+                .filter(|&(_, t)| now_ms.saturating_sub(t) >= self.limits.evict_after_ms)
+                .min_by_key(|&(_, t)| t)
+                .map(|(i, _)| i);
             if let Some(i) = victim {
                 let mut s = sockets.get(i);
                 log::warn!(

@@ -25,6 +25,8 @@ pub struct SimSocket {
     peer_fin: bool,
     /// The peer saw our reset.
     reset: bool,
+    /// SYN received, handshake not finished.
+    opening: bool,
     /// Connections this socket has carried.
     pub generation: u32,
 }
@@ -43,8 +45,18 @@ impl SimSocket {
             our_fin_first: false,
             peer_fin: false,
             reset: false,
+            opening: false,
             generation: 0,
         }
+    }
+
+    /// A peer sends SYN and never completes the handshake.
+    pub fn half_open(&mut self, peer: SocketAddr) -> bool {
+        if !self.connect(peer) {
+            return false;
+        }
+        self.opening = true;
+        true
     }
 
     /// A peer connects; false if the socket is not listening (refused).
@@ -94,6 +106,7 @@ impl SimSocket {
     /// The peer resets the connection: the socket is free again.
     pub fn peer_reset(&mut self) {
         self.listening = true;
+        self.opening = false;
         self.rx.clear();
         self.tx.clear();
     }
@@ -110,6 +123,9 @@ impl Socket for SimSocket {
     fn state(&self) -> SocketState {
         if self.listening {
             return SocketState::Idle;
+        }
+        if self.opening {
+            return SocketState::Opening;
         }
         match (self.our_fin, self.peer_fin) {
             (false, false) => SocketState::Open,
@@ -161,6 +177,7 @@ impl Socket for SimSocket {
             self.reset = true;
         }
         self.listening = true;
+        self.opening = false;
         self.rx.clear();
         self.tx.clear();
     }

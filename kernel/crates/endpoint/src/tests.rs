@@ -442,3 +442,18 @@ fn a_lossy_link_delivering_in_random_pieces_and_gaps_is_served_exactly() {
     assert_eq!(got, want);
     assert_eq!(w.state(i), SocketState::Open);
 }
+
+#[test]
+fn half_open_connections_filling_every_slot_are_evicted_for_a_newcomer() {
+    let mut w = unlimited(4);
+    for (k, s) in w.net.sockets.iter_mut().enumerate() {
+        assert!(s.half_open(peer(k as u8 + 1, 4000)));
+    }
+    w.turns(15, 100 * MS);
+    assert!(w.ep.stats().evicted >= 1);
+    let i = w
+        .net
+        .connect(peer(20, 5000))
+        .expect("a slot for the newcomer");
+    w.honest_read(i, 512);
+}
