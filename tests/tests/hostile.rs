@@ -454,6 +454,32 @@ fn iscsi_unread_large_reads_and_trickled_writes_leave_a_real_client_served() {
             attack::percentiles(&lat.read)
         );
         i.logout();
+        // A client nobody here wrote, while the attack goes on: QEMU's
+        // iSCSI driver writes patterns and reads them back verified.
+        let mut args = vec!["-f".to_string(), "raw".into(), a.iscsi_url(CLIENT_IQN, 0)];
+        for k in 0..16u64 {
+            let (off, pattern) = ((64 + k) << 20, 0x40 + k);
+            args.extend(["-c".into(), format!("write -P {pattern} {off} 64k")]);
+            args.extend(["-c".into(), format!("read -P {pattern} {off} 64k")]);
+        }
+        let started = Instant::now();
+        let out = retried(
+            &a,
+            &|| {
+                let mut cmd = Command::new("qemu-io");
+                cmd.args(&args);
+                attack::run_bounded(&mut cmd, Duration::from_secs(120), &abort)
+            },
+            &|_| true,
+        )?;
+        if out.contains("failed") || out.matches("read 65536/65536").count() != 16 {
+            return Err(format!("qemu-io over iSCSI:\n{out}"));
+        }
+        println!(
+            "  real client (qemu-io, QEMU's iSCSI driver: 16 x 64k pattern write + verified \
+             read on {CLIENT_IQN}): ok in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         Ok(())
     })();
     let reports = [readers.leave(), writers.leave()];

@@ -99,6 +99,11 @@ const NEEDS: &[Need] = &[
         package: "libiscsi-bin",
     },
     Need {
+        // qemu-io's iSCSI driver: a real client in the hostile-load tests.
+        probe: "/usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so",
+        package: "qemu-block-extra",
+    },
+    Need {
         probe: "tgtd",
         package: "tgt",
     },
