@@ -32,6 +32,7 @@ pub mod pattern;
 mod registry;
 mod rng;
 pub mod stats;
+pub mod sync;
 mod types;
 
 pub use budget::{Account, Budget, Short};
@@ -39,7 +40,7 @@ pub use buf::IoBuf;
 pub use engine::BlockIo;
 pub use malloc::MallocBdev;
 pub use null::NullBdev;
-pub use registry::{BdevId, BdevOptions, QosLimits, Registry, RegistryError};
+pub use registry::{BdevId, BdevOptions, QosLimits, Registry, RegistryError, SharedBdev};
 pub use rng::Rng;
 pub use stats::{IoStats, LatencyHistogram};
 pub use types::{

@@ -4,9 +4,56 @@ use crate::stats::IoStats;
 use crate::types::{BdevInfo, BlockDevice, IoCompletion, IoOp, IoRequest, IoStatus, IoType};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
+use alloc::rc::Rc;
+use core::cell::RefCell;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
+
+/// A device shared between the registry (which still lists it) and the
+/// stacked device that claimed it and drives it.
+pub type SharedBdev = Rc<RefCell<Box<dyn BlockDevice>>>;
+
+/// What the registry holds in place of a claimed device: its description,
+/// kept current through resizes; I/O never reaches it (the registry refuses
+/// requests to claimed devices before they get here).
+struct ClaimedBdev {
+    inner: Option<SharedBdev>,
+    info: BdevInfo,
+}
+
+impl ClaimedBdev {
+    fn placeholder() -> Self {
+        ClaimedBdev {
+            inner: None,
+            info: BdevInfo::in_memory("", "", crate::Uuid::default(), 0, 512),
+        }
+    }
+}
+
+impl BlockDevice for ClaimedBdev {
+    fn info(&self) -> &BdevInfo {
+        &self.info
+    }
+    fn submit(&mut self, req: IoRequest, _now_us: u64) -> Result<(), IoRequest> {
+        Err(req)
+    }
+    fn poll(&mut self, _now_us: u64, _out: &mut Vec<IoCompletion>) -> usize {
+        0
+    }
+    fn in_flight(&self) -> usize {
+        0
+    }
+    fn allocation(&self, lba: u64, blocks: u64) -> Option<Vec<(u64, bool)>> {
+        self.inner.as_ref()?.borrow().allocation(lba, blocks)
+    }
+    fn resize(&mut self, num_blocks: u64) -> Result<(), IoStatus> {
+        let inner = self.inner.as_ref().ok_or(IoStatus::Unsupported)?;
+        inner.borrow_mut().resize(num_blocks)?;
+        self.info = inner.borrow().info().clone();
+        Ok(())
+    }
+}
 
 /// A registered device. Stale ids (of removed devices) find nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -24,6 +71,8 @@ pub enum RegistryError {
     /// The device refused a new size (`Unsupported`: not that size,
     /// `NoMemory`: no memory for it).
     Resize(IoStatus),
+    /// A stacked device (named) owns this one.
+    Claimed(String),
 }
 
 impl fmt::Display for RegistryError {
@@ -36,6 +85,7 @@ impl fmt::Display for RegistryError {
                 write!(f, "the bdev cannot take that size")
             }
             RegistryError::Resize(s) => write!(f, "cannot resize the bdev: {s}"),
+            RegistryError::Claimed(by) => write!(f, "bdev is claimed by {by}"),
         }
     }
 }
@@ -127,6 +177,9 @@ impl Qos {
 
 struct Slot {
     dev: Box<dyn BlockDevice>,
+    /// Set while a stacked device owns this one: `dev` is then a
+    /// [`ClaimedBdev`] and the owner drives the device through the handle.
+    claim: Option<(String, SharedBdev)>,
     qos: Option<Qos>,
     aliases: Vec<String>,
     stats: IoStats,
@@ -290,6 +343,7 @@ impl Registry {
         }
         let slot = Slot {
             dev,
+            claim: None,
             qos: None,
             aliases: Vec::new(),
             stats: IoStats::default(),
@@ -316,6 +370,9 @@ impl Registry {
     /// Unregisters a device with nothing in flight and hands it back.
     pub fn remove(&mut self, id: BdevId) -> Result<Box<dyn BlockDevice>, RegistryError> {
         let slot = self.slot(id).ok_or(RegistryError::NotFound)?;
+        if let Some((by, _)) = &slot.claim {
+            return Err(RegistryError::Claimed(by.clone()));
+        }
         let queued = slot.qos.as_ref().is_some_and(|q| !q.queue.is_empty());
         if queued || slot.dev.in_flight() > 0 || slot.in_flight.iter().any(Option::is_some) {
             return Err(RegistryError::Busy);
@@ -325,6 +382,64 @@ impl Registry {
             .ok_or(RegistryError::NotFound)?;
         self.generations[id.index as usize] += 1;
         Ok(slot.dev)
+    }
+
+    /// Hands a device to a stacked device (`by`: the owner's name, for
+    /// messages). The device keeps its name and shows as claimed; requests
+    /// from anyone else fail, and removal is refused until [`release`].
+    /// The owner submits and polls through the returned handle.
+    ///
+    /// [`release`]: Registry::release
+    pub fn claim(&mut self, id: BdevId, by: &str) -> Result<SharedBdev, RegistryError> {
+        let slot = self.slot(id).ok_or(RegistryError::NotFound)?;
+        if let Some((by, _)) = &slot.claim {
+            return Err(RegistryError::Claimed(by.clone()));
+        }
+        let queued = slot.qos.as_ref().is_some_and(|q| !q.queue.is_empty());
+        if queued || slot.dev.in_flight() > 0 || slot.in_flight.iter().any(Option::is_some) {
+            return Err(RegistryError::Busy);
+        }
+        let slot = self.slot_mut(id).ok_or(RegistryError::NotFound)?;
+        let info = slot.dev.info().clone();
+        let dev = core::mem::replace(&mut slot.dev, Box::new(ClaimedBdev::placeholder()));
+        let shared: SharedBdev = Rc::new(RefCell::new(dev));
+        slot.dev = Box::new(ClaimedBdev {
+            inner: Some(shared.clone()),
+            info,
+        });
+        slot.claim = Some((by.into(), shared.clone()));
+        Ok(shared)
+    }
+
+    /// Ends a claim: the device serves requests through the registry again.
+    /// The owner must have dropped every handle but the one it passes back.
+    pub fn release(&mut self, id: BdevId, handle: SharedBdev) -> Result<(), RegistryError> {
+        let slot = self.slot_mut(id).ok_or(RegistryError::NotFound)?;
+        let Some((by, own)) = slot.claim.take() else {
+            return Ok(());
+        };
+        drop(own);
+        slot.dev = Box::new(ClaimedBdev::placeholder());
+        match Rc::try_unwrap(handle) {
+            Ok(cell) => {
+                slot.dev = cell.into_inner();
+                Ok(())
+            }
+            Err(handle) => {
+                let info = handle.borrow().info().clone();
+                slot.dev = Box::new(ClaimedBdev {
+                    inner: Some(handle.clone()),
+                    info,
+                });
+                slot.claim = Some((by.clone(), handle));
+                Err(RegistryError::Claimed(by))
+            }
+        }
+    }
+
+    /// Who owns the device, if a stacked device claimed it.
+    pub fn claimed_by(&self, id: BdevId) -> Option<&str> {
+        self.slot(id)?.claim.as_ref().map(|(by, _)| by.as_str())
     }
 
     pub fn add_alias(&mut self, id: BdevId, alias: &str) -> Result<(), RegistryError> {
@@ -361,6 +476,16 @@ impl Registry {
         self.slot(id).map(|s| s.dev.info())
     }
 
+    /// Drops an alias; false if the device had no such alias.
+    pub fn remove_alias(&mut self, id: BdevId, alias: &str) -> bool {
+        let Some(slot) = self.slot_mut(id) else {
+            return false;
+        };
+        let before = slot.aliases.len();
+        slot.aliases.retain(|a| a != alias);
+        slot.aliases.len() != before
+    }
+
     pub fn aliases(&self, id: BdevId) -> &[String] {
         self.slot(id).map_or(&[], |s| s.aliases.as_slice())
     }
@@ -395,6 +520,20 @@ impl Registry {
             return Ok(());
         }
         slot.dev.resize(num_blocks).map_err(RegistryError::Resize)
+    }
+
+    /// Re-reads the size of a claimed device after its owner or the
+    /// hardware changed it.
+    pub fn refresh_claimed(&mut self, id: BdevId) {
+        if let Some(slot) = self.slot_mut(id)
+            && let Some((_, h)) = &slot.claim
+        {
+            let info = h.borrow().info().clone();
+            slot.dev = Box::new(ClaimedBdev {
+                inner: Some(h.clone()),
+                info,
+            });
+        }
     }
 
     /// Sets (or with all zeroes, lifts) the rate limits of a bdev.
@@ -435,7 +574,11 @@ impl Registry {
             self.rejected.push_back((id, c, io_type));
             return Ok(());
         };
-        if let Err(status) = validate(slot.dev.info(), &req.op) {
+        let checked = match slot.claim {
+            Some(_) => Err(IoStatus::Claimed),
+            None => validate(slot.dev.info(), &req.op),
+        };
+        if let Err(status) = checked {
             let c = IoCompletion {
                 tag: req.tag,
                 status,

@@ -268,6 +268,9 @@ pub enum IoStatus {
     /// The device failed and was stopped.
     DeviceFailed,
     NoMemory,
+    /// The device belongs to a stacked device (a volume store, a
+    /// pass-through) and takes no requests from anyone else.
+    Claimed,
 }
 
 impl IoStatus {
@@ -289,6 +292,7 @@ impl fmt::Display for IoStatus {
             IoStatus::Timeout => write!(f, "device timed out"),
             IoStatus::DeviceFailed => write!(f, "device failed"),
             IoStatus::NoMemory => write!(f, "out of memory"),
+            IoStatus::Claimed => write!(f, "device is claimed by another bdev"),
         }
     }
 }

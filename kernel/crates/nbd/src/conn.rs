@@ -131,7 +131,10 @@ fn errno_of(s: IoStatus) -> u32 {
         IoStatus::Unsupported => errno::ENOTSUP,
         IoStatus::ReadOnly => errno::EPERM,
         IoStatus::NoMemory => errno::ENOMEM,
-        IoStatus::DeviceError(_) | IoStatus::Timeout | IoStatus::DeviceFailed => errno::EIO,
+        IoStatus::DeviceError(_)
+        | IoStatus::Timeout
+        | IoStatus::DeviceFailed
+        | IoStatus::Claimed => errno::EIO,
     }
 }
 

@@ -1309,7 +1309,9 @@ pub(crate) fn io_status(s: IoStatus, write: bool) -> Status {
         IoStatus::ReadOnly => crate::io::WRITE_PROTECTED,
         IoStatus::DeviceError(_) if write => Status::WRITE_FAULT,
         IoStatus::DeviceError(_) => Status::UNRECOVERED_READ,
-        IoStatus::Timeout | IoStatus::DeviceFailed => Status::DATA_TRANSFER_ERROR,
+        IoStatus::Timeout | IoStatus::DeviceFailed | IoStatus::Claimed => {
+            Status::DATA_TRANSFER_ERROR
+        }
         IoStatus::NoMemory => Status::INTERNAL,
     }
 }

@@ -277,7 +277,7 @@ fn bdev_json(m: &Model<'_>, id: ironbay_bdev::BdevId) -> Option<Value> {
         "block_size": b.block_size,
         "num_blocks": b.num_blocks,
         "uuid": b.uuid.to_string(),
-        "claimed": false,
+        "claimed": m.bdevs.claimed_by(id).is_some(),
         "zoned": false,
         "supported_io_types": {
             "read": io(IoType::Read), "write": io(IoType::Write), "unmap": io(IoType::Unmap),

@@ -487,6 +487,8 @@ pub(super) fn io_failure(s: IoStatus, phase: &Phase) -> Failure {
         IoStatus::DeviceError(_) if write => Sense::new(key::MEDIUM_ERROR, asc::WRITE_ERROR),
         IoStatus::DeviceError(_) => Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR),
         IoStatus::Timeout => Sense::new(key::ABORTED_COMMAND, asc::LU_COMMUNICATION_TIMEOUT),
-        IoStatus::DeviceFailed => Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE),
+        IoStatus::DeviceFailed | IoStatus::Claimed => {
+            Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE)
+        }
     })
 }
