@@ -29,6 +29,7 @@ pub mod engine;
 mod malloc;
 mod null;
 pub mod pattern;
+pub mod powercut;
 mod registry;
 mod rng;
 pub mod stats;
