@@ -86,6 +86,35 @@ pub fn read(
     run(dev, IoOp::Read { lba, buf }, false, clock, others)?.ok_or(IoStatus::DeviceFailed)
 }
 
+/// Reads into `out` (a whole number of blocks) at `lba`, split to the
+/// device's largest transfer.
+pub fn read_into(
+    dev: &mut dyn BlockDevice,
+    lba: u64,
+    out: &mut [u8],
+    clock: Clock<'_>,
+    others: &mut Vec<IoCompletion>,
+) -> Result<(), IoStatus> {
+    let bs = dev.info().block_size as usize;
+    let chunk = (dev.info().max_transfer as usize / bs).max(1) * bs;
+    let mut buf: Option<IoBuf> = None;
+    for (i, part) in out.chunks_mut(chunk).enumerate() {
+        let b = match buf.take() {
+            Some(mut b) if b.capacity() >= part.len() => {
+                b.set_len(part.len());
+                b
+            }
+            _ => IoBuf::try_new(part.len()).ok_or(IoStatus::NoMemory)?,
+        };
+        let at = lba + (i * chunk / bs) as u64;
+        let b = run(dev, IoOp::Read { lba: at, buf: b }, false, clock, others)?
+            .ok_or(IoStatus::DeviceFailed)?;
+        part.copy_from_slice(b.as_slice());
+        buf = Some(b);
+    }
+    Ok(())
+}
+
 /// Writes `data` (a whole number of blocks) at `lba`, split to the device's
 /// largest transfer.
 pub fn write(

@@ -126,7 +126,7 @@ const BASE_ALLOCATION: &str = "base:allocation";
 fn errno_of(s: IoStatus) -> u32 {
     match s {
         IoStatus::Success => 0,
-        IoStatus::OutOfRange => errno::ENOSPC,
+        IoStatus::OutOfRange | IoStatus::NoSpace => errno::ENOSPC,
         IoStatus::Misaligned | IoStatus::TooLarge => errno::EINVAL,
         IoStatus::Unsupported => errno::ENOTSUP,
         IoStatus::ReadOnly => errno::EPERM,

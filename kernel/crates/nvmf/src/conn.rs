@@ -1307,6 +1307,7 @@ pub(crate) fn io_status(s: IoStatus, write: bool) -> Status {
         IoStatus::Misaligned | IoStatus::TooLarge => Status::INVALID_FIELD,
         IoStatus::Unsupported => Status::INVALID_OPCODE,
         IoStatus::ReadOnly => crate::io::WRITE_PROTECTED,
+        IoStatus::NoSpace => Status::CAPACITY_EXCEEDED,
         IoStatus::DeviceError(_) if write => Status::WRITE_FAULT,
         IoStatus::DeviceError(_) => Status::UNRECOVERED_READ,
         IoStatus::Timeout | IoStatus::DeviceFailed | IoStatus::Claimed => {

@@ -483,6 +483,7 @@ pub(super) fn io_failure(s: IoStatus, phase: &Phase) -> Failure {
             Sense::illegal(asc::INVALID_FIELD_IN_CDB)
         }
         IoStatus::ReadOnly => Sense::write_protected(),
+        IoStatus::NoSpace => Sense::new(key::DATA_PROTECT, asc::SPACE_ALLOCATION_FAILED),
         IoStatus::NoMemory => return Failure::Status(status::BUSY),
         IoStatus::DeviceError(_) if write => Sense::new(key::MEDIUM_ERROR, asc::WRITE_ERROR),
         IoStatus::DeviceError(_) => Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR),

@@ -32,6 +32,7 @@ pub mod asc {
     pub const INVALID_FIELD_IN_PARAMETER_LIST: (u8, u8) = (0x26, 0x00);
     pub const INVALID_RELEASE_OF_PERSISTENT_RESERVATION: (u8, u8) = (0x26, 0x04);
     pub const WRITE_PROTECTED: (u8, u8) = (0x27, 0x00);
+    pub const SPACE_ALLOCATION_FAILED: (u8, u8) = (0x27, 0x07);
     pub const POWER_ON_RESET: (u8, u8) = (0x29, 0x00);
     pub const BUS_DEVICE_RESET: (u8, u8) = (0x29, 0x03);
     pub const MODE_PARAMETERS_CHANGED: (u8, u8) = (0x2a, 0x01);

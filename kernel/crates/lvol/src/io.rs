@@ -1,0 +1,515 @@
+//! The data path: volume requests mapped onto the base device.
+//!
+//! Requests whose clusters are all in place go to the base device without
+//! waiting: one request when the range is contiguous on the base (the
+//! caller's buffer moves through untouched), else one per extent with its
+//! own buffer. Writes that need a cluster allocated (thin volumes, clones)
+//! and unmaps that free clusters change metadata; they run to completion
+//! before `submit` returns, so no two allocations race and no freed cluster
+//! can still be read or written by a request in flight.
+
+use crate::Error;
+use crate::store::Core;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec;
+use alloc::vec::Vec;
+use ironbay_bdev::sync;
+use ironbay_bdev::{IoBuf, IoCompletion, IoOp, IoRequest, IoStatus, IoType};
+
+/// A volume request being served.
+pub(crate) struct Parent {
+    vol: u32,
+    tag: u64,
+    /// The caller's buffer while children use their own.
+    buf: Option<IoBuf>,
+    left: u32,
+    status: IoStatus,
+    /// Whether the caller gets a buffer back (not for write zeroes, whose
+    /// zero buffer is ours).
+    give_back: bool,
+}
+
+/// A base request serving (part of) a volume request.
+pub(crate) struct Child {
+    parent: u32,
+    /// Where its data sits in the parent's buffer.
+    offset: usize,
+    /// Carries its own buffer (else the parent's, moved through).
+    own: bool,
+    read: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Router {
+    parents: Vec<Option<Parent>>,
+    free: Vec<u32>,
+    children: BTreeMap<u64, Child>,
+    next_tag: u64,
+    /// Base requests refused for a full queue, retried at the next poll.
+    pending: VecDeque<IoRequest>,
+    pub(crate) done: BTreeMap<u32, VecDeque<IoCompletion>>,
+    /// Volume requests not yet complete, per volume.
+    open: BTreeMap<u32, usize>,
+}
+
+/// A piece of a volume range within one cluster.
+struct Piece {
+    /// Byte offset in the request's buffer.
+    offset: usize,
+    bytes: usize,
+    /// Volume cluster and the block within it.
+    idx: u64,
+    block_in: u64,
+}
+
+impl Router {
+    pub(crate) fn in_flight(&self, vol: u32) -> usize {
+        self.open.get(&vol).copied().unwrap_or(0) + self.done.get(&vol).map_or(0, |d| d.len())
+    }
+
+    pub(crate) fn busy(&self) -> bool {
+        !self.children.is_empty() || !self.pending.is_empty()
+    }
+
+    fn tag(&mut self) -> u64 {
+        self.next_tag = self.next_tag.wrapping_add(1);
+        if self.next_tag == sync::SYNC_TAG || self.next_tag == 0 {
+            self.next_tag = 1;
+        }
+        self.next_tag
+    }
+
+    fn open_parent(&mut self, vol: u32, tag: u64, buf: Option<IoBuf>) -> u32 {
+        let p = Parent {
+            vol,
+            tag,
+            buf,
+            left: 0,
+            status: IoStatus::Success,
+            give_back: true,
+        };
+        *self.open.entry(vol).or_default() += 1;
+        match self.free.pop() {
+            Some(i) => {
+                self.parents[i as usize] = Some(p);
+                i
+            }
+            None => {
+                self.parents.push(Some(p));
+                (self.parents.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Completes a parent whose children are all back (or that had none).
+    fn finish(&mut self, i: u32) {
+        let Some(p) = self.parents.get_mut(i as usize).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(i);
+        if let Some(n) = self.open.get_mut(&p.vol) {
+            *n = n.saturating_sub(1);
+        }
+        self.done.entry(p.vol).or_default().push_back(IoCompletion {
+            tag: p.tag,
+            status: p.status,
+            buf: if p.give_back { p.buf } else { None },
+        });
+    }
+
+    /// Completes a volume request at once.
+    pub(crate) fn complete(&mut self, vol: u32, tag: u64, status: IoStatus, buf: Option<IoBuf>) {
+        let i = self.open_parent(vol, tag, buf);
+        if let Some(Some(p)) = self.parents.get_mut(i as usize) {
+            p.status = status;
+        }
+        self.finish(i);
+    }
+
+    /// The caller of the newest request of `vol` gets no buffer back.
+    fn keep_buffer(&mut self, vol: u32, tag: u64) {
+        for p in self.parents.iter_mut().flatten() {
+            if p.vol == vol && p.tag == tag {
+                p.give_back = false;
+            }
+        }
+        if let Some(c) = self.done.get_mut(&vol).and_then(|d| d.back_mut())
+            && c.tag == tag
+        {
+            c.buf = None;
+        }
+    }
+
+    fn child(&mut self, parent: u32, offset: usize, own: bool, read: bool, op: IoOp) {
+        let tag = self.tag();
+        self.children.insert(
+            tag,
+            Child {
+                parent,
+                offset,
+                own,
+                read,
+            },
+        );
+        if let Some(Some(p)) = self.parents.get_mut(parent as usize) {
+            p.left += 1;
+        }
+        self.pending.push_back(IoRequest {
+            tag,
+            op,
+            fua: false,
+        });
+    }
+
+    /// Takes a base completion.
+    pub(crate) fn route(&mut self, c: IoCompletion) {
+        let Some(ch) = self.children.remove(&c.tag) else {
+            return;
+        };
+        let Some(Some(p)) = self.parents.get_mut(ch.parent as usize) else {
+            return;
+        };
+        if !c.status.is_ok() && p.status.is_ok() {
+            p.status = c.status;
+        }
+        match (ch.own, c.buf) {
+            (true, Some(b)) if ch.read => {
+                if let Some(dst) = p.buf.as_mut() {
+                    let d = dst.as_mut_slice();
+                    let end = (ch.offset + b.len()).min(d.len());
+                    d[ch.offset..end].copy_from_slice(&b.as_slice()[..end - ch.offset]);
+                }
+            }
+            (false, Some(b)) => p.buf = Some(b),
+            _ => {}
+        }
+        p.left -= 1;
+        if p.left == 0 {
+            self.finish(ch.parent);
+        }
+    }
+}
+
+impl Core {
+    /// Splits a volume range into per-cluster pieces.
+    fn pieces(&self, lba: u64, blocks: u64) -> Vec<Piece> {
+        let bs = self.meta.layout.block_size as u64;
+        let cb = self.cluster_blocks();
+        let mut out = Vec::new();
+        let (mut at, end) = (lba, lba + blocks);
+        while at < end {
+            let idx = at / cb;
+            let block_in = at % cb;
+            let n = (cb - block_in).min(end - at);
+            out.push(Piece {
+                offset: ((at - lba) * bs) as usize,
+                bytes: (n * bs) as usize,
+                idx,
+                block_in,
+            });
+            at += n;
+        }
+        out
+    }
+
+    /// Base LBA of block `block_in` of store cluster `c`.
+    pub(crate) fn base_lba(&self, c: u64, block_in: u64) -> u64 {
+        let l = &self.meta.layout;
+        l.data / l.block_size as u64 + c * self.cluster_blocks() + block_in
+    }
+
+    pub(crate) fn submit(&mut self, vol: u32, req: IoRequest) {
+        let tag = req.tag;
+        match req.op {
+            IoOp::Flush => {
+                let p = self.router.open_parent(vol, tag, None);
+                self.router.child(p, 0, false, false, IoOp::Flush);
+            }
+            IoOp::Read { lba, buf } => self.read(vol, tag, lba, buf),
+            IoOp::Write { lba, buf } => self.write(vol, tag, lba, buf),
+            IoOp::WriteZeroes { lba, blocks } => {
+                let bytes = blocks as usize * self.meta.layout.block_size as usize;
+                match IoBuf::try_new(bytes) {
+                    Some(buf) => {
+                        self.write(vol, tag, lba, buf);
+                        self.router.keep_buffer(vol, tag);
+                    }
+                    None => self.router.complete(vol, tag, IoStatus::NoMemory, None),
+                }
+            }
+            IoOp::Unmap { lba, blocks } => {
+                let status = match self.unmap(vol, lba, blocks as u64) {
+                    Ok(()) => IoStatus::Success,
+                    Err(e) => e.io_status(),
+                };
+                self.router.complete(vol, tag, status, None);
+            }
+        }
+        self.kick();
+    }
+
+    fn read(&mut self, vol: u32, tag: u64, lba: u64, mut buf: IoBuf) {
+        let bs = self.meta.layout.block_size as u64;
+        let pieces = self.pieces(lba, buf.len() as u64 / bs);
+        // Extents on the base: (buffer offset, bytes, base lba).
+        let mut extents: Vec<(usize, usize, u64)> = Vec::new();
+        for pc in &pieces {
+            match self.meta.state.resolve(vol, pc.idx) {
+                Some(c) => {
+                    let at = self.base_lba(c, pc.block_in);
+                    match extents.last_mut() {
+                        Some((o, n, b)) if *o + *n == pc.offset && *b + (*n as u64 / bs) == at => {
+                            *n += pc.bytes
+                        }
+                        _ => extents.push((pc.offset, pc.bytes, at)),
+                    }
+                }
+                None => buf.as_mut_slice()[pc.offset..pc.offset + pc.bytes].fill(0),
+            }
+        }
+        if extents.len() == 1 && extents[0].1 == buf.len() {
+            let p = self.router.open_parent(vol, tag, None);
+            let lba = extents[0].2;
+            self.router
+                .child(p, 0, false, true, IoOp::Read { lba, buf });
+            return;
+        }
+        let mut bufs = Vec::new();
+        for &(_, n, _) in &extents {
+            match IoBuf::try_new(n) {
+                Some(b) => bufs.push(b),
+                None => return self.router.complete(vol, tag, IoStatus::NoMemory, Some(buf)),
+            }
+        }
+        let p = self.router.open_parent(vol, tag, Some(buf));
+        for ((o, _, lba), b) in extents.into_iter().zip(bufs) {
+            self.router
+                .child(p, o, true, true, IoOp::Read { lba, buf: b });
+        }
+        if self.router.parents[p as usize]
+            .as_ref()
+            .is_some_and(|x| x.left == 0)
+        {
+            self.router.finish(p);
+        }
+    }
+
+    fn write(&mut self, vol: u32, tag: u64, lba: u64, buf: IoBuf) {
+        let bs = self.meta.layout.block_size as u64;
+        let pieces = self.pieces(lba, buf.len() as u64 / bs);
+        let Some(v) = self.meta.state.volumes.get(&vol) else {
+            return self.router.complete(vol, tag, IoStatus::DeviceFailed, Some(buf));
+        };
+        if pieces.iter().any(|pc| !v.map.contains_key(&pc.idx)) {
+            let status = match self.write_allocating(vol, &pieces, buf.as_slice()) {
+                Ok(()) => IoStatus::Success,
+                Err(e) => e.io_status(),
+            };
+            return self.router.complete(vol, tag, status, Some(buf));
+        }
+        let mut extents: Vec<(usize, usize, u64)> = Vec::new();
+        for pc in &pieces {
+            let at = self.base_lba(v.map[&pc.idx], pc.block_in);
+            match extents.last_mut() {
+                Some((o, n, b)) if *o + *n == pc.offset && *b + (*n as u64 / bs) == at => {
+                    *n += pc.bytes
+                }
+                _ => extents.push((pc.offset, pc.bytes, at)),
+            }
+        }
+        if extents.len() == 1 {
+            let p = self.router.open_parent(vol, tag, None);
+            let lba = extents[0].2;
+            self.router
+                .child(p, 0, false, false, IoOp::Write { lba, buf });
+            return;
+        }
+        let mut bufs = Vec::new();
+        for &(o, n, _) in &extents {
+            match IoBuf::try_new(n) {
+                Some(mut b) => {
+                    b.as_mut_slice().copy_from_slice(&buf.as_slice()[o..o + n]);
+                    bufs.push(b);
+                }
+                None => return self.router.complete(vol, tag, IoStatus::NoMemory, Some(buf)),
+            }
+        }
+        let p = self.router.open_parent(vol, tag, Some(buf));
+        for ((o, _, lba), b) in extents.into_iter().zip(bufs) {
+            self.router
+                .child(p, o, true, false, IoOp::Write { lba, buf: b });
+        }
+    }
+
+    /// A write that needs clusters: each new cluster is written whole (the
+    /// volume's current view of it, merged with the new data), made
+    /// durable, and only then mapped by a journal record.
+    fn write_allocating(&mut self, vol: u32, pieces: &[Piece], data: &[u8]) -> Result<(), Error> {
+        let bs = self.meta.layout.block_size as usize;
+        let csize = self.meta.layout.cluster_size as usize;
+        let mut fresh: Vec<(u64, u64)> = Vec::new();
+        let result = (|| {
+            for pc in pieces {
+                let owned = self.meta.state.volumes[&vol].map.get(&pc.idx).copied();
+                match owned {
+                    Some(c) => {
+                        let at = self.base_lba(c, pc.block_in);
+                        self.with_base(|dev, clock, others| {
+                            sync::write(dev, at, &data[pc.offset..pc.offset + pc.bytes], clock, others)
+                        })?;
+                    }
+                    None => {
+                        let c = self
+                            .meta
+                            .clusters
+                            .take(1)
+                            .and_then(|v| v.first().copied())
+                            .ok_or(Error::NoSpace)?;
+                        fresh.push((pc.idx, c));
+                        let mut whole = Vec::new();
+                        whole
+                            .try_reserve_exact(csize)
+                            .map_err(|_| Error::Io(IoStatus::NoMemory))?;
+                        whole.resize(csize, 0);
+                        if pc.bytes < csize
+                            && let Some(src) = self.meta.state.resolve(vol, pc.idx)
+                        {
+                            let at = self.base_lba(src, 0);
+                            self.with_base(|dev, clock, others| {
+                                sync::read_into(dev, at, &mut whole, clock, others)
+                            })?;
+                        }
+                        let off = pc.block_in as usize * bs;
+                        whole[off..off + pc.bytes]
+                            .copy_from_slice(&data[pc.offset..pc.offset + pc.bytes]);
+                        let at = self.base_lba(c, 0);
+                        self.with_base(|dev, clock, others| {
+                            sync::write(dev, at, &whole, clock, others)
+                        })?;
+                    }
+                }
+            }
+            // New clusters hold their data before anything points at them.
+            self.with_base(sync::flush)?;
+            self.commit(&[crate::format::Change::Map(vol, fresh.clone())])
+        })();
+        if result.is_err() {
+            for &(_, c) in &fresh {
+                self.meta.clusters.release(c);
+            }
+        }
+        result
+    }
+
+    /// Unmap: whole clusters of a thin volume are released; other ranges the
+    /// volume owns are zeroed on the base; ranges it does not own already
+    /// read as zeroes (or as its parent, which unmap leaves alone).
+    fn unmap(&mut self, vol: u32, lba: u64, blocks: u64) -> Result<(), Error> {
+        let cb = self.cluster_blocks();
+        let pieces = self.pieces(lba, blocks);
+        let v = &self.meta.state.volumes[&vol];
+        let thin = v.thin;
+        let mut release = Vec::new();
+        let mut zero = Vec::new();
+        for pc in &pieces {
+            if let Some(&c) = v.map.get(&pc.idx) {
+                let n = pc.bytes as u64 / self.meta.layout.block_size as u64;
+                if thin && n == cb {
+                    release.push((pc.idx, c));
+                } else {
+                    zero.push((self.base_lba(c, pc.block_in), n));
+                }
+            }
+        }
+        for (at, n) in zero {
+            self.zero(at, n)?;
+        }
+        if !release.is_empty() {
+            // Nothing in flight may still touch a cluster about to be freed.
+            self.drain()?;
+            let idx: Vec<u64> = release.iter().map(|r| r.0).collect();
+            self.commit(&[crate::format::Change::Unmap(vol, idx)])?;
+            for (_, c) in release {
+                self.meta.clusters.release(c);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `n` base blocks at `at` read as zeroes, the cheapest way the
+    /// base offers.
+    pub(crate) fn zero(&mut self, at: u64, n: u64) -> Result<(), Error> {
+        let info = self.base.borrow().info().clone();
+        let bs = info.block_size as u64;
+        let (op_type, max) = if info.unmap_zeroes && info.io_types.contains(IoType::Unmap) {
+            (Some(IoType::Unmap), info.max_unmap_blocks as u64)
+        } else if info.io_types.contains(IoType::WriteZeroes) {
+            (Some(IoType::WriteZeroes), info.max_write_zeroes_blocks as u64)
+        } else {
+            (None, (info.max_transfer as u64 / bs).max(1))
+        };
+        let max = max.clamp(1, u32::MAX as u64);
+        let mut done = 0;
+        while done < n {
+            let k = (n - done).min(max);
+            let lba = at + done;
+            match op_type {
+                Some(IoType::Unmap) => self.with_base(|dev, clock, others| {
+                    sync::run(dev, IoOp::Unmap { lba, blocks: k as u32 }, false, clock, others)
+                        .map(|_| ())
+                })?,
+                Some(_) => self.with_base(|dev, clock, others| {
+                    sync::run(
+                        dev,
+                        IoOp::WriteZeroes { lba, blocks: k as u32 },
+                        false,
+                        clock,
+                        others,
+                    )
+                    .map(|_| ())
+                })?,
+                None => {
+                    let z = vec![0u8; (k * bs) as usize];
+                    self.with_base(|dev, clock, others| sync::write(dev, lba, &z, clock, others))?
+                }
+            }
+            done += k;
+        }
+        Ok(())
+    }
+
+    /// Hands queued base requests to the base device.
+    pub(crate) fn kick(&mut self) {
+        let mut base = self.base.borrow_mut();
+        let now = (self.clock)();
+        while let Some(req) = self.router.pending.pop_front() {
+            if let Err(back) = base.submit(req, now) {
+                self.router.pending.push_front(back);
+                break;
+            }
+        }
+    }
+
+    /// Collects base completions and retries queued requests.
+    pub(crate) fn pump(&mut self) {
+        let now = (self.clock)();
+        let mut got = Vec::new();
+        self.base.borrow_mut().poll(now, &mut got);
+        for c in got {
+            self.router.route(c);
+        }
+        self.kick();
+    }
+
+    /// Waits until no base request is in flight.
+    pub(crate) fn drain(&mut self) -> Result<(), Error> {
+        let start = (self.clock)();
+        while self.router.busy() {
+            self.pump();
+            if (self.clock)().saturating_sub(start) > 60_000_000 {
+                return Err(Error::Io(IoStatus::Timeout));
+            }
+        }
+        Ok(())
+    }
+}
