@@ -205,6 +205,7 @@ impl Storage {
                 initialized: &mut initialized,
                 shutdown: &mut shutdown,
                 bench: None,
+                config_store: None,
             };
             match ironbay_rpc::methods::call(&mut model, &call.method, &call.params) {
                 Ok(r) => log::info!("{subsystem}: {} -> {r}", call.method),

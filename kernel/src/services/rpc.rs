@@ -189,6 +189,7 @@ impl Rpc {
                     initialized: &mut self.initialized,
                     shutdown: &mut self.shutdown,
                     bench: Some(&mut self.bench_request),
+                    config_store: None,
                 };
                 let _ = s.recv(|b| {
                     session.handle_input(b, &mut model);

@@ -31,6 +31,8 @@ pub use ironbay_iscsi as iscsi;
 /// The NVMe-oF engine's types, for front ends.
 pub use ironbay_nvmf as nvmf;
 
+pub mod persist;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The request itself is wrong: a bad value, an unknown name.
@@ -133,6 +135,9 @@ pub struct Model<'a> {
     /// Where a benchmark request is left; the caller runs it and reports when
     /// it ends. `None`: not offered.
     pub bench: Option<&'a mut Option<BenchSpec>>,
+    /// The config store (the bdev the configuration is saved to), where
+    /// the caller keeps one.
+    pub config_store: Option<&'a mut persist::ConfigStore>,
 }
 
 /// The RAM-backed bdev kinds.
@@ -780,6 +785,7 @@ mod tests {
             initialized: &mut init,
             shutdown: &mut down,
             bench: None,
+            config_store: None,
         };
         f(&mut m);
         (reg, exports)
@@ -906,6 +912,7 @@ mod tests {
             initialized: &mut init,
             shutdown: &mut down,
             bench: Some(&mut slot),
+            config_store: None,
         };
         m.create_ram_bdev(ram(RamKind::Malloc, Some("M"), 64, 4096))
             .unwrap();
@@ -951,6 +958,7 @@ mod tests {
             initialized: &mut init,
             shutdown: &mut down,
             bench: None,
+            config_store: None,
         };
         f(&mut m);
         (reg, exports, target)
@@ -1076,6 +1084,7 @@ mod tests {
             initialized: &mut init,
             shutdown: &mut down,
             bench: None,
+            config_store: None,
         };
         m.create_ram_bdev(ram(RamKind::Malloc, Some("M"), 64, 512))
             .unwrap();

@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 mod iscsi;
 mod nvmf;
 mod params;
+pub mod persist;
 
 /// JSON-RPC error codes as SPDK uses them.
 pub mod code {
@@ -139,6 +140,9 @@ pub static METHODS: &[Method] = table![
     "nvmf_subsystem_get_qpairs" [] (false, true) => nvmf::get_qpairs,
     "nvmf_subsystem_get_listeners" [] (false, true) => nvmf::get_listeners,
     "nvmf_get_stats" [] (false, true) => nvmf::get_stats,
+    "config_store_set" [] (false, true) => persist::set,
+    "config_store_get" [] (false, true) => persist::get,
+    "config_store_clear" [] (false, true) => persist::clear,
     "spdk_kill_instance" ["kill_instance"] BOTH => spdk_kill_instance,
     "bdevperf_run" ["perform_tests"] (false, true) => bdevperf_run,
 ];
@@ -240,6 +244,24 @@ fn bdev_config(m: &Model<'_>) -> Vec<Value> {
                 "name": b.name, "num_blocks": b.num_blocks, "block_size": b.block_size, "uuid": b.uuid.to_string()
             }
         }));
+    }
+    // QoS limits, on RAM and hardware bdevs alike (after the creates).
+    for id in m.bdevs.ids() {
+        let (Some(b), q) = (m.bdevs.info(id), m.bdevs.qos(id)) else {
+            continue;
+        };
+        if !q.is_unlimited() {
+            calls.push(json!({
+                "method": "bdev_set_qos_limit",
+                "params": {
+                    "name": b.name,
+                    "rw_ios_per_sec": q.ios_per_sec,
+                    "rw_mbytes_per_sec": q.bytes_per_sec / 1_000_000,
+                    "r_mbytes_per_sec": q.read_bytes_per_sec / 1_000_000,
+                    "w_mbytes_per_sec": q.write_bytes_per_sec / 1_000_000
+                }
+            }));
+        }
     }
     calls
 }

@@ -83,6 +83,10 @@ fn run(data: &[u8]) -> Vec<Value> {
         .unwrap();
     reg.add(Box::new(NullBdev::new("Null0", 1024, 4096)))
         .unwrap();
+    // Room for a config area; a null bdev, so it costs no memory.
+    reg.add(Box::new(NullBdev::new("Store0", 768, 4096)))
+        .unwrap();
+    let mut store = ironbay_model::persist::ConfigStore::new(|| 0);
     let mut exports = Exports::default();
     let info = reg.info(malloc).unwrap().clone();
     exports
@@ -105,6 +109,7 @@ fn run(data: &[u8]) -> Vec<Value> {
             initialized: &mut initialized,
             shutdown: &mut shutdown,
             bench: Some(&mut bench),
+            config_store: Some(&mut store),
         };
         s.handle_input(input, &mut model);
         if let Some(spec) = bench.take() {

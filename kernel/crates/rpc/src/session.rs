@@ -521,6 +521,7 @@ mod tests {
                 initialized: &mut self.init,
                 shutdown: &mut self.down,
                 bench: Some(&mut self.bench),
+                config_store: None,
             }
         }
 

@@ -97,6 +97,10 @@ fuzz_target!(|data: &[u8]| {
         .unwrap();
     reg.add(Box::new(NullBdev::new("Null0", 1024, 4096)))
         .unwrap();
+    // Room for a config area; a null bdev, so it costs no memory.
+    reg.add(Box::new(NullBdev::new("Store0", 768, 4096)))
+        .unwrap();
+    let mut store = ironbay_model::persist::ConfigStore::new(|| 0);
     let mut exports = Exports::default();
     let info = reg.info(malloc).unwrap().clone();
     exports
@@ -120,6 +124,7 @@ fuzz_target!(|data: &[u8]| {
             initialized: &mut initialized,
             shutdown: &mut shutdown,
             bench: Some(&mut bench),
+            config_store: Some(&mut store),
         };
         let before = s.poll_output().len();
         s.handle_input(input, &mut model);

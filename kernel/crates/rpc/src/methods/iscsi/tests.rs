@@ -40,6 +40,7 @@ impl World {
             initialized: &mut self.init,
             shutdown: &mut self.down,
             bench: None,
+            config_store: None,
         };
         for r in requests {
             s.handle_input(r.as_bytes(), &mut m);
