@@ -52,6 +52,11 @@ impl PowerCutBdev {
         self.disk
     }
 
+    /// The disk under the cut, which still reads after power is gone.
+    pub fn disk_mut(&mut self) -> &mut MallocBdev {
+        &mut self.disk
+    }
+
     fn fail(&mut self, req: IoRequest) {
         self.done.push_back(IoCompletion {
             tag: req.tag,
@@ -151,6 +156,10 @@ impl BlockDevice for PowerCutBdev {
 
     fn resize(&mut self, num_blocks: u64) -> Result<(), IoStatus> {
         self.disk.resize(num_blocks)
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn core::any::Any> {
+        Some(self)
     }
 }
 

@@ -278,7 +278,11 @@ impl Core {
         for &(_, n, _) in &extents {
             match IoBuf::try_new(n) {
                 Some(b) => bufs.push(b),
-                None => return self.router.complete(vol, tag, IoStatus::NoMemory, Some(buf)),
+                None => {
+                    return self
+                        .router
+                        .complete(vol, tag, IoStatus::NoMemory, Some(buf));
+                }
             }
         }
         let p = self.router.open_parent(vol, tag, Some(buf));
@@ -298,7 +302,9 @@ impl Core {
         let bs = self.meta.layout.block_size as u64;
         let pieces = self.pieces(lba, buf.len() as u64 / bs);
         let Some(v) = self.meta.state.volumes.get(&vol) else {
-            return self.router.complete(vol, tag, IoStatus::DeviceFailed, Some(buf));
+            return self
+                .router
+                .complete(vol, tag, IoStatus::DeviceFailed, Some(buf));
         };
         if pieces.iter().any(|pc| !v.map.contains_key(&pc.idx)) {
             let status = match self.write_allocating(vol, &pieces, buf.as_slice()) {
@@ -331,7 +337,11 @@ impl Core {
                     b.as_mut_slice().copy_from_slice(&buf.as_slice()[o..o + n]);
                     bufs.push(b);
                 }
-                None => return self.router.complete(vol, tag, IoStatus::NoMemory, Some(buf)),
+                None => {
+                    return self
+                        .router
+                        .complete(vol, tag, IoStatus::NoMemory, Some(buf));
+                }
             }
         }
         let p = self.router.open_parent(vol, tag, Some(buf));
@@ -355,7 +365,13 @@ impl Core {
                     Some(c) => {
                         let at = self.base_lba(c, pc.block_in);
                         self.with_base(|dev, clock, others| {
-                            sync::write(dev, at, &data[pc.offset..pc.offset + pc.bytes], clock, others)
+                            sync::write(
+                                dev,
+                                at,
+                                &data[pc.offset..pc.offset + pc.bytes],
+                                clock,
+                                others,
+                            )
                         })?;
                     }
                     None => {
@@ -444,7 +460,10 @@ impl Core {
         let (op_type, max) = if info.unmap_zeroes && info.io_types.contains(IoType::Unmap) {
             (Some(IoType::Unmap), info.max_unmap_blocks as u64)
         } else if info.io_types.contains(IoType::WriteZeroes) {
-            (Some(IoType::WriteZeroes), info.max_write_zeroes_blocks as u64)
+            (
+                Some(IoType::WriteZeroes),
+                info.max_write_zeroes_blocks as u64,
+            )
         } else {
             (None, (info.max_transfer as u64 / bs).max(1))
         };
@@ -455,13 +474,25 @@ impl Core {
             let lba = at + done;
             match op_type {
                 Some(IoType::Unmap) => self.with_base(|dev, clock, others| {
-                    sync::run(dev, IoOp::Unmap { lba, blocks: k as u32 }, false, clock, others)
-                        .map(|_| ())
+                    sync::run(
+                        dev,
+                        IoOp::Unmap {
+                            lba,
+                            blocks: k as u32,
+                        },
+                        false,
+                        clock,
+                        others,
+                    )
+                    .map(|_| ())
                 })?,
                 Some(_) => self.with_base(|dev, clock, others| {
                     sync::run(
                         dev,
-                        IoOp::WriteZeroes { lba, blocks: k as u32 },
+                        IoOp::WriteZeroes {
+                            lba,
+                            blocks: k as u32,
+                        },
                         false,
                         clock,
                         others,

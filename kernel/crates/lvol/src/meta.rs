@@ -53,8 +53,20 @@ impl Meta {
         sync::write(dev, lba(&layout, layout.slots[0]), &cp, clock, others)?;
         // The other slot and the journal head must not hold a store's
         // frames with a newer generation.
-        sync::write(dev, lba(&layout, layout.slots[1]), &vec![0; unit], clock, others)?;
-        sync::write(dev, lba(&layout, layout.journal), &vec![0; unit], clock, others)?;
+        sync::write(
+            dev,
+            lba(&layout, layout.slots[1]),
+            &vec![0; unit],
+            clock,
+            others,
+        )?;
+        sync::write(
+            dev,
+            lba(&layout, layout.journal),
+            &vec![0; unit],
+            clock,
+            others,
+        )?;
         sync::flush(dev, clock, others)?;
         sync::write(dev, 0, &layout.encode(), clock, others)?;
         sync::flush(dev, clock, others)?;
@@ -85,7 +97,9 @@ impl Meta {
         let layout = Layout::decode(head.as_slice())
             .ok_or_else(|| Error::Damaged("super block is damaged".into()))?;
         if layout.block_size as usize != bs {
-            return Err(Error::Damaged("block size differs from the device's".into()));
+            return Err(Error::Damaged(
+                "block size differs from the device's".into(),
+            ));
         }
         let max_entries = layout.max_clusters + format::MAX_VOLUMES;
         let mut best: Option<(u64, usize, State)> = None;
@@ -101,7 +115,13 @@ impl Meta {
         let (epoch, active, mut state) =
             best.ok_or_else(|| Error::Damaged("no valid checkpoint".into()))?;
         let mut journal = vec![0u8; layout.journal_bytes as usize];
-        sync::read_into(dev, lba(&layout, layout.journal), &mut journal, clock, others)?;
+        sync::read_into(
+            dev,
+            lba(&layout, layout.journal),
+            &mut journal,
+            clock,
+            others,
+        )?;
         let unit = layout.unit() as usize;
         let (mut pos, mut seq) = (0usize, 0u64);
         while pos < journal.len() {
@@ -126,7 +146,9 @@ impl Meta {
         }
         let used = state.check().map_err(Error::Damaged)?;
         if state.total_clusters > layout.max_clusters {
-            return Err(Error::Damaged("more clusters than the metadata area allows".into()));
+            return Err(Error::Damaged(
+                "more clusters than the metadata area allows".into(),
+            ));
         }
         let was_clean = state.clean;
         let clusters = Clusters::new(used, state.total_clusters);
@@ -164,7 +186,13 @@ impl Meta {
             return Err(Error::MetadataFull);
         }
         let slot = 1 - self.active;
-        sync::write(dev, lba(&self.layout, self.layout.slots[slot]), &cp, clock, others)?;
+        sync::write(
+            dev,
+            lba(&self.layout, self.layout.slots[slot]),
+            &cp,
+            clock,
+            others,
+        )?;
         sync::flush(dev, clock, others)?;
         self.state = next;
         self.epoch += 1;

@@ -160,7 +160,10 @@ impl State {
                     return Err(format!("volume {} maps cluster {i} past its end", v.name));
                 }
                 if c >= self.total_clusters {
-                    return Err(format!("volume {} maps store cluster {c} out of range", v.name));
+                    return Err(format!(
+                        "volume {} maps store cluster {c} out of range",
+                        v.name
+                    ));
                 }
                 let (w, b) = ((c / 64) as usize, c % 64);
                 if used[w] & (1 << b) != 0 {

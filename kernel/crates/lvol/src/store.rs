@@ -2,11 +2,11 @@
 //! operations on them. Every operation checks everything first, then makes
 //! one metadata commit: it is wholly done or not done at all.
 
+use crate::Error;
 use crate::format::{Change, Layout, MAX_NAME, MAX_VOLUMES};
 use crate::io::Router;
 use crate::meta::Meta;
 use crate::state::Volume;
-use crate::Error;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::rc::Rc;
@@ -167,9 +167,7 @@ fn check_name(name: &str) -> Result<(), Error> {
         return Err(Error::Invalid("name must not be empty".into()));
     }
     if name.len() > MAX_NAME {
-        return Err(Error::Invalid(format!(
-            "name longer than {MAX_NAME} bytes"
-        )));
+        return Err(Error::Invalid(format!("name longer than {MAX_NAME} bytes")));
     }
     if name.contains('/') {
         return Err(Error::Invalid("name must not contain '/'".into()));
@@ -221,8 +219,14 @@ impl Store {
     pub fn probe(base: &mut dyn BlockDevice, clock: ClockFn) -> bool {
         let bs = base.info().block_size as usize;
         let mut others = Vec::new();
-        sync::read(base, 0, crate::format::UNIT.max(bs as u64) as usize, &mut || clock(), &mut others)
-            .is_ok_and(|b| crate::format::looks_like_store(b.as_slice()))
+        sync::read(
+            base,
+            0,
+            crate::format::UNIT.max(bs as u64) as usize,
+            &mut || clock(),
+            &mut others,
+        )
+        .is_ok_and(|b| crate::format::looks_like_store(b.as_slice()))
     }
 
     /// Loads the store on `base` (tasting).
@@ -262,7 +266,12 @@ impl Store {
 
     pub fn volumes(&self) -> Vec<VolumeInfo> {
         let c = self.0.borrow();
-        c.meta.state.volumes.values().map(|v| c.info_of(v)).collect()
+        c.meta
+            .state
+            .volumes
+            .values()
+            .map(|v| c.info_of(v))
+            .collect()
     }
 
     pub fn volume(&self, id: u32) -> Option<VolumeInfo> {
@@ -386,7 +395,9 @@ impl Store {
             parent: None,
             map,
         };
-        let r = c.clear_clusters(&v, clear).and_then(|_| c.commit(&[Change::Put(v.clone())]));
+        let r = c
+            .clear_clusters(&v, clear)
+            .and_then(|_| c.commit(&[Change::Put(v.clone())]));
         if r.is_err() {
             for &cl in v.map.values() {
                 c.meta.clusters.release(cl);
@@ -400,7 +411,13 @@ impl Store {
     pub fn snapshot(&self, origin: u32, name: &str, uuid: Uuid) -> Result<u32, Error> {
         let id = self.new_volume(name)?;
         let mut c = self.0.borrow_mut();
-        let o = c.meta.state.volumes.get(&origin).cloned().ok_or(Error::NotFound)?;
+        let o = c
+            .meta
+            .state
+            .volumes
+            .get(&origin)
+            .cloned()
+            .ok_or(Error::NotFound)?;
         // Writes in flight must land before the clusters change hands.
         c.drain()?;
         let snap = Volume {
@@ -425,7 +442,13 @@ impl Store {
     pub fn clone_volume(&self, snapshot: u32, name: &str, uuid: Uuid) -> Result<u32, Error> {
         let id = self.new_volume(name)?;
         let mut c = self.0.borrow_mut();
-        let s = c.meta.state.volumes.get(&snapshot).cloned().ok_or(Error::NotFound)?;
+        let s = c
+            .meta
+            .state
+            .volumes
+            .get(&snapshot)
+            .cloned()
+            .ok_or(Error::NotFound)?;
         if !s.read_only {
             return Err(Error::Invalid(format!(
                 "{} is not a snapshot or read-only volume; only those can be cloned",
@@ -449,7 +472,13 @@ impl Store {
     pub fn rename_volume(&self, id: u32, new_name: &str) -> Result<(), Error> {
         check_name(new_name)?;
         let mut c = self.0.borrow_mut();
-        let mut v = c.meta.state.volumes.get(&id).cloned().ok_or(Error::NotFound)?;
+        let mut v = c
+            .meta
+            .state
+            .volumes
+            .get(&id)
+            .cloned()
+            .ok_or(Error::NotFound)?;
         if v.name == new_name {
             return Ok(());
         }
@@ -465,7 +494,13 @@ impl Store {
 
     pub fn set_read_only(&self, id: u32) -> Result<(), Error> {
         let mut c = self.0.borrow_mut();
-        let mut v = c.meta.state.volumes.get(&id).cloned().ok_or(Error::NotFound)?;
+        let mut v = c
+            .meta
+            .state
+            .volumes
+            .get(&id)
+            .cloned()
+            .ok_or(Error::NotFound)?;
         if v.read_only {
             return Ok(());
         }
@@ -477,7 +512,13 @@ impl Store {
     /// Grows or shrinks a volume (size rounded up to clusters).
     pub fn resize(&self, id: u32, size_bytes: u64) -> Result<(), Error> {
         let mut c = self.0.borrow_mut();
-        let v = c.meta.state.volumes.get(&id).cloned().ok_or(Error::NotFound)?;
+        let v = c
+            .meta
+            .state
+            .volumes
+            .get(&id)
+            .cloned()
+            .ok_or(Error::NotFound)?;
         if v.read_only {
             return Err(Error::Invalid(format!("{} is read-only", v.name)));
         }
@@ -492,7 +533,11 @@ impl Store {
         nv.size_clusters = n;
         let mut fresh = Vec::new();
         if n > v.size_clusters && !v.thin {
-            fresh = c.meta.clusters.take(n - v.size_clusters).ok_or(Error::NoSpace)?;
+            fresh = c
+                .meta
+                .clusters
+                .take(n - v.size_clusters)
+                .ok_or(Error::NoSpace)?;
             for (k, &cl) in fresh.iter().enumerate() {
                 nv.map.insert(v.size_clusters + k as u64, cl);
             }
@@ -530,7 +575,13 @@ impl Store {
     /// snapshot with more clones cannot be deleted.
     pub fn delete(&self, id: u32) -> Result<(), Error> {
         let mut c = self.0.borrow_mut();
-        let v = c.meta.state.volumes.get(&id).cloned().ok_or(Error::NotFound)?;
+        let v = c
+            .meta
+            .state
+            .volumes
+            .get(&id)
+            .cloned()
+            .ok_or(Error::NotFound)?;
         let kids: Vec<Volume> = c.meta.state.children(id).cloned().collect();
         if kids.len() > 1 {
             return Err(Error::Busy(format!(
@@ -570,7 +621,13 @@ impl Store {
     /// volume's parent becomes the grandparent (decouple).
     fn copy_up(&self, id: u32, all: bool) -> Result<(), Error> {
         let mut c = self.0.borrow_mut();
-        let v = c.meta.state.volumes.get(&id).cloned().ok_or(Error::NotFound)?;
+        let v = c
+            .meta
+            .state
+            .volumes
+            .get(&id)
+            .cloned()
+            .ok_or(Error::NotFound)?;
         let Some(pid) = v.parent else {
             return if all {
                 // Inflating a thin volume without a parent allocates it.
@@ -579,7 +636,13 @@ impl Store {
                 Err(Error::Invalid(format!("{} has no parent", v.name)))
             };
         };
-        let parent = c.meta.state.volumes.get(&pid).cloned().ok_or(Error::NotFound)?;
+        let parent = c
+            .meta
+            .state
+            .volumes
+            .get(&pid)
+            .cloned()
+            .ok_or(Error::NotFound)?;
         if all {
             c.fill(v, None)
         } else {

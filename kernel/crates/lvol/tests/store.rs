@@ -46,16 +46,26 @@ fn thick_and_thin_provisioning_and_free_cluster_arithmetic() {
     assert_eq!(s.volume(t).unwrap().allocated_clusters, 1);
     assert_eq!(read(&mut tb, 2 * 128 + 16, 4096).unwrap(), data);
     // The rest of the new cluster reads zeroes, neighbours are holes.
-    assert!(read(&mut tb, 2 * 128, 8192).unwrap()[..8192].iter().all(|&b| b == 0));
+    assert!(
+        read(&mut tb, 2 * 128, 8192).unwrap()[..8192]
+            .iter()
+            .all(|&b| b == 0)
+    );
     assert_eq!(
         tb.allocation(0, 10 * 128),
         Some(vec![(256, false), (128, true), (896, false)])
     );
     // Unmapping the whole cluster gives it back.
     assert!(
-        io(&mut tb, IoOp::Unmap { lba: 256, blocks: 128 })
-            .status
-            .is_ok()
+        io(
+            &mut tb,
+            IoOp::Unmap {
+                lba: 256,
+                blocks: 128
+            }
+        )
+        .status
+        .is_ok()
     );
     assert_eq!(s.info().free_clusters, total - 3);
     assert!(read(&mut tb, 256, 4096).unwrap().iter().all(|&b| b == 0));
@@ -191,19 +201,29 @@ fn resize_rename_read_only_and_grow() {
         .create_volume("v", 2 * CS, false, uuid(1), Clear::Zero)
         .unwrap();
     let mut vb = s.bdev(v).unwrap();
-    assert_eq!(write(&mut vb, 0, &pattern(1, (2 * CS) as usize)), IoStatus::Success);
+    assert_eq!(
+        write(&mut vb, 0, &pattern(1, (2 * CS) as usize)),
+        IoStatus::Success
+    );
     s.resize(v, 5 * CS).unwrap();
     vb.refresh();
     assert_eq!(vb.info().num_blocks, 5 * 128);
     assert_eq!(s.info().free_clusters, total - 5);
     // Grown thick clusters read zeroes.
-    assert!(read(&mut vb, 2 * 128, (3 * CS) as usize).unwrap().iter().all(|&b| b == 0));
+    assert!(
+        read(&mut vb, 2 * 128, (3 * CS) as usize)
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0)
+    );
     s.resize(v, CS + 1).unwrap();
     assert_eq!(s.info().free_clusters, total - 2);
     s.rename_volume(v, "w").unwrap();
     assert_eq!(s.find("w"), Some(v));
     assert_eq!(s.find("v"), None);
-    let v2 = s.create_volume("x", CS, true, uuid(2), Clear::Zero).unwrap();
+    let v2 = s
+        .create_volume("x", CS, true, uuid(2), Clear::Zero)
+        .unwrap();
     assert!(matches!(s.rename_volume(v2, "w"), Err(Error::Exists(_))));
     s.rename("store2").unwrap();
     assert_eq!(s.info().name, "store2");
@@ -224,8 +244,12 @@ fn resize_rename_read_only_and_grow() {
 fn tasting_finds_everything_again() {
     let base = shared(MallocBdev::new("m", 8 * 2048, 512));
     let s = Store::create(base.clone(), "Malloc0", "lvs0", CS, uuid(7), clock).unwrap();
-    let a = s.create_volume("a", 3 * CS, false, uuid(1), Clear::Zero).unwrap();
-    let t = s.create_volume("t", 9 * CS, true, uuid(2), Clear::Zero).unwrap();
+    let a = s
+        .create_volume("a", 3 * CS, false, uuid(1), Clear::Zero)
+        .unwrap();
+    let t = s
+        .create_volume("t", 9 * CS, true, uuid(2), Clear::Zero)
+        .unwrap();
     let mut ab = s.bdev(a).unwrap();
     let mut tb = s.bdev(t).unwrap();
     assert_eq!(write(&mut ab, 5, &pattern(1, 8192)), IoStatus::Success);
@@ -264,7 +288,8 @@ fn tasting_finds_everything_again() {
 fn damaged_metadata_is_refused_not_guessed() {
     let base = shared(MallocBdev::new("m", 8 * 2048, 512));
     let s = Store::create(base.clone(), "Malloc0", "lvs0", CS, uuid(7), clock).unwrap();
-    s.create_volume("a", 3 * CS, false, uuid(1), Clear::Zero).unwrap();
+    s.create_volume("a", 3 * CS, false, uuid(1), Clear::Zero)
+        .unwrap();
     drop(s);
     // Flip a byte in the super block: the store is not loaded.
     {
