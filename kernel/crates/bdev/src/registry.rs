@@ -267,6 +267,9 @@ impl Default for BdevOptions {
 #[derive(Default)]
 pub struct Registry {
     pub options: BdevOptions,
+    /// The NVMe module's settings, kept so a saved configuration
+    /// round-trips (see [`NvmeSettings`](crate::NvmeSettings)).
+    pub nvme: crate::nvme_options::NvmeSettings,
     slots: Vec<Option<Slot>>,
     generations: Vec<u32>,
     /// Requests refused by validation, delivered at the next poll.
@@ -434,6 +437,27 @@ impl Registry {
                 slot.claim = Some((by.clone(), handle));
                 Err(RegistryError::Claimed(by))
             }
+        }
+    }
+
+    /// Runs `f` on the device as its own type, for the module that made it
+    /// (its settings, the claim handle it gives back when deleted), claimed
+    /// or not; `None` if `id` is stale or the device is not a `T` (see
+    /// [`BlockDevice::as_any_mut`]). I/O still goes through [`submit`].
+    ///
+    /// [`submit`]: Registry::submit
+    pub fn with_device<T: 'static, R>(
+        &mut self,
+        id: BdevId,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Option<R> {
+        let slot = self.slot_mut(id)?;
+        match &slot.claim {
+            Some((_, h)) => {
+                let mut dev = h.borrow_mut();
+                dev.as_any_mut()?.downcast_mut::<T>().map(f)
+            }
+            None => slot.dev.as_any_mut()?.downcast_mut::<T>().map(f),
         }
     }
 

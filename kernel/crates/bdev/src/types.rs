@@ -330,6 +330,15 @@ pub trait BlockDevice {
     fn resize(&mut self, _num_blocks: u64) -> Result<(), IoStatus> {
         Err(IoStatus::Unsupported)
     }
+
+    /// The device as [`Any`](core::any::Any), so the module that made it
+    /// can reach its own type again through
+    /// [`Registry::with_device`](crate::Registry::with_device) (a stacked
+    /// device's settings, and the claim it gives back when deleted).
+    /// `None`: the device offers no such access.
+    fn as_any_mut(&mut self) -> Option<&mut dyn core::any::Any> {
+        None
+    }
 }
 
 #[cfg(test)]

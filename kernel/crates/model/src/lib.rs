@@ -32,6 +32,7 @@ pub use ironbay_iscsi as iscsi;
 pub use ironbay_nvmf as nvmf;
 
 pub mod persist;
+pub mod stacked;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {

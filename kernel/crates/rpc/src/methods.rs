@@ -7,6 +7,7 @@ use ironbay_bdev::{IoType, Uuid};
 use ironbay_model::{Model, RamBdev, RamKind};
 use serde_json::{Map, Value, json};
 
+mod bdev_extra;
 mod iscsi;
 mod nvmf;
 mod params;
@@ -92,6 +93,37 @@ pub static METHODS: &[Method] = table![
     "bdev_nvme_detach_controller" ["delete_nvme_controller"] (false, true) => bdev_nvme_detach_controller,
     "bdev_virtio_attach_controller" ["construct_virtio_dev"] (false, true) => bdev_virtio_attach_controller,
     "bdev_virtio_detach_controller" ["remove_virtio_bdev"] (false, true) => bdev_virtio_detach_controller,
+    "bdev_passthru_create" ["construct_passthru_bdev"] (false, true) => bdev_extra::passthru_create,
+    "bdev_passthru_delete" ["delete_passthru_bdev"] (false, true) => bdev_extra::passthru_delete,
+    "bdev_error_create" ["construct_error_bdev"] (false, true) => bdev_extra::error_create,
+    "bdev_error_delete" ["delete_error_bdev"] (false, true) => bdev_extra::error_delete,
+    "bdev_error_inject_error" ["bdev_inject_error"] (false, true) => bdev_extra::error_inject,
+    "bdev_error_resume_pending" [] (false, true) => bdev_extra::error_resume_pending,
+    "delete_bdev" [] (false, true) => bdev_extra::delete_bdev,
+    "set_bdev_qos_limit_iops" [] (false, true) => bdev_extra::qos_limit_iops,
+    "bdev_nvme_set_options" ["set_bdev_nvme_options"] BOTH => bdev_extra::nvme_set_options,
+    "bdev_nvme_set_hotplug" ["set_bdev_nvme_hotplug"] BOTH => bdev_extra::nvme_set_hotplug,
+    "bdev_aio_create" ["construct_aio_bdev"] BOTH => |_, _| bdev_extra::unsupported("bdev_aio_create", bdev_extra::AIO),
+    "bdev_aio_delete" ["delete_aio_bdev"] BOTH => |_, _| bdev_extra::unsupported("bdev_aio_delete", bdev_extra::AIO),
+    "bdev_pmem_create_pool" ["create_pmem_pool"] BOTH => |_, _| bdev_extra::unsupported("bdev_pmem_create_pool", bdev_extra::PMEM),
+    "bdev_pmem_get_pool_info" ["pmem_pool_info"] BOTH => |_, _| bdev_extra::unsupported("bdev_pmem_get_pool_info", bdev_extra::PMEM),
+    "bdev_pmem_delete_pool" ["delete_pmem_pool"] BOTH => |_, _| bdev_extra::unsupported("bdev_pmem_delete_pool", bdev_extra::PMEM),
+    "bdev_pmem_create" ["construct_pmem_bdev"] BOTH => |_, _| bdev_extra::unsupported("bdev_pmem_create", bdev_extra::PMEM),
+    "bdev_pmem_delete" ["delete_pmem_bdev"] BOTH => |_, _| bdev_extra::unsupported("bdev_pmem_delete", bdev_extra::PMEM),
+    "bdev_rbd_create" ["construct_rbd_bdev"] BOTH => |_, _| bdev_extra::unsupported("bdev_rbd_create", bdev_extra::RBD),
+    "bdev_rbd_delete" ["delete_rbd_bdev"] BOTH => |_, _| bdev_extra::unsupported("bdev_rbd_delete", bdev_extra::RBD),
+    "vhost_controller_set_coalescing" ["set_vhost_controller_coalescing"] BOTH => |_, _| bdev_extra::unsupported("vhost_controller_set_coalescing", bdev_extra::VHOST),
+    "vhost_create_scsi_controller" ["construct_vhost_scsi_controller"] BOTH => |_, _| bdev_extra::unsupported("vhost_create_scsi_controller", bdev_extra::VHOST),
+    "vhost_scsi_controller_add_target" ["add_vhost_scsi_lun"] BOTH => |_, _| bdev_extra::unsupported("vhost_scsi_controller_add_target", bdev_extra::VHOST),
+    "vhost_scsi_controller_remove_target" ["remove_vhost_scsi_target"] BOTH => |_, _| bdev_extra::unsupported("vhost_scsi_controller_remove_target", bdev_extra::VHOST),
+    "vhost_create_nvme_controller" ["construct_vhost_nvme_controller"] BOTH => |_, _| bdev_extra::unsupported("vhost_create_nvme_controller", bdev_extra::VHOST),
+    "vhost_nvme_controller_add_ns" ["add_vhost_nvme_ns"] BOTH => |_, _| bdev_extra::unsupported("vhost_nvme_controller_add_ns", bdev_extra::VHOST),
+    "vhost_create_blk_controller" ["construct_vhost_blk_controller"] BOTH => |_, _| bdev_extra::unsupported("vhost_create_blk_controller", bdev_extra::VHOST),
+    "vhost_get_controllers" ["get_vhost_controllers"] BOTH => |_, _| bdev_extra::unsupported("vhost_get_controllers", bdev_extra::VHOST),
+    "vhost_delete_controller" ["remove_vhost_controller"] BOTH => |_, _| bdev_extra::unsupported("vhost_delete_controller", bdev_extra::VHOST),
+    "construct_virtio_user_scsi_bdev" [] BOTH => |_, _| bdev_extra::unsupported("construct_virtio_user_scsi_bdev", bdev_extra::VIRTIO_USER),
+    "construct_virtio_user_blk_bdev" [] BOTH => |_, _| bdev_extra::unsupported("construct_virtio_user_blk_bdev", bdev_extra::VIRTIO_USER),
+    "framework_monitor_context_switch" ["context_switch_monitor"] BOTH => |_, _| bdev_extra::unsupported("framework_monitor_context_switch", bdev_extra::CONTEXT_SWITCH),
     "nbd_get_disks" ["get_nbd_disks"] (false, true) => nbd_get_disks,
     "nbd_start_disk" ["start_nbd_disk"] (false, true) => nbd_start_disk,
     "nbd_stop_disk" ["stop_nbd_disk"] (false, true) => nbd_stop_disk,
@@ -231,6 +263,7 @@ fn bdev_config(m: &Model<'_>) -> Vec<Value> {
             "bdev_auto_examine": o.bdev_auto_examine
         }
     })];
+    calls.push(bdev_extra::nvme_options_config(m));
     for id in m.bdevs.ids() {
         let Some(b) = m.bdevs.info(id) else { continue };
         let method = match b.product.as_str() {
@@ -245,6 +278,8 @@ fn bdev_config(m: &Model<'_>) -> Vec<Value> {
             }
         }));
     }
+    calls.extend(bdev_extra::stacked_config(m));
+    calls.push(bdev_extra::nvme_hotplug_config(m));
     // QoS limits, on RAM and hardware bdevs alike (after the creates).
     for id in m.bdevs.ids() {
         let (Some(b), q) = (m.bdevs.info(id), m.bdevs.qos(id)) else {
@@ -312,7 +347,7 @@ fn bdev_json(m: &Model<'_>, id: ironbay_bdev::BdevId) -> Option<Value> {
             "r_mbytes_per_sec": m.bdevs.qos(id).read_bytes_per_sec / 1_000_000,
             "w_mbytes_per_sec": m.bdevs.qos(id).write_bytes_per_sec / 1_000_000
         },
-        "driver_specific": {}
+        "driver_specific": bdev_extra::driver_specific(m, id)
     }))
 }
 
