@@ -25,6 +25,10 @@ pub struct Storage {
     completions: Vec<(BdevId, IoCompletion)>,
     /// Boot config calls held back until `framework_start_init`.
     pending: Vec<(String, MethodCall)>,
+    /// Where the configuration is saved (see `persist.rs`).
+    pub config_store: ironbay_model::persist::ConfigStore,
+    /// Logical volume stores, found by tasting at boot or made over the API.
+    pub lvol: ironbay_model::lvol::Lvols,
 }
 
 /// The NVMe controllers and virtio-blk devices found at boot, attached
@@ -206,6 +210,7 @@ impl Storage {
                 shutdown: &mut shutdown,
                 bench: None,
                 config_store: None,
+                lvol: Some(&mut self.lvol),
             };
             match ironbay_rpc::methods::call(&mut model, &call.method, &call.params) {
                 Ok(r) => log::info!("{subsystem}: {} -> {r}", call.method),
@@ -263,8 +268,10 @@ impl Storage {
         result
     }
 
-    /// Flushes every bdev with a volatile write cache (before power-off).
+    /// Flushes every bdev with a volatile write cache (before power-off),
+    /// after the volume stores recorded a clean shutdown.
     pub fn flush_all(&mut self) {
+        self.lvol.close_all();
         let ids: Vec<BdevId> = self.bdevs.ids().collect();
         for id in ids {
             if self.bdevs.info(id).is_some_and(|b| b.write_cache) {
@@ -293,7 +300,12 @@ fn is_virtio_blk(f: &Function) -> bool {
 /// Finds the disks and applies the boot config. With `wait_for_init` only
 /// the config's startup methods run now; the rest waits for
 /// `framework_start_init` (SPDK's `--wait-for-rpc`).
-pub fn init(devices: &[Function], config: Option<&BootConfig>, wait_for_init: bool) -> Storage {
+pub fn init(
+    devices: &[Function],
+    config: Option<&BootConfig>,
+    wait_for_init: bool,
+    store: &crate::persist::Options,
+) -> Storage {
     let mut s = Storage {
         bdevs: Registry::new(),
         iscsi: ironbay_iscsi::Target::default(),
@@ -301,6 +313,8 @@ pub fn init(devices: &[Function], config: Option<&BootConfig>, wait_for_init: bo
         hw: Hardware::default(),
         completions: Vec::new(),
         pending: Vec::new(),
+        config_store: crate::persist::new_store(),
+        lvol: ironbay_model::lvol::Lvols::new(crate::time::uptime_us, crate::arch::cpu::rdtsc()),
     };
     let (mut nvme_index, mut virtio_index) = (0, 0);
     for f in devices {
@@ -326,7 +340,14 @@ pub fn init(devices: &[Function], config: Option<&BootConfig>, wait_for_init: bo
             virtio_index += 1;
         }
     }
-    if let Some(cfg) = config {
+    // Stores come back by themselves, before the config that may export
+    // their volumes; the config area is then looked for on every bdev,
+    // volumes included.
+    for line in s.lvol.taste(&mut s.bdevs) {
+        log::info!("{line}");
+    }
+    let chosen = crate::persist::choose(&mut s, store, config);
+    if let Some(cfg) = chosen.as_ref() {
         let (now, later): (Vec<_>, Vec<_>) = cfg
             .calls()
             .map(|(sub, c)| (String::from(sub), c.clone()))
@@ -337,6 +358,9 @@ pub fn init(devices: &[Function], config: Option<&BootConfig>, wait_for_init: bo
         // config has run: keep RAM bdevs out of that memory.
         s.apply(now, !wait_for_init, crate::services::SOCKET_MEMORY as u64);
         s.pending = later;
+    }
+    if !wait_for_init {
+        crate::persist::save_storage(&mut s, true);
     }
     log::info!("{} block devices:", s.bdevs.ids().count());
     for id in s.bdevs.ids() {

@@ -104,6 +104,7 @@ impl Rpc {
         mut nbd: Option<&mut Exports>,
     ) -> bool {
         let mut busy = false;
+        let mut handled = false;
         let was_initialized = self.initialized;
         if let Some((owner, bench)) = &mut self.running {
             busy = true;
@@ -189,7 +190,8 @@ impl Rpc {
                     initialized: &mut self.initialized,
                     shutdown: &mut self.shutdown,
                     bench: Some(&mut self.bench_request),
-                    config_store: None,
+                    config_store: Some(&mut storage.config_store),
+                    lvol: Some(&mut storage.lvol),
                 };
                 let _ = s.recv(|b| {
                     session.handle_input(b, &mut model);
@@ -197,6 +199,7 @@ impl Rpc {
                 });
                 self.active_us[i] = now;
                 busy = true;
+                handled = true;
             }
             if let Some(spec) = self.bench_request.take() {
                 if self.running.is_some() {
@@ -245,6 +248,10 @@ impl Rpc {
                     .complete_deferred(ironbay_rpc::Wait::Init, Ok(serde_json::Value::Bool(true)));
             }
             busy = true;
+        }
+        if handled || (!was_initialized && self.initialized) {
+            // After the held-back boot config ran, never between.
+            crate::persist::save_storage(storage, self.initialized);
         }
         self.evict_when_full(network, now, bench_owner);
         self.listener

@@ -546,6 +546,13 @@ impl Registry {
         slot.dev.resize(num_blocks).map_err(RegistryError::Resize)
     }
 
+    /// Has a device re-read its description (see [`BlockDevice::refresh`]).
+    pub fn refresh(&mut self, id: BdevId) {
+        if let Some(slot) = self.slot_mut(id) {
+            slot.dev.refresh();
+        }
+    }
+
     /// Re-reads the size of a claimed device after its owner or the
     /// hardware changed it.
     pub fn refresh_claimed(&mut self, id: BdevId) {

@@ -268,6 +268,8 @@ pub enum IoStatus {
     /// The device failed and was stopped.
     DeviceFailed,
     NoMemory,
+    /// A thinly provisioned device found no free space for the write.
+    NoSpace,
     /// The device belongs to a stacked device (a volume store, a
     /// pass-through) and takes no requests from anyone else.
     Claimed,
@@ -292,6 +294,7 @@ impl fmt::Display for IoStatus {
             IoStatus::Timeout => write!(f, "device timed out"),
             IoStatus::DeviceFailed => write!(f, "device failed"),
             IoStatus::NoMemory => write!(f, "out of memory"),
+            IoStatus::NoSpace => write!(f, "no space left to allocate"),
             IoStatus::Claimed => write!(f, "device is claimed by another bdev"),
         }
     }
@@ -330,6 +333,10 @@ pub trait BlockDevice {
     fn resize(&mut self, _num_blocks: u64) -> Result<(), IoStatus> {
         Err(IoStatus::Unsupported)
     }
+
+    /// Re-reads what the device says about itself after its owner changed
+    /// it (a volume resized, made read-only, cut loose from its parent).
+    fn refresh(&mut self) {}
 
     /// The device as [`Any`](core::any::Any), so the module that made it
     /// can reach its own type again through

@@ -39,6 +39,9 @@ pub struct StoreInfo {
     pub block_size: u32,
     pub total_data_clusters: u64,
     pub free_clusters: u64,
+    /// Data clusters the metadata area can describe: the store grows to at
+    /// most this many.
+    pub max_clusters: u64,
 }
 
 /// What `bdev_lvol_get_lvols` and the bdev's driver-specific part show.
@@ -261,6 +264,7 @@ impl Store {
             block_size: l.block_size,
             total_data_clusters: c.meta.state.total_clusters,
             free_clusters: c.meta.clusters.free(),
+            max_clusters: l.max_clusters,
         }
     }
 
@@ -418,6 +422,12 @@ impl Store {
             .get(&origin)
             .cloned()
             .ok_or(Error::NotFound)?;
+        if o.read_only {
+            return Err(Error::Invalid(format!(
+                "{} is read-only; snapshots are of writable volumes",
+                o.name
+            )));
+        }
         // Writes in flight must land before the clusters change hands.
         c.drain()?;
         let snap = Volume {

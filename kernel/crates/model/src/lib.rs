@@ -31,6 +31,7 @@ pub use ironbay_iscsi as iscsi;
 /// The NVMe-oF engine's types, for front ends.
 pub use ironbay_nvmf as nvmf;
 
+pub mod lvol;
 pub mod persist;
 pub mod stacked;
 
@@ -40,6 +41,9 @@ pub enum ErrorKind {
     InvalidParams,
     /// The request is fine but the appliance cannot do it now or here.
     InvalidState,
+    /// The code SPDK answers this failure with (negative errno values and
+    /// JSON-RPC codes), for clients that match on it.
+    Code(i64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,6 +143,8 @@ pub struct Model<'a> {
     /// The config store (the bdev the configuration is saved to), where
     /// the caller keeps one.
     pub config_store: Option<&'a mut persist::ConfigStore>,
+    /// Logical volume stores, where the caller has them.
+    pub lvol: Option<&'a mut lvol::Lvols>,
 }
 
 /// The RAM-backed bdev kinds.
@@ -787,6 +793,7 @@ mod tests {
             shutdown: &mut down,
             bench: None,
             config_store: None,
+            lvol: None,
         };
         f(&mut m);
         (reg, exports)
@@ -914,6 +921,7 @@ mod tests {
             shutdown: &mut down,
             bench: Some(&mut slot),
             config_store: None,
+            lvol: None,
         };
         m.create_ram_bdev(ram(RamKind::Malloc, Some("M"), 64, 4096))
             .unwrap();
@@ -960,6 +968,7 @@ mod tests {
             shutdown: &mut down,
             bench: None,
             config_store: None,
+            lvol: None,
         };
         f(&mut m);
         (reg, exports, target)
@@ -1086,6 +1095,7 @@ mod tests {
             shutdown: &mut down,
             bench: None,
             config_store: None,
+            lvol: None,
         };
         m.create_ram_bdev(ram(RamKind::Malloc, Some("M"), 64, 512))
             .unwrap();

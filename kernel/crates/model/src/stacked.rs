@@ -336,6 +336,7 @@ mod tests {
             shutdown: &mut down,
             bench: None,
             config_store: None,
+            lvol: None,
         };
         f(&mut m);
         (reg, exports)

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 
 mod bdev_extra;
 mod iscsi;
+mod lvol;
 mod nvmf;
 mod params;
 pub mod persist;
@@ -49,6 +50,7 @@ impl From<ironbay_model::Error> for RpcError {
             code: match e.kind {
                 ironbay_model::ErrorKind::InvalidParams => code::INVALID_PARAMS,
                 ironbay_model::ErrorKind::InvalidState => code::INVALID_STATE,
+                ironbay_model::ErrorKind::Code(c) => c,
             },
             message: e.message,
         }
@@ -124,6 +126,21 @@ pub static METHODS: &[Method] = table![
     "construct_virtio_user_scsi_bdev" [] BOTH => |_, _| bdev_extra::unsupported("construct_virtio_user_scsi_bdev", bdev_extra::VIRTIO_USER),
     "construct_virtio_user_blk_bdev" [] BOTH => |_, _| bdev_extra::unsupported("construct_virtio_user_blk_bdev", bdev_extra::VIRTIO_USER),
     "framework_monitor_context_switch" ["context_switch_monitor"] BOTH => |_, _| bdev_extra::unsupported("framework_monitor_context_switch", bdev_extra::CONTEXT_SWITCH),
+    "bdev_lvol_create_lvstore" ["construct_lvol_store"] (false, true) => lvol::create_lvstore,
+    "bdev_lvol_delete_lvstore" ["destroy_lvol_store"] (false, true) => lvol::delete_lvstore,
+    "bdev_lvol_get_lvstores" ["get_lvol_stores"] (false, true) => lvol::get_lvstores,
+    "bdev_lvol_rename_lvstore" ["rename_lvol_store"] (false, true) => lvol::rename_lvstore,
+    "bdev_lvol_grow_lvstore" [] (false, true) => lvol::grow_lvstore,
+    "bdev_lvol_create" ["construct_lvol_bdev"] (false, true) => lvol::create,
+    "bdev_lvol_delete" ["destroy_lvol_bdev"] (false, true) => lvol::delete,
+    "bdev_lvol_snapshot" ["snapshot_lvol_bdev"] (false, true) => lvol::snapshot,
+    "bdev_lvol_clone" ["clone_lvol_bdev"] (false, true) => lvol::clone,
+    "bdev_lvol_rename" ["rename_lvol_bdev"] (false, true) => lvol::rename,
+    "bdev_lvol_resize" ["resize_lvol_bdev"] (false, true) => lvol::resize,
+    "bdev_lvol_inflate" ["inflate_lvol_bdev"] (false, true) => lvol::inflate,
+    "bdev_lvol_decouple_parent" ["decouple_parent_lvol_bdev"] (false, true) => lvol::decouple_parent,
+    "bdev_lvol_set_read_only" [] (false, true) => lvol::set_read_only,
+    "bdev_lvol_get_lvols" [] (false, true) => lvol::get_lvols,
     "nbd_get_disks" ["get_nbd_disks"] (false, true) => nbd_get_disks,
     "nbd_start_disk" ["start_nbd_disk"] (false, true) => nbd_start_disk,
     "nbd_stop_disk" ["stop_nbd_disk"] (false, true) => nbd_stop_disk,
@@ -326,7 +343,13 @@ fn framework_start_init(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Val
 
 fn bdev_json(m: &Model<'_>, id: ironbay_bdev::BdevId) -> Option<Value> {
     let b = m.bdevs.info(id)?;
-    let io = |t| Value::Bool(b.io_types.contains(t));
+    // A read-only bdev (a snapshot) takes no writes, as SPDK reports it.
+    let writes = |t| t == IoType::Read || t == IoType::Flush || !b.read_only;
+    let io = |t| Value::Bool(b.io_types.contains(t) && writes(t));
+    let driver_specific = match m.lvol_of(id) {
+        Some((s, v)) => lvol::driver_specific(&s, &v),
+        None => bdev_extra::driver_specific(m, id),
+    };
     Some(json!({
         "name": b.name,
         "aliases": m.bdevs.aliases(id),
@@ -347,7 +370,7 @@ fn bdev_json(m: &Model<'_>, id: ironbay_bdev::BdevId) -> Option<Value> {
             "r_mbytes_per_sec": m.bdevs.qos(id).read_bytes_per_sec / 1_000_000,
             "w_mbytes_per_sec": m.bdevs.qos(id).write_bytes_per_sec / 1_000_000
         },
-        "driver_specific": bdev_extra::driver_specific(m, id)
+        "driver_specific": driver_specific
     }))
 }
 

@@ -110,6 +110,7 @@ fn run(data: &[u8]) -> Vec<Value> {
             shutdown: &mut shutdown,
             bench: Some(&mut bench),
             config_store: Some(&mut store),
+            lvol: None,
         };
         s.handle_input(input, &mut model);
         if let Some(spec) = bench.take() {

@@ -522,6 +522,7 @@ mod tests {
                 shutdown: &mut self.down,
                 bench: Some(&mut self.bench),
                 config_store: None,
+                lvol: None,
             }
         }
 

@@ -125,6 +125,7 @@ fuzz_target!(|data: &[u8]| {
             shutdown: &mut shutdown,
             bench: Some(&mut bench),
             config_store: Some(&mut store),
+            lvol: None,
         };
         let before = s.poll_output().len();
         s.handle_input(input, &mut model);

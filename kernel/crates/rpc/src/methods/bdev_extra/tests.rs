@@ -38,6 +38,7 @@ impl World {
             shutdown: &mut self.down,
             bench: None,
             config_store: None,
+            lvol: None,
         };
         let mut r = json!({ "jsonrpc": "2.0", "id": 1, "method": method });
         if !params.is_null() {

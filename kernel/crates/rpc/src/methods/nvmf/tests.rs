@@ -46,6 +46,7 @@ impl World {
             shutdown: &mut self.down,
             bench: None,
             config_store: None,
+            lvol: None,
         };
         for r in requests {
             s.handle_input(r.as_bytes(), &mut m);
