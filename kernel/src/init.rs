@@ -111,7 +111,8 @@ extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
 
     let config = load_boot_config(&boot);
     let wait_for_init = cmdline.flag("mgmt.wait_for_init");
-    let mut storage = storage::init(devices, config.as_ref(), wait_for_init);
+    let store = crate::persist::Options::from_cmdline(&cmdline);
+    let mut storage = storage::init(devices, config.as_ref(), wait_for_init, &store);
     // CHAP challenges must not be predictable: RDRAND where there is one,
     // else at least the boot's TSC.
     let seed = arch::cpu::rdrand().unwrap_or_else(|| {

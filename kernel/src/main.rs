@@ -30,6 +30,8 @@ mod net;
 #[cfg(target_os = "none")]
 mod pci;
 #[cfg(target_os = "none")]
+mod persist;
+#[cfg(target_os = "none")]
 mod selftest;
 #[cfg(target_os = "none")]
 mod services;

@@ -60,6 +60,9 @@ fn is_name(v: &str) -> Result<(), &'static str> {
         Err("expected 1-64 characters of [A-Za-z0-9._-]")
     }
 }
+fn is_config_source(v: &str) -> Result<(), &'static str> {
+    one_of(v, &["stored", "boot"])
+}
 fn is_bench_list(v: &str) -> Result<(), &'static str> {
     let ok = v
         .split(',')
@@ -218,6 +221,16 @@ pub static OPTIONS: &[OptionSpec] = &[
         key: "diag",
         check: is_diag,
         help: "TCP diagnostics service on the first data NIC: discard|echo|source:PORT",
+    },
+    OptionSpec {
+        key: "config.store",
+        check: is_name,
+        help: "bdev holding the config area (saved after every change, applied at boot); none: no store this boot (default: scan every bdev for one)",
+    },
+    OptionSpec {
+        key: "config.prefer",
+        check: is_config_source,
+        help: "stored|boot: which applies when both a stored config and a boot module exist (stored)",
     },
     OptionSpec {
         key: "nbd.exports",

@@ -11,6 +11,7 @@
 use crate::{Error, Model, Result};
 use alloc::format;
 use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 use ironbay_bdev::{BdevId, Registry, SharedBdev};
 use ironbay_persist::{Loaded, Saver, Store};
 
@@ -28,6 +29,11 @@ pub struct ConfigStore {
     pub last_error: Option<String>,
     /// What the boot found, for `config_store_get`.
     pub boot: Option<BootLoad>,
+    /// The next [`save_if_changed`](ConfigStore::save_if_changed) takes
+    /// the config as saved instead of writing it: set when the running
+    /// config was just built from the area (it may differ in form, or lack
+    /// what a missing disk held; only an operator's change rewrites it).
+    pub adopt_next: bool,
 }
 
 /// The config a boot found in an area.
@@ -65,6 +71,7 @@ impl ConfigStore {
             active: None,
             last_error: None,
             boot: None,
+            adopt_next: false,
         }
     }
 
@@ -80,6 +87,35 @@ impl ConfigStore {
             last_error: self.last_error.clone(),
             boot: self.boot.clone(),
         }
+    }
+
+    /// Every bdev (not claimed by anyone) whose area holds a valid header,
+    /// with the highest generation found there, highest first. Each is
+    /// claimed only while its headers are read.
+    pub fn scan(&self, bdevs: &mut Registry) -> Vec<(String, u64)> {
+        let clock = self.clock;
+        let ids: Vec<BdevId> = bdevs.ids().collect();
+        let mut found = Vec::new();
+        for id in ids {
+            let Some(info) = bdevs.info(id) else { continue };
+            if bdevs.claimed_by(id).is_some() || ironbay_persist::check(info).is_err() {
+                continue;
+            }
+            let name = info.name.clone();
+            let Ok(dev) = bdevs.claim(id, CLAIM) else {
+                continue;
+            };
+            let probed = {
+                let mut d = dev.borrow_mut();
+                ironbay_persist::probe(&mut **d, &mut || clock())
+            };
+            let _ = bdevs.release(id, dev);
+            if let Ok(Some(generation)) = probed {
+                found.push((name, generation));
+            }
+        }
+        found.sort_by_key(|f| core::cmp::Reverse(f.1));
+        found
     }
 
     /// Claims bdev `name` and reads its area: the config it holds, if any.
@@ -108,6 +144,10 @@ impl ConfigStore {
         let Some(a) = &mut self.active else {
             return Ok(None);
         };
+        if core::mem::take(&mut self.adopt_next) {
+            a.saver.adopt(config);
+            return Ok(None);
+        }
         let mut dev = a.dev.borrow_mut();
         let r = a
             .saver
@@ -251,6 +291,7 @@ impl Model<'_> {
                 active: Some(old),
                 last_error: None,
                 boot: None,
+                adopt_next: false,
             };
             if let Err(e) = previous.close(self.bdevs, true) {
                 cs.last_error = Some(e.message);
