@@ -370,7 +370,7 @@ fn put_volume(w: &mut Writer, v: &Volume) {
     w.bytes(&v.uuid.0);
     w.str(&v.name);
     w.u64(v.size_clusters);
-    w.u8(v.thin as u8 | (v.read_only as u8) << 1);
+    w.u8(v.thin as u8 | (v.read_only as u8) << 1 | (v.snapshot as u8) << 2);
     w.u32(v.parent.unwrap_or(NO_PARENT));
     // Extent map as runs: (volume cluster, store cluster, length).
     let runs = crate::state::runs(&v.map);
@@ -408,6 +408,7 @@ fn get_volume(r: &mut Reader<'_>) -> Option<Volume> {
         size_clusters,
         thin: flags & 1 != 0,
         read_only: flags & 2 != 0,
+        snapshot: flags & 4 != 0,
         parent,
         map,
     })

@@ -20,6 +20,8 @@ pub struct Volume {
     pub size_clusters: u64,
     pub thin: bool,
     pub read_only: bool,
+    /// Made by a snapshot (stays one when its clones are gone).
+    pub snapshot: bool,
     /// The snapshot this volume reads unallocated clusters from.
     pub parent: Option<u32>,
     /// Volume cluster -> store cluster.

@@ -122,7 +122,7 @@ impl Core {
             size_bytes: v.size_clusters * self.meta.layout.cluster_size,
             thin: v.thin,
             read_only: v.read_only,
-            is_snapshot: st.children(v.id).next().is_some(),
+            is_snapshot: v.snapshot || st.children(v.id).next().is_some(),
             is_clone: v.parent.is_some(),
             parent: v
                 .parent
@@ -396,6 +396,7 @@ impl Store {
             size_clusters: n,
             thin,
             read_only: false,
+            snapshot: false,
             parent: None,
             map,
         };
@@ -437,6 +438,7 @@ impl Store {
             size_clusters: o.size_clusters,
             thin: o.thin,
             read_only: true,
+            snapshot: true,
             parent: o.parent,
             map: o.map.clone(),
         };
@@ -472,6 +474,7 @@ impl Store {
             size_clusters: s.size_clusters,
             thin: true,
             read_only: false,
+            snapshot: false,
             parent: Some(snapshot),
             map: BTreeMap::new(),
         };
@@ -532,9 +535,7 @@ impl Store {
         if v.read_only {
             return Err(Error::Invalid(format!("{} is read-only", v.name)));
         }
-        if size_bytes == 0 {
-            return Err(Error::Invalid("size must be greater than zero".into()));
-        }
+        // Zero is a size SPDK allows: the volume keeps its name and no data.
         let n = size_bytes.div_ceil(c.meta.layout.cluster_size);
         if n == v.size_clusters {
             return Ok(());

@@ -82,9 +82,22 @@ impl Lvols {
     /// what was found, for the console.
     pub fn taste(&mut self, bdevs: &mut Registry) -> Vec<String> {
         let mut found = Vec::new();
-        let ids: Vec<BdevId> = bdevs.ids().collect();
-        for id in ids {
-            if bdevs.claimed_by(id).is_some() || self.volume_of(bdevs, id).is_some() {
+        let mut tasted: Vec<BdevId> = Vec::new();
+        // Volumes may hold stores themselves: taste until nothing new shows.
+        loop {
+            let ids: Vec<BdevId> = bdevs.ids().filter(|i| !tasted.contains(i)).collect();
+            if ids.is_empty() {
+                break;
+            }
+            tasted.extend(&ids);
+            self.taste_these(bdevs, &ids, &mut found);
+        }
+        found
+    }
+
+    fn taste_these(&mut self, bdevs: &mut Registry, ids: &[BdevId], found: &mut Vec<String>) {
+        for &id in ids {
+            if bdevs.claimed_by(id).is_some() {
                 continue;
             }
             let Some(name) = bdevs.info(id).map(|i| i.name.clone()) else {
@@ -121,12 +134,13 @@ impl Lvols {
                     self.stores.push(Loaded { store, base: id });
                 }
                 Err(e) => {
-                    drop(h);
+                    // Not loaded, and handed back: the operator decides
+                    // whether to make a new store over it.
+                    let _ = bdevs.release(id, h);
                     found.push(format!("lvol store on {name} not loaded: {e}"));
                 }
             }
         }
-        found
     }
 
     /// Records a clean shutdown on every store.
@@ -226,12 +240,8 @@ impl Model<'_> {
             return Err(spdk(-17, "File exists"));
         }
         if let Some(by) = self.bdevs.claimed_by(id) {
-            return Err(Error::state(format!("bdev {bdev_name} is already claimed by {by}")));
-        }
-        if lv.volume_of(self.bdevs, id).is_some() {
-            // SPDK does not nest stores in volumes either.
-            return Err(Error::params(format!(
-                "{bdev_name} is a logical volume; stores go on other bdevs"
+            return Err(Error::state(format!(
+                "bdev {bdev_name} is already claimed by {by}"
             )));
         }
         let cs = cluster_size.unwrap_or(DEFAULT_CLUSTER_SIZE);
@@ -273,14 +283,25 @@ impl Model<'_> {
         let vol_ids: Vec<BdevId> = self
             .bdevs
             .ids()
-            .filter(|&b| self.lvols().ok().and_then(|l| l.volume_of(self.bdevs, b)).is_some_and(|(s, _)| s == i))
+            .filter(|&b| {
+                self.lvols()
+                    .ok()
+                    .and_then(|l| l.volume_of(self.bdevs, b))
+                    .is_some_and(|(s, _)| s == i)
+            })
             .collect();
         if let Some(&b) = vol_ids.iter().find(|&&b| self.bdevs.in_flight(b) > 0) {
-            let name = self.bdevs.info(b).map(|x| x.name.clone()).unwrap_or_default();
+            let name = self
+                .bdevs
+                .info(b)
+                .map(|x| x.name.clone())
+                .unwrap_or_default();
             return Err(Error::state(format!("volume {name} has I/O in flight")));
         }
         for b in vol_ids {
-            self.bdevs.remove(b).map_err(|e| Error::state(e.to_string()))?;
+            self.bdevs
+                .remove(b)
+                .map_err(|e| Error::state(e.to_string()))?;
         }
         let l = self.lvols_mut()?.stores.remove(i);
         let destroyed = l.store.destroy();
@@ -316,7 +337,15 @@ impl Model<'_> {
     }
 
     /// Moves a volume bdev's alias from `old_lvs/old` to `new_lvs/new`.
-    fn realias(&mut self, _s: &Store, old_lvs: &str, new_lvs: &str, old: &str, new: &str, uuid: Uuid) {
+    fn realias(
+        &mut self,
+        _s: &Store,
+        old_lvs: &str,
+        new_lvs: &str,
+        old: &str,
+        new: &str,
+        uuid: Uuid,
+    ) {
         if let Some(id) = self.bdevs.find(&uuid.to_string()) {
             self.bdevs.remove_alias(id, &format!("{old_lvs}/{old}"));
             let _ = self.bdevs.add_alias(id, &format!("{new_lvs}/{new}"));
@@ -341,14 +370,17 @@ impl Model<'_> {
     }
 
     fn add_volume_bdev(&mut self, store: &Store, v: u32) -> Result<String> {
-        let info = store.volume(v).ok_or_else(|| Error::state("volume vanished"))?;
+        let info = store
+            .volume(v)
+            .ok_or_else(|| Error::state("volume vanished"))?;
         let lvs = store.info().name;
         let id = register(self.bdevs, store, &lvs, &info)
             .ok_or_else(|| Error::state("cannot register the volume's bdev"))?;
         if let (Some(nbd), Some(b)) = (self.nbd.as_deref_mut(), self.bdevs.info(id))
             && nbd.list.len() < crate::MAX_EXPORTS
         {
-            nbd.list.push(Export::new(&b.name, &b.product, id, b, false));
+            nbd.list
+                .push(Export::new(&b.name, &b.product, id, b, false));
         }
         Ok(info.uuid.to_string())
     }
@@ -379,12 +411,15 @@ impl Model<'_> {
         if self.bdevs.in_flight(id) > 0 {
             return Err(Error::state(format!("{name} has I/O in flight")));
         }
-        let kid = store
-            .volumes()
-            .into_iter()
-            .find(|x| store.volume(v).is_some_and(|me| me.clones.contains(&x.name)));
+        let kid = store.volumes().into_iter().find(|x| {
+            store
+                .volume(v)
+                .is_some_and(|me| me.clones.contains(&x.name))
+        });
         store.delete(v).map_err(lvol_error)?;
-        self.bdevs.remove(id).map_err(|e| Error::state(e.to_string()))?;
+        self.bdevs
+            .remove(id)
+            .map_err(|e| Error::state(e.to_string()))?;
         if let Some(k) = kid
             && let Some(kid_id) = self.bdevs.find(&k.uuid.to_string())
         {
@@ -412,7 +447,9 @@ impl Model<'_> {
 
     pub fn lvol_rename(&mut self, old: &str, new: &str) -> Result<()> {
         let (_, store, v) = self.volume(old)?;
-        let info = store.volume(v).ok_or_else(|| Error::state("volume vanished"))?;
+        let info = store
+            .volume(v)
+            .ok_or_else(|| Error::state("volume vanished"))?;
         let lvs = store.info().name;
         store
             .rename_volume(v, new)

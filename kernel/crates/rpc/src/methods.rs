@@ -471,7 +471,11 @@ fn find(m: &Model<'_>, name: &str) -> Result<ironbay_bdev::BdevId, RpcError> {
 fn bdev_get_bdevs(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
     only(p, &["name", "timeout"])?;
     let ids: Vec<_> = match opt_name(p)? {
-        Some(n) => alloc::vec![find(m, n)?],
+        // SPDK's answer, which scripts polling for a bdev to go match on.
+        Some(n) => alloc::vec![m.bdevs.find(n).ok_or_else(|| RpcError {
+            code: -19,
+            message: "No such device".into(),
+        })?],
         None => m.bdevs.ids().collect(),
     };
     Ok(Value::Array(

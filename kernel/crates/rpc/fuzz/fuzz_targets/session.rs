@@ -100,6 +100,10 @@ fuzz_target!(|data: &[u8]| {
     // Room for a config area; a null bdev, so it costs no memory.
     reg.add(Box::new(NullBdev::new("Store0", 768, 4096)))
         .unwrap();
+    // Room for a volume store; a null bdev, so it costs no memory.
+    reg.add(Box::new(NullBdev::new("Lvs0", 4096, 4096)))
+        .unwrap();
+    let mut lvols = ironbay_model::lvol::Lvols::new(|| 0, 1);
     let mut store = ironbay_model::persist::ConfigStore::new(|| 0);
     let mut exports = Exports::default();
     let info = reg.info(malloc).unwrap().clone();
@@ -125,7 +129,7 @@ fuzz_target!(|data: &[u8]| {
             shutdown: &mut shutdown,
             bench: Some(&mut bench),
             config_store: Some(&mut store),
-            lvol: None,
+            lvol: Some(&mut lvols),
         };
         let before = s.poll_output().len();
         s.handle_input(input, &mut model);
