@@ -5,9 +5,9 @@ use crate::types::{BdevInfo, BlockDevice, IoCompletion, IoOp, IoRequest, IoStatu
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::rc::Rc;
-use core::cell::RefCell;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::cell::RefCell;
 use core::fmt;
 
 /// A device shared between the registry (which still lists it) and the

@@ -33,7 +33,9 @@ fn store_ref<'a>(
         )),
         (Some(u), None) => Ok(Some(StoreRef::Uuid(u))),
         (None, Some(n)) => Ok(Some(StoreRef::Name(n))),
-        (None, None) if required => Err(RpcError::params("either `uuid` or `lvs_name` is required")),
+        (None, None) if required => {
+            Err(RpcError::params("either `uuid` or `lvs_name` is required"))
+        }
         (None, None) => Ok(None),
     }
 }
@@ -106,7 +108,9 @@ pub(super) fn delete_lvstore(m: &mut Model<'_>, p: &Params) -> Result<Value, Rpc
 pub(super) fn get_lvstores(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
     let p: WhichStore = parse(p)?;
     let r = store_ref(&p.uuid, &p.lvs_name, false)?;
-    Ok(Value::Array(m.lvs_list(r)?.iter().map(store_json).collect()))
+    Ok(Value::Array(
+        m.lvs_list(r)?.iter().map(store_json).collect(),
+    ))
 }
 
 pub(super) fn grow_lvstore(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
@@ -215,7 +219,9 @@ struct Snapshot {
 
 pub(super) fn snapshot(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
     let p: Snapshot = parse(p)?;
-    Ok(Value::String(m.lvol_snapshot(&p.lvol_name, &p.snapshot_name)?))
+    Ok(Value::String(
+        m.lvol_snapshot(&p.lvol_name, &p.snapshot_name)?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -227,7 +233,9 @@ struct Clone {
 
 pub(super) fn clone(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
     let p: Clone = parse(p)?;
-    Ok(Value::String(m.lvol_clone(&p.snapshot_name, &p.clone_name)?))
+    Ok(Value::String(
+        m.lvol_clone(&p.snapshot_name, &p.clone_name)?,
+    ))
 }
 
 #[derive(Deserialize)]
