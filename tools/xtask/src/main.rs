@@ -18,6 +18,7 @@
 mod bench;
 mod build;
 mod iscsibench;
+mod lvolbench;
 mod nbdbench;
 mod netbench;
 mod nvmfbench;
