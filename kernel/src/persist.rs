@@ -142,14 +142,14 @@ pub fn save_if_changed(model: &mut ironbay_rpc::Model<'_>) {
     }
 }
 
-/// [`save_if_changed`] over the storage half of the object model (the
-/// saved configuration has no NBD part).
-pub fn save_storage(s: &mut Storage, initialized: bool) {
+/// [`save_if_changed`] over the object model; `nbd`: the NBD target's
+/// exports, once it runs (before, the saved configuration has no NBD part).
+pub fn save_storage(s: &mut Storage, nbd: Option<&mut ironbay_nbd::Exports>, initialized: bool) {
     let (mut init, mut down) = (initialized, false);
     let mut model = ironbay_rpc::Model {
         bdevs: &mut s.bdevs,
         devices: Some(&mut s.hw),
-        nbd: None,
+        nbd,
         iscsi: Some(&mut s.iscsi),
         nvmf: Some(&mut s.nvmf),
         memory_budget: 0,

@@ -25,6 +25,9 @@ pub struct Storage {
     completions: Vec<(BdevId, IoCompletion)>,
     /// Boot config calls held back until `framework_start_init`.
     pending: Vec<(String, MethodCall)>,
+    /// The config's NBD calls, for the NBD target to run when it starts
+    /// (after the bdevs they name exist).
+    pub nbd_calls: Vec<MethodCall>,
     /// Where the configuration is saved (see `persist.rs`).
     pub config_store: ironbay_model::persist::ConfigStore,
     /// Logical volume stores, found by tasting at boot or made over the API.
@@ -198,6 +201,10 @@ impl Storage {
     fn apply(&mut self, calls: Vec<(String, MethodCall)>, initialized: bool, held: u64) {
         let (mut initialized, mut shutdown) = (initialized, false);
         for (subsystem, call) in calls {
+            if subsystem == "nbd" {
+                self.nbd_calls.push(call);
+                continue;
+            }
             let heap = mem::heap_stats();
             let mut model = ironbay_rpc::Model {
                 bdevs: &mut self.bdevs,
@@ -313,6 +320,7 @@ pub fn init(
         hw: Hardware::default(),
         completions: Vec::new(),
         pending: Vec::new(),
+        nbd_calls: Vec::new(),
         config_store: crate::persist::new_store(),
         lvol: ironbay_model::lvol::Lvols::new(crate::time::uptime_us, crate::arch::cpu::rdtsc()),
     };
@@ -360,7 +368,7 @@ pub fn init(
         s.pending = later;
     }
     if !wait_for_init {
-        crate::persist::save_storage(&mut s, true);
+        crate::persist::save_storage(&mut s, None, true);
     }
     log::info!("{} block devices:", s.bdevs.ids().count());
     for id in s.bdevs.ids() {

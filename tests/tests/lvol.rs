@@ -92,6 +92,11 @@ struct Appliance {
 }
 
 fn boot(disks: &[Disk]) -> Appliance {
+    boot_with(disks, &[])
+}
+
+/// Boots with `more` data-NIC ports forwarded too: (host port, guest port).
+fn boot_with(disks: &[Disk], more: &[(u16, u16)]) -> Appliance {
     let (rpc, nbd) = (free_port(), free_port());
     let mut m = Machine::new(Boot::Kernel {
         image: require(&kernel()),
@@ -102,6 +107,8 @@ fn boot(disks: &[Disk]) -> Appliance {
     m.memory_mib = 1024;
     m.disks = disks.to_vec();
     m.forwards = vec![(Nic::Mgmt, rpc, 5260), (Nic::Data, nbd, 10809)];
+    m.forwards
+        .extend(more.iter().map(|&(host, guest)| (Nic::Data, host, guest)));
     let mut vm = Running::spawn(m.command()).expect("start qemu");
     vm.wait_for(READY, Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -1802,4 +1809,101 @@ fn lvstore_grows_with_its_disk() {
     a.ok(&["bdev_lvol_delete", &lvol]);
     a.ok(&["bdev_lvol_delete_lvstore", "-u", &lvs]);
     assert!(a.lvstores().is_empty());
+}
+
+/// The reboot check: stores, volumes, an iSCSI node, an NVMe-oF
+/// subsystem and an NBD export made over JSON-RPC, with the configuration
+/// kept on a disk chosen over JSON-RPC; QEMU is killed and boots again with
+/// no boot module: all of it serves again with its data.
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn volumes_exports_and_config_serve_again_after_a_kill() {
+    let dir = scratch("lvol-config");
+    let (nvme, cfg) = (dir.join("nvme.img"), dir.join("config.img"));
+    sparse(&nvme, 256 * MIB);
+    sparse(&cfg, 16 * MIB);
+    let disks = [Disk::nvme(0, 1, nvme), Disk::virtio(cfg)];
+    let iscsi = free_port();
+    const IQN: &str = "iqn.2016-06.io.spdk:vol";
+    let iscsi_uri = |port: u16| format!("iscsi://127.0.0.1:{port}/{IQN}/0");
+    let nqn = "nqn.2016-06.io.ironbay:vol";
+    let before = {
+        let a = boot_with(&disks, &[(iscsi, 3260)]);
+        assert_eq!(
+            a.raw("config_store_set", json!({"bdev_name": "VirtioBlk0"}))["result"],
+            true
+        );
+        let lvs = a.create_lvs("Nvme0n1", "lvs0", &["-c", &MIB.to_string()]);
+        let v_nbd = a.create_lvol(&lvs, "for_nbd", 8, false);
+        a.create_lvol(&lvs, "for_iscsi", 8, true);
+        a.create_lvol(&lvs, "for_nvmf", 8, true);
+        // An export under a name of the operator's choosing.
+        let uri = a.export("lvs0/for_nbd", "named");
+        a.write(&uri, 0x11, 0, 3 * MIB);
+        a.ok(&["iscsi_create_portal_group", "1", "0.0.0.0:3260"]);
+        a.ok(&["iscsi_create_initiator_group", "2", "ANY", "ANY"]);
+        a.ok(&[
+            "iscsi_create_target_node",
+            "vol",
+            "vol",
+            "lvs0/for_iscsi:0",
+            "1:2",
+            "64",
+            "-d",
+        ]);
+        a.write(&iscsi_uri(iscsi), 0x22, MIB, 2 * MIB);
+        a.ok(&["nvmf_create_transport", "-t", "TCP"]);
+        a.ok(&["nvmf_create_subsystem", nqn, "-a", "-s", "IRONBAYVOL0001"]);
+        a.ok(&["nvmf_subsystem_add_ns", nqn, "lvs0/for_nvmf"]);
+        a.ok(&[
+            "nvmf_subsystem_add_listener",
+            nqn,
+            "-t",
+            "tcp",
+            "-a",
+            "0.0.0.0",
+            "-s",
+            "4420",
+        ]);
+        let config = a.ok(&["save_config"]);
+        let subsystems = a.ok(&["nvmf_get_subsystems"]);
+        let nodes = a.ok(&["iscsi_get_target_nodes"]);
+        let lvols = sorted_by(
+            a.ok(&["bdev_lvol_get_lvols"]).as_array().unwrap().clone(),
+            "uuid",
+        );
+        assert!(
+            config.to_string().contains("\"nbd_device\":\"named\""),
+            "the named NBD export is in the saved configuration: {config}"
+        );
+        let _ = v_nbd;
+        // Dropping `a` kills QEMU (SIGKILL): no clean shutdown.
+        (config, subsystems, nodes, lvols)
+    };
+    let iscsi = free_port();
+    let a = boot_with(&disks, &[(iscsi, 3260)]);
+    a.wait_lvstores(1);
+    assert_eq!(a.ok(&["save_config"]), before.0, "save_config");
+    assert_eq!(
+        a.ok(&["nvmf_get_subsystems"]),
+        before.1,
+        "nvmf_get_subsystems"
+    );
+    assert_eq!(
+        a.ok(&["iscsi_get_target_nodes"]),
+        before.2,
+        "iscsi_get_target_nodes"
+    );
+    let lvols = sorted_by(
+        a.ok(&["bdev_lvol_get_lvols"]).as_array().unwrap().clone(),
+        "uuid",
+    );
+    assert_eq!(Value::Array(lvols), Value::Array(before.3), "volumes");
+    // Every export serves the data written before the kill.
+    let uri = format!("nbd://127.0.0.1:{}/named", a.nbd);
+    a.verify(&uri, 0x11, 0, 3 * MIB);
+    a.verify(&uri, 0x00, 3 * MIB, 5 * MIB);
+    a.verify(&iscsi_uri(iscsi), 0x00, 0, MIB);
+    a.verify(&iscsi_uri(iscsi), 0x22, MIB, 2 * MIB);
+    a.verify(&iscsi_uri(iscsi), 0x00, 3 * MIB, 5 * MIB);
 }

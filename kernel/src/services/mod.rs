@@ -144,7 +144,33 @@ pub fn init(
                 }
             }
         }
-        None => storage.bdevs.ids().for_each(|id| add(id, false)),
+        // Bdevs a store or the config area claimed take no I/O of their own.
+        None => storage
+            .bdevs
+            .ids()
+            .filter(|&id| storage.bdevs.claimed_by(id).is_none())
+            .for_each(|id| add(id, false)),
+    }
+    for call in &storage.nbd_calls {
+        let arg = |k: &str| call.params.get(k).and_then(serde_json::Value::as_str);
+        match (call.method.as_str(), arg("bdev_name"), arg("nbd_device")) {
+            ("nbd_start_disk" | "start_nbd_disk", Some(bdev), Some(name)) => {
+                match storage
+                    .bdevs
+                    .find(bdev)
+                    .and_then(|id| Some((id, storage.bdevs.info(id)?)))
+                {
+                    Some((id, info)) if !exports.list.iter().any(|e| e.name == name) => {
+                        let mut e = Export::new(name, &info.product, id, info, false);
+                        e.multi_conn = nbd_max != 1;
+                        exports.list.push(e);
+                    }
+                    Some(_) => log::error!("config: NBD export {name} exists already"),
+                    None => log::error!("config: nbd_start_disk: no bdev named {bdev}"),
+                }
+            }
+            (m, ..) => log::error!("config: {m} in the nbd subsystem not understood"),
+        }
     }
     let names: Vec<&str> = exports.list.iter().map(|e| e.name.as_str()).collect();
     log::info!("data0: NBD exports: {}", names.join(" "));

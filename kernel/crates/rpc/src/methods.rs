@@ -318,17 +318,32 @@ fn bdev_config(m: &Model<'_>) -> Vec<Value> {
     calls
 }
 
+/// NBD exports started by name (`nbd_start_disk`); a bdev's export under
+/// its own name comes back by itself. Only where the caller serves NBD.
+fn nbd_config(m: &Model<'_>) -> Vec<Value> {
+    m.nbd_exports_list()
+        .into_iter()
+        .filter(|(export, bdev)| export != bdev)
+        .map(|(export, bdev)| {
+            json!({
+                "method": "nbd_start_disk",
+                "params": { "bdev_name": bdev, "nbd_device": export }
+            })
+        })
+        .collect()
+}
+
 fn framework_get_config(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
     only(p, &["name", "with_batches"])?;
     match opt_name(p)? {
         Some("bdev") => Ok(Value::Array(bdev_config(m))),
-        Some("nbd") => Ok(Value::Array(Vec::new())),
+        Some("nbd") => Ok(Value::Array(nbd_config(m))),
         Some("nvmf") => Ok(Value::Array(nvmf::config(m))),
         Some("iscsi") => Ok(Value::Array(iscsi::config(m))),
         Some(other) => Err(RpcError::params(format!("no subsystem named {other}"))),
         None => Ok(json!({ "subsystems": [
             { "subsystem": "bdev", "config": bdev_config(m) },
-            { "subsystem": "nbd", "config": [] },
+            { "subsystem": "nbd", "config": nbd_config(m) },
             { "subsystem": "nvmf", "config": nvmf::config(m) },
             { "subsystem": "iscsi", "config": iscsi::config(m) },
         ]})),
