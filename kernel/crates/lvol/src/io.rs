@@ -43,8 +43,13 @@ pub(crate) struct Child {
 pub(crate) struct Router {
     parents: Vec<Option<Parent>>,
     free: Vec<u32>,
-    children: BTreeMap<u64, Child>,
-    next_tag: u64,
+    /// Base requests in flight, by slot; a tag is the slot and its
+    /// generation, so a stale completion finds nothing.
+    children: Vec<(u32, Option<Child>)>,
+    free_children: Vec<u32>,
+    live_children: usize,
+    /// Scratch for base completions.
+    pub(crate) scratch: Vec<IoCompletion>,
     /// Base requests refused for a full queue, retried at the next poll.
     pending: VecDeque<IoRequest>,
     pub(crate) done: BTreeMap<u32, VecDeque<IoCompletion>>,
@@ -68,15 +73,36 @@ impl Router {
     }
 
     pub(crate) fn busy(&self) -> bool {
-        !self.children.is_empty() || !self.pending.is_empty()
+        self.live_children > 0 || !self.pending.is_empty()
     }
 
-    fn tag(&mut self) -> u64 {
-        self.next_tag = self.next_tag.wrapping_add(1);
-        if self.next_tag == sync::SYNC_TAG || self.next_tag == 0 {
-            self.next_tag = 1;
+    /// A slot for a child; its tag never equals [`sync::SYNC_TAG`] (the
+    /// generation stays below `u32::MAX`).
+    fn add_child(&mut self, c: Child) -> u64 {
+        self.live_children += 1;
+        let i = match self.free_children.pop() {
+            Some(i) => i,
+            None => {
+                self.children.push((0, None));
+                (self.children.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.children[i as usize];
+        slot.0 = (slot.0 + 1) % (u32::MAX - 1);
+        slot.1 = Some(c);
+        (slot.0 as u64) << 32 | i as u64
+    }
+
+    fn take_child(&mut self, tag: u64) -> Option<Child> {
+        let i = (tag & 0xffff_ffff) as usize;
+        let slot = self.children.get_mut(i)?;
+        if slot.0 as u64 != tag >> 32 {
+            return None;
         }
-        self.next_tag
+        let c = slot.1.take()?;
+        self.free_children.push(i as u32);
+        self.live_children -= 1;
+        Some(c)
     }
 
     fn open_parent(&mut self, vol: u32, tag: u64, buf: Option<IoBuf>) -> u32 {
@@ -141,16 +167,12 @@ impl Router {
     }
 
     fn child(&mut self, parent: u32, offset: usize, own: bool, read: bool, op: IoOp) {
-        let tag = self.tag();
-        self.children.insert(
-            tag,
-            Child {
-                parent,
-                offset,
-                own,
-                read,
-            },
-        );
+        let tag = self.add_child(Child {
+            parent,
+            offset,
+            own,
+            read,
+        });
         if let Some(Some(p)) = self.parents.get_mut(parent as usize) {
             p.left += 1;
         }
@@ -163,7 +185,7 @@ impl Router {
 
     /// Takes a base completion.
     pub(crate) fn route(&mut self, c: IoCompletion) {
-        let Some(ch) = self.children.remove(&c.tag) else {
+        let Some(ch) = self.take_child(c.tag) else {
             return;
         };
         let Some(Some(p)) = self.parents.get_mut(ch.parent as usize) else {
@@ -248,8 +270,30 @@ impl Core {
         self.kick();
     }
 
+    /// The base LBA of a range that lies within one cluster the volume
+    /// reads from (its own or a parent's); `None` if it spans clusters or
+    /// is a hole. `own`: only the volume's own clusters count.
+    fn within_one(&self, vol: u32, lba: u64, blocks: u64, own: bool) -> Option<u64> {
+        let cb = self.cluster_blocks();
+        if blocks == 0 || lba / cb != (lba + blocks - 1) / cb {
+            return None;
+        }
+        let c = if own {
+            *self.meta.state.volumes.get(&vol)?.map.get(&(lba / cb))?
+        } else {
+            self.meta.state.resolve(vol, lba / cb)?
+        };
+        Some(self.base_lba(c, lba % cb))
+    }
+
     fn read(&mut self, vol: u32, tag: u64, lba: u64, mut buf: IoBuf) {
         let bs = self.meta.layout.block_size as u64;
+        if let Some(at) = self.within_one(vol, lba, buf.len() as u64 / bs, false) {
+            let p = self.router.open_parent(vol, tag, None);
+            self.router
+                .child(p, 0, false, true, IoOp::Read { lba: at, buf });
+            return;
+        }
         let pieces = self.pieces(lba, buf.len() as u64 / bs);
         // Extents on the base: (buffer offset, bytes, base lba).
         let mut extents: Vec<(usize, usize, u64)> = Vec::new();
@@ -300,6 +344,12 @@ impl Core {
 
     fn write(&mut self, vol: u32, tag: u64, lba: u64, buf: IoBuf) {
         let bs = self.meta.layout.block_size as u64;
+        if let Some(at) = self.within_one(vol, lba, buf.len() as u64 / bs, true) {
+            let p = self.router.open_parent(vol, tag, None);
+            self.router
+                .child(p, 0, false, false, IoOp::Write { lba: at, buf });
+            return;
+        }
         let pieces = self.pieces(lba, buf.len() as u64 / bs);
         let Some(v) = self.meta.state.volumes.get(&vol) else {
             return self
@@ -382,13 +432,34 @@ impl Core {
                             .and_then(|v| v.first().copied())
                             .ok_or(Error::NoSpace)?;
                         fresh.push((pc.idx, c));
+                        let src = self.meta.state.resolve(vol, pc.idx);
+                        if src.is_none() && pc.bytes < csize {
+                            // Nothing to copy: the new data, and zeroes
+                            // (the base's cheapest way) around it.
+                            let at = self.base_lba(c, pc.block_in);
+                            let n = (pc.bytes / bs) as u64;
+                            self.with_base(|dev, clock, others| {
+                                sync::write(
+                                    dev,
+                                    at,
+                                    &data[pc.offset..pc.offset + pc.bytes],
+                                    clock,
+                                    others,
+                                )
+                            })?;
+                            let start = self.base_lba(c, 0);
+                            self.zero(start, pc.block_in)?;
+                            let cb = self.cluster_blocks();
+                            self.zero(at + n, cb - pc.block_in - n)?;
+                            continue;
+                        }
                         let mut whole = Vec::new();
                         whole
                             .try_reserve_exact(csize)
                             .map_err(|_| Error::Io(IoStatus::NoMemory))?;
                         whole.resize(csize, 0);
                         if pc.bytes < csize
-                            && let Some(src) = self.meta.state.resolve(vol, pc.idx)
+                            && let Some(src) = src
                         {
                             let at = self.base_lba(src, 0);
                             self.with_base(|dev, clock, others| {
@@ -407,7 +478,7 @@ impl Core {
             }
             // New clusters hold their data before anything points at them.
             self.with_base(sync::flush)?;
-            self.commit(&[crate::format::Change::Map(vol, fresh.clone())])
+            self.commit(alloc::vec![crate::format::Change::Map(vol, fresh.clone())])
         })();
         if result.is_err() {
             for &(_, c) in &fresh {
@@ -444,7 +515,7 @@ impl Core {
             // Nothing in flight may still touch a cluster about to be freed.
             self.drain()?;
             let idx: Vec<u64> = release.iter().map(|r| r.0).collect();
-            self.commit(&[crate::format::Change::Unmap(vol, idx)])?;
+            self.commit(alloc::vec![crate::format::Change::Unmap(vol, idx)])?;
             for (_, c) in release {
                 self.meta.clusters.release(c);
             }
@@ -455,6 +526,9 @@ impl Core {
     /// Makes `n` base blocks at `at` read as zeroes, the cheapest way the
     /// base offers.
     pub(crate) fn zero(&mut self, at: u64, n: u64) -> Result<(), Error> {
+        if n == 0 {
+            return Ok(());
+        }
         let info = self.base.borrow().info().clone();
         let bs = info.block_size as u64;
         let (op_type, max) = if info.unmap_zeroes && info.io_types.contains(IoType::Unmap) {
@@ -524,11 +598,13 @@ impl Core {
     /// Collects base completions and retries queued requests.
     pub(crate) fn pump(&mut self) {
         let now = (self.clock)();
-        let mut got = Vec::new();
+        let mut got = core::mem::take(&mut self.router.scratch);
+        got.clear();
         self.base.borrow_mut().poll(now, &mut got);
-        for c in got {
+        for c in got.drain(..) {
             self.router.route(c);
         }
+        self.router.scratch = got;
         self.kick();
     }
 

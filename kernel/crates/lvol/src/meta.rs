@@ -140,7 +140,7 @@ impl Meta {
                 // Torn: the operation it carried was never acknowledged.
                 break;
             };
-            state.apply(&changes).map_err(Error::Damaged)?;
+            state.apply(changes).map_err(Error::Damaged)?;
             pos += flen;
             seq += 1;
         }
@@ -172,7 +172,7 @@ impl Meta {
     fn checkpoint(
         &mut self,
         dev: &mut dyn BlockDevice,
-        changes: Option<&[Change]>,
+        changes: Option<Vec<Change>>,
         clock: Clock<'_>,
         others: &mut Vec<IoCompletion>,
     ) -> Result<(), Error> {
@@ -208,12 +208,12 @@ impl Meta {
     pub fn commit(
         &mut self,
         dev: &mut dyn BlockDevice,
-        changes: &[Change],
+        changes: Vec<Change>,
         clock: Clock<'_>,
         others: &mut Vec<IoCompletion>,
     ) -> Result<(), Error> {
         let unit = self.layout.unit() as usize;
-        let rec = format::encode_record(changes, self.epoch, self.seq, unit);
+        let rec = format::encode_record(&changes, self.epoch, self.seq, unit);
         if self.jpos + rec.len() as u64 > self.layout.journal_bytes {
             return self.checkpoint(dev, Some(changes), clock, others);
         }

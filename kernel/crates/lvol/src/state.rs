@@ -65,39 +65,39 @@ impl State {
     /// Applies a journal record's changes; `Err` if they do not fit the
     /// state (a record that does not fit is damage, not something to
     /// guess around).
-    pub fn apply(&mut self, changes: &[Change]) -> Result<(), String> {
+    pub fn apply(&mut self, changes: Vec<Change>) -> Result<(), String> {
         for c in changes {
             match c {
                 Change::Put(v) => {
                     self.next_id = self.next_id.max(v.id.saturating_add(1));
-                    self.volumes.insert(v.id, v.clone());
+                    self.volumes.insert(v.id, v);
                 }
                 Change::Drop(id) => {
                     self.volumes
-                        .remove(id)
+                        .remove(&id)
                         .ok_or_else(|| format!("record drops unknown volume {id}"))?;
                 }
-                Change::Rename(n) => self.name = n.clone(),
+                Change::Rename(n) => self.name = n,
                 Change::Map(id, m) => {
                     let v = self
                         .volumes
-                        .get_mut(id)
+                        .get_mut(&id)
                         .ok_or_else(|| format!("record maps into unknown volume {id}"))?;
-                    for &(i, c) in m {
+                    for (i, c) in m {
                         v.map.insert(i, c);
                     }
                 }
                 Change::Unmap(id, idx) => {
                     let v = self
                         .volumes
-                        .get_mut(id)
+                        .get_mut(&id)
                         .ok_or_else(|| format!("record unmaps unknown volume {id}"))?;
                     for i in idx {
-                        v.map.remove(i);
+                        v.map.remove(&i);
                     }
                 }
-                Change::Grow(n) => self.total_clusters = *n,
-                Change::Clean(c) => self.clean = *c,
+                Change::Grow(n) => self.total_clusters = n,
+                Change::Clean(c) => self.clean = c,
             }
         }
         Ok(())

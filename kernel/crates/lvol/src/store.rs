@@ -99,7 +99,7 @@ impl Core {
         r.map_err(Error::Io)
     }
 
-    pub(crate) fn commit(&mut self, changes: &[Change]) -> Result<(), Error> {
+    pub(crate) fn commit(&mut self, changes: Vec<Change>) -> Result<(), Error> {
         let clock = self.clock;
         let mut others = Vec::new();
         let r = {
@@ -314,7 +314,7 @@ impl Store {
         check_name(new_name)?;
         self.0
             .borrow_mut()
-            .commit(&[Change::Rename(new_name.into())])
+            .commit(alloc::vec![Change::Rename(new_name.into())])
     }
 
     /// Takes in space the base device gained since the store was made.
@@ -325,7 +325,7 @@ impl Store {
         if total <= c.meta.state.total_clusters {
             return Ok(c.meta.state.total_clusters);
         }
-        c.commit(&[Change::Grow(total)])?;
+        c.commit(alloc::vec![Change::Grow(total)])?;
         c.meta.clusters.grow(total);
         Ok(total)
     }
@@ -345,7 +345,7 @@ impl Store {
     pub fn close(&self) -> Result<(), Error> {
         let mut c = self.0.borrow_mut();
         c.drain()?;
-        c.commit(&[Change::Clean(true)])
+        c.commit(alloc::vec![Change::Clean(true)])
     }
 
     fn new_volume(&self, name: &str) -> Result<u32, Error> {
@@ -402,7 +402,7 @@ impl Store {
         };
         let r = c
             .clear_clusters(&v, clear)
-            .and_then(|_| c.commit(&[Change::Put(v.clone())]));
+            .and_then(|_| c.commit(alloc::vec![Change::Put(v.clone())]));
         if r.is_err() {
             for &cl in v.map.values() {
                 c.meta.clusters.release(cl);
@@ -440,13 +440,13 @@ impl Store {
             read_only: true,
             snapshot: true,
             parent: o.parent,
-            map: o.map.clone(),
+            map: BTreeMap::new(),
         };
-        let mut o2 = o;
-        o2.map.clear();
+        let (mut snap, mut o2) = (snap, o);
+        snap.map = core::mem::take(&mut o2.map);
         o2.parent = Some(id);
         o2.thin = true;
-        c.commit(&[Change::Put(snap), Change::Put(o2)])?;
+        c.commit(alloc::vec![Change::Put(snap), Change::Put(o2)])?;
         Ok(id)
     }
 
@@ -478,7 +478,7 @@ impl Store {
             parent: Some(snapshot),
             map: BTreeMap::new(),
         };
-        c.commit(&[Change::Put(v)])?;
+        c.commit(alloc::vec![Change::Put(v)])?;
         Ok(id)
     }
 
@@ -502,7 +502,7 @@ impl Store {
             )));
         }
         v.name = new_name.into();
-        c.commit(&[Change::Put(v)])
+        c.commit(alloc::vec![Change::Put(v)])
     }
 
     pub fn set_read_only(&self, id: u32) -> Result<(), Error> {
@@ -519,7 +519,7 @@ impl Store {
         }
         c.drain()?;
         v.read_only = true;
-        c.commit(&[Change::Put(v)])
+        c.commit(alloc::vec![Change::Put(v)])
     }
 
     /// Grows or shrinks a volume (size rounded up to clusters).
@@ -563,7 +563,7 @@ impl Store {
             if !freed.is_empty() {
                 c.drain()?;
             }
-            c.commit(&[Change::Put(nv.clone())])
+            c.commit(alloc::vec![Change::Put(nv.clone())])
         })();
         match r {
             Ok(()) => {
@@ -619,7 +619,7 @@ impl Store {
             freed.extend(v.map.values().copied());
         }
         changes.push(Change::Drop(id));
-        c.commit(&changes)?;
+        c.commit(changes)?;
         for cl in freed {
             c.meta.clusters.release(cl);
         }
@@ -753,7 +753,7 @@ impl Core {
             }
             self.drain()?;
             self.with_base(sync::flush)?;
-            self.commit(&[Change::Put(nv.clone())])
+            self.commit(alloc::vec![Change::Put(nv.clone())])
         })();
         if r.is_err() {
             for cl in fresh {

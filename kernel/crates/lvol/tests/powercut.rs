@@ -261,7 +261,7 @@ fn image(base: SharedBdev) -> MallocBdev {
 
 #[test]
 fn every_write_point_on_a_512_byte_disk() {
-    cut_everywhere(512, 4096, &[0, 1, 3, 5, 7], 750);
+    cut_everywhere(512, 2048, &[0, 1, 3], 750);
 }
 
 #[test]
