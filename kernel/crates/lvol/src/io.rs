@@ -10,7 +10,7 @@
 
 use crate::Error;
 use crate::store::Core;
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 use ironbay_bdev::sync;
@@ -52,9 +52,10 @@ pub(crate) struct Router {
     pub(crate) scratch: Vec<IoCompletion>,
     /// Base requests refused for a full queue, retried at the next poll.
     pending: VecDeque<IoRequest>,
-    pub(crate) done: BTreeMap<u32, VecDeque<IoCompletion>>,
-    /// Volume requests not yet complete, per volume.
-    open: BTreeMap<u32, usize>,
+    /// Per volume with requests: (volume, requests not yet complete,
+    /// completions not yet collected). A few volumes are busy at a time; a
+    /// short vector beats a map on the per-I/O path.
+    vols: Vec<(u32, usize, VecDeque<IoCompletion>)>,
 }
 
 /// A piece of a volume range within one cluster.
@@ -69,7 +70,35 @@ struct Piece {
 
 impl Router {
     pub(crate) fn in_flight(&self, vol: u32) -> usize {
-        self.open.get(&vol).copied().unwrap_or(0) + self.done.get(&vol).map_or(0, |d| d.len())
+        self.vols
+            .iter()
+            .find(|v| v.0 == vol)
+            .map_or(0, |v| v.1 + v.2.len())
+    }
+
+    fn vol(&mut self, vol: u32) -> &mut (u32, usize, VecDeque<IoCompletion>) {
+        let i = match self.vols.iter().position(|v| v.0 == vol) {
+            Some(i) => i,
+            None => {
+                self.vols.push((vol, 0, VecDeque::new()));
+                self.vols.len() - 1
+            }
+        };
+        &mut self.vols[i]
+    }
+
+    /// Hands a volume's finished requests to `out`.
+    pub(crate) fn collect(&mut self, vol: u32, out: &mut Vec<IoCompletion>) -> usize {
+        let Some(i) = self.vols.iter().position(|v| v.0 == vol) else {
+            return 0;
+        };
+        let n = self.vols[i].2.len();
+        out.extend(self.vols[i].2.drain(..));
+        if self.vols[i].1 == 0 {
+            // Idle: forget it, so deleted volumes leave nothing behind.
+            self.vols.swap_remove(i);
+        }
+        n
     }
 
     pub(crate) fn busy(&self) -> bool {
@@ -114,7 +143,7 @@ impl Router {
             status: IoStatus::Success,
             give_back: true,
         };
-        *self.open.entry(vol).or_default() += 1;
+        self.vol(vol).1 += 1;
         match self.free.pop() {
             Some(i) => {
                 self.parents[i as usize] = Some(p);
@@ -133,10 +162,9 @@ impl Router {
             return;
         };
         self.free.push(i);
-        if let Some(n) = self.open.get_mut(&p.vol) {
-            *n = n.saturating_sub(1);
-        }
-        self.done.entry(p.vol).or_default().push_back(IoCompletion {
+        let v = self.vol(p.vol);
+        v.1 = v.1.saturating_sub(1);
+        v.2.push_back(IoCompletion {
             tag: p.tag,
             status: p.status,
             buf: if p.give_back { p.buf } else { None },
@@ -159,7 +187,7 @@ impl Router {
                 p.give_back = false;
             }
         }
-        if let Some(c) = self.done.get_mut(&vol).and_then(|d| d.back_mut())
+        if let Some(c) = self.vol(vol).2.back_mut()
             && c.tag == tag
         {
             c.buf = None;

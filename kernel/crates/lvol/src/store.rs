@@ -790,12 +790,7 @@ impl BlockDevice for LvolBdev {
     fn poll(&mut self, _now_us: u64, out: &mut Vec<IoCompletion>) -> usize {
         let mut c = self.core.borrow_mut();
         c.pump();
-        let Some(q) = c.router.done.get_mut(&self.id) else {
-            return 0;
-        };
-        let n = q.len();
-        out.extend(q.drain(..));
-        n
+        c.router.collect(self.id, out)
     }
 
     fn in_flight(&self) -> usize {
