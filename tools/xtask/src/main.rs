@@ -9,6 +9,7 @@
 //!   rig build|shell       the Linux guest rig
 //!   fuzz [--seconds N]    every cargo-fuzz target
 //!   soak [--minutes N]    verified real-client I/O beside hostile clients
+//!   powercut [--kills N]  QEMU killed at random under lvol operations and writes
 //!
 //! Host packages it needs are installed with apt-get when running as root;
 //! otherwise the exact command is printed.
@@ -17,6 +18,7 @@
 
 mod bench;
 mod build;
+mod crashsoak;
 mod iscsibench;
 mod lvolbench;
 mod nbdbench;
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         "hosted" => hosted(rest),
         "fuzz" => fuzz(rest),
         "soak" => soak::soak(rest),
+        "powercut" => crashsoak::powercut(rest),
         "__net-client" => netbench::client(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
@@ -104,6 +107,10 @@ const USAGE: &str = "usage: cargo xtask <command>
                            session, boot config, command line (nightly + cargo-fuzz), N s each (20)
   soak [--minutes N]       the appliance under waves of hostile load beside verified
                            NBD, iSCSI and NVMe-oF clients for N minutes (10)
+  powercut [--kills N] [--seed S]
+                           SIGKILL QEMU at random moments under lvol operations, config
+                           changes and fio writes, N times (200); each reboot must find
+                           the store, the config and every flushed write (CI runs 20)
   rig build                build the Linux guest (cached under target/rig)
   rig shell SCRIPT         boot the guest, run SCRIPT in it, print its output";
 
