@@ -373,7 +373,16 @@ fn put_volume(w: &mut Writer, v: &Volume) {
     w.u8(v.thin as u8 | (v.read_only as u8) << 1 | (v.snapshot as u8) << 2);
     w.u32(v.parent.unwrap_or(NO_PARENT));
     // Extent map as runs: (volume cluster, store cluster, length).
-    let runs = crate::state::runs(&v.map);
+    // Runs longer than a u32 are written in pieces.
+    let mut runs = Vec::new();
+    for (i, c, n) in v.map.runs() {
+        let mut k = 0;
+        while k < n {
+            let part = (n - k).min(u32::MAX as u64);
+            runs.push((i + k, c + k, part as u32));
+            k += part;
+        }
+    }
     w.u32(runs.len() as u32);
     for (i, c, n) in runs {
         w.u64(i);
@@ -393,13 +402,17 @@ fn get_volume(r: &mut Reader<'_>) -> Option<Volume> {
         p => Some(p),
     };
     let n = r.u32()?;
-    let mut map = BTreeMap::new();
+    let mut map = crate::extents::Extents::default();
     for _ in 0..n {
-        let (i, c, len) = (r.u64()?, r.u64()?, r.u32()?);
-        r.1 = r.1.checked_sub(len as u64)?;
-        for k in 0..len as u64 {
-            map.insert(i.checked_add(k)?, c.checked_add(k)?);
+        let (i, c, len) = (r.u64()?, r.u64()?, r.u32()? as u64);
+        r.1 = r.1.checked_sub(len)?;
+        i.checked_add(len)?;
+        c.checked_add(len)?;
+        // Runs must not overlap: damage, not something to merge.
+        if (0..len).any(|k| map.contains_key(&(i + k))) {
+            return None;
         }
+        map.insert_run(i, c, len);
     }
     Some(Volume {
         id,

@@ -307,7 +307,7 @@ impl Core {
             return None;
         }
         let c = if own {
-            *self.meta.state.volumes.get(&vol)?.map.get(&(lba / cb))?
+            self.meta.state.volumes.get(&vol)?.map.get(lba / cb)?
         } else {
             self.meta.state.resolve(vol, lba / cb)?
         };
@@ -393,7 +393,10 @@ impl Core {
         }
         let mut extents: Vec<(usize, usize, u64)> = Vec::new();
         for pc in &pieces {
-            let at = self.base_lba(v.map[&pc.idx], pc.block_in);
+            let Some(c) = v.map.get(pc.idx) else {
+                continue;
+            };
+            let at = self.base_lba(c, pc.block_in);
             match extents.last_mut() {
                 Some((o, n, b)) if *o + *n == pc.offset && *b + (*n as u64 / bs) == at => {
                     *n += pc.bytes
@@ -438,7 +441,7 @@ impl Core {
         let mut fresh: Vec<(u64, u64)> = Vec::new();
         let result = (|| {
             for pc in pieces {
-                let owned = self.meta.state.volumes[&vol].map.get(&pc.idx).copied();
+                let owned = self.meta.state.volumes[&vol].map.get(pc.idx);
                 match owned {
                     Some(c) => {
                         let at = self.base_lba(c, pc.block_in);
@@ -527,7 +530,7 @@ impl Core {
         let mut release = Vec::new();
         let mut zero = Vec::new();
         for pc in &pieces {
-            if let Some(&c) = v.map.get(&pc.idx) {
+            if let Some(c) = v.map.get(pc.idx) {
                 let n = pc.bytes as u64 / self.meta.layout.block_size as u64;
                 if thin && n == cb {
                     release.push((pc.idx, c));

@@ -14,6 +14,7 @@
 
 extern crate alloc;
 
+mod extents;
 mod format;
 mod io;
 mod meta;

@@ -25,7 +25,7 @@ pub struct Volume {
     /// The snapshot this volume reads unallocated clusters from.
     pub parent: Option<u32>,
     /// Volume cluster -> store cluster.
-    pub map: BTreeMap<u64, u64>,
+    pub map: crate::extents::Extents,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,20 +35,6 @@ pub struct State {
     pub next_id: u32,
     pub clean: bool,
     pub volumes: BTreeMap<u32, Volume>,
-}
-
-/// Contiguous runs of an extent map: (volume cluster, store cluster, length).
-pub fn runs(map: &BTreeMap<u64, u64>) -> Vec<(u64, u64, u32)> {
-    let mut out: Vec<(u64, u64, u32)> = Vec::new();
-    for (&i, &c) in map {
-        match out.last_mut() {
-            Some((i0, c0, n)) if *i0 + *n as u64 == i && *c0 + *n as u64 == c && *n < u32::MAX => {
-                *n += 1
-            }
-            _ => out.push((i, c, 1)),
-        }
-    }
-    out
 }
 
 impl State {
@@ -121,7 +107,7 @@ impl State {
             if idx >= v.size_clusters {
                 return None;
             }
-            if let Some(&c) = v.map.get(&idx) {
+            if let Some(c) = v.map.get(idx) {
                 return Some(c);
             }
             cur = self.volumes.get(&v.parent?);
@@ -157,7 +143,7 @@ impl State {
                     cur = self.volumes.get(&c).and_then(|x| x.parent);
                 }
             }
-            for (&i, &c) in &v.map {
+            for (i, c) in v.map.iter() {
                 if i >= v.size_clusters {
                     return Err(format!("volume {} maps cluster {i} past its end", v.name));
                 }

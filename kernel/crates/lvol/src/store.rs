@@ -7,7 +7,6 @@ use crate::format::{Change, Layout, MAX_NAME, MAX_VOLUMES};
 use crate::io::Router;
 use crate::meta::Meta;
 use crate::state::Volume;
-use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::rc::Rc;
 use alloc::string::{String, ToString};
@@ -129,7 +128,7 @@ impl Core {
                 .and_then(|p| st.volumes.get(&p))
                 .map(|p| p.name.clone()),
             clones: st.children(v.id).map(|c| c.name.clone()).collect(),
-            allocated_clusters: v.map.len() as u64,
+            allocated_clusters: v.map.len(),
         }
     }
 
@@ -382,7 +381,7 @@ impl Store {
             return Err(Error::Invalid("size must be greater than zero".into()));
         }
         let n = size_bytes.div_ceil(cs);
-        let mut map = BTreeMap::new();
+        let mut map = crate::extents::Extents::default();
         if !thin {
             let got = c.meta.clusters.take(n).ok_or(Error::NoSpace)?;
             for (i, &cl) in got.iter().enumerate() {
@@ -404,7 +403,7 @@ impl Store {
             .clear_clusters(&v, clear)
             .and_then(|_| c.commit(alloc::vec![Change::Put(v.clone())]));
         if r.is_err() {
-            for &cl in v.map.values() {
+            for cl in v.map.values() {
                 c.meta.clusters.release(cl);
             }
         }
@@ -440,7 +439,7 @@ impl Store {
             read_only: true,
             snapshot: true,
             parent: o.parent,
-            map: BTreeMap::new(),
+            map: Default::default(),
         };
         let (mut snap, mut o2) = (snap, o);
         snap.map = core::mem::take(&mut o2.map);
@@ -476,7 +475,7 @@ impl Store {
             read_only: false,
             snapshot: false,
             parent: Some(snapshot),
-            map: BTreeMap::new(),
+            map: Default::default(),
         };
         c.commit(alloc::vec![Change::Put(v)])?;
         Ok(id)
@@ -553,11 +552,11 @@ impl Store {
                 nv.map.insert(v.size_clusters + k as u64, cl);
             }
         }
-        let freed: Vec<u64> = nv.map.split_off(&n).into_values().collect();
+        let freed: Vec<u64> = nv.map.split_off(n).values().collect();
         let r = (|| {
             if !fresh.is_empty() {
                 let mut part = nv.clone();
-                part.map.retain(|i, _| *i >= v.size_clusters);
+                part.map = part.map.split_off(v.size_clusters);
                 c.clear_clusters(&part, Clear::Zero)?;
             }
             if !freed.is_empty() {
@@ -606,7 +605,7 @@ impl Store {
         let mut freed = Vec::new();
         if let Some(kid) = kids.into_iter().next() {
             let mut k = kid;
-            for (&i, &cl) in &v.map {
+            for (i, cl) in v.map.iter() {
                 if i < k.size_clusters && !k.map.contains_key(&i) {
                     k.map.insert(i, cl);
                 } else {
@@ -616,7 +615,7 @@ impl Store {
             k.parent = v.parent;
             changes.push(Change::Put(k));
         } else {
-            freed.extend(v.map.values().copied());
+            freed.extend(v.map.values());
         }
         changes.push(Change::Drop(id));
         c.commit(changes)?;
@@ -692,13 +691,13 @@ impl Store {
 impl Core {
     /// Zeroes a volume's (new) clusters on the base.
     fn clear_clusters(&mut self, v: &Volume, clear: Clear) -> Result<(), Error> {
-        if clear == Clear::None {
+        if clear == Clear::None || v.map.is_empty() {
             return Ok(());
         }
         let cb = self.cluster_blocks();
-        for (_, c, n) in crate::state::runs(&v.map) {
+        for (_, c, n) in v.map.runs() {
             let at = self.base_lba(c, 0);
-            self.zero(at, cb * n as u64)?;
+            self.zero(at, cb * n)?;
         }
         Ok(())
     }
@@ -716,8 +715,8 @@ impl Core {
                     continue;
                 }
                 let src = match &from {
-                    Some(p) => match p.map.get(&i) {
-                        Some(&s) => Some(s),
+                    Some(p) => match p.map.get(i) {
+                        Some(s) => Some(s),
                         None => continue,
                     },
                     None => self.meta.state.resolve(v.id, i),
