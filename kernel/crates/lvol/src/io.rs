@@ -554,60 +554,39 @@ impl Core {
         Ok(())
     }
 
-    /// Makes `n` base blocks at `at` read as zeroes, the cheapest way the
-    /// base offers.
+    /// Makes `n` base blocks at `at` read as zeroes: write zeroes where the
+    /// base has it, else zero-filled writes.
     pub(crate) fn zero(&mut self, at: u64, n: u64) -> Result<(), Error> {
         if n == 0 {
             return Ok(());
         }
         let info = self.base.borrow().info().clone();
         let bs = info.block_size as u64;
-        let (op_type, max) = if info.unmap_zeroes && info.io_types.contains(IoType::Unmap) {
-            (Some(IoType::Unmap), info.max_unmap_blocks as u64)
-        } else if info.io_types.contains(IoType::WriteZeroes) {
-            (
-                Some(IoType::WriteZeroes),
-                info.max_write_zeroes_blocks as u64,
-            )
+        // Write zeroes, never unmap: an unmap (NVMe deallocate, SCSI UNMAP)
+        // is a hint the device may ignore and keep the old data, even when
+        // it says unmapped blocks read zeroes.
+        let wz = info.io_types.contains(IoType::WriteZeroes);
+        let max = if wz {
+            info.max_write_zeroes_blocks as u64
         } else {
-            (None, (info.max_transfer as u64 / bs).max(1))
+            (info.max_transfer as u64 / bs).max(1)
         };
         let max = max.clamp(1, u32::MAX as u64);
         let mut done = 0;
         while done < n {
             let k = (n - done).min(max);
             let lba = at + done;
-            match op_type {
-                Some(IoType::Unmap) => self.with_base(|dev, clock, others| {
-                    sync::run(
-                        dev,
-                        IoOp::Unmap {
-                            lba,
-                            blocks: k as u32,
-                        },
-                        false,
-                        clock,
-                        others,
-                    )
-                    .map(|_| ())
-                })?,
-                Some(_) => self.with_base(|dev, clock, others| {
-                    sync::run(
-                        dev,
-                        IoOp::WriteZeroes {
-                            lba,
-                            blocks: k as u32,
-                        },
-                        false,
-                        clock,
-                        others,
-                    )
-                    .map(|_| ())
-                })?,
-                None => {
-                    let z = vec![0u8; (k * bs) as usize];
-                    self.with_base(|dev, clock, others| sync::write(dev, lba, &z, clock, others))?
-                }
+            if wz {
+                let op = IoOp::WriteZeroes {
+                    lba,
+                    blocks: k as u32,
+                };
+                self.with_base(|dev, clock, others| {
+                    sync::run(dev, op, false, clock, others).map(|_| ())
+                })?;
+            } else {
+                let z = vec![0u8; (k * bs) as usize];
+                self.with_base(|dev, clock, others| sync::write(dev, lba, &z, clock, others))?;
             }
             done += k;
         }

@@ -689,7 +689,8 @@ impl Store {
 }
 
 impl Core {
-    /// Zeroes a volume's (new) clusters on the base.
+    /// Zeroes a volume's (new) clusters on the base, durably: the record
+    /// that hands them over must not outlive the zeroes in a power cut.
     fn clear_clusters(&mut self, v: &Volume, clear: Clear) -> Result<(), Error> {
         if clear == Clear::None || v.map.is_empty() {
             return Ok(());
@@ -699,7 +700,7 @@ impl Core {
             let at = self.base_lba(c, 0);
             self.zero(at, cb * n)?;
         }
-        Ok(())
+        self.with_base(sync::flush)
     }
 
     /// Allocates and fills the volume's unallocated clusters. `from`:

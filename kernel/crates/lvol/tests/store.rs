@@ -304,3 +304,69 @@ fn damaged_metadata_is_refused_not_guessed() {
         Err(Error::Damaged(_))
     ));
 }
+
+/// A disk that says unmapped blocks read zeroes but keeps the data (as NVMe
+/// deallocate and SCSI UNMAP may: they are hints).
+struct KeepsUnmapped(MallocBdev);
+
+impl BlockDevice for KeepsUnmapped {
+    fn info(&self) -> &ironbay_bdev::BdevInfo {
+        self.0.info()
+    }
+    fn submit(
+        &mut self,
+        req: ironbay_bdev::IoRequest,
+        now: u64,
+    ) -> Result<(), ironbay_bdev::IoRequest> {
+        match req.op {
+            IoOp::Unmap { .. } => self.0.submit(
+                ironbay_bdev::IoRequest {
+                    tag: req.tag,
+                    op: IoOp::Flush,
+                    fua: false,
+                },
+                now,
+            ),
+            _ => self.0.submit(req, now),
+        }
+    }
+    fn poll(&mut self, now: u64, out: &mut Vec<ironbay_bdev::IoCompletion>) -> usize {
+        self.0.poll(now, out)
+    }
+    fn in_flight(&self) -> usize {
+        self.0.in_flight()
+    }
+}
+
+#[test]
+fn new_thick_clusters_read_zeroes_even_where_unmap_keeps_data() {
+    let base = shared(KeepsUnmapped(MallocBdev::new("m", 8 * 2048, 512)));
+    assert!(base.borrow().info().unmap_zeroes);
+    let s = Store::create(base, "Malloc0", "lvs0", CS, uuid(7), clock).unwrap();
+    let a = s
+        .create_volume("a", 4 * CS, false, uuid(1), Clear::Zero)
+        .unwrap();
+    let mut ab = s.bdev(a).unwrap();
+    assert_eq!(
+        write(&mut ab, 0, &vec![0x5a; (4 * CS) as usize]),
+        IoStatus::Success
+    );
+    s.delete(a).unwrap();
+    let b = s
+        .create_volume("b", 4 * CS, false, uuid(2), Clear::Zero)
+        .unwrap();
+    let mut bb = s.bdev(b).unwrap();
+    let back = read(&mut bb, 0, (4 * CS) as usize).unwrap();
+    assert!(
+        back.iter().all(|&x| x == 0),
+        "a new thick volume shows old data"
+    );
+    // Partial unmaps of owned clusters zero too.
+    assert_eq!(write(&mut bb, 0, &vec![0x77; 4096]), IoStatus::Success);
+    assert!(
+        io(&mut bb, IoOp::Unmap { lba: 0, blocks: 8 })
+            .status
+            .is_ok()
+    );
+    assert!(read(&mut bb, 0, 4096).unwrap().iter().all(|&x| x == 0));
+}
