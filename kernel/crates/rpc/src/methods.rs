@@ -3,16 +3,18 @@
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use ironbay_bdev::{IoType, Uuid};
-use ironbay_model::{Model, RamBdev, RamKind};
+use ironbay_bdev::IoType;
+use ironbay_model::{Model, RamKind};
 use serde_json::{Map, Value, json};
 
 mod bdev_extra;
 mod iscsi;
 mod lvol;
+mod nbd;
 mod nvmf;
 mod params;
 pub mod persist;
+mod ram;
 
 /// JSON-RPC error codes as SPDK uses them.
 pub mod code {
@@ -84,13 +86,13 @@ pub static METHODS: &[Method] = table![
     "framework_wait_init" ["wait_subsystem_init"] BOTH => |_, _| Ok(Value::Bool(true)),
     "bdev_get_bdevs" ["get_bdevs"] (false, true) => bdev_get_bdevs,
     "bdev_get_iostat" ["get_bdevs_iostat"] (false, true) => bdev_get_iostat,
-    "bdev_malloc_create" ["construct_malloc_bdev"] (false, true) => |m, p| bdev_create(m, p, RamKind::Malloc),
-    "bdev_malloc_delete" ["delete_malloc_bdev"] (false, true) => |m, p| bdev_delete(m, p, RamKind::Malloc),
-    "bdev_null_create" ["construct_null_bdev"] (false, true) => |m, p| bdev_create(m, p, RamKind::Null),
-    "bdev_null_delete" ["delete_null_bdev"] (false, true) => |m, p| bdev_delete(m, p, RamKind::Null),
-    "bdev_null_resize" [] (false, true) => bdev_null_resize,
+    "bdev_malloc_create" ["construct_malloc_bdev"] (false, true) => |m, p| ram::create(m, p, RamKind::Malloc),
+    "bdev_malloc_delete" ["delete_malloc_bdev"] (false, true) => |m, p| ram::delete(m, p, RamKind::Malloc),
+    "bdev_null_create" ["construct_null_bdev"] (false, true) => |m, p| ram::create(m, p, RamKind::Null),
+    "bdev_null_delete" ["delete_null_bdev"] (false, true) => |m, p| ram::delete(m, p, RamKind::Null),
+    "bdev_null_resize" [] (false, true) => ram::null_resize,
     "bdev_set_options" ["set_bdev_options"] BOTH => bdev_set_options,
-    "bdev_set_qos_limit" ["set_bdev_qos_limit"] (false, true) => bdev_set_qos_limit,
+    "bdev_set_qos_limit" ["set_bdev_qos_limit"] (false, true) => ram::set_qos_limit,
     "bdev_nvme_attach_controller" ["construct_nvme_bdev"] (false, true) => bdev_nvme_attach_controller,
     "bdev_nvme_detach_controller" ["delete_nvme_controller"] (false, true) => bdev_nvme_detach_controller,
     "bdev_virtio_attach_controller" ["construct_virtio_dev"] (false, true) => bdev_virtio_attach_controller,
@@ -141,9 +143,9 @@ pub static METHODS: &[Method] = table![
     "bdev_lvol_decouple_parent" ["decouple_parent_lvol_bdev"] (false, true) => lvol::decouple_parent,
     "bdev_lvol_set_read_only" [] (false, true) => lvol::set_read_only,
     "bdev_lvol_get_lvols" [] (false, true) => lvol::get_lvols,
-    "nbd_get_disks" ["get_nbd_disks"] (false, true) => nbd_get_disks,
-    "nbd_start_disk" ["start_nbd_disk"] (false, true) => nbd_start_disk,
-    "nbd_stop_disk" ["stop_nbd_disk"] (false, true) => nbd_stop_disk,
+    "nbd_get_disks" ["get_nbd_disks"] (false, true) => nbd::get_disks,
+    "nbd_start_disk" ["start_nbd_disk"] (false, true) => nbd::start_disk,
+    "nbd_stop_disk" ["stop_nbd_disk"] (false, true) => nbd::stop_disk,
     "iscsi_set_options" ["set_iscsi_options"] BOTH => iscsi::set_options,
     "iscsi_get_options" ["get_iscsi_global_params"] (false, true) => iscsi::get_options,
     "iscsi_set_discovery_auth" ["set_iscsi_discovery_auth"] (false, true) => iscsi::set_discovery_auth,
@@ -318,32 +320,17 @@ fn bdev_config(m: &Model<'_>) -> Vec<Value> {
     calls
 }
 
-/// NBD exports started by name (`nbd_start_disk`); a bdev's export under
-/// its own name comes back by itself. Only where the caller serves NBD.
-fn nbd_config(m: &Model<'_>) -> Vec<Value> {
-    m.nbd_exports_list()
-        .into_iter()
-        .filter(|(export, bdev)| export != bdev)
-        .map(|(export, bdev)| {
-            json!({
-                "method": "nbd_start_disk",
-                "params": { "bdev_name": bdev, "nbd_device": export }
-            })
-        })
-        .collect()
-}
-
 fn framework_get_config(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
     only(p, &["name", "with_batches"])?;
     match opt_name(p)? {
         Some("bdev") => Ok(Value::Array(bdev_config(m))),
-        Some("nbd") => Ok(Value::Array(nbd_config(m))),
+        Some("nbd") => Ok(Value::Array(nbd::config(m))),
         Some("nvmf") => Ok(Value::Array(nvmf::config(m))),
         Some("iscsi") => Ok(Value::Array(iscsi::config(m))),
         Some(other) => Err(RpcError::params(format!("no subsystem named {other}"))),
         None => Ok(json!({ "subsystems": [
             { "subsystem": "bdev", "config": bdev_config(m) },
-            { "subsystem": "nbd", "config": nbd_config(m) },
+            { "subsystem": "nbd", "config": nbd::config(m) },
             { "subsystem": "nvmf", "config": nvmf::config(m) },
             { "subsystem": "iscsi", "config": iscsi::config(m) },
         ]})),
@@ -426,59 +413,6 @@ fn bdev_set_options(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, 
     Ok(Value::Bool(true))
 }
 
-/// SPDK's QoS: IOPS and MB/s limits (MB = 10^6 bytes), 0 lifts a limit;
-/// limits not named keep their value. Enforced in the bdev layer.
-fn bdev_set_qos_limit(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
-    only(
-        p,
-        &[
-            "name",
-            "rw_ios_per_sec",
-            "rw_mbytes_per_sec",
-            "r_mbytes_per_sec",
-            "w_mbytes_per_sec",
-        ],
-    )?;
-    let name = opt_name(p)?.ok_or_else(|| RpcError::params("missing `name`"))?;
-    let mut limits = m.bdevs.qos(m.find(name)?);
-    let num = |k: &str| -> Result<Option<u64>, RpcError> {
-        match p.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| RpcError::params(format!("`{k}` must be a non-negative integer"))),
-        }
-    };
-    let mb = |v: u64| {
-        v.checked_mul(1_000_000)
-            .ok_or_else(|| RpcError::params("limit too large"))
-    };
-    let given = [
-        "rw_ios_per_sec",
-        "rw_mbytes_per_sec",
-        "r_mbytes_per_sec",
-        "w_mbytes_per_sec",
-    ];
-    if given.iter().all(|k| !p.contains_key(*k)) {
-        return Err(RpcError::params("no limit given"));
-    }
-    if let Some(v) = num("rw_ios_per_sec")? {
-        limits.ios_per_sec = v;
-    }
-    if let Some(v) = num("rw_mbytes_per_sec")? {
-        limits.bytes_per_sec = mb(v)?;
-    }
-    if let Some(v) = num("r_mbytes_per_sec")? {
-        limits.read_bytes_per_sec = mb(v)?;
-    }
-    if let Some(v) = num("w_mbytes_per_sec")? {
-        limits.write_bytes_per_sec = mb(v)?;
-    }
-    m.set_qos(name, limits)?;
-    Ok(Value::Bool(true))
-}
-
 fn find(m: &Model<'_>, name: &str) -> Result<ironbay_bdev::BdevId, RpcError> {
     Ok(m.find(name)?)
 }
@@ -543,27 +477,8 @@ fn bdev_get_iostat(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, R
     Ok(json!({ "tick_rate": 1_000_000, "ticks": 0, "bdevs": list }))
 }
 
-/// Parameters today's SPDK client sends with their defaults; we take them
-/// at those values and refuse features we do not have.
-const MUST_BE_OFF: &[&str] = &[
-    "md_size",
-    "md_interleave",
-    "dif_type",
-    "dif_is_head_of_md",
-    "dif_pi_format",
-    "dif_check_flags",
-];
-const IGNORED: &[&str] = &["optimal_io_boundary", "physical_block_size", "numa_id"];
-
 fn off(v: &Value) -> bool {
     matches!(v, Value::Null | Value::Bool(false)) || v.as_u64() == Some(0)
-}
-
-fn u64_param(p: &Map<String, Value>, key: &str) -> Result<u64, RpcError> {
-    p.get(key)
-        .ok_or_else(|| RpcError::params(format!("missing `{key}`")))?
-        .as_u64()
-        .ok_or_else(|| RpcError::params(format!("`{key}` must be a non-negative integer")))
 }
 
 fn opt_str<'p>(p: &'p Map<String, Value>, key: &str) -> Result<Option<&'p str>, RpcError> {
@@ -572,86 +487,6 @@ fn opt_str<'p>(p: &'p Map<String, Value>, key: &str) -> Result<Option<&'p str>, 
         Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(RpcError::params(format!("`{key}` must be a string"))),
     }
-}
-
-fn bdev_create(
-    m: &mut Model<'_>,
-    p: &Map<String, Value>,
-    kind: RamKind,
-) -> Result<Value, RpcError> {
-    let mut known: Vec<&str> = alloc::vec!["name", "num_blocks", "block_size", "uuid"];
-    known.extend(MUST_BE_OFF);
-    known.extend(IGNORED);
-    only(p, &known)?;
-    if let Some(k) = MUST_BE_OFF
-        .iter()
-        .find(|k| p.get(**k).is_some_and(|v| !off(v)))
-    {
-        return Err(RpcError::params(format!(
-            "`{k}`: metadata and protection information are not supported"
-        )));
-    }
-    let (block_size, num_blocks) = (u64_param(p, "block_size")?, u64_param(p, "num_blocks")?);
-    let spec = RamBdev {
-        kind,
-        block_size,
-        num_blocks,
-        name: opt_str(p, "name")?.map(String::from),
-        uuid: opt_str(p, "uuid")?
-            .map(|s| {
-                Uuid::parse(s).ok_or_else(|| RpcError::params(format!("`uuid` {s} is not a UUID")))
-            })
-            .transpose()?,
-    };
-    let name = m.create_ram_bdev(spec)?;
-    if kind == RamKind::Malloc {
-        // The budget is what was free when the caller made the model; calls
-        // sharing it (a batch, pipelined requests, the boot config) must not
-        // each spend it whole.
-        let bytes = num_blocks.saturating_mul(block_size);
-        m.memory_budget = m.memory_budget.saturating_sub(bytes);
-    }
-    Ok(Value::String(name))
-}
-
-fn bdev_delete(
-    m: &mut Model<'_>,
-    p: &Map<String, Value>,
-    kind: RamKind,
-) -> Result<Value, RpcError> {
-    only(p, &["name"])?;
-    let name = opt_name(p)?.ok_or_else(|| RpcError::params("missing `name`"))?;
-    m.delete_bdev(name, kind)?;
-    Ok(Value::Bool(true))
-}
-
-/// SPDK's null bdev resize: `new_size` in MiB (whole blocks of it). Here
-/// a null bdev may shrink as well as grow.
-fn bdev_null_resize(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
-    only(p, &["name", "new_size"])?;
-    let name = str_param(p, "name")?;
-    let mib = u64_param(p, "new_size")?;
-    let info = m.bdevs.info(find(m, name)?).cloned();
-    let block_size = info.map_or(512, |i| i.block_size as u64);
-    let blocks = mib
-        .checked_mul(1 << 20)
-        .map(|b| b / block_size)
-        .ok_or_else(|| RpcError::params("`new_size` too large"))?;
-    m.resize_bdev(name, RamKind::Null, blocks)?;
-    Ok(Value::Bool(true))
-}
-
-fn nbd_get_disks(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
-    only(p, &["nbd_device"])?;
-    let wanted = opt_str(p, "nbd_device")?;
-    // No /dev/nbdX on an appliance: the export name is the "device".
-    Ok(Value::Array(
-        m.nbd_exports_list()
-            .into_iter()
-            .filter(|(export, _)| wanted.is_none_or(|w| w == export))
-            .map(|(export, bdev)| json!({ "bdev_name": bdev, "nbd_device": export }))
-            .collect(),
-    ))
 }
 
 fn str_param<'p>(p: &'p Map<String, Value>, key: &str) -> Result<&'p str, RpcError> {
@@ -757,21 +592,6 @@ fn bdev_virtio_detach_controller(
 ) -> Result<Value, RpcError> {
     only(p, &["name"])?;
     m.detach_virtio(str_param(p, "name")?)?;
-    Ok(Value::Bool(true))
-}
-
-/// Exports a bdev over NBD. The appliance has no /dev/nbdX: `nbd_device`
-/// names the export (default: the bdev's name) and is what clients ask for.
-fn nbd_start_disk(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
-    only(p, &["bdev_name", "nbd_device"])?;
-    let bdev = str_param(p, "bdev_name")?;
-    let export = opt_str(p, "nbd_device")?;
-    Ok(Value::String(m.export_nbd(bdev, export)?))
-}
-
-fn nbd_stop_disk(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Value, RpcError> {
-    only(p, &["nbd_device"])?;
-    m.unexport_nbd(str_param(p, "nbd_device")?)?;
     Ok(Value::Bool(true))
 }
 

@@ -13,24 +13,13 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use ironbay_bdev::error::{Injected, Injection};
-use ironbay_bdev::{BdevId, IoType, NvmeOptions, TimeoutAction, Uuid};
+use ironbay_bdev::{BdevId, IoType, NvmeOptions, TimeoutAction};
 use ironbay_model::Model;
 use ironbay_model::stacked::Stacked;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-type Params = Map<String, Value>;
-
-/// Decodes `p` into `T`; every decoding error is invalid params.
-fn parse<T: DeserializeOwned>(p: &Params) -> Result<T, RpcError> {
-    serde_json::from_value(Value::Object(p.clone())).map_err(|e| RpcError::params(e.to_string()))
-}
-
-fn uuid(s: Option<&str>) -> Result<Option<Uuid>, RpcError> {
-    s.map(|s| Uuid::parse(s).ok_or_else(|| RpcError::params(format!("`uuid` {s} is not a UUID"))))
-        .transpose()
-}
+use super::params::{Params, parse, uuid};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

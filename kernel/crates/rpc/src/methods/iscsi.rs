@@ -251,7 +251,7 @@ pub(super) fn set_discovery_auth(m: &mut Model<'_>, p: &Params) -> Result<Value,
     known.extend(LEGACY_CHAP_KEYS);
     only(p, &known)?;
     let c = chap(p, &ChapPolicy::default(), true)?.unwrap_or_default();
-    m.iscsi_set_discovery_auth(c)?;
+    m.iscsi_configure(|cfg, _| cfg.set_discovery_auth(c))?;
     Ok(Value::Bool(true))
 }
 
@@ -276,27 +276,30 @@ pub(super) fn create_auth_group(m: &mut Model<'_>, p: &Params) -> Result<Value, 
             secret(s)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    m.iscsi_create_auth_group(tag, secrets)?;
+    m.iscsi_configure(|c, _| c.create_auth_group(tag, secrets))?;
     Ok(Value::Bool(true))
 }
 
 pub(super) fn delete_auth_group(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
     only(p, &["tag"])?;
-    m.iscsi_delete_auth_group(tag_param(p, "tag")?)?;
+    let tag = tag_param(p, "tag")?;
+    m.iscsi_configure(|c, _| c.delete_auth_group(tag))?;
     Ok(Value::Bool(true))
 }
 
 pub(super) fn add_secret(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
     only(p, &["tag", "user", "secret", "muser", "msecret"])?;
     let tag = tag_param(p, "tag")?;
-    m.iscsi_add_secret(tag, secret(p)?)?;
+    let secret = secret(p)?;
+    m.iscsi_configure(|c, _| c.add_secret(tag, secret))?;
     Ok(Value::Bool(true))
 }
 
 pub(super) fn remove_secret(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
     only(p, &["tag", "user"])?;
     let tag = tag_param(p, "tag")?;
-    m.iscsi_remove_secret(tag, str_param(p, "user")?)?;
+    let user = str_param(p, "user")?;
+    m.iscsi_configure(|c, _| c.remove_secret(tag, user))?;
     Ok(Value::Bool(true))
 }
 
@@ -347,7 +350,7 @@ pub(super) fn create_portal_group(m: &mut Model<'_>, p: &Params) -> Result<Value
         .collect::<Result<Vec<_>, RpcError>>()?;
     let private = opt_bool(p, "private")?.unwrap_or(false);
     opt_bool(p, "wait")?;
-    m.iscsi_create_portal_group(tag, portals, private)?;
+    m.iscsi_configure(|c, _| c.create_portal_group(tag, portals, private))?;
     Ok(Value::Bool(true))
 }
 
@@ -363,7 +366,8 @@ pub(super) fn start_portal_group(m: &mut Model<'_>, p: &Params) -> Result<Value,
 
 pub(super) fn delete_portal_group(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
     only(p, &["tag"])?;
-    m.iscsi_delete_portal_group(tag_param(p, "tag")?)?;
+    let tag = tag_param(p, "tag")?;
+    m.iscsi_configure(|c, _| c.delete_portal_group(tag))?;
     Ok(Value::Bool(true))
 }
 
@@ -393,27 +397,31 @@ pub(super) fn create_initiator_group(m: &mut Model<'_>, p: &Params) -> Result<Va
     let tag = tag_param(p, "tag")?;
     required(p, "initiators")?;
     required(p, "netmasks")?;
-    m.iscsi_create_initiator_group(tag, strings(p, "initiators")?, strings(p, "netmasks")?)?;
+    let (initiators, netmasks) = (strings(p, "initiators")?, strings(p, "netmasks")?);
+    m.iscsi_configure(|c, _| c.create_initiator_group(tag, initiators, netmasks))?;
     Ok(Value::Bool(true))
 }
 
 pub(super) fn delete_initiator_group(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
     only(p, &["tag"])?;
-    m.iscsi_delete_initiator_group(tag_param(p, "tag")?)?;
+    let tag = tag_param(p, "tag")?;
+    m.iscsi_configure(|c, _| c.delete_initiator_group(tag))?;
     Ok(Value::Bool(true))
 }
 
 pub(super) fn add_initiators(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
     only(p, &["tag", "initiators", "netmasks"])?;
     let tag = tag_param(p, "tag")?;
-    m.iscsi_add_initiators(tag, strings(p, "initiators")?, strings(p, "netmasks")?)?;
+    let (initiators, netmasks) = (strings(p, "initiators")?, strings(p, "netmasks")?);
+    m.iscsi_configure(|c, _| c.add_initiators(tag, initiators, netmasks))?;
     Ok(Value::Bool(true))
 }
 
 pub(super) fn remove_initiators(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
     only(p, &["tag", "initiators", "netmasks"])?;
     let tag = tag_param(p, "tag")?;
-    m.iscsi_remove_initiators(tag, &strings(p, "initiators")?, &strings(p, "netmasks")?)?;
+    let (initiators, netmasks) = (strings(p, "initiators")?, strings(p, "netmasks")?);
+    m.iscsi_configure(|c, _| c.remove_initiators(tag, &initiators, &netmasks))?;
     Ok(Value::Bool(true))
 }
 
@@ -473,13 +481,14 @@ pub(super) fn create_target_node(m: &mut Model<'_>, p: &Params) -> Result<Value,
         header_digest: opt_bool(p, "header_digest")?.unwrap_or(false),
         data_digest: opt_bool(p, "data_digest")?.unwrap_or(false),
     };
-    m.iscsi_create_target_node(spec)?;
+    m.iscsi_configure(|c, bdevs| c.create_target_node(spec, bdevs))?;
     Ok(Value::Bool(true))
 }
 
 pub(super) fn delete_target_node(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
     only(p, &["name"])?;
-    m.iscsi_delete_target_node(str_param(p, "name")?)?;
+    let name = str_param(p, "name")?;
+    m.iscsi_configure(|c, _| c.delete_target_node(name))?;
     Ok(Value::Bool(true))
 }
 
@@ -487,7 +496,8 @@ pub(super) fn add_lun(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> 
     only(p, &["name", "bdev_name", "lun_id"])?;
     let node = str_param(p, "name")?;
     let bdev = str_param(p, "bdev_name")?;
-    m.iscsi_add_lun(node, bdev, lun_id(p)?)?;
+    let id = lun_id(p)?;
+    m.iscsi_configure(|c, bdevs| c.add_lun(node, bdev, id, bdevs))?;
     Ok(Value::Bool(true))
 }
 
@@ -495,7 +505,8 @@ pub(super) fn add_pg_ig_maps(m: &mut Model<'_>, p: &Params) -> Result<Value, Rpc
     only(p, &["name", "pg_ig_maps"])?;
     required(p, "pg_ig_maps")?;
     let maps = pg_ig_maps(p)?;
-    m.iscsi_add_pg_ig_maps(str_param(p, "name")?, &maps)?;
+    let name = str_param(p, "name")?;
+    m.iscsi_configure(|c, _| c.add_pg_ig_maps(name, &maps))?;
     Ok(Value::Bool(true))
 }
 
@@ -503,7 +514,8 @@ pub(super) fn remove_pg_ig_maps(m: &mut Model<'_>, p: &Params) -> Result<Value, 
     only(p, &["name", "pg_ig_maps"])?;
     required(p, "pg_ig_maps")?;
     let maps = pg_ig_maps(p)?;
-    m.iscsi_remove_pg_ig_maps(str_param(p, "name")?, &maps)?;
+    let name = str_param(p, "name")?;
+    m.iscsi_configure(|c, _| c.remove_pg_ig_maps(name, &maps))?;
     Ok(Value::Bool(true))
 }
 
@@ -513,7 +525,8 @@ pub(super) fn set_node_auth(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcE
     known.extend(CHAP_KEYS);
     only(p, &known)?;
     let c = chap(p, &ChapPolicy::default(), false)?.unwrap_or_default();
-    m.iscsi_set_node_auth(str_param(p, "name")?, c)?;
+    let name = str_param(p, "name")?;
+    m.iscsi_configure(|cfg, _| cfg.set_node_auth(name, c))?;
     Ok(Value::Bool(true))
 }
 

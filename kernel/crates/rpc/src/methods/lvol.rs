@@ -10,14 +10,9 @@ use ironbay_lvol::{StoreInfo, VolumeInfo};
 use ironbay_model::Model;
 use ironbay_model::lvol::{StoreRef, parse_clear};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-type Params = Map<String, Value>;
-
-pub(super) fn parse<T: DeserializeOwned>(p: &Params) -> Result<T, RpcError> {
-    serde_json::from_value(Value::Object(p.clone())).map_err(|e| RpcError::params(e.to_string()))
-}
+use super::params::{Params, parse};
 
 const MIB: u64 = 1 << 20;
 

@@ -314,11 +314,20 @@ pub(super) fn create_transport(m: &mut Model<'_>, p: &Params) -> Result<Value, R
     }
     let poll = opt_u32(p, "acceptor_poll_rate")?;
     let o = options(p, &TransportOptions::default())?;
-    m.nvmf_create_transport(o)?;
+    m.nvmf_configure(|c, _| c.create_transport(o))?;
     if let Some(us) = poll {
-        m.nvmf_set_acceptor_poll_rate(us)?;
+        set_acceptor_poll_rate(m, us)?;
     }
     Ok(Value::Bool(true))
+}
+
+/// How often the acceptor polls: kept and reported only.
+fn set_acceptor_poll_rate(m: &mut Model<'_>, us: u32) -> Result<(), RpcError> {
+    m.nvmf_configure(|c, _| {
+        c.set_acceptor_poll_rate(us);
+        Ok(())
+    })?;
+    Ok(())
 }
 
 /// The transport as `nvmf_get_transports` shows it (`all`) or as a saved
@@ -424,7 +433,8 @@ pub(super) fn create_subsystem(m: &mut Model<'_>, p: &Params) -> Result<Value, R
     // Size limits the host is told; ours come from the bdevs.
     opt_u32(p, "dmrsl")?;
     opt_u32(p, "wzsl")?;
-    m.nvmf_create_subsystem(subsystem_spec(p)?)?;
+    let s = subsystem_spec(p)?;
+    m.nvmf_configure(|c, bdevs| c.create_subsystem(s, bdevs))?;
     Ok(Value::Bool(true))
 }
 
@@ -466,14 +476,15 @@ pub(super) fn construct_subsystem(m: &mut Model<'_>, p: &Params) -> Result<Value
         .into_iter()
         .map(namespace)
         .collect::<Result<_, _>>()?;
-    m.nvmf_construct_subsystem(s)?;
+    m.nvmf_configure(|c, bdevs| c.construct_subsystem(s, bdevs))?;
     Ok(Value::Bool(true))
 }
 
 pub(super) fn delete_subsystem(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
     only(p, &["nqn", "tgt_name"])?;
     no_other_target(p)?;
-    m.nvmf_delete_subsystem(str_param(p, "nqn")?)?;
+    let nqn = str_param(p, "nqn")?;
+    m.nvmf_configure(|c, _| c.delete_subsystem(nqn))?;
     Ok(Value::Bool(true))
 }
 
@@ -555,7 +566,8 @@ pub(super) fn add_listener(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcEr
     }
     opt_str(p, "sock_impl")?;
     let l = listen_address(object(p, "listen_address")?)?;
-    m.nvmf_add_listener(str_param(p, "nqn")?, l)?;
+    let nqn = str_param(p, "nqn")?;
+    m.nvmf_configure(|c, _| c.add_listener(nqn, l))?;
     Ok(Value::Bool(true))
 }
 
@@ -563,7 +575,8 @@ pub(super) fn remove_listener(m: &mut Model<'_>, p: &Params) -> Result<Value, Rp
     only(p, &["nqn", "tgt_name", "listen_address"])?;
     no_other_target(p)?;
     let l = listen_address(object(p, "listen_address")?)?;
-    m.nvmf_remove_listener(str_param(p, "nqn")?, &l.traddr, l.port)?;
+    let nqn = str_param(p, "nqn")?;
+    m.nvmf_configure(|c, _| c.remove_listener(nqn, &l.traddr, l.port))?;
     Ok(Value::Bool(true))
 }
 
@@ -572,14 +585,19 @@ pub(super) fn add_ns(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
     only(p, &["nqn", "tgt_name", "namespace"])?;
     no_other_target(p)?;
     let ns = namespace(object(p, "namespace")?)?;
-    Ok(m.nvmf_add_namespace(str_param(p, "nqn")?, ns)?.into())
+    let nqn = str_param(p, "nqn")?;
+    Ok(
+        m.nvmf_configure(|c, bdevs| c.add_namespace(nqn, ns, bdevs))?
+            .into(),
+    )
 }
 
 pub(super) fn remove_ns(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
     only(p, &["nqn", "tgt_name", "nsid"])?;
     no_other_target(p)?;
     let nsid = opt_u32(p, "nsid")?.ok_or_else(|| RpcError::params("missing `nsid`"))?;
-    m.nvmf_remove_namespace(str_param(p, "nqn")?, nsid)?;
+    let nqn = str_param(p, "nqn")?;
+    m.nvmf_configure(|c, _| c.remove_namespace(nqn, nsid))?;
     Ok(Value::Bool(true))
 }
 
@@ -601,7 +619,8 @@ pub(super) fn add_host(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError>
         &["psk", "dhchap_key", "dhchap_ctrlr_key"],
         "TLS and DH-HMAC-CHAP are not supported",
     )?;
-    m.nvmf_add_host(str_param(p, "nqn")?, str_param(p, "host")?)?;
+    let (nqn, host) = (str_param(p, "nqn")?, str_param(p, "host")?);
+    m.nvmf_configure(|c, _| c.add_host(nqn, host))?;
     Ok(Value::Bool(true))
 }
 
@@ -610,7 +629,8 @@ pub(super) fn remove_host(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcErr
     only(p, &["nqn", "tgt_name", "host", "timeout_ms"])?;
     no_other_target(p)?;
     opt_u64(p, "timeout_ms")?;
-    m.nvmf_remove_host(str_param(p, "nqn")?, str_param(p, "host")?)?;
+    let (nqn, host) = (str_param(p, "nqn")?, str_param(p, "host")?);
+    m.nvmf_configure(|c, _| c.remove_host(nqn, host))?;
     Ok(Value::Bool(true))
 }
 
@@ -619,7 +639,8 @@ pub(super) fn allow_any_host(m: &mut Model<'_>, p: &Params) -> Result<Value, Rpc
     no_other_target(p)?;
     let allow = opt_bool(p, "allow_any_host")?
         .ok_or_else(|| RpcError::params("missing `allow_any_host`"))?;
-    m.nvmf_allow_any_host(str_param(p, "nqn")?, allow)?;
+    let nqn = str_param(p, "nqn")?;
+    m.nvmf_configure(|c, _| c.set_allow_any_host(nqn, allow))?;
     Ok(Value::Bool(true))
 }
 
@@ -784,7 +805,7 @@ pub(super) fn set_config(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcErro
     let poll = opt_u32(p, "acceptor_poll_rate")?;
     config_of(m)?;
     if let Some(us) = poll {
-        m.nvmf_set_acceptor_poll_rate(us)?;
+        set_acceptor_poll_rate(m, us)?;
     }
     Ok(Value::Bool(true))
 }
@@ -793,7 +814,7 @@ pub(super) fn set_max_subsystems(m: &mut Model<'_>, p: &Params) -> Result<Value,
     only(p, &["max_subsystems"])?;
     let max = opt_u32(p, "max_subsystems")?
         .ok_or_else(|| RpcError::params("missing `max_subsystems`"))?;
-    m.nvmf_set_max_subsystems(max)?;
+    m.nvmf_configure(|c, _| c.set_max_subsystems(max))?;
     Ok(Value::Bool(true))
 }
 
@@ -816,9 +837,9 @@ pub(super) fn set_target_options(m: &mut Model<'_>, p: &Params) -> Result<Value,
     let o = options(p, &base)?;
     let max = opt_u32(p, "max_subsystems")?;
     if let Some(max) = max {
-        m.nvmf_set_max_subsystems(max)?;
+        m.nvmf_configure(|c, _| c.set_max_subsystems(max))?;
     }
-    m.nvmf_set_transport(o)?;
+    m.nvmf_configure(|c, _| c.set_transport(o))?;
     Ok(Value::Bool(true))
 }
 

@@ -122,7 +122,7 @@ fn passthru_with_seed_and_modern_names() {
         (json!({ "name": "X" }), "base_bdev_name"),
         (
             json!({ "base_bdev_name": "Malloc0", "name": "X", "extra": 1 }),
-            "unknown field `extra`",
+            "unknown parameter `extra`",
         ),
         (
             json!({ "base_bdev_name": "Malloc0", "name": "X", "passthru_bdev_name": "Y" }),
@@ -278,7 +278,7 @@ fn qos_iops_and_nvme_settings() {
         (
             "bdev_nvme_set_options",
             json!({ "multipath": true }),
-            "unknown field `multipath`",
+            "unknown parameter `multipath`",
         ),
         (
             "bdev_nvme_set_hotplug",

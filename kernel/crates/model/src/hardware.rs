@@ -1,0 +1,72 @@
+//! Hardware behind bdevs: the caller's NVMe and virtio-blk devices,
+//! attached and detached by PCI address.
+
+use crate::{Error, Model, Result};
+use alloc::string::String;
+use alloc::vec::Vec;
+use ironbay_bdev::Registry;
+
+/// Hardware the model can attach and detach: the kernel's NVMe and
+/// virtio-blk devices. Addresses are PCI `segment:bus:device.function`.
+pub trait Devices {
+    /// Exposes the namespaces of the NVMe controller at `traddr` as
+    /// `{name}n{nsid}` bdevs; returns their names.
+    fn nvme_attach(
+        &mut self,
+        bdevs: &mut Registry,
+        name: &str,
+        traddr: &str,
+    ) -> core::result::Result<Vec<String>, String>;
+    /// Removes the bdevs of controller `name` (refused while they have I/O).
+    fn nvme_detach(&mut self, bdevs: &mut Registry, name: &str)
+    -> core::result::Result<(), String>;
+    /// (Re)starts the virtio-blk device at `traddr` as bdev `name`.
+    fn virtio_attach(
+        &mut self,
+        bdevs: &mut Registry,
+        name: &str,
+        traddr: &str,
+    ) -> core::result::Result<Vec<String>, String>;
+    /// Stops virtio-blk bdev `name`.
+    fn virtio_detach(
+        &mut self,
+        bdevs: &mut Registry,
+        name: &str,
+    ) -> core::result::Result<(), String>;
+}
+
+impl Model<'_> {
+    fn devices(&mut self) -> Result<(&mut dyn Devices, &mut Registry)> {
+        let d = self
+            .devices
+            .as_deref_mut()
+            .ok_or_else(|| Error::state("no hardware here"))?;
+        Ok((d, &mut *self.bdevs))
+    }
+
+    /// Attaches the NVMe controller at PCI address `traddr` as `name`.
+    pub fn attach_nvme(&mut self, name: &str, traddr: &str) -> Result<Vec<String>> {
+        let (d, bdevs) = self.devices()?;
+        d.nvme_attach(bdevs, name, traddr).map_err(Error::params)
+    }
+
+    pub fn detach_nvme(&mut self, name: &str) -> Result<()> {
+        let (d, bdevs) = self.devices()?;
+        d.nvme_detach(bdevs, name).map_err(Error::params)?;
+        self.prune_exports();
+        Ok(())
+    }
+
+    /// Attaches the virtio-blk device at PCI address `traddr` as `name`.
+    pub fn attach_virtio(&mut self, name: &str, traddr: &str) -> Result<Vec<String>> {
+        let (d, bdevs) = self.devices()?;
+        d.virtio_attach(bdevs, name, traddr).map_err(Error::params)
+    }
+
+    pub fn detach_virtio(&mut self, name: &str) -> Result<()> {
+        let (d, bdevs) = self.devices()?;
+        d.virtio_detach(bdevs, name).map_err(Error::params)?;
+        self.prune_exports();
+        Ok(())
+    }
+}
