@@ -47,7 +47,9 @@ impl Model<'_> {
     /// Attaches the NVMe controller at PCI address `traddr` as `name`.
     pub fn attach_nvme(&mut self, name: &str, traddr: &str) -> Result<Vec<String>> {
         let (d, bdevs) = self.devices()?;
-        d.nvme_attach(bdevs, name, traddr).map_err(Error::params)
+        let names = d.nvme_attach(bdevs, name, traddr).map_err(Error::params)?;
+        self.taste_new();
+        Ok(names)
     }
 
     pub fn detach_nvme(&mut self, name: &str) -> Result<()> {
@@ -60,7 +62,17 @@ impl Model<'_> {
     /// Attaches the virtio-blk device at PCI address `traddr` as `name`.
     pub fn attach_virtio(&mut self, name: &str, traddr: &str) -> Result<Vec<String>> {
         let (d, bdevs) = self.devices()?;
-        d.virtio_attach(bdevs, name, traddr).map_err(Error::params)
+        let names = d.virtio_attach(bdevs, name, traddr).map_err(Error::params)?;
+        self.taste_new();
+        Ok(names)
+    }
+
+    /// Volume stores on newly attached disks come back by themselves, as
+    /// at boot (SPDK's examine).
+    fn taste_new(&mut self) {
+        if let Some(lv) = self.lvol.as_deref_mut() {
+            let _ = lv.taste(self.bdevs);
+        }
     }
 
     pub fn detach_virtio(&mut self, name: &str) -> Result<()> {

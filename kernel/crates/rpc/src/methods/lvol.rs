@@ -69,9 +69,9 @@ struct CreateStore {
     clear_method: Option<String>,
     /// Accepted for SPDK's clients; the metadata area here is sized for
     /// four times the store's clusters (at least 16384).
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "accepted, not used: see above")]
     num_md_pages_per_cluster_ratio: Option<u64>,
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "metadata is written in 4 KiB units or the block size")]
     md_page_size: Option<u64>,
 }
 
