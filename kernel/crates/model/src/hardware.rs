@@ -62,7 +62,9 @@ impl Model<'_> {
     /// Attaches the virtio-blk device at PCI address `traddr` as `name`.
     pub fn attach_virtio(&mut self, name: &str, traddr: &str) -> Result<Vec<String>> {
         let (d, bdevs) = self.devices()?;
-        let names = d.virtio_attach(bdevs, name, traddr).map_err(Error::params)?;
+        let names = d
+            .virtio_attach(bdevs, name, traddr)
+            .map_err(Error::params)?;
         self.taste_new();
         Ok(names)
     }

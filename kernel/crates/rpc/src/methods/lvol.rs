@@ -71,7 +71,10 @@ struct CreateStore {
     /// four times the store's clusters (at least 16384).
     #[allow(dead_code, reason = "accepted, not used: see above")]
     num_md_pages_per_cluster_ratio: Option<u64>,
-    #[allow(dead_code, reason = "metadata is written in 4 KiB units or the block size")]
+    #[allow(
+        dead_code,
+        reason = "metadata is written in 4 KiB units or the block size"
+    )]
     md_page_size: Option<u64>,
 }
 
