@@ -346,22 +346,9 @@ impl Core {
                 .child(p, 0, false, true, IoOp::Read { lba, buf });
             return;
         }
-        let mut bufs = Vec::new();
-        for &(_, n, _) in &extents {
-            match IoBuf::try_new(n) {
-                Some(b) => bufs.push(b),
-                None => {
-                    return self
-                        .router
-                        .complete(vol, tag, IoStatus::NoMemory, Some(buf));
-                }
-            }
-        }
-        let p = self.router.open_parent(vol, tag, Some(buf));
-        for ((o, _, lba), b) in extents.into_iter().zip(bufs) {
-            self.router
-                .child(p, o, true, true, IoOp::Read { lba, buf: b });
-        }
+        let Some(p) = self.split(vol, tag, buf, extents, true) else {
+            return;
+        };
         if self.router.parents[p as usize]
             .as_ref()
             .is_some_and(|x| x.left == 0)
@@ -411,25 +398,47 @@ impl Core {
                 .child(p, 0, false, false, IoOp::Write { lba, buf });
             return;
         }
+        self.split(vol, tag, buf, extents, false);
+    }
+
+    /// Serves a request as one base request per extent (buffer offset,
+    /// bytes, base LBA), each with a buffer of its own (a copy of its part
+    /// for writes). `None` if the buffers could not be had: the request
+    /// then completed with `NoMemory`.
+    fn split(
+        &mut self,
+        vol: u32,
+        tag: u64,
+        buf: IoBuf,
+        extents: Vec<(usize, usize, u64)>,
+        read: bool,
+    ) -> Option<u32> {
         let mut bufs = Vec::new();
         for &(o, n, _) in &extents {
             match IoBuf::try_new(n) {
                 Some(mut b) => {
-                    b.as_mut_slice().copy_from_slice(&buf.as_slice()[o..o + n]);
+                    if !read {
+                        b.as_mut_slice().copy_from_slice(&buf.as_slice()[o..o + n]);
+                    }
                     bufs.push(b);
                 }
                 None => {
-                    return self
-                        .router
+                    self.router
                         .complete(vol, tag, IoStatus::NoMemory, Some(buf));
+                    return None;
                 }
             }
         }
         let p = self.router.open_parent(vol, tag, Some(buf));
         for ((o, _, lba), b) in extents.into_iter().zip(bufs) {
-            self.router
-                .child(p, o, true, false, IoOp::Write { lba, buf: b });
+            let op = if read {
+                IoOp::Read { lba, buf: b }
+            } else {
+                IoOp::Write { lba, buf: b }
+            };
+            self.router.child(p, o, true, read, op);
         }
+        Some(p)
     }
 
     /// A write that needs clusters: each new cluster is written whole (the

@@ -72,6 +72,16 @@ pub enum Clear {
 }
 
 impl Core {
+    /// A copy of volume `id`, to change and commit.
+    fn volume(&self, id: u32) -> Result<Volume, Error> {
+        self.meta
+            .state
+            .volumes
+            .get(&id)
+            .cloned()
+            .ok_or(Error::NotFound)
+    }
+
     pub(crate) fn cluster_blocks(&self) -> u64 {
         self.meta.layout.cluster_size / self.meta.layout.block_size as u64
     }
@@ -415,13 +425,7 @@ impl Store {
     pub fn snapshot(&self, origin: u32, name: &str, uuid: Uuid) -> Result<u32, Error> {
         let id = self.new_volume(name)?;
         let mut c = self.0.borrow_mut();
-        let o = c
-            .meta
-            .state
-            .volumes
-            .get(&origin)
-            .cloned()
-            .ok_or(Error::NotFound)?;
+        let o = c.volume(origin)?;
         if o.read_only {
             return Err(Error::Invalid(format!(
                 "{} is read-only; snapshots are of writable volumes",
@@ -453,13 +457,7 @@ impl Store {
     pub fn clone_volume(&self, snapshot: u32, name: &str, uuid: Uuid) -> Result<u32, Error> {
         let id = self.new_volume(name)?;
         let mut c = self.0.borrow_mut();
-        let s = c
-            .meta
-            .state
-            .volumes
-            .get(&snapshot)
-            .cloned()
-            .ok_or(Error::NotFound)?;
+        let s = c.volume(snapshot)?;
         if !s.read_only {
             return Err(Error::Invalid(format!(
                 "{} is not a snapshot or read-only volume; only those can be cloned",
@@ -484,13 +482,7 @@ impl Store {
     pub fn rename_volume(&self, id: u32, new_name: &str) -> Result<(), Error> {
         check_name(new_name)?;
         let mut c = self.0.borrow_mut();
-        let mut v = c
-            .meta
-            .state
-            .volumes
-            .get(&id)
-            .cloned()
-            .ok_or(Error::NotFound)?;
+        let mut v = c.volume(id)?;
         if v.name == new_name {
             return Ok(());
         }
@@ -506,13 +498,7 @@ impl Store {
 
     pub fn set_read_only(&self, id: u32) -> Result<(), Error> {
         let mut c = self.0.borrow_mut();
-        let mut v = c
-            .meta
-            .state
-            .volumes
-            .get(&id)
-            .cloned()
-            .ok_or(Error::NotFound)?;
+        let mut v = c.volume(id)?;
         if v.read_only {
             return Ok(());
         }
@@ -524,13 +510,7 @@ impl Store {
     /// Grows or shrinks a volume (size rounded up to clusters).
     pub fn resize(&self, id: u32, size_bytes: u64) -> Result<(), Error> {
         let mut c = self.0.borrow_mut();
-        let v = c
-            .meta
-            .state
-            .volumes
-            .get(&id)
-            .cloned()
-            .ok_or(Error::NotFound)?;
+        let v = c.volume(id)?;
         if v.read_only {
             return Err(Error::Invalid(format!("{} is read-only", v.name)));
         }
@@ -585,13 +565,7 @@ impl Store {
     /// snapshot with more clones cannot be deleted.
     pub fn delete(&self, id: u32) -> Result<(), Error> {
         let mut c = self.0.borrow_mut();
-        let v = c
-            .meta
-            .state
-            .volumes
-            .get(&id)
-            .cloned()
-            .ok_or(Error::NotFound)?;
+        let v = c.volume(id)?;
         let kids: Vec<Volume> = c.meta.state.children(id).cloned().collect();
         if kids.len() > 1 {
             return Err(Error::Busy(format!(
@@ -631,13 +605,7 @@ impl Store {
     /// volume's parent becomes the grandparent (decouple).
     fn copy_up(&self, id: u32, all: bool) -> Result<(), Error> {
         let mut c = self.0.borrow_mut();
-        let v = c
-            .meta
-            .state
-            .volumes
-            .get(&id)
-            .cloned()
-            .ok_or(Error::NotFound)?;
+        let v = c.volume(id)?;
         let Some(pid) = v.parent else {
             return if all {
                 // Inflating a thin volume without a parent allocates it.
@@ -646,13 +614,7 @@ impl Store {
                 Err(Error::Invalid(format!("{} has no parent", v.name)))
             };
         };
-        let parent = c
-            .meta
-            .state
-            .volumes
-            .get(&pid)
-            .cloned()
-            .ok_or(Error::NotFound)?;
+        let parent = c.volume(pid)?;
         if all {
             c.fill(v, None)
         } else {
