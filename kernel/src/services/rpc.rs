@@ -251,7 +251,7 @@ impl Rpc {
         }
         if handled || (!was_initialized && self.initialized) {
             // After the held-back boot config ran, never between.
-            crate::persist::save_storage(storage, nbd.as_deref_mut(), self.initialized);
+            crate::persist::save_storage(storage, nbd, self.initialized);
         }
         self.evict_when_full(network, now, bench_owner);
         self.listener
