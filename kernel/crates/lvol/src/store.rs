@@ -606,20 +606,15 @@ impl Store {
     fn copy_up(&self, id: u32, all: bool) -> Result<(), Error> {
         let mut c = self.0.borrow_mut();
         let v = c.volume(id)?;
-        let Some(pid) = v.parent else {
-            return if all {
-                // Inflating a thin volume without a parent allocates it.
-                c.fill(v, None)
-            } else {
-                Err(Error::Invalid(format!("{} has no parent", v.name)))
-            };
-        };
-        let parent = c.volume(pid)?;
         if all {
-            c.fill(v, None)
-        } else {
-            c.fill(v, Some(parent))
+            // Inflating a volume without a parent allocates it (thin to thick).
+            return c.fill(v, None);
         }
+        let pid = v
+            .parent
+            .ok_or_else(|| Error::Invalid(format!("{} has no parent", v.name)))?;
+        let parent = c.volume(pid)?;
+        c.fill(v, Some(parent))
     }
 
     pub fn inflate(&self, id: u32) -> Result<(), Error> {
