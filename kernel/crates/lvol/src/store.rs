@@ -577,22 +577,32 @@ impl Store {
         c.drain()?;
         let mut changes = Vec::new();
         let mut freed = Vec::new();
-        if let Some(kid) = kids.into_iter().next() {
-            let mut k = kid;
-            for (i, cl) in v.map.iter() {
-                if i < k.size_clusters && !k.map.contains_key(&i) {
-                    k.map.insert(i, cl);
-                } else {
-                    freed.push(cl);
+        let mut fresh = Vec::new();
+        let r = (|| {
+            if let Some(kid) = kids.into_iter().next() {
+                let mut k = kid;
+                c.shield(&mut k, &v, &mut fresh)?;
+                for (i, cl) in v.map.iter() {
+                    if i < k.size_clusters && !k.map.contains_key(&i) {
+                        k.map.insert(i, cl);
+                    } else {
+                        freed.push(cl);
+                    }
                 }
+                k.parent = v.parent;
+                changes.push(Change::Put(k));
+            } else {
+                freed.extend(v.map.values());
             }
-            k.parent = v.parent;
-            changes.push(Change::Put(k));
-        } else {
-            freed.extend(v.map.values());
+            changes.push(Change::Drop(id));
+            c.commit(changes)
+        })();
+        if r.is_err() {
+            for cl in fresh {
+                c.meta.clusters.release(cl);
+            }
+            return r;
         }
-        changes.push(Change::Drop(id));
-        c.commit(changes)?;
         for cl in freed {
             c.meta.clusters.release(cl);
         }
@@ -646,6 +656,41 @@ impl Store {
 }
 
 impl Core {
+    /// Before `parent` leaves `v`'s chain: `v`'s unallocated clusters past
+    /// the parent's end read zeroes now, but would read the grandparent's
+    /// data once it is `v`'s parent. Those get zeroed clusters of their
+    /// own (durable before the commit that unlinks the parent), taken
+    /// into `fresh` so a failure can give them back.
+    fn shield(
+        &mut self,
+        v: &mut Volume,
+        parent: &Volume,
+        fresh: &mut Vec<u64>,
+    ) -> Result<(), Error> {
+        let Some(g) = parent.parent else {
+            return Ok(());
+        };
+        let exposed: Vec<u64> = (parent.size_clusters..v.size_clusters)
+            .filter(|i| !v.map.contains_key(i) && self.meta.state.resolve(g, *i).is_some())
+            .collect();
+        if exposed.is_empty() {
+            return Ok(());
+        }
+        let got = self
+            .meta
+            .clusters
+            .take(exposed.len() as u64)
+            .ok_or(Error::NoSpace)?;
+        fresh.extend_from_slice(&got);
+        let mut part = v.clone();
+        part.map = Default::default();
+        for (&i, &cl) in exposed.iter().zip(&got) {
+            part.map.insert(i, cl);
+            v.map.insert(i, cl);
+        }
+        self.clear_clusters(&part, Clear::Zero)
+    }
+
     /// Zeroes a volume's (new) clusters on the base, durably: the record
     /// that hands them over must not outlive the zeroes in a power cut.
     fn clear_clusters(&mut self, v: &Volume, clear: Clear) -> Result<(), Error> {
@@ -668,6 +713,9 @@ impl Core {
         let mut nv = v.clone();
         let mut fresh = Vec::new();
         let r = (|| {
+            if let Some(p) = &from {
+                self.shield(&mut nv, p, &mut fresh)?;
+            }
             for i in 0..v.size_clusters {
                 if v.map.contains_key(&i) {
                     continue;

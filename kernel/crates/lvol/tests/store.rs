@@ -192,6 +192,41 @@ fn deleting_a_snapshot_with_one_clone_merges_it() {
     s.check().unwrap();
 }
 
+/// A short snapshot hides its own parent beyond its end: a clone grown past
+/// it reads zeroes there. Removing that snapshot from the chain (deleting
+/// it, or decoupling the clone) must not let the older data show through.
+#[test]
+fn removing_a_short_snapshot_does_not_expose_older_data() {
+    for decouple in [false, true] {
+        let s = new_store(8);
+        let v = s
+            .create_volume("v", 4 * CS, true, uuid(1), Clear::Zero)
+            .unwrap();
+        let mut vb = s.bdev(v).unwrap();
+        let d = pattern(7, (4 * CS) as usize);
+        assert_eq!(write(&mut vb, 0, &d), IoStatus::Success);
+        s.snapshot(v, "old", uuid(2)).unwrap();
+        s.resize(v, 2 * CS).unwrap();
+        let short = s.snapshot(v, "short", uuid(3)).unwrap();
+        s.resize(v, 4 * CS).unwrap();
+        let mut want = d[..(2 * CS) as usize].to_vec();
+        want.resize((4 * CS) as usize, 0);
+        assert_eq!(read(&mut vb, 0, want.len()).unwrap(), want);
+        if decouple {
+            s.decouple_parent(v).unwrap();
+            assert_eq!(s.volume(v).unwrap().parent.as_deref(), Some("old"));
+        } else {
+            s.delete(short).unwrap();
+        }
+        assert_eq!(
+            read(&mut vb, 0, want.len()).unwrap(),
+            want,
+            "decouple: {decouple}"
+        );
+        s.check().unwrap();
+    }
+}
+
 #[test]
 fn resize_rename_read_only_and_grow() {
     let base = shared(MallocBdev::new("m", 8 * 2048, 512));
