@@ -31,7 +31,11 @@ pub(crate) struct Parent {
 
 /// A base request serving (part of) a volume request.
 pub(crate) struct Child {
+    /// The volume request it serves, or [`DIRECT`]: the whole request,
+    /// completed straight to the caller (`vol`, `tag`) without a parent.
     parent: u32,
+    vol: u32,
+    tag: u64,
     /// Where its data sits in the parent's buffer.
     offset: usize,
     /// Carries its own buffer (else the parent's, moved through).
@@ -57,6 +61,10 @@ pub(crate) struct Router {
     /// short vector beats a map on the per-I/O path.
     vols: Vec<(u32, usize, VecDeque<IoCompletion>)>,
 }
+
+/// A child that is its request's only one (the common case, one extent on
+/// the base): it completes the request itself.
+const DIRECT: u32 = u32::MAX;
 
 /// A piece of a volume range within one cluster.
 struct Piece {
@@ -187,6 +195,15 @@ impl Router {
                 p.give_back = false;
             }
         }
+        for (_, c) in &mut self.children {
+            if let Some(c) = c
+                && c.parent == DIRECT
+                && c.vol == vol
+                && c.tag == tag
+            {
+                c.own = true;
+            }
+        }
         if let Some(c) = self.vol(vol).2.back_mut()
             && c.tag == tag
         {
@@ -194,9 +211,29 @@ impl Router {
         }
     }
 
+    /// A request served by one base request on the caller's buffer.
+    fn direct(&mut self, vol: u32, tag: u64, op: IoOp) {
+        self.vol(vol).1 += 1;
+        let child = self.add_child(Child {
+            parent: DIRECT,
+            vol,
+            tag,
+            offset: 0,
+            own: false,
+            read: false,
+        });
+        self.pending.push_back(IoRequest {
+            tag: child,
+            op,
+            fua: false,
+        });
+    }
+
     fn child(&mut self, parent: u32, offset: usize, own: bool, read: bool, op: IoOp) {
         let tag = self.add_child(Child {
             parent,
+            vol: 0,
+            tag: 0,
             offset,
             own,
             read,
@@ -216,6 +253,17 @@ impl Router {
         let Some(ch) = self.take_child(c.tag) else {
             return;
         };
+        if ch.parent == DIRECT {
+            let v = self.vol(ch.vol);
+            v.1 = v.1.saturating_sub(1);
+            v.2.push_back(IoCompletion {
+                tag: ch.tag,
+                status: c.status,
+                // `own` on a direct child: the buffer is ours (write zeroes).
+                buf: if ch.own { None } else { c.buf },
+            });
+            return;
+        }
         let Some(Some(p)) = self.parents.get_mut(ch.parent as usize) else {
             return;
         };
@@ -272,8 +320,7 @@ impl Core {
         let tag = req.tag;
         match req.op {
             IoOp::Flush => {
-                let p = self.router.open_parent(vol, tag, None);
-                self.router.child(p, 0, false, false, IoOp::Flush);
+                self.router.direct(vol, tag, IoOp::Flush);
             }
             IoOp::Read { lba, buf } => self.read(vol, tag, lba, buf),
             IoOp::Write { lba, buf } => self.write(vol, tag, lba, buf),
@@ -317,9 +364,7 @@ impl Core {
     fn read(&mut self, vol: u32, tag: u64, lba: u64, mut buf: IoBuf) {
         let bs = self.meta.layout.block_size as u64;
         if let Some(at) = self.within_one(vol, lba, buf.len() as u64 / bs, false) {
-            let p = self.router.open_parent(vol, tag, None);
-            self.router
-                .child(p, 0, false, true, IoOp::Read { lba: at, buf });
+            self.router.direct(vol, tag, IoOp::Read { lba: at, buf });
             return;
         }
         let pieces = self.pieces(lba, buf.len() as u64 / bs);
@@ -340,10 +385,8 @@ impl Core {
             }
         }
         if extents.len() == 1 && extents[0].1 == buf.len() {
-            let p = self.router.open_parent(vol, tag, None);
             let lba = extents[0].2;
-            self.router
-                .child(p, 0, false, true, IoOp::Read { lba, buf });
+            self.router.direct(vol, tag, IoOp::Read { lba, buf });
             return;
         }
         let Some(p) = self.split(vol, tag, buf, extents, true) else {
@@ -360,9 +403,7 @@ impl Core {
     fn write(&mut self, vol: u32, tag: u64, lba: u64, buf: IoBuf) {
         let bs = self.meta.layout.block_size as u64;
         if let Some(at) = self.within_one(vol, lba, buf.len() as u64 / bs, true) {
-            let p = self.router.open_parent(vol, tag, None);
-            self.router
-                .child(p, 0, false, false, IoOp::Write { lba: at, buf });
+            self.router.direct(vol, tag, IoOp::Write { lba: at, buf });
             return;
         }
         let pieces = self.pieces(lba, buf.len() as u64 / bs);
@@ -392,10 +433,8 @@ impl Core {
             }
         }
         if extents.len() == 1 {
-            let p = self.router.open_parent(vol, tag, None);
             let lba = extents[0].2;
-            self.router
-                .child(p, 0, false, false, IoOp::Write { lba, buf });
+            self.router.direct(vol, tag, IoOp::Write { lba, buf });
             return;
         }
         self.split(vol, tag, buf, extents, false);

@@ -405,3 +405,25 @@ fn new_thick_clusters_read_zeroes_even_where_unmap_keeps_data() {
     );
     assert!(read(&mut bb, 0, 4096).unwrap().iter().all(|&x| x == 0));
 }
+
+#[test]
+fn write_zeroes_zeroes_and_keeps_its_buffer() {
+    let s = new_store(8);
+    let v = s
+        .create_volume("v", 4 * CS, false, uuid(1), Clear::Zero)
+        .unwrap();
+    let mut b = s.bdev(v).unwrap();
+    let d = pattern(3, (2 * CS) as usize);
+    assert_eq!(write(&mut b, 0, &d), IoStatus::Success);
+    // Within one cluster (one base request) and across two.
+    for (lba, blocks) in [(8, 16), (100, 60)] {
+        let c = io(&mut b, IoOp::WriteZeroes { lba, blocks });
+        assert_eq!(c.status, IoStatus::Success);
+        assert!(c.buf.is_none(), "the zero buffer is the volume's own");
+        let got = read(&mut b, lba, blocks as usize * 512).unwrap();
+        assert!(got.iter().all(|&x| x == 0));
+    }
+    let got = read(&mut b, 0, 8 * 512).unwrap();
+    assert_eq!(got, d[..8 * 512]);
+    s.check().unwrap();
+}
