@@ -91,8 +91,14 @@ pub fn filled_disk(path: &std::path::Path, bytes: u64) -> Result<(), String> {
 /// Reads the whole file once so native servers measured one after another
 /// all find it in the page cache; the first would otherwise pay for the disk.
 pub fn warm_page_cache(path: &std::path::Path) -> Result<(), String> {
-    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    std::io::copy(&mut f, &mut std::io::sink()).map_err(|e| e.to_string())?;
+    warm_prefix(path, u64::MAX)
+}
+
+/// Reads the first `bytes` of the file (the part a benchmark touches).
+pub fn warm_prefix(path: &std::path::Path, bytes: u64) -> Result<(), String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::io::copy(&mut std::io::Read::take(f, bytes), &mut std::io::sink())
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 
