@@ -218,6 +218,7 @@ impl Storage {
                 bench: None,
                 config_store: None,
                 lvol: Some(&mut self.lvol),
+                targetd: None,
             };
             match ironbay_rpc::methods::call(&mut model, &call.method, &call.params) {
                 Ok(r) => log::info!("{subsystem}: {} -> {r}", call.method),

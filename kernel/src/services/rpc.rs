@@ -192,6 +192,7 @@ impl Rpc {
                     bench: Some(&mut self.bench_request),
                     config_store: Some(&mut storage.config_store),
                     lvol: Some(&mut storage.lvol),
+                    targetd: None,
                 };
                 let _ = s.recv(|b| {
                     session.handle_input(b, &mut model);

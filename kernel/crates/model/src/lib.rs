@@ -21,6 +21,7 @@
 //! - [`lvol`]: logical volume stores and volumes.
 //! - [`persist`]: the config store the configuration is saved to.
 //! - `runtime`: init, shutdown and the benchmark.
+//! - [`targetd`]: the targetd API's credentials and options.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -48,6 +49,7 @@ pub mod persist;
 mod ram;
 mod runtime;
 pub mod stacked;
+pub mod targetd;
 #[cfg(test)]
 mod testutil;
 
@@ -82,6 +84,8 @@ pub struct Model<'a> {
     pub config_store: Option<&'a mut persist::ConfigStore>,
     /// Logical volume stores, where the caller has them.
     pub lvol: Option<&'a mut lvol::Lvols>,
+    /// The targetd front end's settings, where it runs.
+    pub targetd: Option<&'a mut targetd::Settings>,
 }
 
 /// Bdev names in the registry and as export names.

@@ -123,6 +123,7 @@ mod tests {
             bench: Some(&mut slot),
             config_store: None,
             lvol: None,
+            targetd: None,
         };
         m.create_ram_bdev(ram(RamKind::Malloc, Some("M"), 64, 4096))
             .unwrap();

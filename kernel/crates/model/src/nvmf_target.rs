@@ -66,6 +66,7 @@ mod tests {
             bench: None,
             config_store: None,
             lvol: None,
+            targetd: None,
         };
         m.create_ram_bdev(ram(RamKind::Malloc, Some("M"), 64, 512))
             .unwrap();

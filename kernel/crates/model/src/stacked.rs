@@ -337,6 +337,7 @@ mod tests {
             bench: None,
             config_store: None,
             lvol: None,
+            targetd: None,
         };
         f(&mut m);
         (reg, exports)

@@ -32,6 +32,7 @@ pub(crate) fn with_model(budget: u64, f: impl FnOnce(&mut Model<'_>)) -> (Regist
         bench: None,
         config_store: None,
         lvol: None,
+        targetd: None,
     };
     f(&mut m);
     (reg, exports)
@@ -54,6 +55,7 @@ pub(crate) fn with_iscsi(f: impl FnOnce(&mut Model<'_>)) -> (Registry, Exports, 
         bench: None,
         config_store: None,
         lvol: None,
+        targetd: None,
     };
     f(&mut m);
     (reg, exports, target)

@@ -15,6 +15,7 @@ mod nvmf;
 mod params;
 pub mod persist;
 mod ram;
+mod targetd;
 
 /// JSON-RPC error codes as SPDK uses them.
 pub mod code {
@@ -192,6 +193,9 @@ pub static METHODS: &[Method] = table![
     "nvmf_subsystem_get_listeners" [] (false, true) => nvmf::get_listeners,
     "nvmf_get_stats" [] (false, true) => nvmf::get_stats,
     "config_store_set" [] (false, true) => persist::set,
+    "targetd_set_auth" [] (false, true) => targetd::set_auth,
+    "targetd_set_options" [] (false, true) => targetd::set_options,
+    "targetd_get_options" [] (false, true) => targetd::get_options,
     "config_store_get" [] (false, true) => persist::get,
     "config_store_clear" [] (false, true) => persist::clear,
     "spdk_kill_instance" ["kill_instance"] BOTH => spdk_kill_instance,
@@ -268,6 +272,7 @@ fn framework_get_subsystems(_: &mut Model<'_>, p: &Map<String, Value>) -> Result
         { "subsystem": "nbd", "depends_on": ["bdev"] },
         { "subsystem": "nvmf", "depends_on": ["bdev"] },
         { "subsystem": "iscsi", "depends_on": ["bdev"] },
+        { "subsystem": "targetd", "depends_on": ["bdev", "iscsi"] },
     ]))
 }
 
@@ -327,12 +332,14 @@ fn framework_get_config(m: &mut Model<'_>, p: &Map<String, Value>) -> Result<Val
         Some("nbd") => Ok(Value::Array(nbd::config(m))),
         Some("nvmf") => Ok(Value::Array(nvmf::config(m))),
         Some("iscsi") => Ok(Value::Array(iscsi::config(m))),
+        Some("targetd") => Ok(Value::Array(targetd::config(m))),
         Some(other) => Err(RpcError::params(format!("no subsystem named {other}"))),
         None => Ok(json!({ "subsystems": [
             { "subsystem": "bdev", "config": bdev_config(m) },
             { "subsystem": "nbd", "config": nbd::config(m) },
             { "subsystem": "nvmf", "config": nvmf::config(m) },
             { "subsystem": "iscsi", "config": iscsi::config(m) },
+            { "subsystem": "targetd", "config": targetd::config(m) },
         ]})),
     }
 }

@@ -100,6 +100,7 @@ fn run(data: &[u8]) -> Vec<Value> {
     let mut nvmf = ironbay_model::nvmf::Target::default();
     let mut hw = Hardware::default();
     let (mut shutdown, mut bench) = (false, None);
+    let mut targetd = ironbay_model::targetd::Settings::new(7);
     let mut s = Session::new();
     let mut out = Vec::new();
     for input in stream.chunks(piece) {
@@ -115,6 +116,7 @@ fn run(data: &[u8]) -> Vec<Value> {
             bench: Some(&mut bench),
             config_store: Some(&mut store),
             lvol: Some(&mut lvols),
+            targetd: Some(&mut targetd),
         };
         s.handle_input(input, &mut model);
         if let Some(spec) = bench.take() {

@@ -523,6 +523,7 @@ mod tests {
                 bench: Some(&mut self.bench),
                 config_store: None,
                 lvol: None,
+                targetd: None,
             }
         }
 

@@ -114,6 +114,7 @@ fuzz_target!(|data: &[u8]| {
     let mut nvmf = ironbay_model::nvmf::Target::default();
     let mut hw = Hardware::default();
     let (mut shutdown, mut bench) = (false, None);
+    let mut targetd = ironbay_model::targetd::Settings::new(7);
     let mut s = Session::new();
 
     for input in stream.chunks(piece) {
@@ -130,6 +131,7 @@ fuzz_target!(|data: &[u8]| {
             bench: Some(&mut bench),
             config_store: Some(&mut store),
             lvol: Some(&mut lvols),
+            targetd: Some(&mut targetd),
         };
         let before = s.poll_output().len();
         s.handle_input(input, &mut model);

@@ -199,6 +199,7 @@ mod tests {
             bench: None,
             config_store: None,
             lvol: None,
+            targetd: None,
         };
         let ok = json!({ "name": "M", "num_blocks": 8, "block_size": 512, "md_size": 0, "dif_type": false, "numa_id": 3 });
         let mut run = |method: &str, p: Value| call(&mut m, method, p.as_object().unwrap());

@@ -39,6 +39,7 @@ impl World {
             bench: None,
             config_store: None,
             lvol: None,
+            targetd: None,
         };
         let mut r = json!({ "jsonrpc": "2.0", "id": 1, "method": method });
         if !params.is_null() {

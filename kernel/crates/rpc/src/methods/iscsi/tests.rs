@@ -42,6 +42,7 @@ impl World {
             bench: None,
             config_store: None,
             lvol: None,
+            targetd: None,
         };
         for r in requests {
             s.handle_input(r.as_bytes(), &mut m);
@@ -319,7 +320,7 @@ fn saved_config_boots_back() {
         .iter()
         .map(|s| s["subsystem"].as_str().unwrap())
         .collect();
-    assert_eq!(subsystems, ["bdev", "nbd", "nvmf", "iscsi"]);
+    assert_eq!(subsystems, ["bdev", "nbd", "nvmf", "iscsi", "targetd"]);
     let iscsi = saved["subsystems"][3]["config"].as_array().unwrap();
     let methods: Vec<&str> = iscsi
         .iter()

@@ -47,6 +47,7 @@ impl World {
             bench: None,
             config_store: None,
             lvol: None,
+            targetd: None,
         };
         for r in requests {
             s.handle_input(r.as_bytes(), &mut m);
@@ -431,7 +432,7 @@ fn saved_config_boots_back() {
         .iter()
         .map(|s| s["subsystem"].as_str().unwrap())
         .collect();
-    assert_eq!(subsystems, ["bdev", "nbd", "nvmf", "iscsi"]);
+    assert_eq!(subsystems, ["bdev", "nbd", "nvmf", "iscsi", "targetd"]);
     let nvmf = saved["subsystems"][2]["config"].as_array().unwrap();
     let methods: Vec<&str> = nvmf.iter().map(|c| c["method"].as_str().unwrap()).collect();
     assert_eq!(

@@ -93,6 +93,7 @@ impl World {
             bench: None,
             config_store: Some(&mut self.store),
             lvol: None,
+            targetd: None,
         }
     }
 
