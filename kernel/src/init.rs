@@ -53,7 +53,7 @@ extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
             " by "
         },
         boot.loader_name,
-        boot.cmdline
+        ironbay_config::cmdline::redacted(&boot.cmdline)
     );
     if boot.truncated {
         log::warn!(
@@ -121,7 +121,7 @@ extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
     });
     storage.iscsi.seed_entropy(seed);
     let mut network = net::init(devices, &cmdline);
-    let mut services = services::init(&mut network, &storage, &cmdline);
+    let mut services = services::init(&mut network, &mut storage, &cmdline);
     if wait_for_init && !services.has_rpc() {
         log::warn!("mgmt.wait_for_init: no JSON-RPC service to start init; starting now");
         storage.finish_init();

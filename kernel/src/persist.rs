@@ -158,7 +158,7 @@ pub fn save_storage(s: &mut Storage, nbd: Option<&mut ironbay_nbd::Exports>, ini
         bench: None,
         config_store: Some(&mut s.config_store),
         lvol: Some(&mut s.lvol),
-        targetd: None,
+        targetd: Some(&mut s.targetd),
     };
     save_if_changed(&mut model);
 }

@@ -32,6 +32,8 @@ pub struct Storage {
     pub config_store: ironbay_model::persist::ConfigStore,
     /// Logical volume stores, found by tasting at boot or made over the API.
     pub lvol: ironbay_model::lvol::Lvols,
+    /// The targetd API's credentials and options.
+    pub targetd: ironbay_model::targetd::Settings,
 }
 
 /// The NVMe controllers and virtio-blk devices found at boot, attached
@@ -218,7 +220,7 @@ impl Storage {
                 bench: None,
                 config_store: None,
                 lvol: Some(&mut self.lvol),
-                targetd: None,
+                targetd: Some(&mut self.targetd),
             };
             match ironbay_rpc::methods::call(&mut model, &call.method, &call.params) {
                 Ok(r) => log::info!("{subsystem}: {} -> {r}", call.method),
@@ -324,6 +326,9 @@ pub fn init(
         nbd_calls: Vec::new(),
         config_store: crate::persist::new_store(),
         lvol: ironbay_model::lvol::Lvols::new(crate::time::uptime_us, crate::arch::cpu::rdtsc()),
+        targetd: ironbay_model::targetd::Settings::new(
+            crate::arch::cpu::rdrand().unwrap_or_else(crate::arch::cpu::rdtsc),
+        ),
     };
     let (mut nvme_index, mut virtio_index) = (0, 0);
     for f in devices {

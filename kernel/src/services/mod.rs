@@ -9,6 +9,7 @@
 //! them charge their buffers to one I/O memory budget sized at boot.
 
 mod rpc;
+mod targetd;
 mod targets;
 
 use crate::net::Network;
@@ -19,6 +20,7 @@ use ironbay_endpoint::{Limits, tag};
 use ironbay_nbd::{Export, Exports};
 use ironbay_net::{Role, TcpTuning};
 use rpc::{RPC_CONNECTIONS, Rpc, rpc_init};
+use targetd::{TARGETD_CONNECTIONS, TargetdService};
 use targets::PortService;
 
 pub const NBD_PORT: u16 = 10809;
@@ -37,7 +39,8 @@ const NVMF_CONNECTIONS: usize = 16;
 /// and 8009, JSON-RPC), allocated once the boot config has run.
 pub const SOCKET_MEMORY: usize = (NBD_CONNECTIONS + ISCSI_CONNECTIONS + 2 * NVMF_CONNECTIONS)
     * (TcpTuning::STORAGE.rx_buffer + TcpTuning::STORAGE.tx_buffer)
-    + RPC_CONNECTIONS * (TcpTuning::MANAGEMENT.rx_buffer + TcpTuning::MANAGEMENT.tx_buffer);
+    + (RPC_CONNECTIONS + TARGETD_CONNECTIONS)
+        * (TcpTuning::MANAGEMENT.rx_buffer + TcpTuning::MANAGEMENT.tx_buffer);
 
 const NBD_SERVICE: u8 = 0;
 const ISCSI_SERVICE: u8 = 1;
@@ -57,6 +60,7 @@ pub struct Services {
     iscsi: Option<PortService<ironbay_iscsi::Connection>>,
     nvmf: Option<Nvmf>,
     pub rpc: Option<Rpc>,
+    targetd: Option<TargetdService>,
     budget: Budget,
     /// High-water mark last reported on the console, and when.
     reported_high: usize,
@@ -100,9 +104,10 @@ fn limits(cmdline: &ironbay_config::Cmdline, handshake_s: u64) -> Limits {
 
 pub fn init(
     network: &mut Network,
-    storage: &Storage,
+    storage: &mut Storage,
     cmdline: &ironbay_config::Cmdline,
 ) -> Services {
+    let targetd = targetd::init(network, storage, cmdline);
     let Some(stack) = network.stacks.iter().position(|s| s.role == Role::Data(0)) else {
         log::warn!("no data NIC: NBD, iSCSI and NVMe-oF targets not started");
         let rpc = rpc_init(network, cmdline);
@@ -111,6 +116,7 @@ pub fn init(
             iscsi: None,
             nvmf: None,
             rpc,
+            targetd,
             budget: Budget::new(0, 1),
             reported_high: 0,
             reported_us: 0,
@@ -222,6 +228,7 @@ pub fn init(
         iscsi: Some(iscsi),
         nvmf: Some(nvmf),
         rpc,
+        targetd,
         budget,
         reported_high: 0,
         reported_us: 0,
@@ -273,6 +280,11 @@ impl Services {
         let mut busy = false;
         if let Some(rpc) = &mut self.rpc {
             busy |= rpc.poll(network, storage, self.nbd.as_mut().map(|n| &mut n.exports));
+        }
+        if let Some(t) = &mut self.targetd {
+            let initialized = self.rpc.as_ref().is_none_or(Rpc::initialized);
+            let nbd = self.nbd.as_mut().map(|n| &mut n.exports);
+            busy |= t.poll(network, storage, nbd, initialized);
         }
         if let Some(nbd) = &mut self.nbd {
             busy |= nbd

@@ -78,6 +78,11 @@ pub fn rpc_init(network: &mut Network, cmdline: &ironbay_config::Cmdline) -> Opt
 }
 
 impl Rpc {
+    /// Whether init ran (it waits for `framework_start_init` when deferred).
+    pub fn initialized(&self) -> bool {
+        self.initialized
+    }
+
     fn allowed(&self, network: &Network, peer: smoltcp::wire::IpAddress) -> bool {
         let smoltcp::wire::IpAddress::Ipv4(ip) = peer else {
             return false;
@@ -192,7 +197,7 @@ impl Rpc {
                     bench: Some(&mut self.bench_request),
                     config_store: Some(&mut storage.config_store),
                     lvol: Some(&mut storage.lvol),
-                    targetd: None,
+                    targetd: Some(&mut storage.targetd),
                 };
                 let _ = s.recv(|b| {
                     session.handle_input(b, &mut model);

@@ -264,10 +264,18 @@ pub fn ensure_apt_lists() -> Result<(), String> {
     sh(Command::new("apt-get").args(["update", "-qq"]))
 }
 
-/// SPDK's own Python client, for the JSON-RPC tests.
+/// SPDK's own Python client, for the JSON-RPC tests, and Python
+/// `requests`, the HTTP client targetd's own client and tests use.
 pub fn ensure_spdk_client() -> Result<(), String> {
-    if present("spdk-rpc") {
-        return Ok(());
+    if !present("spdk-rpc") {
+        sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", "spdk"]))?;
     }
-    sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", "spdk"]))
+    let has_requests = Command::new("python3")
+        .args(["-c", "import requests"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_requests {
+        sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", "requests"]))?;
+    }
+    Ok(())
 }

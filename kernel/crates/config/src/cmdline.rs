@@ -49,6 +49,13 @@ fn is_ipv4(v: &str) -> Result<(), &'static str> {
         .map(drop)
         .map_err(|_| "not an IPv4 address")
 }
+fn is_secret(v: &str) -> Result<(), &'static str> {
+    if (1..=256).contains(&v.len()) {
+        Ok(())
+    } else {
+        Err("expected 1-256 characters")
+    }
+}
 fn is_name(v: &str) -> Result<(), &'static str> {
     let ok = !v.is_empty()
         && v.len() <= 64
@@ -211,6 +218,16 @@ pub static OPTIONS: &[OptionSpec] = &[
         key: "mgmt.allow",
         check: is_cidr_list,
         help: "management clients allowed, CIDR list",
+    },
+    OptionSpec {
+        key: "targetd.user",
+        check: is_name,
+        help: "targetd API user (default admin)",
+    },
+    OptionSpec {
+        key: "targetd.password",
+        check: is_secret,
+        help: "targetd API password; wins over one set over JSON-RPC, never saved or shown",
     },
     OptionSpec {
         key: "mgmt.wait_for_init",
@@ -404,6 +421,19 @@ fn split_words(line: &str) -> (Vec<String>, bool) {
     (words, !in_quote)
 }
 
+/// The command line as it may be shown: the values of `*password` options
+/// replaced by `***`.
+pub fn redacted(cmdline: &str) -> String {
+    cmdline
+        .split(' ')
+        .map(|w| match w.split_once('=') {
+            Some((k, _)) if k.ends_with("password") => alloc::format!("{k}=***"),
+            _ => w.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,5 +602,13 @@ mod tests {
         let c = Cmdline::parse("k mgmt.wait_for_init=maybe");
         assert_eq!(c.diagnostics.len(), 1);
         assert!(!c.flag("mgmt.wait_for_init"));
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            super::redacted("img mgmt.ip=1.2.3.4/24 targetd.password=s3cret targetd.user=admin"),
+            "img mgmt.ip=1.2.3.4/24 targetd.password=*** targetd.user=admin"
+        );
     }
 }

@@ -165,16 +165,29 @@ impl Settings {
         self.accepted = None;
     }
 
+    fn quick_digest(h: &PasswordHash, password: &str) -> [u8; 32] {
+        Sha256::new()
+            .chain_update(&h.salt)
+            .chain_update(password.as_bytes())
+            .finalize()
+            .into()
+    }
+
+    /// Whether these are the credentials last accepted: a cheap check
+    /// that never runs the slow hash (for addresses under suspicion).
+    pub fn verify_cached(&self, user: &str, password: &str) -> bool {
+        let (Some(h), Some(a)) = (&self.hash, &self.accepted) else {
+            return false;
+        };
+        same(a, &Self::quick_digest(h, password)) && same(user.as_bytes(), self.user.as_bytes())
+    }
+
     /// Whether these credentials are the configured ones.
     pub fn verify(&mut self, user: &str, password: &str) -> bool {
         let Some(h) = &self.hash else {
             return false;
         };
-        let quick: [u8; 32] = Sha256::new()
-            .chain_update(&h.salt)
-            .chain_update(password.as_bytes())
-            .finalize()
-            .into();
+        let quick = Self::quick_digest(h, password);
         let user_ok = same(user.as_bytes(), self.user.as_bytes());
         if let Some(a) = &self.accepted
             && same(a, &quick)

@@ -6,9 +6,10 @@
 //! [`Targetd::handle`] takes a parsed HTTP request and the model and
 //! returns the reply; the HTTP framing, limits and deadlines are
 //! `ironbay-http`'s. Checks run in targetd's order: credentials (a wrong
-//! guess is answered 401 after 2 s, and while one is pending every other
-//! request from that address gets 503), then the path (404), then the
-//! JSON-RPC request.
+//! guess is answered 401 after 2 s, and while one is pending further wrong
+//! guesses from that address get 503 at once), then the path (404), then the
+//! JSON-RPC request. Right credentials are served even from an address
+//! with a guess pending: behind NAT, clients share one.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -67,15 +68,22 @@ impl Targetd {
             );
         };
         let ip = req.peer.map(|p| p.ip());
-        if let Some(ip) = ip
-            && self.pit.iter().any(|&(a, _)| a == ip)
-        {
+        let pitted = ip.is_some_and(|ip| self.pit.iter().any(|&(a, _)| a == ip));
+        // While a wrong guess from an address is pending, further guesses
+        // from it are refused at once, without the slow hash; clients
+        // behind the same address with the right credentials go on.
+        let good = if pitted {
+            settings.verify_cached(&cred.user, &cred.password)
+        } else {
+            settings.verify(&cred.user, &cred.password)
+        };
+        if !good && pitted {
             return Reply::Now(Response::error(
                 503,
                 "another authentication attempt from this address is pending",
             ));
         }
-        if !settings.verify(&cred.user, &cred.password) {
+        if !good {
             let until = now_ms + TARPIT_MS;
             if let Some(ip) = ip {
                 if self.pit.len() >= MAX_PITTED {
