@@ -14,7 +14,8 @@ use ironbay_config::{BootConfig, Cmdline};
 use ironbay_platform::pci::Size;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-const DEFAULT_HEAP_PERCENT: u64 = 50;
+/// The rest of memory is for RAM disks, caches and DMA (see mem::pages).
+const DEFAULT_HEAP_PERCENT: u64 = 20;
 
 #[unsafe(no_mangle)]
 extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
@@ -65,7 +66,7 @@ extern "C" fn kernel_entry(protocol: u32, info: u32, magic: u32) -> ! {
     }
 
     log::info!(
-        "memory: {} usable, heap {} at {:#x}, {} free for DMA",
+        "memory: {} usable, heap {} at {:#x}, {} for RAM disks, caches and DMA",
         Size(report.usable),
         Size(report.heap.end - report.heap.start),
         report.heap.start,

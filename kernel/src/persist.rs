@@ -146,19 +146,6 @@ pub fn save_if_changed(model: &mut ironbay_rpc::Model<'_>) {
 /// exports, once it runs (before, the saved configuration has no NBD part).
 pub fn save_storage(s: &mut Storage, nbd: Option<&mut ironbay_nbd::Exports>, initialized: bool) {
     let (mut init, mut down) = (initialized, false);
-    let mut model = ironbay_rpc::Model {
-        bdevs: &mut s.bdevs,
-        devices: Some(&mut s.hw),
-        nbd,
-        iscsi: Some(&mut s.iscsi),
-        nvmf: Some(&mut s.nvmf),
-        memory_budget: 0,
-        initialized: &mut init,
-        shutdown: &mut down,
-        bench: None,
-        config_store: Some(&mut s.config_store),
-        lvol: Some(&mut s.lvol),
-        targetd: Some(&mut s.targetd),
-    };
+    let mut model = s.model(nbd, &mut init, &mut down, None);
     save_if_changed(&mut model);
 }

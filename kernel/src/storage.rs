@@ -186,6 +186,68 @@ impl ironbay_rpc::Devices for Hardware {
         e.name = None;
         Ok(())
     }
+
+    fn disks(&self, bdevs: &Registry) -> Vec<ironbay_model::rapiddisk::Disk> {
+        let mut out = Vec::new();
+        for e in &self.nvme {
+            let Some(name) = &e.name else { continue };
+            let (vendor, model) = {
+                let c = e.device.borrow();
+                (vendor_name(c.identity.vendor), c.identity.model.clone())
+            };
+            let prefix = format!("{name}n");
+            for b in bdevs.ids().filter_map(|id| bdevs.info(id)) {
+                if b.product == "NVMe disk" && b.name.starts_with(&prefix) {
+                    out.push(ironbay_model::rapiddisk::Disk {
+                        name: b.name.clone(),
+                        size: b.size_bytes(),
+                        vendor: vendor.clone(),
+                        model: model.clone(),
+                    });
+                }
+            }
+        }
+        for e in &self.virtio {
+            let Some(b) = e
+                .name
+                .as_ref()
+                .and_then(|n| bdevs.find(n))
+                .and_then(|id| bdevs.info(id))
+            else {
+                continue;
+            };
+            out.push(ironbay_model::rapiddisk::Disk {
+                name: b.name.clone(),
+                size: b.size_bytes(),
+                vendor: vendor_name(e.function.vendor),
+                model: "Virtio Block Device".into(),
+            });
+        }
+        out
+    }
+
+    fn memory(&self) -> (u64, u64) {
+        use ironbay_bdev::PagePool;
+        let free = crate::mem::pages::FramePages.free_bytes() + mem::heap_stats().free() as u64;
+        (mem::usable_bytes(), free)
+    }
+}
+
+/// A PCI vendor ID as a name where it is a well-known storage vendor.
+fn vendor_name(id: u16) -> String {
+    match id {
+        0x1af4 | 0x1b36 => "Red Hat".into(),
+        0x8086 => "Intel".into(),
+        0x144d => "Samsung".into(),
+        0x1344 => "Micron".into(),
+        0x15b7 => "Sandisk".into(),
+        0x1c5c => "SK hynix".into(),
+        0x1e0f => "KIOXIA".into(),
+        0x1179 => "Toshiba".into(),
+        0x126f => "Silicon Motion".into(),
+        0x1987 => "Phison".into(),
+        _ => format!("{id:#06x}"),
+    }
 }
 
 fn self_name_taken(bdevs: &Registry, controller: &str) -> bool {
@@ -226,6 +288,31 @@ impl Storage {
                 Ok(r) => log::info!("{subsystem}: {} -> {r}", call.method),
                 Err(e) => log::error!("{subsystem}: {} failed: {}", call.method, e.message),
             }
+        }
+    }
+
+    /// The object model over this storage, as a management front end sees
+    /// it.
+    pub fn model<'a>(
+        &'a mut self,
+        nbd: Option<&'a mut ironbay_nbd::Exports>,
+        initialized: &'a mut bool,
+        shutdown: &'a mut bool,
+        bench: Option<&'a mut Option<ironbay_bdev::bench::BenchSpec>>,
+    ) -> ironbay_rpc::Model<'a> {
+        ironbay_rpc::Model {
+            bdevs: &mut self.bdevs,
+            devices: Some(&mut self.hw),
+            nbd,
+            iscsi: Some(&mut self.iscsi),
+            nvmf: Some(&mut self.nvmf),
+            memory_budget: mem::heap_stats().ram_bdev_budget(),
+            initialized,
+            shutdown,
+            bench,
+            config_store: Some(&mut self.config_store),
+            lvol: Some(&mut self.lvol),
+            targetd: Some(&mut self.targetd),
         }
     }
 
@@ -317,7 +404,11 @@ pub fn init(
     store: &crate::persist::Options,
 ) -> Storage {
     let mut s = Storage {
-        bdevs: Registry::new(),
+        bdevs: {
+            let mut r = Registry::new();
+            r.set_page_pool(alloc::rc::Rc::new(crate::mem::pages::FramePages));
+            r
+        },
         iscsi: ironbay_iscsi::Target::default(),
         nvmf: ironbay_nvmf::Target::new(ironbay_nvmf::Config::default()),
         hw: Hardware::default(),

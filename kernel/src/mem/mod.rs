@@ -7,6 +7,7 @@
 //! is its bus address.
 
 pub mod dma;
+pub mod pages;
 pub mod paging;
 
 use core::ops::Range;
@@ -22,6 +23,7 @@ static HEAP: LockedHeap = LockedHeap::empty();
 pub(crate) static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator::new());
 
 static IMAGE: Mutex<Range<u64>> = Mutex::new(0..0);
+static USABLE: AtomicU64 = AtomicU64::new(0);
 static HEAP_RANGE: Mutex<Range<u64>> = Mutex::new(0..0);
 /// Everything below this address is mapped.
 static MAPPED_LIMIT: AtomicU64 = AtomicU64::new(paging::BOOT_MAPPED);
@@ -59,6 +61,7 @@ pub struct Report {
 /// free memory.
 pub fn init(info: &BootInfo, image: Range<u64>, heap_percent: u64) -> Report {
     *IMAGE.lock() = image.clone();
+    USABLE.store(info.usable_bytes(), Ordering::Relaxed);
     let mut frames = FRAMES.lock();
     for r in info.memory.iter().filter(|r| r.kind == MemKind::Usable) {
         frames.add(r.base..r.end());
@@ -112,6 +115,11 @@ pub fn init(info: &BootInfo, image: Range<u64>, heap_percent: u64) -> Report {
         heap,
         free_frames: frames.free_bytes(),
     }
+}
+
+/// RAM the boot memory map reported usable.
+pub fn usable_bytes() -> u64 {
+    USABLE.load(Ordering::Relaxed)
 }
 
 /// True when `addr..addr+len` lies in memory that holds kernel stacks (the

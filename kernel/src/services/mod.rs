@@ -8,6 +8,9 @@
 //! [`ironbay_endpoint::Endpoint`] over the listeners' sockets, and all of
 //! them charge their buffers to one I/O memory budget sized at boot.
 
+mod allow;
+mod http;
+mod rest;
 mod rpc;
 mod targetd;
 mod targets;
@@ -19,6 +22,7 @@ use ironbay_bdev::{Budget, IoCompletion};
 use ironbay_endpoint::{Limits, tag};
 use ironbay_nbd::{Export, Exports};
 use ironbay_net::{Role, TcpTuning};
+use rest::{REST_CONNECTIONS, RestService};
 use rpc::{RPC_CONNECTIONS, Rpc, rpc_init};
 use targetd::{TARGETD_CONNECTIONS, TargetdService};
 use targets::PortService;
@@ -39,7 +43,7 @@ const NVMF_CONNECTIONS: usize = 16;
 /// and 8009, JSON-RPC), allocated once the boot config has run.
 pub const SOCKET_MEMORY: usize = (NBD_CONNECTIONS + ISCSI_CONNECTIONS + 2 * NVMF_CONNECTIONS)
     * (TcpTuning::STORAGE.rx_buffer + TcpTuning::STORAGE.tx_buffer)
-    + (RPC_CONNECTIONS + TARGETD_CONNECTIONS)
+    + (RPC_CONNECTIONS + TARGETD_CONNECTIONS + REST_CONNECTIONS)
         * (TcpTuning::MANAGEMENT.rx_buffer + TcpTuning::MANAGEMENT.tx_buffer);
 
 const NBD_SERVICE: u8 = 0;
@@ -61,6 +65,7 @@ pub struct Services {
     nvmf: Option<Nvmf>,
     pub rpc: Option<Rpc>,
     targetd: Option<TargetdService>,
+    rest: Option<RestService>,
     budget: Budget,
     /// High-water mark last reported on the console, and when.
     reported_high: usize,
@@ -108,6 +113,7 @@ pub fn init(
     cmdline: &ironbay_config::Cmdline,
 ) -> Services {
     let targetd = targetd::init(network, storage, cmdline);
+    let rest = rest::init(network, cmdline);
     let Some(stack) = network.stacks.iter().position(|s| s.role == Role::Data(0)) else {
         log::warn!("no data NIC: NBD, iSCSI and NVMe-oF targets not started");
         let rpc = rpc_init(network, cmdline);
@@ -117,6 +123,7 @@ pub fn init(
             nvmf: None,
             rpc,
             targetd,
+            rest,
             budget: Budget::new(0, 1),
             reported_high: 0,
             reported_us: 0,
@@ -229,6 +236,7 @@ pub fn init(
         nvmf: Some(nvmf),
         rpc,
         targetd,
+        rest,
         budget,
         reported_high: 0,
         reported_us: 0,
@@ -285,6 +293,11 @@ impl Services {
             let initialized = self.rpc.as_ref().is_none_or(Rpc::initialized);
             let nbd = self.nbd.as_mut().map(|n| &mut n.exports);
             busy |= t.poll(network, storage, nbd, initialized);
+        }
+        if let Some(r) = &mut self.rest {
+            let initialized = self.rpc.as_ref().is_none_or(Rpc::initialized);
+            let nbd = self.nbd.as_mut().map(|n| &mut n.exports);
+            busy |= r.poll(network, storage, nbd, initialized);
         }
         if let Some(nbd) = &mut self.nbd {
             busy |= nbd

@@ -27,8 +27,7 @@ pub struct Rpc {
     /// Per socket: last traffic, and when a close began.
     active_us: Vec<u64>,
     closing_since: Vec<Option<u64>>,
-    /// Client subnets allowed; empty means the management NIC's own subnet.
-    allow: Vec<ironbay_config::net::Ipv4Cidr>,
+    allow: super::allow::Allow,
     initialized: bool,
     /// `spdk_kill_instance` asked for an orderly shutdown.
     pub shutdown: bool,
@@ -43,26 +42,17 @@ pub fn rpc_init(network: &mut Network, cmdline: &ironbay_config::Cmdline) -> Opt
         log::warn!("no management NIC: JSON-RPC not started");
         return None;
     };
-    let allow: Vec<ironbay_config::net::Ipv4Cidr> = cmdline
-        .get("mgmt.allow")
-        .map(|l| l.split(',').filter_map(|c| c.parse().ok()).collect())
-        .unwrap_or_default();
+    let allow = super::allow::Allow::from_cmdline(cmdline);
     let listener = Listener::new(
         &mut network.stacks[stack].sockets,
         RPC_PORT,
         RPC_CONNECTIONS,
         TcpTuning::MANAGEMENT,
     );
-    if allow.is_empty() {
-        log::info!("mgmt: JSON-RPC on TCP port {RPC_PORT}, clients from the management subnet");
-    } else {
-        let list: Vec<alloc::string::String> =
-            allow.iter().map(|c| alloc::format!("{c}")).collect();
-        log::info!(
-            "mgmt: JSON-RPC on TCP port {RPC_PORT}, clients from {}",
-            list.join(" ")
-        );
-    }
+    log::info!(
+        "mgmt: JSON-RPC on TCP port {RPC_PORT}, clients from {}",
+        allow.describe()
+    );
     Some(Rpc {
         stack,
         listener,
@@ -87,19 +77,11 @@ impl Rpc {
         let smoltcp::wire::IpAddress::Ipv4(ip) = peer else {
             return false;
         };
-        let ip = core::net::Ipv4Addr::from(ip.octets());
-        if self.allow.is_empty() {
-            // Default: the management NIC's own subnet.
-            return network.stacks[self.stack].ipv4().is_some_and(|c| {
-                let addr = core::net::Ipv4Addr::from(c.address().octets());
-                ironbay_config::net::Ipv4Cidr {
-                    addr,
-                    prefix: c.prefix_len(),
-                }
-                .contains(ip)
-            });
-        }
-        self.allow.iter().any(|c| c.contains(ip))
+        let own = super::allow::Allow::own_subnet(network, self.stack);
+        self.allow.permits(
+            own,
+            core::net::IpAddr::V4(core::net::Ipv4Addr::from(ip.octets())),
+        )
     }
 
     pub fn poll(
@@ -184,21 +166,12 @@ impl Rpc {
                 .sockets
                 .get_mut::<tcp::Socket<'_>>(h);
             if session.wants_input() && s.can_recv() {
-                let heap = crate::mem::heap_stats();
-                let mut model = ironbay_rpc::Model {
-                    bdevs: &mut storage.bdevs,
-                    devices: Some(&mut storage.hw),
-                    nbd: nbd.as_deref_mut(),
-                    iscsi: Some(&mut storage.iscsi),
-                    nvmf: Some(&mut storage.nvmf),
-                    memory_budget: heap.ram_bdev_budget(),
-                    initialized: &mut self.initialized,
-                    shutdown: &mut self.shutdown,
-                    bench: Some(&mut self.bench_request),
-                    config_store: Some(&mut storage.config_store),
-                    lvol: Some(&mut storage.lvol),
-                    targetd: Some(&mut storage.targetd),
-                };
+                let mut model = storage.model(
+                    nbd.as_deref_mut(),
+                    &mut self.initialized,
+                    &mut self.shutdown,
+                    Some(&mut self.bench_request),
+                );
                 let _ = s.recv(|b| {
                     session.handle_input(b, &mut model);
                     (b.len(), ())

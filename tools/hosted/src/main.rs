@@ -106,6 +106,8 @@ fn iscsi_config(addr: SocketAddr, luns: &[(String, BdevId, bool)], chap: Option<
             chap: policy.clone(),
             header_digest: false,
             data_digest: false,
+            masked: false,
+            acls: Vec::new(),
         });
     }
     config

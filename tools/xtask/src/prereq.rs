@@ -107,6 +107,15 @@ const NEEDS: &[Need] = &[
         probe: "tgtd",
         package: "tgt",
     },
+    Need {
+        // The REST API's tests are curl + jq scripts.
+        probe: "curl",
+        package: "curl",
+    },
+    Need {
+        probe: "jq",
+        package: "jq",
+    },
 ];
 
 fn present(probe: &str) -> bool {

@@ -275,6 +275,8 @@ pub struct Registry {
     /// Requests refused by validation, delivered at the next poll.
     rejected: VecDeque<(BdevId, IoCompletion, IoType)>,
     scratch: Vec<IoCompletion>,
+    /// Where RAM bdevs take data pages; the heap when the owner set none.
+    pages: Option<crate::ram::SharedPool>,
 }
 
 /// Checks a request against what the device says about itself.
@@ -323,6 +325,18 @@ fn validate(info: &BdevInfo, op: &IoOp) -> Result<(), IoStatus> {
 impl Registry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes RAM bdevs created from now on take their pages from `pool`.
+    pub fn set_page_pool(&mut self, pool: crate::ram::SharedPool) {
+        self.pages = Some(pool);
+    }
+
+    /// The pool RAM bdevs take pages from.
+    pub fn page_pool(&mut self) -> crate::ram::SharedPool {
+        self.pages
+            .get_or_insert_with(crate::ram::HeapPages::unlimited)
+            .clone()
     }
 
     fn slot(&self, id: BdevId) -> Option<&Slot> {

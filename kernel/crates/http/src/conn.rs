@@ -29,6 +29,10 @@ pub struct Limits {
     pub request_ms: u64,
     /// A kept-alive connection with no request begun is closed after this.
     pub idle_ms: u64,
+    /// POST/PUT/PATCH without a Content-Length get 411 (targetd); when
+    /// false they have an empty body, as RFC 9112 reads them (curl -X POST
+    /// sends none).
+    pub require_length: bool,
 }
 
 impl Default for Limits {
@@ -39,6 +43,7 @@ impl Default for Limits {
             max_body: 128 << 10,
             request_ms: 10_000,
             idle_ms: 60_000,
+            require_length: true,
         }
     }
 }
@@ -93,12 +98,6 @@ impl Conn {
 
     pub fn wants_input(&self) -> bool {
         matches!(self.state, State::Head { .. } | State::Body { .. })
-    }
-
-    /// Whether nothing is in progress: no request begun, none with the
-    /// handler, nothing to send (a quiet kept-alive connection).
-    pub fn is_idle(&self) -> bool {
-        self.state == (State::Head { begun: None }) && self.out_pending() == 0
     }
 
     /// Last time the peer sent something or we answered.
@@ -223,7 +222,7 @@ impl Conn {
             }
         }
         let needs_body = matches!(request.method.as_str(), "POST" | "PUT" | "PATCH");
-        if needs_body && length.is_none() {
+        if needs_body && length.is_none() && self.limits.require_length {
             return self.fail(411, "");
         }
         let expect = request.header("expect").map(<[u8]>::to_ascii_lowercase);
@@ -274,11 +273,6 @@ impl Conn {
     /// The request read, once: the handler answers with [`Conn::respond`].
     pub fn poll_request(&mut self) -> Option<Request> {
         self.ready.take()
-    }
-
-    /// Whether a request is with the handler, unanswered.
-    pub fn awaiting_response(&self) -> bool {
-        self.state == State::Busy && self.ready.is_none() && self.delayed.is_none()
     }
 
     /// The answer to the request taken; sent at `at_ms` if given and

@@ -79,11 +79,6 @@ impl Server {
         self.stats
     }
 
-    /// Connections open now.
-    pub fn open_connections(&self) -> usize {
-        self.slots.iter().filter(|s| s.conn.is_some()).count()
-    }
-
     /// Serves every socket once; true if anything moved.
     pub fn poll<S: Sockets>(
         &mut self,

@@ -250,3 +250,25 @@ fn basic_credentials_reach_the_handler() {
     );
     assert_eq!(r.echo.seen[0].peer, Some(peer(1, 40000)));
 }
+
+#[test]
+fn posts_without_a_length_have_an_empty_body_when_allowed() {
+    let mut r = Rig::new(1);
+    r.server = Server::new(
+        "rest",
+        Limits {
+            require_length: false,
+            ..Limits::default()
+        },
+    );
+    let c = r.connect(1);
+    // curl -X POST sends neither Content-Length nor Transfer-Encoding.
+    r.send(
+        c,
+        b"POST /v1/createRapidDisk/8 HTTP/1.1\r\nHost: x\r\n\r\nGET /a HTTP/1.1\r\n\r\n",
+    );
+    let out = r.read(c);
+    assert!(out.contains("POST /v1/createRapidDisk/8 0"), "{out}");
+    assert!(out.ends_with("GET /a 0"), "{out}");
+    assert!(!r.net.sockets[c].we_closed());
+}

@@ -34,6 +34,8 @@ pub const MAX_PG_IG_MAPS: usize = 256;
 pub const MAX_LUNS: u64 = 256;
 /// LUNs over all target nodes.
 pub const MAX_TOTAL_LUNS: usize = 16384;
+/// Initiators with an ACL on one masked node.
+pub const MAX_ACLS: usize = 1024;
 /// Largest `max_queue_depth`.
 pub const MAX_QUEUE_DEPTH: u32 = 256;
 const MAX_AUTH_FILE: usize = 4096;
@@ -124,7 +126,7 @@ impl core::fmt::Debug for Secret {
 }
 
 impl Secret {
-    fn check(&self) -> Result<()> {
+    pub fn check(&self) -> Result<()> {
         for (what, v) in [
             ("user", Some(&self.user)),
             ("secret", Some(&self.secret)),
@@ -247,11 +249,57 @@ pub struct TargetNode {
     /// Require CRC32C header / data digests.
     pub header_digest: bool,
     pub data_digest: bool,
+    /// LUN masking (targetd's model): each initiator sees only the LUNs of
+    /// its own [`Acl`], an initiator without one may not log in, and one
+    /// whose ACL has CHAP credentials must answer them; `luns` is unused.
+    pub masked: bool,
+    pub acls: Vec<Acl>,
+}
+
+/// One initiator's view of a masked node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acl {
+    /// The initiator's iSCSI name (compared without case).
+    pub initiator: String,
+    pub luns: Vec<Lun>,
+    /// CHAP the initiator must answer (and, with `muser`, the target's
+    /// answer back); `None`: no authentication for it.
+    pub chap: Option<Secret>,
+    /// A group whose members share one LUN map (targetd's access groups).
+    pub group: Option<String>,
+}
+
+impl Acl {
+    /// An ACL with nothing left in it goes.
+    fn is_empty(&self) -> bool {
+        self.luns.is_empty() && self.chap.is_none() && self.group.is_none()
+    }
+}
+
+impl Acl {
+    pub fn lun(&self, id: u64) -> Option<&Lun> {
+        self.luns.iter().find(|l| l.id == id)
+    }
 }
 
 impl TargetNode {
     pub fn lun(&self, id: u64) -> Option<&Lun> {
         self.luns.iter().find(|l| l.id == id)
+    }
+
+    /// The ACL of `initiator` on a masked node.
+    pub fn acl(&self, initiator: &str) -> Option<&Acl> {
+        self.acls
+            .iter()
+            .find(|a| a.initiator.eq_ignore_ascii_case(initiator))
+    }
+
+    /// The LUNs `initiator` sees.
+    pub fn luns_for(&self, initiator: &str) -> &[Lun] {
+        if !self.masked {
+            return &self.luns;
+        }
+        self.acl(initiator).map_or(&[], |a| a.luns.as_slice())
     }
 
     fn lowest_free_lun(&self) -> Option<u64> {
@@ -767,6 +815,8 @@ impl Config {
             chap: spec.chap,
             header_digest: spec.header_digest,
             data_digest: spec.data_digest,
+            masked: false,
+            acls: Vec::new(),
         };
         if spec.luns.len() as u64 > MAX_LUNS {
             return invalid(format!("at most {MAX_LUNS} LUNs per target node"));
@@ -814,8 +864,186 @@ impl Config {
         Ok(id)
     }
 
+    /// Turns LUN masking on or off for a node.
+    pub fn set_masked(&mut self, node: &str, masked: bool) -> Result<()> {
+        let i = self.node_index(node)?;
+        if self.nodes[i].masked != masked {
+            self.nodes[i].masked = masked;
+            self.changed();
+        }
+        Ok(())
+    }
+
+    fn acl_index(&mut self, node: usize, initiator: &str) -> Result<usize> {
+        check_iscsi_name(initiator)
+            .map_err(|e| ConfigError::Invalid(format!("initiator {initiator}: {}", e.message())))?;
+        let n = &mut self.nodes[node];
+        if let Some(i) = n
+            .acls
+            .iter()
+            .position(|a| a.initiator.eq_ignore_ascii_case(initiator))
+        {
+            return Ok(i);
+        }
+        if n.acls.len() >= MAX_ACLS {
+            return busy(format!(
+                "{MAX_ACLS} initiators have ACLs on {} already",
+                n.name
+            ));
+        }
+        n.acls.push(Acl {
+            initiator: initiator.to_string(),
+            luns: Vec::new(),
+            chap: None,
+            group: None,
+        });
+        Ok(n.acls.len() - 1)
+    }
+
+    /// Shows `bdev_name` to `initiator` as LUN `id` (`None`: its lowest
+    /// free one) on a masked node; returns the id. The same bdev at the
+    /// same id again is no change.
+    pub fn map_lun(
+        &mut self,
+        node: &str,
+        initiator: &str,
+        bdev_name: &str,
+        id: Option<u64>,
+        bdevs: &Registry,
+    ) -> Result<u64> {
+        let i = self.node_index(node)?;
+        let bdev = bdevs
+            .find(bdev_name)
+            .ok_or_else(|| ConfigError::Invalid(format!("bdev {bdev_name} does not exist")))?;
+        let a = self.acl_index(i, initiator)?;
+        let acl = &self.nodes[i].acls[a];
+        if let Some(id) = id
+            && let Some(l) = acl.lun(id)
+        {
+            if l.bdev == bdev {
+                return Ok(id);
+            }
+            return invalid(format!(
+                "{initiator} sees another volume as LUN {id} already"
+            ));
+        }
+        let id = match id {
+            Some(id) if id >= MAX_LUNS => {
+                return invalid(format!("LUN id {id} must be below {MAX_LUNS}"));
+            }
+            Some(id) => id,
+            None => (0..MAX_LUNS)
+                .find(|k| acl.lun(*k).is_none())
+                .ok_or_else(|| ConfigError::Invalid(format!("{initiator} has no free LUN id")))?,
+        };
+        self.check_lun_total(1)?;
+        let read_only = bdevs.info(bdev).is_some_and(|b| b.read_only);
+        let luns = &mut self.nodes[i].acls[a].luns;
+        let at = luns.partition_point(|l| l.id < id);
+        luns.insert(
+            at,
+            Lun {
+                id,
+                bdev_name: bdev_name.to_string(),
+                bdev,
+                read_only,
+            },
+        );
+        self.changed();
+        Ok(id)
+    }
+
+    /// Hides `bdev` from `initiator`; returns the LUN ids it had (none: not
+    /// mapped). An ACL left with no LUNs and no CHAP goes.
+    pub fn unmap_lun(&mut self, node: &str, initiator: &str, bdev: BdevId) -> Result<Vec<u64>> {
+        let i = self.node_index(node)?;
+        let n = &mut self.nodes[i];
+        let Some(a) = n
+            .acls
+            .iter()
+            .position(|a| a.initiator.eq_ignore_ascii_case(initiator))
+        else {
+            return Ok(Vec::new());
+        };
+        let ids: Vec<u64> = n.acls[a]
+            .luns
+            .iter()
+            .filter(|l| l.bdev == bdev)
+            .map(|l| l.id)
+            .collect();
+        n.acls[a].luns.retain(|l| l.bdev != bdev);
+        if n.acls[a].is_empty() {
+            n.acls.remove(a);
+        }
+        if !ids.is_empty() {
+            self.changed();
+        }
+        Ok(ids)
+    }
+
+    /// Sets (or with `None` clears) the CHAP credentials `initiator` must
+    /// answer on a node; `muser`/`msecret` make it mutual.
+    pub fn set_acl_chap(
+        &mut self,
+        node: &str,
+        initiator: &str,
+        chap: Option<Secret>,
+    ) -> Result<()> {
+        if let Some(c) = &chap {
+            c.check()?;
+        }
+        let i = self.node_index(node)?;
+        let a = self.acl_index(i, initiator)?;
+        self.nodes[i].acls[a].chap = chap;
+        if self.nodes[i].acls[a].is_empty() {
+            self.nodes[i].acls.remove(a);
+        }
+        self.changed();
+        Ok(())
+    }
+
+    /// Puts `initiator` in access group `group` (or, with `None`, out of
+    /// any), making its ACL if needed.
+    pub fn set_acl_group(
+        &mut self,
+        node: &str,
+        initiator: &str,
+        group: Option<&str>,
+    ) -> Result<()> {
+        if let Some(g) = group
+            && (g.is_empty() || g.len() > 255)
+        {
+            return invalid("a group name must be 1-255 characters");
+        }
+        let i = self.node_index(node)?;
+        let a = self.acl_index(i, initiator)?;
+        self.nodes[i].acls[a].group = group.map(String::from);
+        if self.nodes[i].acls[a].is_empty() {
+            self.nodes[i].acls.remove(a);
+        }
+        self.changed();
+        Ok(())
+    }
+
+    /// Drops an initiator's ACL (its LUNs and CHAP) from a node.
+    pub fn remove_acl(&mut self, node: &str, initiator: &str) -> Result<()> {
+        let i = self.node_index(node)?;
+        let n = &mut self.nodes[i];
+        let before = n.acls.len();
+        n.acls
+            .retain(|a| !a.initiator.eq_ignore_ascii_case(initiator));
+        if n.acls.len() != before {
+            self.changed();
+        }
+        Ok(())
+    }
+
     fn check_lun_total(&self, adding: usize) -> Result<()> {
-        let total: usize = self.nodes.iter().map(|n| n.luns.len()).sum();
+        let total: usize = self
+            .nodes
+            .iter()
+            .map(|n| n.luns.len() + n.acls.iter().map(|a| a.luns.len()).sum::<usize>())
+            .sum();
         if total + adding > MAX_TOTAL_LUNS {
             return busy(format!("{MAX_TOTAL_LUNS} LUNs exist already"));
         }
@@ -829,6 +1057,11 @@ impl Config {
             let before = n.luns.len();
             n.luns.retain(|l| l.bdev != bdev);
             dropped += before - n.luns.len();
+            for a in &mut n.acls {
+                let before = a.luns.len();
+                a.luns.retain(|l| l.bdev != bdev);
+                dropped += before - a.luns.len();
+            }
         }
         if dropped > 0 {
             self.changed();

@@ -3,7 +3,7 @@
 //! to full feature phase.
 
 use crate::chap::{self, Algorithm};
-use crate::config::ChapPolicy;
+use crate::config::{ChapPolicy, Secret};
 use crate::conn::{Connection, MAX_TASKS, Phase, SessionInfo};
 use crate::pdu::{Bhs, Pdu, op};
 use crate::target::Target;
@@ -67,6 +67,9 @@ pub struct Login {
     discovery: bool,
     pg_tag: u32,
     policy: ChapPolicy,
+    /// The initiator's own CHAP credentials on a masked node (they take
+    /// the place of the policy's auth group).
+    acl_secret: Option<Secret>,
     auth: Auth,
     params: Params,
     limits: Option<Limits>,
@@ -256,7 +259,8 @@ impl Connection {
             let Auth::ChapResponse { alg, id, challenge } = &l.auth else {
                 return Err(status::INITIATOR_ERROR);
             };
-            out.extend(chap_in.verify(*alg, *id, challenge, &l.policy, target)?);
+            let acl = l.acl_secret.as_ref();
+            out.extend(chap_in.verify(*alg, *id, challenge, &l.policy, acl, target)?);
             l.auth = Auth::Done;
         }
         if l.stage == OPERATIONAL && !l.declared {
@@ -320,6 +324,21 @@ impl Connection {
             }
             l.target = Some(node.name.clone());
             l.policy = node.chap.clone();
+            l.acl_secret = None;
+            if node.masked {
+                // Only initiators the node has an ACL for log in; one with
+                // CHAP credentials must use them.
+                let acl = node.acl(initiator).ok_or(status::FORBIDDEN)?;
+                if let Some(sec) = &acl.chap {
+                    l.policy = ChapPolicy {
+                        disable: false,
+                        require: true,
+                        mutual: sec.muser.is_some(),
+                        group: 0,
+                    };
+                    l.acl_secret = Some(sec.clone());
+                }
+            }
             l.pg_tag = pg;
         }
         if l.tsih != 0 {
@@ -458,13 +477,20 @@ impl ChapIn {
         id: u8,
         challenge: &[u8],
         policy: &ChapPolicy,
+        acl: Option<&Secret>,
         target: &Target,
     ) -> Result<Pairs, u16> {
         const FAIL: u16 = status::AUTH_FAILED;
         let name = self.n.as_deref().ok_or(FAIL)?;
         let resp = chap::decode(self.r.as_deref().ok_or(FAIL)?).ok_or(FAIL)?;
-        let group = target.config.auth_group(policy.group).ok_or(FAIL)?;
-        let secret = group.secrets.iter().find(|s| s.user == name).ok_or(FAIL)?;
+        let secret = match acl {
+            Some(s) if s.user == name => s,
+            Some(_) => return Err(FAIL),
+            None => {
+                let group = target.config.auth_group(policy.group).ok_or(FAIL)?;
+                group.secrets.iter().find(|s| s.user == name).ok_or(FAIL)?
+            }
+        };
         if !chap::same(
             &alg.response(id, secret.secret.as_bytes(), challenge),
             &resp,

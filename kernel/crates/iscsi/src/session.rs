@@ -180,6 +180,10 @@ impl Connection {
         self.sess.as_ref().and_then(|s| s.target.clone())
     }
 
+    fn initiator(&self) -> &str {
+        self.sess.as_ref().map_or("", |s| s.initiator.as_str())
+    }
+
     fn session_id(&self) -> u64 {
         self.sess.as_ref().map_or(0, |s| s.id)
     }
@@ -213,19 +217,24 @@ impl Connection {
         let lun = pdu::decode_lun(bhs.lun_raw());
         let name = self.node_name().unwrap_or_default();
         let (entry, luns) = match target.config.node(&name) {
-            Some(n) => (
-                n.luns.iter().find(|l| l.id == lun).cloned(),
-                n.luns.iter().map(|l| l.id).collect::<Vec<u64>>(),
-            ),
+            Some(n) => {
+                let seen = n.luns_for(self.initiator());
+                (
+                    seen.iter().find(|l| l.id == lun).cloned(),
+                    seen.iter().map(|l| l.id).collect::<Vec<u64>>(),
+                )
+            }
             None => (None, Vec::new()),
         };
         let info = entry.as_ref().and_then(|l| bdevs.info(l.bdev));
-        let epoch = target.lun_epoch(&name, lun);
+        let epoch = entry
+            .as_ref()
+            .map_or(0, |l| target.lun_epoch(&name, l.bdev));
         let memory = self.command_memory();
         let task = match (&entry, info) {
             (Some(l), Some(info)) => {
                 let sid = self.session_id();
-                let (shared, nexus, port) = target.lun_states(&name, lun, sid);
+                let (shared, nexus, port) = target.lun_states(&name, l.bdev, lun, sid);
                 let r = LunRef {
                     id: lun,
                     bdev: l.bdev,
@@ -844,12 +853,24 @@ impl Connection {
     /// Tasks of other sessions' LUN resets are aborted here.
     pub(crate) fn check_resets(&mut self, target: &Target) {
         let Some(name) = self.node_name() else { return };
+        let Some(node) = target.config.node(&name) else {
+            return;
+        };
+        let seen = node.luns_for(self.initiator());
+        let mut stale = Vec::new();
         for i in 0..self.slots.slot_count() {
-            if let Some(c) = self.slots.get(i as u16)
-                && target.lun_epoch(&name, c.lun) != c.epoch
-            {
-                self.abort_slot(i);
+            if let Some(c) = self.slots.get(i as u16) {
+                let epoch = seen
+                    .iter()
+                    .find(|l| l.id == c.lun)
+                    .map_or(0, |l| target.lun_epoch(&name, l.bdev));
+                if epoch != c.epoch {
+                    stale.push(i);
+                }
             }
+        }
+        for i in stale {
+            self.abort_slot(i);
         }
     }
 
@@ -865,13 +886,19 @@ impl Connection {
         let (itt, ref_itt, ref_sn) = (b.itt(), b.u32_at(at::W20), b.u32_at(at::W32));
         let lun = pdu::decode_lun(b.lun_raw());
         let name = self.node_name().unwrap_or_default();
-        let (has_lun, all_luns) = match target.config.node(&name) {
-            Some(n) => (
-                n.luns.iter().any(|l| l.id == lun),
-                n.luns.iter().map(|l| l.id).collect::<Vec<_>>(),
-            ),
-            None => (false, Vec::new()),
-        };
+        // (LUN, bdev) of what this session sees.
+        let seen: Vec<(u64, BdevId)> = target
+            .config
+            .node(&name)
+            .map(|n| {
+                n.luns_for(self.initiator())
+                    .iter()
+                    .map(|l| (l.id, l.bdev))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let this_lu = seen.iter().find(|x| x.0 == lun).map(|x| x.1);
+        let has_lun = this_lu.is_some();
         let mut aborted = Vec::new();
         let mut then_close = false;
         let response = match function {
@@ -903,12 +930,12 @@ impl Connection {
                 self.queued.retain(|q| {
                     q.bhs.opcode() != op::SCSI_CMD || pdu::decode_lun(q.bhs.lun_raw()) != lun
                 });
-                match function {
-                    5 => {
-                        target.reset_lun(&name, lun, Some(UnitAttention::LunReset));
-                        target.lu_reset(&name, lun);
+                match (function, this_lu) {
+                    (5, Some(bdev)) => {
+                        target.reset_lun(&name, bdev, Some(UnitAttention::LunReset));
+                        target.lu_reset(&name, bdev);
                     }
-                    4 => target.reset_lun(&name, lun, None),
+                    (4, Some(bdev)) => target.reset_lun(&name, bdev, None),
                     _ => {}
                 }
                 COMPLETE
@@ -922,9 +949,9 @@ impl Connection {
                     }
                 }
                 self.queued.clear();
-                for l in all_luns {
-                    target.reset_lun(&name, l, Some(UnitAttention::PowerOnReset));
-                    target.lu_reset(&name, l);
+                for (_, bdev) in seen {
+                    target.reset_lun(&name, bdev, Some(UnitAttention::PowerOnReset));
+                    target.lu_reset(&name, bdev);
                 }
                 if function == 7 {
                     target.end_node_sessions(&name, self.id);
@@ -1111,7 +1138,11 @@ impl Connection {
                 let Some(pg) = cfg.portal_group(m.pg_tag) else {
                     continue;
                 };
-                if pg.private || !cfg.allows(node, &sess.initiator, self.peer.ip(), pg.tag) {
+                let hidden = node.masked && node.acl(&sess.initiator).is_none();
+                if pg.private
+                    || hidden
+                    || !cfg.allows(node, &sess.initiator, self.peer.ip(), pg.tag)
+                {
                     continue;
                 }
                 for portal in &pg.portals {
@@ -1142,7 +1173,7 @@ impl Connection {
         let Some(name) = self.node_name() else { return };
         let now: Vec<(u64, Option<u64>)> = match target.config.node(&name) {
             Some(n) => n
-                .luns
+                .luns_for(self.initiator())
                 .iter()
                 .map(|l| (l.id, bdevs.info(l.bdev).map(|i| i.num_blocks)))
                 .collect(),

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::scsi::{LunState, NexusState, UnitAttention, initiator_port};
 use alloc::string::String;
 use alloc::vec::Vec;
+use ironbay_bdev::BdevId;
 
 /// One live connection, as `iscsi_get_connections` lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,10 +41,13 @@ struct SessionRec {
     conns: Vec<u32>,
 }
 
+/// A logical unit's shared state: keyed by node and bdev, so initiators of a
+/// masked node that see different volumes under one LUN number do not
+/// share reservations, unit attentions or resets.
 #[derive(Debug)]
 struct LunRec {
     node: String,
-    lun: u64,
+    bdev: BdevId,
     state: LunState,
     /// Bumped by LUN and target resets: tasks started before are aborted.
     epoch: u64,
@@ -245,17 +249,17 @@ impl Target {
         }
     }
 
-    fn lun_index(&mut self, node: &str, lun: u64) -> usize {
+    fn lun_index(&mut self, node: &str, bdev: BdevId) -> usize {
         match self
             .luns
             .iter()
-            .position(|l| l.lun == lun && l.node.eq_ignore_ascii_case(node))
+            .position(|l| l.bdev == bdev && l.node.eq_ignore_ascii_case(node))
         {
             Some(i) => i,
             None => {
                 self.luns.push(LunRec {
                     node: node.into(),
-                    lun,
+                    bdev,
                     state: LunState::default(),
                     epoch: 0,
                 });
@@ -282,15 +286,16 @@ impl Target {
         }
     }
 
-    /// The shared LU state, this session's nexus state and its initiator
-    /// port name, for a task.
+    /// The shared LU state (of `bdev` on `node`), this session's nexus state
+    /// for `lun` and its initiator port name, for a task.
     pub(crate) fn lun_states(
         &mut self,
         node: &str,
+        bdev: BdevId,
         lun: u64,
         session: u64,
     ) -> (&mut LunState, &mut NexusState, &str) {
-        let l = self.lun_index(node, lun);
+        let l = self.lun_index(node, bdev);
         let n = self.nexus_index(session, lun);
         let port = self
             .sessions
@@ -300,38 +305,45 @@ impl Target {
         (&mut self.luns[l].state, &mut self.nexus[n].state, port)
     }
 
-    pub(crate) fn lun_epoch(&self, node: &str, lun: u64) -> u64 {
+    pub(crate) fn lun_epoch(&self, node: &str, bdev: BdevId) -> u64 {
         self.luns
             .iter()
-            .find(|l| l.lun == lun && l.node.eq_ignore_ascii_case(node))
+            .find(|l| l.bdev == bdev && l.node.eq_ignore_ascii_case(node))
             .map_or(0, |l| l.epoch)
     }
 
-    /// A reset of `lun` on `node` by `session`: tasks of other sessions on
-    /// it are aborted (they watch the epoch) and those nexuses get `ua`.
-    pub(crate) fn reset_lun(&mut self, node: &str, lun: u64, ua: Option<UnitAttention>) {
-        let l = self.lun_index(node, lun);
+    /// A reset of the LU of `bdev` on `node`: tasks of other sessions on it
+    /// are aborted (they watch the epoch) and every session that sees it
+    /// gets `ua` on the LUN it sees it as.
+    pub(crate) fn reset_lun(&mut self, node: &str, bdev: BdevId, ua: Option<UnitAttention>) {
+        let l = self.lun_index(node, bdev);
         self.luns[l].epoch += 1;
+        let Some(ua) = ua else { return };
         // Every I_T nexus gets the unit attention (SAM-5), the one that
-        // asked for the reset included; the epoch ends other sessions' tasks.
-        let all: Vec<u64> = self
+        // asked for the reset included.
+        let Some(n) = self.config.node(node) else {
+            return;
+        };
+        let mut hits: Vec<(u64, u64)> = Vec::new();
+        for s in self
             .sessions
             .iter()
             .filter(|s| s.target.eq_ignore_ascii_case(node))
-            .map(|s| s.id)
-            .collect();
-        if let Some(ua) = ua {
-            for s in all {
-                let n = self.nexus_index(s, lun);
-                self.nexus[n].state.raise(ua);
+        {
+            for lun in n.luns_for(&s.initiator).iter().filter(|x| x.bdev == bdev) {
+                hits.push((s.id, lun.id));
             }
+        }
+        for (s, lun) in hits {
+            let i = self.nexus_index(s, lun);
+            self.nexus[i].state.raise(ua);
         }
     }
 
-    /// LOGICAL UNIT RESET or target reset of `lun` on `node`: its SPC-2
-    /// reservation ends (persistent reservations stay).
-    pub(crate) fn lu_reset(&mut self, node: &str, lun: u64) {
-        let l = self.lun_index(node, lun);
+    /// LOGICAL UNIT RESET or target reset of the LU of `bdev` on `node`:
+    /// its SPC-2 reservation ends (persistent reservations stay).
+    pub(crate) fn lu_reset(&mut self, node: &str, bdev: BdevId) {
+        let l = self.lun_index(node, bdev);
         self.luns[l].state.reset();
     }
 
@@ -341,12 +353,17 @@ impl Target {
         self.nexus[n].state.raise(ua);
     }
 
-    /// Forgets LU state for LUNs no longer configured.
+    /// Forgets LU state for LUs no longer configured.
     pub(crate) fn prune_luns(&mut self) {
         let cfg = &self.config;
         self.luns.retain(|l| {
-            cfg.node(&l.node)
-                .is_some_and(|n| n.luns.iter().any(|x| x.id == l.lun))
+            cfg.node(&l.node).is_some_and(|n| {
+                n.luns.iter().any(|x| x.bdev == l.bdev)
+                    || n.acls
+                        .iter()
+                        .flat_map(|a| &a.luns)
+                        .any(|x| x.bdev == l.bdev)
+            })
         });
     }
 }
@@ -405,10 +422,21 @@ mod tests {
     #[test]
     fn lun_reset_bumps_the_epoch() {
         let mut t = Target::default();
-        assert_eq!(t.lun_epoch("n", 0), 0);
-        t.reset_lun("n", 0, Some(UnitAttention::LunReset));
-        assert_eq!(t.lun_epoch("N", 0), 1);
-        assert_eq!(t.lun_epoch("n", 1), 0);
+        let mut reg = ironbay_bdev::Registry::new();
+        let a = reg
+            .add(alloc::boxed::Box::new(ironbay_bdev::NullBdev::new(
+                "a", 8, 512,
+            )))
+            .unwrap();
+        let b = reg
+            .add(alloc::boxed::Box::new(ironbay_bdev::NullBdev::new(
+                "b", 8, 512,
+            )))
+            .unwrap();
+        assert_eq!(t.lun_epoch("n", a), 0);
+        t.reset_lun("n", a, Some(UnitAttention::LunReset));
+        assert_eq!(t.lun_epoch("N", a), 1);
+        assert_eq!(t.lun_epoch("n", b), 0);
     }
 
     fn info() -> ConnInfo {

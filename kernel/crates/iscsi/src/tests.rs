@@ -66,6 +66,8 @@ pub(crate) fn config(reg: &mut Registry) -> Config {
             chap: ChapPolicy::default(),
             header_digest: false,
             data_digest: false,
+            masked: false,
+            acls: Vec::new(),
         }],
         ..Config::default()
     }
@@ -2072,4 +2074,138 @@ fn reads_wait_for_memory_with_input_stopped() {
     }
     assert!(data_in.iter().all(|x| x.1 == blocks as usize * 512));
     assert_eq!(budget.used(), 0);
+}
+
+/// A masked node (targetd's exports): each initiator sees its own LUN map,
+/// one without an ACL may not log in or find the node, and one whose ACL
+/// has CHAP must answer it.
+#[test]
+fn masked_node_shows_each_initiator_its_own_luns() {
+    const OTHER: &str = "iqn.1994-05.com.example:other";
+    const STRANGER: &str = "iqn.1994-05.com.example:stranger";
+    let mut reg = Registry::new();
+    let mut cfg = config(&mut reg);
+    reg.add(Box::new(MallocBdev::new("Malloc1", 2048, 512)))
+        .unwrap();
+    cfg.set_masked(NODE, true).unwrap();
+    assert_eq!(
+        cfg.map_lun(NODE, INITIATOR, "Malloc0", Some(0), &reg),
+        Ok(0)
+    );
+    assert_eq!(cfg.map_lun(NODE, OTHER, "Malloc1", None, &reg), Ok(0));
+    assert_eq!(cfg.map_lun(NODE, OTHER, "Malloc0", None, &reg), Ok(1));
+    // The same volume at the same LUN again is no change; another is refused.
+    assert_eq!(cfg.map_lun(NODE, OTHER, "Malloc1", Some(0), &reg), Ok(0));
+    assert!(cfg.map_lun(NODE, OTHER, "Malloc0", Some(0), &reg).is_err());
+    let mut r = Rig::with(cfg, reg);
+    r.login(&[("ImmediateData", "Yes"), ("FirstBurstLength", "65536")]);
+    let mut b = r.other(OTHER, 40001);
+    let mine = pattern(4 * BS, 7);
+    assert_eq!(status_of(&r.write(10, &mine)), 0);
+    // The other initiator's LUN 0 is another volume: it does not see it.
+    r.swap(&mut b);
+    let (got, _) = r.read(10, 4, 4 * BS as u32);
+    assert_ne!(got, mine);
+    let theirs = pattern(4 * BS, 9);
+    assert_eq!(status_of(&r.write(10, &theirs)), 0);
+    r.swap(&mut b);
+    assert_eq!(r.read(10, 4, 4 * BS as u32).0, mine);
+    // REPORT LUNS: one LUN here, two there.
+    let report = |r: &mut Rig| {
+        let mut cdb = [0u8; 12];
+        cdb[0] = 0xa0;
+        cdb[9] = 64;
+        let (_, v) = r.command(&cdb, flag::FINAL | flag::READ, 64, &[]);
+        r.send(&v);
+        let p = r.recv();
+        u32::from_be_bytes(p.data[..4].try_into().unwrap()) / 8
+    };
+    assert_eq!(report(&mut r), 1);
+    r.swap(&mut b);
+    assert_eq!(report(&mut r), 2);
+    r.swap(&mut b);
+    // No ACL: no login.
+    let mut s = Rig::with(r.t.config.clone(), Registry::new());
+    let p = s.login_pdu(
+        0x81,
+        0,
+        &kv(&[("InitiatorName", STRANGER), ("TargetName", NODE)]),
+    );
+    assert_eq!(p.bhs.u16_at(36), 0x0202);
+    // CHAP set for an initiator is required, with its own secret.
+    let mut cfg = r.t.config.clone();
+    cfg.set_acl_chap(
+        NODE,
+        INITIATOR,
+        Some(Secret {
+            user: "acl-user".into(),
+            secret: "acl-secret-12".into(),
+            muser: None,
+            msecret: None,
+        }),
+    )
+    .unwrap();
+    let mut s = Rig::with(cfg.clone(), Registry::new());
+    let p = s.login_pdu(
+        0x81,
+        0,
+        &kv(&[
+            ("InitiatorName", INITIATOR),
+            ("TargetName", NODE),
+            ("AuthMethod", "None"),
+        ]),
+    );
+    assert_ne!(p.bhs.u16_at(36), 0, "AuthMethod=None refused");
+    for (secret, want) in [(&b"wrong-secret-1"[..], 0x0201), (b"acl-secret-12", 0)] {
+        let mut s = Rig::with(cfg.clone(), Registry::new());
+        let (alg, id, c) = chap_start(&mut s, "5").unwrap();
+        let resp = chap::encode_hex(&alg.response(id, secret, &c));
+        let p = s.login_pdu(0x81, 0, &kv(&[("CHAP_N", "acl-user"), ("CHAP_R", &resp)]));
+        assert_eq!(p.bhs.u16_at(36), want);
+    }
+    // Unmapping the last LUN of an ACL without CHAP removes it.
+    let mut cfg = r.t.config.clone();
+    let m1 = r.reg.find("Malloc1").unwrap();
+    let m0 = r.reg.find("Malloc0").unwrap();
+    assert_eq!(cfg.unmap_lun(NODE, OTHER, m1), Ok(vec![0]));
+    assert_eq!(cfg.unmap_lun(NODE, OTHER, m0), Ok(vec![1]));
+    assert!(cfg.node(NODE).unwrap().acl(OTHER).is_none());
+}
+
+/// On a masked node, a change to one initiator's map raises REPORTED LUNS
+/// DATA HAS CHANGED for that initiator only.
+#[test]
+fn masked_map_change_tells_only_that_initiator() {
+    const OTHER: &str = "iqn.1994-05.com.example:other";
+    let mut reg = Registry::new();
+    let mut cfg = config(&mut reg);
+    reg.add(Box::new(MallocBdev::new("Malloc1", 64, 512)))
+        .unwrap();
+    cfg.set_masked(NODE, true).unwrap();
+    cfg.map_lun(NODE, INITIATOR, "Malloc0", Some(0), &reg)
+        .unwrap();
+    cfg.map_lun(NODE, OTHER, "Malloc0", Some(0), &reg).unwrap();
+    let mut r = Rig::with(cfg, reg);
+    r.login(&[]);
+    let mut b = r.other(OTHER, 40001);
+    r.tick(1000);
+    assert!(r.try_recv().is_none());
+    let reg = &r.reg;
+    r.t.config
+        .map_lun(NODE, INITIATOR, "Malloc1", Some(1), reg)
+        .unwrap();
+    r.tick(1000);
+    let p = r.recv();
+    assert_eq!(p.bhs.opcode(), op::ASYNC);
+    assert_eq!(
+        (p.data[2 + 2], p.data[2 + 12], p.data[2 + 13]),
+        (6, 0x3f, 0x0e)
+    );
+    r.swap(&mut b);
+    r.tick(1000);
+    assert!(
+        r.try_recv().is_none(),
+        "the other initiator's map did not change"
+    );
+    r.swap(&mut b);
 }

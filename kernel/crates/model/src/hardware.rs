@@ -33,6 +33,15 @@ pub trait Devices {
         bdevs: &mut Registry,
         name: &str,
     ) -> core::result::Result<(), String>;
+    /// The physical disks (NVMe namespaces, virtio-blk) with what the
+    /// devices say of themselves.
+    fn disks(&self, _bdevs: &Registry) -> Vec<crate::rapiddisk::Disk> {
+        Vec::new()
+    }
+    /// (total, free) bytes of RAM.
+    fn memory(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 impl Model<'_> {

@@ -22,6 +22,7 @@
 //! - [`persist`]: the config store the configuration is saved to.
 //! - `runtime`: init, shutdown and the benchmark.
 //! - [`targetd`]: the targetd API's credentials and options.
+//! - [`rapiddisk`]: RapidDisk's RAM disks and RAM caches.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -47,6 +48,7 @@ mod nbd;
 mod nvmf_target;
 pub mod persist;
 mod ram;
+pub mod rapiddisk;
 mod runtime;
 pub mod stacked;
 pub mod targetd;
@@ -130,7 +132,13 @@ impl Model<'_> {
         }
         if let Some(t) = self.iscsi.as_deref_mut() {
             let mut gone: Vec<BdevId> = Vec::new();
-            for l in t.config.nodes.iter().flat_map(|n| &n.luns) {
+            let acl_luns = t
+                .config
+                .nodes
+                .iter()
+                .flat_map(|n| &n.acls)
+                .flat_map(|a| &a.luns);
+            for l in t.config.nodes.iter().flat_map(|n| &n.luns).chain(acl_luns) {
                 if self.bdevs.info(l.bdev).is_none() && !gone.contains(&l.bdev) {
                     gone.push(l.bdev);
                 }

@@ -44,6 +44,11 @@ impl Lvols {
         }
     }
 
+    /// The clock metadata waits run on.
+    pub fn clock(&self) -> ClockFn {
+        self.clock
+    }
+
     /// A random (version 4) UUID.
     pub fn new_uuid(&mut self) -> Uuid {
         let mut u = [0u8; 16];

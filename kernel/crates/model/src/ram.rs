@@ -5,7 +5,9 @@ use crate::{Error, MAX_BDEVS, Model, Result};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
-use ironbay_bdev::{BdevOptions, IoStatus, MallocBdev, NullBdev, QosLimits, RegistryError, Uuid};
+use ironbay_bdev::{
+    BdevOptions, IoStatus, MallocBdev, NullBdev, QosLimits, RamStore, RegistryError, Uuid,
+};
 use ironbay_nbd::Export;
 
 /// The RAM-backed bdev kinds.
@@ -63,23 +65,21 @@ impl Model<'_> {
         if self.bdevs.ids().count() >= MAX_BDEVS {
             return Err(Error::state(format!("{MAX_BDEVS} bdevs exist already")));
         }
-        let bytes = spec
-            .num_blocks
+        spec.num_blocks
             .checked_mul(bs)
             .ok_or_else(|| Error::params("size overflows"))?;
         let bdev: Box<dyn ironbay_bdev::BlockDevice> = match spec.kind {
             RamKind::Malloc => {
-                if bytes > self.memory_budget {
-                    return Err(Error::params(format!(
-                        "{bytes} bytes requested, {} available for RAM bdevs",
-                        self.memory_budget
-                    )));
-                }
-                let mut m = MallocBdev::new(&name, spec.num_blocks, bs as u32);
-                if let Some(u) = spec.uuid {
-                    m.set_uuid(u);
-                }
-                Box::new(m)
+                let uuid = spec
+                    .uuid
+                    .unwrap_or_else(|| Uuid::from_name(&[b"malloc", name.as_bytes()]));
+                Box::new(self.new_ram_disk(
+                    &name,
+                    RamKind::Malloc.product(),
+                    uuid,
+                    spec.num_blocks,
+                    bs,
+                )?)
             }
             RamKind::Null => {
                 let mut n = NullBdev::new(&name, spec.num_blocks, bs as u32);
@@ -101,6 +101,39 @@ impl Model<'_> {
                 .push(Export::new(&name, &info.product, id, info, false));
         }
         Ok(name)
+    }
+
+    /// A RAM disk whose pages come from the data pool on first write. Disks
+    /// may together be larger than the pool (as RapidDisk's are): a write
+    /// that finds no free page fails with "no space". Only its page tables
+    /// must fit the heap budget.
+    pub(crate) fn new_ram_disk(
+        &mut self,
+        name: &str,
+        product: &str,
+        uuid: Uuid,
+        num_blocks: u64,
+        block_size: u64,
+    ) -> Result<MallocBdev> {
+        let bytes = num_blocks
+            .checked_mul(block_size)
+            .ok_or_else(|| Error::params("size overflows"))?;
+        self.check_ram_tables(bytes, block_size)?;
+        let pool = self.bdevs.page_pool();
+        MallocBdev::with_pool(name, product, uuid, num_blocks, block_size as u32, pool)
+            .map_err(|e| Error::state(format!("cannot create {name}: {e}")))
+    }
+
+    /// Refuses sizes whose page tables the heap cannot hold.
+    pub(crate) fn check_ram_tables(&self, bytes: u64, block_size: u64) -> Result<()> {
+        let tables = RamStore::table_bytes(bytes, block_size as u32);
+        if tables > self.memory_budget {
+            return Err(Error::params(format!(
+                "{bytes} bytes need {tables} bytes of page tables, {} available",
+                self.memory_budget
+            )));
+        }
+        Ok(())
     }
 
     /// Deletes a bdev of the given product (refused while it has I/O) and
@@ -145,12 +178,7 @@ impl Model<'_> {
                 )));
             }
             let extra = (num_blocks - info.num_blocks).saturating_mul(info.block_size as u64);
-            if extra > self.memory_budget {
-                return Err(Error::params(format!(
-                    "{extra} more bytes requested, {} available for RAM bdevs",
-                    self.memory_budget
-                )));
-            }
+            self.check_ram_tables(extra, info.block_size as u64)?;
         }
         self.bdevs.resize(id, num_blocks).map_err(|e| match e {
             RegistryError::Resize(IoStatus::NoMemory) => Error::state(e.to_string()),
@@ -233,7 +261,7 @@ mod tests {
                     ram(RamKind::Malloc, None, 9_007_199_254_740_993, 65536),
                     "overflows",
                 ),
-                (ram(RamKind::Malloc, None, 4096, 512), "available"),
+                (ram(RamKind::Malloc, None, 1 << 21, 512), "page tables"),
                 (ram(RamKind::Null, None, 8, 512), "missing `name`"),
                 (ram(RamKind::Null, Some(""), 8, 512), "1-255"),
             ] {
@@ -294,7 +322,7 @@ mod tests {
             m.resize_bdev("N", RamKind::Null, 8).unwrap();
             for (name, kind, blocks, why) in [
                 ("M", RamKind::Malloc, 64, "only grow"),
-                ("M", RamKind::Malloc, 1 << 20, "available"),
+                ("M", RamKind::Malloc, 1 << 22, "page tables"),
                 ("M", RamKind::Null, 256, "not a Null disk"),
                 ("N", RamKind::Null, 0, "at least one block"),
                 ("N", RamKind::Null, u64::MAX, "cannot take that size"),

@@ -15,7 +15,12 @@ impl Model<'_> {
         Ok(())
     }
 
+    /// An orderly stop: write-back caches write their dirty data to their
+    /// sources first.
     pub fn request_shutdown(&mut self) {
+        for name in self.write_back_caches() {
+            log::error!("{name}: dirty data could not be written back before shutdown");
+        }
         *self.shutdown = true;
     }
 

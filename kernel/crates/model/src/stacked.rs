@@ -27,7 +27,7 @@ pub enum Stacked {
 
 impl Model<'_> {
     /// Checks that `base` may be claimed by a new bdev `name`.
-    fn claimable(&self, base: &str, name: &str) -> Result<BdevId> {
+    pub(crate) fn claimable(&self, base: &str, name: &str) -> Result<BdevId> {
         let id = self.find(base)?;
         if let Some(by) = self.bdevs.claimed_by(id) {
             return Err(Error::state(format!(

@@ -27,8 +27,10 @@ pub struct Settings {
     pub target_name: String,
     /// Stores targetd may use as pools (names); empty means all.
     pub pools: Vec<String>,
-    /// Whether `vol_create` makes thin volumes.
+    /// Whether `vol_create` makes thin volumes (in pools not named below).
     pub thin: bool,
+    /// Per pool: thin (true) or thick, overriding `thin`.
+    pub pool_thin: Vec<(String, bool)>,
     /// A digest of the password last accepted, so a client sending its
     /// credentials with every request pays the slow hash once.
     accepted: Option<[u8; 32]>,
@@ -103,6 +105,7 @@ impl Settings {
             target_name: DEFAULT_TARGET.into(),
             pools: Vec::new(),
             thin: true,
+            pool_thin: Vec::new(),
             accepted: None,
             rng: Rng::new(seed ^ 0x7a67_e7d0_5eed_0001),
             pinned: false,
@@ -227,6 +230,23 @@ impl Settings {
             self.thin = t;
         }
         Ok(())
+    }
+
+    /// Sets which pools make thin or thick volumes (replacing the list).
+    pub fn set_pool_thin(&mut self, list: Vec<(String, bool)>) -> Result<()> {
+        if list.len() > 1024 {
+            return Err(Error::params("at most 1024 pools"));
+        }
+        self.pool_thin = list;
+        Ok(())
+    }
+
+    /// Whether `vol_create` in `pool` makes a thin volume.
+    pub fn thin_for(&self, pool: &str) -> bool {
+        self.pool_thin
+            .iter()
+            .find(|(p, _)| p == pool)
+            .map_or(self.thin, |(_, t)| *t)
     }
 
     /// Whether targetd may use the store named `name` as a pool.

@@ -2,7 +2,7 @@
 
 use crate::{Model, RamBdev, RamKind};
 use alloc::string::String;
-use ironbay_bdev::Registry;
+use ironbay_bdev::{HeapPages, Registry};
 use ironbay_iscsi::Target;
 use ironbay_nbd::Exports;
 
@@ -18,6 +18,7 @@ pub(crate) fn ram(kind: RamKind, name: Option<&str>, num_blocks: u64, block_size
 
 pub(crate) fn with_model(budget: u64, f: impl FnOnce(&mut Model<'_>)) -> (Registry, Exports) {
     let mut reg = Registry::new();
+    reg.set_page_pool(HeapPages::limited(budget / 4096));
     let mut exports = Exports::default();
     let (mut init, mut down) = (true, false);
     let mut m = Model {
@@ -40,6 +41,7 @@ pub(crate) fn with_model(budget: u64, f: impl FnOnce(&mut Model<'_>)) -> (Regist
 
 pub(crate) fn with_iscsi(f: impl FnOnce(&mut Model<'_>)) -> (Registry, Exports, Target) {
     let mut reg = Registry::new();
+    reg.set_page_pool(HeapPages::limited(256));
     let mut exports = Exports::default();
     let mut target = Target::default();
     let (mut init, mut down) = (true, false);

@@ -9,12 +9,14 @@ use serde_json::{Map, Value, json};
 
 mod bdev_extra;
 mod iscsi;
+mod iscsi_acl;
 mod lvol;
 mod nbd;
 mod nvmf;
 mod params;
 pub mod persist;
 mod ram;
+mod rapiddisk;
 mod targetd;
 
 /// JSON-RPC error codes as SPDK uses them.
@@ -105,6 +107,15 @@ pub static METHODS: &[Method] = table![
     "bdev_error_inject_error" ["bdev_inject_error"] (false, true) => bdev_extra::error_inject,
     "bdev_error_resume_pending" [] (false, true) => bdev_extra::error_resume_pending,
     "delete_bdev" [] (false, true) => bdev_extra::delete_bdev,
+    "bdev_rapiddisk_create" [] (false, true) => rapiddisk::create,
+    "bdev_rapiddisk_delete" [] (false, true) => rapiddisk::delete,
+    "bdev_rapiddisk_resize" [] (false, true) => rapiddisk::resize,
+    "bdev_rapiddisk_flush" [] (false, true) => rapiddisk::flush,
+    "bdev_rapiddisk_set_locked" [] (false, true) => rapiddisk::set_locked,
+    "bdev_rapiddisk_get_disks" [] (false, true) => rapiddisk::get_disks,
+    "bdev_rapiddisk_cache_create" [] (false, true) => rapiddisk::cache_create,
+    "bdev_rapiddisk_cache_delete" [] (false, true) => rapiddisk::cache_delete,
+    "bdev_rapiddisk_cache_get_stats" [] (false, true) => rapiddisk::cache_get_stats,
     "set_bdev_qos_limit_iops" [] (false, true) => bdev_extra::qos_limit_iops,
     "bdev_nvme_set_options" ["set_bdev_nvme_options"] BOTH => bdev_extra::nvme_set_options,
     "bdev_nvme_set_hotplug" ["set_bdev_nvme_hotplug"] BOTH => bdev_extra::nvme_set_hotplug,
@@ -148,6 +159,11 @@ pub static METHODS: &[Method] = table![
     "nbd_start_disk" ["start_nbd_disk"] (false, true) => nbd::start_disk,
     "nbd_stop_disk" ["stop_nbd_disk"] (false, true) => nbd::stop_disk,
     "iscsi_set_options" ["set_iscsi_options"] BOTH => iscsi::set_options,
+    "iscsi_target_node_set_masking" [] (false, true) => iscsi_acl::set_masking,
+    "iscsi_target_node_set_initiator" [] (false, true) => iscsi_acl::set_initiator,
+    "iscsi_target_node_map_lun" [] (false, true) => iscsi_acl::map_lun,
+    "iscsi_target_node_unmap_lun" [] (false, true) => iscsi_acl::unmap_lun,
+    "iscsi_target_node_remove_initiator" [] (false, true) => iscsi_acl::remove_initiator,
     "iscsi_get_options" ["get_iscsi_global_params"] (false, true) => iscsi::get_options,
     "iscsi_set_discovery_auth" ["set_iscsi_discovery_auth"] (false, true) => iscsi::set_discovery_auth,
     "iscsi_create_auth_group" ["add_iscsi_auth_group"] (false, true) => iscsi::create_auth_group,
@@ -277,7 +293,7 @@ fn framework_get_subsystems(_: &mut Model<'_>, p: &Map<String, Value>) -> Result
 }
 
 /// The bdev subsystem's state as method calls (what `save_config` stores).
-fn bdev_config(m: &Model<'_>) -> Vec<Value> {
+fn bdev_config(m: &mut Model<'_>) -> Vec<Value> {
     let o = m.bdevs.options;
     let mut calls = alloc::vec![json!({
         "method": "bdev_set_options",
@@ -303,6 +319,8 @@ fn bdev_config(m: &Model<'_>) -> Vec<Value> {
         }));
     }
     calls.extend(bdev_extra::stacked_config(m));
+    // RAM disks may cache stacked bdevs; nothing stacks on a cache.
+    calls.extend(rapiddisk::config(m));
     calls.push(bdev_extra::nvme_hotplug_config(m));
     // QoS limits, on RAM and hardware bdevs alike (after the creates).
     for id in m.bdevs.ids() {

@@ -16,6 +16,7 @@
 
 extern crate alloc;
 
+mod exports;
 mod methods;
 mod rpc;
 
@@ -32,11 +33,16 @@ pub const MAX_BODY: usize = 128 << 10;
 pub const TARPIT_MS: u64 = 2_000;
 /// Addresses held in the tarpit at once; beyond, newcomers get 503 too.
 const MAX_PITTED: usize = 1024;
+/// Slow password checks (PBKDF2) per second, over all addresses: guesses
+/// from many addresses must not take the appliance's CPU from its I/O.
+const SLOW_CHECKS_PER_S: usize = 8;
 
 /// The front end's own state: addresses whose wrong guess is pending.
 #[derive(Default)]
 pub struct Targetd {
     pit: Vec<(IpAddr, u64)>,
+    /// When the slow checks of the last second ran.
+    slow: Vec<u64>,
 }
 
 impl Targetd {
@@ -46,6 +52,7 @@ impl Targetd {
 
     pub fn handle(&mut self, req: &Request, m: &mut Model<'_>, now_ms: u64) -> Reply {
         self.pit.retain(|&(_, until)| until > now_ms);
+        self.slow.retain(|&t| t + 1000 > now_ms);
         let Ok(settings) = m.targetd() else {
             return Reply::Now(Response::error(503, "the targetd API is not running"));
         };
@@ -72,9 +79,14 @@ impl Targetd {
         // While a wrong guess from an address is pending, further guesses
         // from it are refused at once, without the slow hash; clients
         // behind the same address with the right credentials go on.
-        let good = if pitted {
-            settings.verify_cached(&cred.user, &cred.password)
+        let good = if settings.verify_cached(&cred.user, &cred.password) {
+            true
+        } else if pitted {
+            false
+        } else if self.slow.len() >= SLOW_CHECKS_PER_S {
+            return Reply::Now(Response::error(503, "too many authentication attempts"));
         } else {
+            self.slow.push(now_ms);
             settings.verify(&cred.user, &cred.password)
         };
         if !good && pitted {

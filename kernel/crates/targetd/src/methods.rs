@@ -3,6 +3,7 @@
 //! (`targetd/block.py`): pool first (-110), then the volume (-103), then
 //! sizes (-32602), then names (-50).
 
+use crate::exports;
 use crate::rpc::{Error, code};
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -14,7 +15,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-type Params = Map<String, Value>;
+pub(crate) type Params = Map<String, Value>;
 type Method = fn(&mut Model<'_>, &Params) -> Result<Value, Error>;
 
 /// The method named `name`.
@@ -26,6 +27,19 @@ pub fn find(name: &str) -> Option<Method> {
         "vol_destroy" => vol_destroy,
         "vol_copy" => vol_copy,
         "vol_resize" => vol_resize,
+        "export_list" => exports::export_list,
+        "export_create" => exports::export_create,
+        "export_destroy" => exports::export_destroy,
+        "initiator_set_auth" => exports::initiator_set_auth,
+        "initiator_list" => exports::initiator_list,
+        "access_group_list" => exports::access_group_list,
+        "access_group_create" => exports::access_group_create,
+        "access_group_destroy" => exports::access_group_destroy,
+        "access_group_init_add" => exports::access_group_init_add,
+        "access_group_init_del" => exports::access_group_init_del,
+        "access_group_map_list" => exports::access_group_map_list,
+        "access_group_map_create" => exports::access_group_map_create,
+        "access_group_map_destroy" => exports::access_group_map_destroy,
         "fs_list"
         | "fs_create"
         | "fs_destroy"
@@ -41,7 +55,7 @@ pub fn find(name: &str) -> Option<Method> {
     })
 }
 
-fn parse<T: DeserializeOwned>(p: &Params) -> Result<T, Error> {
+pub(crate) fn parse<T: DeserializeOwned>(p: &Params) -> Result<T, Error> {
     serde_json::from_value(Value::Object(p.clone())).map_err(|e| {
         Error::new(
             code::INVALID_PARAMS,
@@ -65,7 +79,7 @@ fn bytes(v: &serde_json::Number) -> Result<u64, Error> {
 
 /// A backend step failed: a refusal of the request's values is invalid
 /// arguments, anything else targetd's "unexpected exit code".
-fn backend(e: ironbay_model::Error) -> Error {
+pub(crate) fn backend(e: ironbay_model::Error) -> Error {
     let c = match e.kind {
         ErrorKind::InvalidParams => code::INVALID_PARAMS,
         _ => code::UNEXPECTED_EXIT_CODE,
@@ -84,7 +98,7 @@ fn block_only(_: &mut Model<'_>, _: &Params) -> Result<Value, Error> {
 }
 
 /// The volume store `name` if targetd may use it.
-fn pool(m: &mut Model<'_>, name: &str) -> Result<StoreInfo, Error> {
+pub(crate) fn pool(m: &mut Model<'_>, name: &str) -> Result<StoreInfo, Error> {
     let allowed = m.targetd().is_ok_and(|s| s.pool_allowed(name));
     let found = m
         .lvs_list(Some(StoreRef::Name(name)))
@@ -105,7 +119,7 @@ fn volumes(m: &Model<'_>, pool: &str) -> Vec<VolumeInfo> {
         .unwrap_or_default()
 }
 
-fn volume(m: &Model<'_>, pool: &str, name: &str) -> Result<VolumeInfo, Error> {
+pub(crate) fn volume(m: &Model<'_>, pool: &str, name: &str) -> Result<VolumeInfo, Error> {
     volumes(m, pool)
         .into_iter()
         .find(|v| v.name == name)
@@ -117,9 +131,9 @@ fn exported(m: &Model<'_>, v: &VolumeInfo) -> bool {
     let Some(id) = m.bdevs.find(&v.uuid.to_string()) else {
         return false;
     };
-    let lun = m
-        .iscsi_config()
-        .is_some_and(|c| c.nodes.iter().flat_map(|n| &n.luns).any(|l| l.bdev == id));
+    let lun = exports::mapped(m, id)
+        || m.iscsi_config()
+            .is_some_and(|c| c.nodes.iter().flat_map(|n| &n.luns).any(|l| l.bdev == id));
     let ns = m.nvmf_config().is_some_and(|c| {
         c.subsystems
             .iter()
@@ -186,7 +200,7 @@ fn vol_create(m: &mut Model<'_>, p: &Params) -> Result<Value, Error> {
             "Volume with that name exists",
         ));
     }
-    let thin = m.targetd().map_err(backend)?.thin;
+    let thin = m.targetd().map_err(backend)?.thin_for(&a.pool);
     m.lvol_create(
         StoreRef::Name(&a.pool),
         &a.name,
@@ -281,7 +295,7 @@ fn vol_copy(m: &mut Model<'_>, p: &Params) -> Result<Value, Error> {
             "Volume with that name exists",
         ));
     }
-    let thin = m.targetd().map_err(backend)?.thin;
+    let thin = m.targetd().map_err(backend)?.thin_for(&a.pool);
     let snap_name = temp_name(m, &a.pool);
     let orig_ref = orig.uuid.to_string();
     let snap = m.lvol_snapshot(&orig_ref, &snap_name).map_err(backend)?;

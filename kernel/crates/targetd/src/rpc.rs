@@ -11,13 +11,17 @@ use serde_json::{Map, Value, json};
 pub mod code {
     pub const INVALID: i64 = -1;
     pub const NAME_CONFLICT: i64 = -50;
+    pub const EXISTS_INITIATOR: i64 = -52;
     pub const NOT_FOUND_VOLUME: i64 = -103;
     pub const INVALID_POOL: i64 = -110;
+    pub const NOT_FOUND_VOLUME_EXPORT: i64 = -151;
     pub const NO_SUPPORT: i64 = -153;
+    pub const NOT_FOUND_ACCESS_GROUP: i64 = -200;
     /// Both "a backend step failed" and "the volume is exported", as in
     /// targetd.
     pub const UNEXPECTED_EXIT_CODE: i64 = -303;
     pub const VOLUME_MASKED: i64 = -303;
+    pub const NO_FREE_HOST_LUN_ID: i64 = -1000;
     pub const INVALID_REQUEST: i64 = -32600;
     pub const METHOD_NOT_FOUND: i64 = -32601;
     pub const INVALID_PARAMS: i64 = -32602;

@@ -486,3 +486,344 @@ fn pools_and_volumes() {
     assert_eq!(w.call("pool_list", Value::Null), Ok(json!([])));
     assert_eq!(w.call("vol_list", json!({"pool": "pool0"})), Err(-110));
 }
+
+#[test]
+fn exports_initiators_and_access_groups() {
+    let mut w = World::new();
+    let (a, b) = (
+        "iqn.1994-05.com.domain:01.aaaaaa",
+        "iqn.1994-05.com.domain:01.bbbbbb",
+    );
+    for v in ["x", "y", "z"] {
+        assert_eq!(
+            w.call(
+                "vol_create",
+                json!({"pool": "pool0", "name": v, "size": 2 * MIB})
+            ),
+            Ok(Value::Null)
+        );
+    }
+    assert_eq!(w.call("export_list", Value::Null), Ok(json!([])));
+    let export = |w: &mut World, vol: &str, who: &str, lun: u64| {
+        w.call(
+            "export_create",
+            json!({"pool": "pool0", "vol": vol, "initiator_wwn": who, "lun": lun}),
+        )
+    };
+    assert_eq!(export(&mut w, "x", a, 0), Ok(Value::Null));
+    assert_eq!(export(&mut w, "x", a, 0), Ok(Value::Null), "idempotent");
+    assert_eq!(
+        export(&mut w, "y", b, 0),
+        Ok(Value::Null),
+        "another LUN 0 for b"
+    );
+    assert_eq!(export(&mut w, "y", a, 0), Err(-1), "a's LUN 0 is x");
+    assert_eq!(export(&mut w, "y", "not an iqn", 1), Err(-1));
+    assert_eq!(export(&mut w, "nope", a, 1), Err(-103));
+    assert_eq!(
+        w.call(
+            "export_create",
+            json!({"pool": "zz", "vol": "x", "initiator_wwn": a, "lun": 1})
+        ),
+        Err(-110)
+    );
+    let list = w.call("export_list", Value::Null).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let e = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["initiator_wwn"] == a)
+        .unwrap();
+    assert_eq!(
+        (
+            e["lun"].as_u64(),
+            e["vol_name"].as_str(),
+            e["pool"].as_str()
+        ),
+        (Some(0), Some("x"), Some("pool0"))
+    );
+    assert_eq!(e["vol_size"], 2 * MIB);
+    assert_eq!(e["vol_uuid"].as_str().unwrap().len(), 36);
+    // The iSCSI node: masked, each initiator its own LUN 0.
+    let node = w
+        .iscsi
+        .config
+        .node(ironbay_model::targetd::DEFAULT_TARGET)
+        .unwrap()
+        .clone();
+    assert!(node.masked);
+    assert_ne!(
+        node.acl(a).unwrap().luns[0].bdev,
+        node.acl(b).unwrap().luns[0].bdev
+    );
+    assert_eq!(
+        w.call("vol_destroy", json!({"pool": "pool0", "name": "x"})),
+        Err(-303)
+    );
+    let mut inits: Vec<String> = w
+        .call("initiator_list", json!({"standalone_only": "False"}))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["init_id"].as_str().unwrap().to_string())
+        .collect();
+    inits.sort();
+    assert_eq!(inits, [a, b]);
+    // CHAP per initiator; out without in is refused; all keys are needed.
+    assert_eq!(
+        w.call("initiator_set_auth", json!({"initiator_wwn": a, "in_user": "u", "in_pass": "p-secret-123", "out_user": "t", "out_pass": "t-secret-123"})),
+        Ok(Value::Null)
+    );
+    let acl = w
+        .iscsi
+        .config
+        .node(ironbay_model::targetd::DEFAULT_TARGET)
+        .unwrap()
+        .acl(a)
+        .unwrap()
+        .clone();
+    assert_eq!(acl.chap.as_ref().unwrap().muser.as_deref(), Some("t"));
+    assert_eq!(
+        w.call("initiator_set_auth", json!({"initiator_wwn": a, "in_user": null, "in_pass": null, "out_user": "t", "out_pass": "x"})),
+        Err(-32602)
+    );
+    assert_eq!(
+        w.call(
+            "initiator_set_auth",
+            json!({"initiator_wwn": a, "in_user": "u"})
+        ),
+        Err(-32602)
+    );
+    assert_eq!(
+        w.call("initiator_set_auth", json!({"initiator_wwn": a, "in_user": null, "in_pass": null, "out_user": null, "out_pass": null})),
+        Ok(Value::Null)
+    );
+    // export_destroy: gone, and the initiator with it.
+    let destroy = |w: &mut World, vol: &str, who: &str| {
+        w.call(
+            "export_destroy",
+            json!({"pool": "pool0", "vol": vol, "initiator_wwn": who}),
+        )
+    };
+    assert_eq!(destroy(&mut w, "x", a), Ok(Value::Null));
+    assert_eq!(destroy(&mut w, "x", a), Err(-151));
+    assert_eq!(destroy(&mut w, "z", b), Err(-151));
+    let inits = w.call("initiator_list", Value::Null).unwrap();
+    assert_eq!(inits, json!([{"init_id": b, "init_type": "iscsi"}]));
+    assert_eq!(
+        w.call("vol_destroy", json!({"pool": "pool0", "name": "x"})),
+        Ok(Value::Null)
+    );
+
+    // Access groups share one map.
+    let (g1, g2) = (
+        "iqn.1994-05.com.domain:01.g1",
+        "iqn.1994-05.com.domain:01.g2",
+    );
+    assert_eq!(
+        w.call(
+            "access_group_create",
+            json!({"ag_name": "grp", "init_id": g1, "init_type": "iscsi"})
+        ),
+        Ok(Value::Null)
+    );
+    assert_eq!(
+        w.call(
+            "access_group_create",
+            json!({"ag_name": "grp", "init_id": g2, "init_type": "iscsi"})
+        ),
+        Err(-50)
+    );
+    assert_eq!(
+        w.call(
+            "access_group_create",
+            json!({"ag_name": "grp2", "init_id": b, "init_type": "iscsi"})
+        ),
+        Err(-52)
+    );
+    assert_eq!(
+        w.call(
+            "access_group_create",
+            json!({"ag_name": "bad.name", "init_id": g2, "init_type": "iscsi"})
+        ),
+        Err(-32602)
+    );
+    assert_eq!(
+        w.call(
+            "access_group_create",
+            json!({"ag_name": "g", "init_id": g2, "init_type": "fc"})
+        ),
+        Err(-153)
+    );
+    assert_eq!(
+        w.call(
+            "access_group_map_create",
+            json!({"pool_name": "pool0", "vol_name": "z", "ag_name": "grp"})
+        ),
+        Ok(Value::Null)
+    );
+    assert_eq!(
+        w.call(
+            "access_group_map_create",
+            json!({"pool_name": "pool0", "vol_name": "y", "ag_name": "nope"})
+        ),
+        Err(-200)
+    );
+    // A member added later sees the group's map.
+    assert_eq!(
+        w.call(
+            "access_group_init_add",
+            json!({"ag_name": "grp", "init_id": g2, "init_type": "iscsi"})
+        ),
+        Ok(Value::Null)
+    );
+    assert_eq!(
+        w.call(
+            "access_group_init_add",
+            json!({"ag_name": "grp", "init_id": b, "init_type": "iscsi"})
+        ),
+        Err(-52)
+    );
+    let groups = w.call("access_group_list", Value::Null).unwrap();
+    assert_eq!(
+        groups,
+        json!([{"name": "grp", "init_ids": [g1, g2], "init_type": "iscsi"}])
+    );
+    assert_eq!(
+        w.call("access_group_map_list", Value::Null),
+        Ok(json!([{"ag_name": "grp", "h_lun_id": 0, "pool_name": "pool0", "vol_name": "z"}]))
+    );
+    let node = w
+        .iscsi
+        .config
+        .node(ironbay_model::targetd::DEFAULT_TARGET)
+        .unwrap()
+        .clone();
+    assert_eq!(node.acl(g2).unwrap().luns.len(), 1);
+    let standalone = w
+        .call("initiator_list", json!({"standalone_only": true}))
+        .unwrap();
+    assert_eq!(standalone, json!([{"init_id": b, "init_type": "iscsi"}]));
+    assert_eq!(
+        w.call("vol_destroy", json!({"pool": "pool0", "name": "z"})),
+        Err(-303)
+    );
+    assert_eq!(
+        w.call(
+            "access_group_map_destroy",
+            json!({"pool_name": "pool0", "vol_name": "z", "ag_name": "grp"})
+        ),
+        Ok(Value::Null)
+    );
+    assert_eq!(w.call("access_group_map_list", Value::Null), Ok(json!([])));
+    assert_eq!(
+        w.call(
+            "access_group_init_del",
+            json!({"ag_name": "grp", "init_id": g1, "init_type": "iscsi"})
+        ),
+        Ok(Value::Null)
+    );
+    assert_eq!(
+        w.call("access_group_destroy", json!({"ag_name": "grp"})),
+        Ok(Value::Null)
+    );
+    assert_eq!(w.call("access_group_list", Value::Null), Ok(json!([])));
+    assert_eq!(
+        w.call("vol_destroy", json!({"pool": "pool0", "name": "z"})),
+        Ok(Value::Null)
+    );
+}
+
+#[test]
+fn no_free_host_lun_is_minus_1000() {
+    let mut w = World::new();
+    let g = "iqn.1994-05.com.domain:01.full";
+    assert_eq!(
+        w.call(
+            "access_group_create",
+            json!({"ag_name": "full", "init_id": g, "init_type": "iscsi"})
+        ),
+        Ok(Value::Null)
+    );
+    for k in 0..=256u64 {
+        let name = format!("t{k}");
+        assert_eq!(
+            w.call(
+                "vol_create",
+                json!({"pool": "pool0", "name": name, "size": MIB})
+            ),
+            Ok(Value::Null)
+        );
+        let mut p = json!({"pool_name": "pool0", "vol_name": name, "ag_name": "full"});
+        if k < 256 {
+            p["h_lun_id"] = k.into();
+        }
+        let want = if k < 256 { Ok(Value::Null) } else { Err(-1000) };
+        assert_eq!(w.call("access_group_map_create", p), want, "{k}");
+    }
+}
+
+#[test]
+fn thin_or_thick_per_pool() {
+    let mut w = World::new();
+    let thin = |w: &mut World, name: &str| {
+        w.model(|m| {
+            m.lvol_list(None)
+                .unwrap()
+                .into_iter()
+                .find(|(_, v)| v.name == name)
+                .map(|(_, v)| v.thin)
+                .unwrap()
+        })
+    };
+    let create = |w: &mut World, name: &str| {
+        w.call(
+            "vol_create",
+            json!({"pool": "pool0", "name": name, "size": 2 * MIB}),
+        )
+    };
+    assert_eq!(create(&mut w, "a"), Ok(Value::Null));
+    assert!(thin(&mut w, "a"), "thin by default");
+    w.settings
+        .set_pool_thin(vec![("pool0".into(), false)])
+        .unwrap();
+    assert_eq!(create(&mut w, "b"), Ok(Value::Null));
+    assert!(!thin(&mut w, "b"), "thick in this pool");
+    assert!(w.settings.thin_for("other"), "other pools keep the default");
+}
+
+/// Guesses from many addresses get at most a few slow password checks a
+/// second; the rest 503 at once. A client already in is not held up.
+#[test]
+fn slow_checks_are_rate_limited() {
+    let mut w = World::new();
+    let good = basic("admin", "targetd");
+    assert_eq!(
+        now(w.http("POST", "/targetrpc", Some(&good), b"{}", 1)).status,
+        200
+    );
+    // That first login took a slow check of its own.
+    w.now += 1001;
+    let bad = basic("admin", "guess");
+    let mut codes = Vec::new();
+    for peer in 10..30 {
+        codes.push(
+            match w.http("POST", "/targetrpc", Some(&bad), b"{}", peer) {
+                Reply::At(_, r) | Reply::Now(r) => r.status,
+            },
+        );
+    }
+    assert_eq!(codes.iter().filter(|&&c| c == 401).count(), 8, "{codes:?}");
+    assert_eq!(codes.iter().filter(|&&c| c == 503).count(), 12, "{codes:?}");
+    assert_eq!(
+        now(w.http("POST", "/targetrpc", Some(&good), b"{}", 2)).status,
+        200
+    );
+    w.now += 1001;
+    assert!(matches!(
+        w.http("POST", "/targetrpc", Some(&bad), b"{}", 40),
+        Reply::At(..)
+    ));
+}

@@ -66,6 +66,8 @@ fn config(reg: &mut Registry) -> Config {
             chap: ChapPolicy::default(),
             header_digest: false,
             data_digest: false,
+            masked: false,
+            acls: Vec::new(),
         }],
         ..Config::default()
     }

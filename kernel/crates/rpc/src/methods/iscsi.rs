@@ -563,9 +563,19 @@ fn node_json(n: &TargetNode) -> Value {
 
 pub(super) fn get_target_nodes(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
     no_params(p)?;
-    let nodes = m
-        .iscsi_config()
-        .map_or_else(Vec::new, |c| c.nodes.iter().map(node_json).collect());
+    let nodes = m.iscsi_config().map_or_else(Vec::new, |c| {
+        c.nodes
+            .iter()
+            .map(|n| {
+                let mut v = node_json(n);
+                if n.masked {
+                    // Ours: the per-initiator maps (secrets left out).
+                    v["masking"] = super::iscsi_acl::view(n);
+                }
+                v
+            })
+            .collect()
+    });
     Ok(Value::Array(nodes))
 }
 
@@ -618,11 +628,10 @@ pub(super) fn config(m: &Model<'_>) -> Vec<Value> {
             .into_iter()
             .map(|g| call("iscsi_create_initiator_group", g)),
     );
-    calls.extend(
-        c.nodes
-            .iter()
-            .map(|n| call("iscsi_create_target_node", node_json(n))),
-    );
+    for n in &c.nodes {
+        calls.push(call("iscsi_create_target_node", node_json(n)));
+        calls.extend(super::iscsi_acl::config(n));
+    }
     calls
 }
 

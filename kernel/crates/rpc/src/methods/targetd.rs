@@ -53,12 +53,24 @@ struct SetOptions {
     target_name: Option<String>,
     pools: Option<Vec<String>>,
     thin_provision: Option<bool>,
+    /// Per pool, overriding `thin_provision`: `{"lvs0": false}`.
+    pool_thin_provision: Option<alloc::collections::BTreeMap<String, bool>>,
 }
 
 pub fn set_options(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
     let o: SetOptions = parse(p)?;
-    m.targetd()?
-        .set_options(o.target_name.as_deref(), o.pools, o.thin_provision)?;
+    let per_pool: Option<Vec<(String, bool)>> =
+        o.pool_thin_provision.map(|m| m.into_iter().collect());
+    if per_pool.as_ref().is_some_and(|l| l.len() > 1024) {
+        return Err(RpcError::params(
+            "at most 1024 pools in `pool_thin_provision`",
+        ));
+    }
+    let s = m.targetd()?;
+    s.set_options(o.target_name.as_deref(), o.pools, o.thin_provision)?;
+    if let Some(l) = per_pool {
+        s.set_pool_thin(l)?;
+    }
     Ok(Value::Bool(true))
 }
 
@@ -71,6 +83,7 @@ pub fn get_options(m: &mut Model<'_>, p: &Params) -> Result<Value, RpcError> {
         "target_name": s.target_name,
         "pools": s.pools,
         "thin_provision": s.thin,
+        "pool_thin_provision": per_pool_json(s),
     }))
 }
 
@@ -86,6 +99,7 @@ pub fn config(m: &mut Model<'_>) -> Vec<Value> {
             "target_name": s.target_name,
             "pools": s.pools,
             "thin_provision": s.thin,
+            "pool_thin_provision": per_pool_json(s),
         }
     })];
     if let (Some(h), false) = (s.password_hash(), s.pinned) {
@@ -95,4 +109,13 @@ pub fn config(m: &mut Model<'_>) -> Vec<Value> {
         }));
     }
     calls
+}
+
+fn per_pool_json(s: &ironbay_model::targetd::Settings) -> Value {
+    Value::Object(
+        s.pool_thin
+            .iter()
+            .map(|(p, t)| (p.clone(), Value::Bool(*t)))
+            .collect(),
+    )
 }

@@ -409,3 +409,75 @@ fn saved_config_recreates_stacks_in_order() {
         saved
     );
 }
+
+#[test]
+fn saved_config_recreates_ram_disks_and_caches() {
+    let mut w = World::new();
+    w.malloc("Src");
+    assert_eq!(
+        w.ok("bdev_rapiddisk_create", json!({ "size_mb": 8 })),
+        "rd0"
+    );
+    assert_eq!(
+        w.ok("bdev_rapiddisk_create", json!({ "size_mb": 4 })),
+        "rd1"
+    );
+    w.ok(
+        "bdev_rapiddisk_set_locked",
+        json!({ "name": "rd1", "locked": true }),
+    );
+    let (code, msg) = w.err(
+        "bdev_rapiddisk_cache_create",
+        json!({ "cache": "rd1", "source": "Src", "mode": "write-back" }),
+    );
+    assert_eq!(code, INVALID_STATE, "{msg}");
+    assert_eq!(
+        w.ok(
+            "bdev_rapiddisk_cache_create",
+            json!({ "cache": "rd0", "source": "Src", "mode": "write-around" }),
+        ),
+        "rc-wa_Src"
+    );
+    assert_eq!(w.bdev("rc-wa_Src")["product_name"], "RapidDisk cache");
+    assert_eq!(w.bdev("rd1")["product_name"], "RapidDisk");
+    let saved = w.ok("framework_get_config", json!({ "name": "bdev" }));
+    let methods: Vec<&str> = saved
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "bdev_set_options",
+            "bdev_nvme_set_options",
+            "bdev_malloc_create",
+            "bdev_rapiddisk_create",
+            "bdev_rapiddisk_create",
+            "bdev_rapiddisk_set_locked",
+            "bdev_rapiddisk_cache_create",
+            "bdev_nvme_set_hotplug",
+        ]
+    );
+    let mut fresh = World::new();
+    for c in saved.as_array().unwrap() {
+        fresh.ok(c["method"].as_str().unwrap(), c["params"].clone());
+    }
+    let disks = |w: &mut World| w.ok("bdev_rapiddisk_get_disks", Value::Null);
+    assert_eq!(disks(&mut fresh), disks(&mut w));
+    assert_eq!(
+        fresh.ok("framework_get_config", json!({ "name": "bdev" })),
+        saved
+    );
+    // The cache goes, its RAM disk and source are free again.
+    w.ok(
+        "bdev_rapiddisk_cache_delete",
+        json!({ "name": "rc-wa_Src" }),
+    );
+    w.ok("bdev_rapiddisk_delete", json!({ "name": "rd0" }));
+    w.ok(
+        "bdev_passthru_create",
+        json!({ "base_bdev_name": "Src", "name": "PT" }),
+    );
+}

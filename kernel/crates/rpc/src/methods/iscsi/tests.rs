@@ -640,3 +640,77 @@ fn null_bdevs_resize_in_mib() {
         assert!(msg.contains(why), "{msg} lacks {why}");
     }
 }
+
+/// A masked node's per-initiator maps, groups and CHAP come back from the
+/// saved configuration; unmapping and removal work by name.
+#[test]
+fn masked_node_boots_back() {
+    let mut w = World::new();
+    bdevs(&mut w);
+    w.ok(
+        "iscsi_create_portal_group",
+        json!({ "tag": 3, "portals": [{ "host": "0.0.0.0", "port": "3260" }] }),
+    );
+    w.ok(
+        "iscsi_create_initiator_group",
+        json!({ "tag": 3, "initiators": ["ANY"], "netmasks": ["ANY"] }),
+    );
+    w.ok(
+        "iscsi_create_target_node",
+        json!({ "name": "iqn.2003-01.org.example.mach1:1234", "luns": [],
+                "pg_ig_maps": [{ "pg_tag": 3, "ig_tag": 3 }], "queue_depth": 32 }),
+    );
+    let node = "iqn.2003-01.org.example.mach1:1234";
+    let (a, b) = ("iqn.1994-05.com.example:a", "iqn.1994-05.com.example:b");
+    w.ok(
+        "iscsi_target_node_set_masking",
+        json!({ "name": node, "masked": true }),
+    );
+    let map = |w: &mut World, who: &str, bdev: &str| {
+        w.ok(
+            "iscsi_target_node_map_lun",
+            json!({ "name": node, "initiator_name": who, "bdev_name": bdev }),
+        )
+    };
+    assert_eq!(map(&mut w, a, "Malloc0"), 0);
+    assert_eq!(map(&mut w, a, "Malloc1"), 1);
+    assert_eq!(map(&mut w, b, "Malloc1"), 0);
+    w.ok(
+        "iscsi_target_node_set_initiator",
+        json!({ "name": node, "initiator_name": b, "group": "g",
+                "chap_user": "bu", "chap_secret": "b-secret-1234",
+                "mutual_user": "tu", "mutual_secret": "t-secret-1234" }),
+    );
+    let saved = w.ok("framework_get_config", json!({ "name": "iscsi" }));
+    let mut fresh = World::new();
+    bdevs(&mut fresh);
+    for c in saved.as_array().unwrap() {
+        fresh.ok(c["method"].as_str().unwrap(), c["params"].clone());
+    }
+    let nodes = fresh.ok("iscsi_get_target_nodes", Value::Null);
+    assert_eq!(nodes, w.ok("iscsi_get_target_nodes", Value::Null));
+    let m = &nodes[0]["masking"];
+    assert_eq!(m["masked"], true);
+    assert_eq!(m["initiators"][1]["group"], "g");
+    assert_eq!(m["initiators"][1]["mutual_chap"], true);
+    assert_eq!(m["initiators"][0]["luns"].as_array().unwrap().len(), 2);
+    assert!(!nodes.to_string().contains("b-secret"), "no secrets shown");
+    let c = fresh.config();
+    let acl = c.node(node).unwrap().acl(b).unwrap();
+    assert_eq!(
+        acl.chap.as_ref().unwrap().msecret.as_deref(),
+        Some("t-secret-1234")
+    );
+    assert_eq!(
+        fresh.ok(
+            "iscsi_target_node_unmap_lun",
+            json!({ "name": node, "initiator_name": a, "bdev_name": "Malloc1" })
+        ),
+        json!([1])
+    );
+    fresh.ok(
+        "iscsi_target_node_remove_initiator",
+        json!({ "name": node, "initiator_name": b }),
+    );
+    assert!(fresh.config().node(node).unwrap().acl(b).is_none());
+}
