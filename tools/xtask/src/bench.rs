@@ -6,7 +6,7 @@ use ironbay_tests::serial::Running;
 use ironbay_tests::{EXIT_SUCCESS, READY};
 use std::time::Duration;
 
-const USAGE: &str = "usage: cargo xtask bench boot [--runs N] | blk [--seconds N] | net [--seconds N] | nbd [--seconds N] [--runs N] | iscsi [--seconds N] [--runs N] | nvmf [--seconds N] [--runs N] | peers [--seconds N] [--runs N] | lvol [--seconds N] [--runs N]";
+const USAGE: &str = "usage: cargo xtask bench boot [--runs N] | blk [--seconds N] | net [--seconds N] | nbd [--seconds N] [--runs N] | iscsi [--seconds N] [--runs N] | nvmf [--seconds N] [--runs N] | peers [--seconds N] [--runs N] | lvol [--seconds N] [--runs N] | cache [--seconds N] [--runs N]";
 
 pub fn bench(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
@@ -18,6 +18,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         Some("iscsi") => crate::iscsibench::bench(&args[1..]),
         Some("nvmf") => crate::nvmfbench::bench(&args[1..]),
         Some("lvol") => crate::lvolbench::bench(&args[1..]),
+        Some("cache") => crate::cachebench::bench(&args[1..]),
         _ => Err(USAGE.into()),
     }
 }

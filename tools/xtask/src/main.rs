@@ -18,6 +18,7 @@
 
 mod bench;
 mod build;
+mod cachebench;
 mod crashsoak;
 mod iscsibench;
 mod lvolbench;
@@ -100,6 +101,10 @@ const USAGE: &str = "usage: cargo xtask <command>
                            host guest (4k randread, 128k read, 4k randwrite), same run
   bench peers [--seconds N] [--runs N]
                            Linux nvmet-tcp and LIO figures and the bridge ceiling
+  bench cache [--seconds N] [--runs N]
+                           RapidDisk over NVMe-oF/TCP, fio in a Linux host guest: warm
+                           write-through cache vs bare virtio-blk (4k randread), write-back
+                           vs bare (4k randwrite), RAM disk vs malloc, same run
   hosted ARGS              the NBD, iSCSI and NVMe-oF engines as a Linux process: --listen ADDR
                            --iscsi ADDR --chap USER:SECRET[:MUSER:MSECRET] --nvmf ADDR
                            --export NAME=FILE[:ro] --malloc NAME=MIB
