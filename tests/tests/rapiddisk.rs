@@ -13,6 +13,11 @@
 //!   with ENOSPC, everything else goes on; a flush gives the memory back.
 //! - `lock_while_a_client_writes`: a qemu-io client writing in a loop gets
 //!   EPERM once the disk is locked, reads go on, unlock lets it write again.
+//! - `dirty_write_back_survives_export_changes`: with the source holding
+//!   every write (an error bdev's `pending` injection), a write-back cache
+//!   keeps its dirty data through NBD and NVMe-oF export changes, refuses
+//!   removal while it cannot write back, and lands everything in the
+//!   backing file once the source answers again.
 //! - `definitions_survive_a_kill`: RAM disks (one locked) and a cache come
 //!   back after QEMU is killed, empty.
 //!
@@ -255,6 +260,26 @@ impl Appliance {
         let cmd = format!("write -P {pattern:#04x} {off} {len}");
         if let Err(e) = self.qemu_io(uri, false, &[&cmd]) {
             self.fail(&format!("qemu-io {uri} `{cmd}`: {e}"));
+        }
+    }
+
+    /// Writes `data` at offset 0 with nbdcopy, which sends no flush (as
+    /// qemu-io does on close, even in cache mode `unsafe`): a write-back
+    /// cache may keep it all dirty.
+    fn copy_unflushed(&self, uri: &str, data: &[u8], scratch: &Path) {
+        let file = scratch.join("copy-in.bin");
+        std::fs::write(&file, data).unwrap();
+        let out = Command::new("nbdcopy")
+            .arg(&file)
+            .arg(uri)
+            .output()
+            .expect("nbdcopy (libnbd-bin)");
+        if !out.status.success() {
+            self.fail(&format!(
+                "nbdcopy {} {uri}: {}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
     }
 
@@ -528,6 +553,130 @@ fn json_rpc_methods_and_write_back_on_removal() {
         a.rpc("bdev_rapiddisk_get_disks", json!({})),
         json!({"rapiddisk": [], "rapiddisk_cache": []})
     );
+}
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn dirty_write_back_survives_export_changes() {
+    let dir = ironbay_tests::scratch("rapiddisk-dirty");
+    let (disks, vblk) = default_disks(&dir);
+    let a = boot(disks, "", None);
+    // The source answers no write until told to: everything stays dirty.
+    a.rpc("bdev_error_create", json!({"base_name": "VirtioBlk0"}));
+    a.rpc(
+        "bdev_error_inject_error",
+        json!({"name": "EE_VirtioBlk0", "io_type": "write", "error_type": "pending",
+               "num": 1_000_000}),
+    );
+    assert_eq!(
+        a.rpc("bdev_rapiddisk_create", json!({"size_mb": 32})),
+        "rd0"
+    );
+    let rc = a.rpc(
+        "bdev_rapiddisk_cache_create",
+        json!({"cache": "rd0", "source": "EE_VirtioBlk0", "mode": "write-back"}),
+    );
+    assert_eq!(rc, "rc-wb_EE_VirtioBlk0");
+    let first = a.rpc(
+        "nbd_start_disk",
+        json!({"bdev_name": "rc-wb_EE_VirtioBlk0", "nbd_device": "wb-first"}),
+    );
+    assert_eq!(first, "wb-first");
+    let uri = format!("nbd://127.0.0.1:{}/wb-first", a.nbd);
+    // 2 MiB of 0x3c, then 256 KiB of 0x3d.
+    let mut data = vec![0x3c; 2 * MIB as usize];
+    data.resize((2 * MIB + 256 * 1024) as usize, 0x3d);
+    a.copy_unflushed(&uri, &data, &dir);
+    let stats = a.rpc(
+        "bdev_rapiddisk_cache_get_stats",
+        json!({"name": "rc-wb_EE_VirtioBlk0"}),
+    );
+    println!("write-back cache with the source holding writes: {stats}");
+    // 2.25 MiB dirty of 32 MiB: 576 of 8192 blocks are not free.
+    assert_eq!(stats["num_free_blocks"], 8192 - 576, "{stats}");
+    assert!(
+        stats["num_wb_blocks"].as_u64() > Some(0),
+        "write-backs should be waiting on the source: {stats}"
+    );
+    assert!(
+        !file_holds(&vblk, 0x3c, 0, 2 * MIB),
+        "the source took writes it should have held"
+    );
+
+    // Export changes: NBD under a new name, NVMe-oF in and out.
+    a.rpc("nbd_stop_disk", json!({"nbd_device": "wb-first"}));
+    a.rpc(
+        "nvmf_create_subsystem",
+        json!({"nqn": "nqn.2016-06.io.spdk:dirty", "allow_any_host": true}),
+    );
+    a.rpc(
+        "nvmf_subsystem_add_ns",
+        json!({"nqn": "nqn.2016-06.io.spdk:dirty",
+               "namespace": {"bdev_name": "rc-wb_EE_VirtioBlk0"}}),
+    );
+    a.rpc_fails(
+        "bdev_rapiddisk_cache_delete",
+        json!({"name": "rc-wb_EE_VirtioBlk0"}),
+    );
+    a.rpc(
+        "nvmf_delete_subsystem",
+        json!({"nqn": "nqn.2016-06.io.spdk:dirty"}),
+    );
+    a.rpc(
+        "nbd_start_disk",
+        json!({"bdev_name": "rc-wb_EE_VirtioBlk0", "nbd_device": "wb-second"}),
+    );
+    let uri = format!("nbd://127.0.0.1:{}/wb-second", a.nbd);
+    a.verify(&uri, 0x3c, 0, 2 * MIB);
+    a.verify(&uri, 0x3d, 2 * MIB, 256 * 1024);
+    data[MIB as usize..(MIB + 4096) as usize].fill(0x3e);
+    a.copy_unflushed(&uri, &data, &dir);
+
+    // Removal cannot write back while the source holds writes: refused,
+    // the data stays in the cache and readable.
+    let refused = a.call(
+        "bdev_rapiddisk_cache_delete",
+        Some(json!({"name": "rc-wb_EE_VirtioBlk0"})),
+    );
+    let Err(e) = refused else {
+        a.fail(&format!(
+            "removal with a stalled source answered {refused:?}"
+        ));
+    };
+    println!("removal with the source holding writes: {e}");
+    a.verify(&uri, 0x3e, MIB, 4096);
+    assert!(!file_holds(&vblk, 0x3c, 0, MIB));
+
+    // The source answers again: removal writes everything back.
+    a.rpc(
+        "bdev_error_inject_error",
+        json!({"name": "EE_VirtioBlk0", "io_type": "clear", "error_type": "failure"}),
+    );
+    a.rpc(
+        "bdev_error_resume_pending",
+        json!({"name": "EE_VirtioBlk0"}),
+    );
+    a.rpc(
+        "bdev_rapiddisk_cache_delete",
+        json!({"name": "rc-wb_EE_VirtioBlk0"}),
+    );
+    assert!(
+        file_holds(&vblk, 0x3c, 0, MIB),
+        "first MiB not written back"
+    );
+    assert!(
+        file_holds(&vblk, 0x3e, MIB, 4096),
+        "the later write is lost"
+    );
+    assert!(file_holds(&vblk, 0x3c, MIB + 4096, MIB - 4096));
+    assert!(file_holds(&vblk, 0x3d, 2 * MIB, 256 * 1024));
+    assert!(
+        file_holds(&vblk, 0, 2 * MIB + 256 * 1024, 3 * MIB),
+        "nothing else written"
+    );
+    assert_eq!(a.usage("rd0"), 0, "the cache's pages went back");
+    let rest = a.get_ok("listRapidDiskVolumes");
+    println!("after removal: {rest}");
 }
 
 #[test]

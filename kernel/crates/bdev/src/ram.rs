@@ -37,6 +37,11 @@ pub trait PagePool {
 
 pub type SharedPool = Rc<dyn PagePool>;
 
+/// Pages of dropped [`HeapPages`] pools, for the next pool to take: a
+/// page, once leaked from a `Box`, never goes back to the heap, so tools
+/// and fuzzers that make a pool per run keep reusing the same pages.
+static RECYCLED: spin::Mutex<Vec<Page>> = spin::Mutex::new(Vec::new());
+
 /// Pages from the heap (host tests and tools), optionally limited.
 pub struct HeapPages {
     spare: RefCell<Vec<Page>>,
@@ -63,14 +68,22 @@ impl HeapPages {
     }
 }
 
+impl Drop for HeapPages {
+    fn drop(&mut self) {
+        RECYCLED.lock().append(self.spare.get_mut());
+    }
+}
+
 impl PagePool for HeapPages {
     fn alloc(&self) -> Option<Page> {
         if self.limit.is_some_and(|l| self.held.get() >= l) {
             return None;
         }
-        let page = match self.spare.borrow_mut().pop() {
+        let spare = self.spare.borrow_mut().pop();
+        let page = match spare.or_else(|| RECYCLED.lock().pop()) {
             Some(p) => p,
-            // Leaked on purpose: a page lives in `spare` once given back.
+            // Leaked on purpose: a page lives in `spare`, then in
+            // `RECYCLED`, once given back.
             None => Box::leak(Box::new([0u8; PAGE_SIZE])),
         };
         self.held.set(self.held.get() + 1);

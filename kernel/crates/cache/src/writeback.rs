@@ -12,8 +12,10 @@ use ironbay_bdev::{IoBuf, IoCompletion, IoOp, IoRequest, IoStatus, IoType};
 /// Dirty blocks looked at per pass for ones free to write back (blocks
 /// held by requests in flight are passed over).
 const SCAN: usize = 4 * WRITEBACK_DEPTH;
-/// How long `write_back_all` waits without any completion.
-const STALL_US: u64 = 60_000_000;
+/// How long `write_back_all` waits without any completion. The wait
+/// blocks the caller (removal, shutdown), so a source that answers no
+/// write-back this long is taken as stalled: the data stays dirty.
+const STALL_US: u64 = 10_000_000;
 
 /// Whether a pass starts write-backs.
 #[derive(Clone, Copy, PartialEq, Eq)]
