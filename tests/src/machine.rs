@@ -4,8 +4,12 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Management services, forwarded from 127.0.0.1 by `xtask run`.
-pub const MGMT_PORTS: &[(u16, &str)] =
-    &[(5260, "SPDK JSON-RPC"), (18700, "targetd"), (9118, "REST")];
+pub const MGMT_PORTS: &[(u16, &str)] = &[
+    (5260, "SPDK JSON-RPC"),
+    (18700, "targetd"),
+    (9118, "REST"),
+    (4444, "QMP"),
+];
 /// Data services, forwarded from 127.0.0.1 by `xtask run`.
 pub const DATA_PORTS: &[(u16, &str)] = &[
     (10809, "NBD"),

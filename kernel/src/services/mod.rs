@@ -10,6 +10,7 @@
 
 mod allow;
 mod http;
+mod qmp;
 mod rest;
 mod rpc;
 mod targetd;
@@ -22,6 +23,7 @@ use ironbay_bdev::{Budget, IoCompletion};
 use ironbay_endpoint::{Limits, tag};
 use ironbay_nbd::{Export, Exports};
 use ironbay_net::{Role, TcpTuning};
+use qmp::{QMP_CONNECTIONS, Qmp};
 use rest::{REST_CONNECTIONS, RestService};
 use rpc::{RPC_CONNECTIONS, Rpc, rpc_init};
 use targetd::{TARGETD_CONNECTIONS, TargetdService};
@@ -43,7 +45,7 @@ const NVMF_CONNECTIONS: usize = 16;
 /// and 8009, JSON-RPC), allocated once the boot config has run.
 pub const SOCKET_MEMORY: usize = (NBD_CONNECTIONS + ISCSI_CONNECTIONS + 2 * NVMF_CONNECTIONS)
     * (TcpTuning::STORAGE.rx_buffer + TcpTuning::STORAGE.tx_buffer)
-    + (RPC_CONNECTIONS + TARGETD_CONNECTIONS + REST_CONNECTIONS)
+    + (RPC_CONNECTIONS + TARGETD_CONNECTIONS + REST_CONNECTIONS + QMP_CONNECTIONS)
         * (TcpTuning::MANAGEMENT.rx_buffer + TcpTuning::MANAGEMENT.tx_buffer);
 
 const NBD_SERVICE: u8 = 0;
@@ -66,6 +68,7 @@ pub struct Services {
     pub rpc: Option<Rpc>,
     targetd: Option<TargetdService>,
     rest: Option<RestService>,
+    qmp: Option<Qmp>,
     budget: Budget,
     /// High-water mark last reported on the console, and when.
     reported_high: usize,
@@ -114,6 +117,7 @@ pub fn init(
 ) -> Services {
     let targetd = targetd::init(network, storage, cmdline);
     let rest = rest::init(network, cmdline);
+    let qmp = qmp::init(network, cmdline);
     let Some(stack) = network.stacks.iter().position(|s| s.role == Role::Data(0)) else {
         log::warn!("no data NIC: NBD, iSCSI and NVMe-oF targets not started");
         let rpc = rpc_init(network, cmdline);
@@ -124,6 +128,7 @@ pub fn init(
             rpc,
             targetd,
             rest,
+            qmp,
             budget: Budget::new(0, 1),
             reported_high: 0,
             reported_us: 0,
@@ -237,6 +242,7 @@ pub fn init(
         rpc,
         targetd,
         rest,
+        qmp,
         budget,
         reported_high: 0,
         reported_us: 0,
@@ -285,24 +291,41 @@ impl Services {
 
     /// Moves bytes between sockets and engines and starts block I/O.
     pub fn poll(&mut self, network: &mut Network, storage: &mut Storage) -> bool {
-        let mut busy = false;
+        // Management traffic may have removed exports: NBD connections
+        // then check theirs.
+        let mut mgmt = false;
         if let Some(rpc) = &mut self.rpc {
-            busy |= rpc.poll(network, storage, self.nbd.as_mut().map(|n| &mut n.exports));
+            mgmt |= rpc.poll(network, storage, self.nbd.as_mut().map(|n| &mut n.exports));
         }
         if let Some(t) = &mut self.targetd {
             let initialized = self.rpc.as_ref().is_none_or(Rpc::initialized);
             let nbd = self.nbd.as_mut().map(|n| &mut n.exports);
-            busy |= t.poll(network, storage, nbd, initialized);
+            mgmt |= t.poll(network, storage, nbd, initialized);
         }
         if let Some(r) = &mut self.rest {
             let initialized = self.rpc.as_ref().is_none_or(Rpc::initialized);
             let nbd = self.nbd.as_mut().map(|n| &mut n.exports);
-            busy |= r.poll(network, storage, nbd, initialized);
+            mgmt |= r.poll(network, storage, nbd, initialized);
         }
+        if let Some(q) = &mut self.qmp {
+            let initialized = self.rpc.as_ref().is_none_or(Rpc::initialized);
+            mgmt |= q.poll(network, storage, self.nbd.as_mut(), initialized);
+            // nbd-server-start's port (listeners stay once made).
+            if let (Some(server), Some(nbd)) = (&q.block.server, &mut self.nbd) {
+                let port = server.port;
+                if nbd
+                    .ports
+                    .follow(network, 1 + q.server_generation, || alloc::vec![port])
+                {
+                    self.resize_budget();
+                }
+            }
+        }
+        let mut busy = mgmt;
         if let Some(nbd) = &mut self.nbd {
             busy |= nbd
                 .ports
-                .poll(network, &mut nbd.exports, &mut storage.bdevs, false);
+                .poll(network, &mut nbd.exports, &mut storage.bdevs, mgmt);
         }
         let mut grew = false;
         if let Some(iscsi) = &mut self.iscsi {

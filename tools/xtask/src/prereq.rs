@@ -273,18 +273,21 @@ pub fn ensure_apt_lists() -> Result<(), String> {
     sh(Command::new("apt-get").args(["update", "-qq"]))
 }
 
-/// SPDK's own Python client, for the JSON-RPC tests, and Python
-/// `requests`, the HTTP client targetd's own client and tests use.
+/// SPDK's own Python client, for the JSON-RPC tests; Python `requests`,
+/// the HTTP client targetd's own client and tests use; and QEMU's own QMP
+/// library (`qemu.qmp`, with `qmp-shell`).
 pub fn ensure_spdk_client() -> Result<(), String> {
     if !present("spdk-rpc") {
         sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", "spdk"]))?;
     }
-    let has_requests = Command::new("python3")
-        .args(["-c", "import requests"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_requests {
-        sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", "requests"]))?;
+    for (module, package) in [("requests", "requests"), ("qemu.qmp", "qemu.qmp")] {
+        let has = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !has {
+            sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", package]))?;
+        }
     }
     Ok(())
 }

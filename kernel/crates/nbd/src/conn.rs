@@ -197,6 +197,13 @@ impl Connection {
         self.export.as_ref()
     }
 
+    /// Ends the connection if its export was removed.
+    pub fn check_export(&mut self, exports: &Exports) {
+        if self.export.as_ref().is_some_and(|e| !exports.still_has(e)) {
+            self.fail("export removed");
+        }
+    }
+
     fn busy(&self) -> bool {
         self.in_flight_bytes + self.out.bytes() > MAX_BUFFERED
             || self.commands.len() >= MAX_REQUESTS
@@ -721,7 +728,8 @@ impl Connection {
         {
             c.data = (0..parts).map(|_| None).collect();
         }
-        let fua = req.flags & cmd::FLAG_FUA != 0;
+        let fua = req.flags & cmd::FLAG_FUA != 0
+            || (e.writethrough && matches!(req.kind, cmd::WRITE | cmd::WRITE_ZEROES | cmd::TRIM));
         for p in 0..parts {
             let off = p * chunk;
             let bytes = chunk.min(total - off);

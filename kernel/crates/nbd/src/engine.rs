@@ -27,7 +27,11 @@ impl TargetEngine for Connection {
     fn poll_timeout(&self) -> Option<u64> {
         None
     }
-    fn handle_timeout(&mut self, _: &mut Exports, _: &Registry, _: u64) {}
+    /// Runs on a wake (the exports changed): a connection whose export is
+    /// gone finishes what is in flight and closes.
+    fn handle_timeout(&mut self, e: &mut Exports, _: &Registry, _: u64) {
+        Connection::check_export(self, e)
+    }
     fn poll_io(&mut self) -> Option<BlockIo> {
         Connection::poll_io(self)
     }

@@ -7,6 +7,8 @@ use ironbay_bdev::{BdevId, BdevInfo, IoType, IoTypes};
 #[derive(Clone, Debug)]
 pub struct Export {
     pub name: String,
+    /// The management id (QMP's block export id); the name unless given.
+    pub id: String,
     pub description: String,
     pub bdev: BdevId,
     pub size: u64,
@@ -18,6 +20,8 @@ pub struct Export {
     pub read_only: bool,
     /// Every connection sees the same data at once (one bdev, no caching here).
     pub multi_conn: bool,
+    /// Every write completes only once stable (as if sent with FUA).
+    pub writethrough: bool,
 }
 
 /// Largest request payload accepted, whatever the bdev allows (requests are
@@ -34,6 +38,7 @@ impl Export {
     ) -> Self {
         Export {
             name: name.into(),
+            id: name.into(),
             description: description.into(),
             bdev,
             size: info.size_bytes(),
@@ -44,6 +49,7 @@ impl Export {
             io_types: info.io_types,
             read_only: read_only || info.read_only,
             multi_conn: true,
+            writethrough: false,
         }
     }
 
@@ -88,5 +94,13 @@ impl Exports {
             return self.list.first();
         }
         self.list.iter().find(|e| e.name == name)
+    }
+
+    /// Whether `e` (a connection's copy) is still exported: a connection
+    /// whose export was removed is dropped.
+    pub fn still_has(&self, e: &Export) -> bool {
+        self.list
+            .iter()
+            .any(|x| x.name == e.name && x.bdev == e.bdev)
     }
 }

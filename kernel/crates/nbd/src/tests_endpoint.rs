@@ -202,3 +202,29 @@ fn a_slow_writer_holds_only_its_payload_and_finishes() {
     assert_eq!(&reply[4..8], &[0, 0, 0, 0]);
     assert_eq!(w.net.sockets[c].state(), SocketState::Open);
 }
+
+#[test]
+fn a_client_of_a_removed_export_is_closed_at_the_next_wake() {
+    let mut w = World::new(2, Budget::unlimited());
+    let i = w.net.connect(peer(1, 4000)).unwrap();
+    w.login(i);
+    let j = w.net.connect(peer(2, 4000)).unwrap();
+    w.login(j);
+    w.turns(2);
+    assert_eq!(w.net.sockets[i].state(), SocketState::Open);
+    w.exports.list.clear();
+    // Idle clients hear of it only when the endpoint is woken.
+    w.turns(2);
+    assert_eq!(w.net.sockets[i].state(), SocketState::Open);
+    w.ep.poll(
+        &mut w.net,
+        &mut w.exports,
+        &mut w.bdevs,
+        w.now,
+        true,
+    );
+    w.turns(2);
+    assert_ne!(w.net.sockets[i].state(), SocketState::Open);
+    assert_ne!(w.net.sockets[j].state(), SocketState::Open);
+    assert_eq!(w.ep.connections().count(), 0);
+}

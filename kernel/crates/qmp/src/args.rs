@@ -52,6 +52,13 @@ pub fn invalid_value(name: &str, what: &str) -> QmpError {
     QmpError::generic(format!("Parameter '{name}' expects {what}"))
 }
 
+/// A value outside an enumeration.
+pub fn bad_enum(name: &str, value: &str) -> QmpError {
+    QmpError::generic(format!(
+        "Parameter '{name}' does not accept value '{value}'"
+    ))
+}
+
 pub fn unexpected(name: &str) -> QmpError {
     QmpError::generic(format!("Parameter '{name}' is unexpected"))
 }

@@ -10,6 +10,8 @@
 //! - [`Args`]: reads a command's arguments with the usual
 //!   "Parameter 'x' is missing" family of errors.
 //! - [`stream`]: where one JSON message ends in the byte stream.
+//! - [`block`]: the block node and NBD export commands over the object
+//!   model.
 //!
 //! Invariants: a session holds at most [`MAX_MESSAGE`] bytes of input and
 //! [`MAX_PENDING`] bytes of output whatever the peer does; every request
@@ -23,6 +25,7 @@
 extern crate alloc;
 
 pub mod args;
+pub mod block;
 mod error;
 mod json;
 mod session;

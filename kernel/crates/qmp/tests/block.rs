@@ -1,0 +1,348 @@
+//! The block commands through a negotiated session over a model with two
+//! bdevs: nodes, the NBD server, exports by QMP and by name, safe and hard
+//! removal with clients attached, and the event.
+
+use ironbay_bdev::{MallocBdev, Registry};
+use ironbay_model::Model;
+use ironbay_nbd::Exports;
+use ironbay_qmp::block::{Block, BlockState, NBD_PORT};
+use ironbay_qmp::{Greeting, Session, Version};
+use serde_json::{Value, json};
+use std::cell::RefCell;
+use std::net::IpAddr;
+
+struct World {
+    reg: Registry,
+    nbd: Exports,
+    state: BlockState,
+    /// (export name, clients)
+    attached: RefCell<Vec<(String, usize)>>,
+    session: Session,
+}
+
+impl World {
+    fn new() -> Self {
+        let mut reg = Registry::new();
+        reg.add(Box::new(MallocBdev::new("Malloc0", 2048, 512)))
+            .unwrap();
+        reg.add(Box::new(MallocBdev::new("Malloc1", 4096, 4096)))
+            .unwrap();
+        let greeting = Greeting {
+            version: Version {
+                major: 9,
+                minor: 2,
+                micro: 0,
+                package: "ironbay".into(),
+            },
+        };
+        let mut w = World {
+            reg,
+            nbd: Exports::default(),
+            state: BlockState::default(),
+            attached: RefCell::new(Vec::new()),
+            session: Session::new(&greeting),
+        };
+        w.take();
+        assert_eq!(w.exec("qmp_capabilities", json!({})), json!({"return": {}}));
+        w
+    }
+
+    /// Output so far, one JSON value per line.
+    fn take(&mut self) -> Vec<Value> {
+        let out = self.session.poll_output().to_vec();
+        self.session.consume_output(out.len());
+        String::from_utf8(out)
+            .unwrap()
+            .split("\r\n")
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn exec(&mut self, cmd: &str, args: Value) -> Value {
+        let req = json!({"execute": cmd, "arguments": args}).to_string();
+        let (mut init, mut down) = (true, false);
+        let mut model = Model {
+            bdevs: &mut self.reg,
+            devices: None,
+            nbd: Some(&mut self.nbd),
+            iscsi: None,
+            nvmf: None,
+            memory_budget: 1 << 30,
+            initialized: &mut init,
+            shutdown: &mut down,
+            bench: None,
+            config_store: None,
+            lvol: None,
+            targetd: None,
+        };
+        let attached = &self.attached;
+        let clients = |name: &str| {
+            attached
+                .borrow()
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0, |(_, c)| *c)
+        };
+        let addrs = ["10.0.3.15".parse::<IpAddr>().unwrap()];
+        let mut block = Block {
+            model: &mut model,
+            state: &mut self.state,
+            clients: &clients,
+            data_addrs: &addrs,
+        };
+        assert_eq!(
+            self.session.handle_input(req.as_bytes(), &mut block),
+            req.len()
+        );
+        let mut out = self.take();
+        assert_eq!(out.len(), 1, "{out:?}");
+        out.remove(0)
+    }
+
+    fn ok(&mut self, cmd: &str, args: Value) -> Value {
+        let r = self.exec(cmd, args.clone());
+        r.get("return")
+            .cloned()
+            .unwrap_or_else(|| panic!("{cmd} {args}: {r}"))
+    }
+
+    fn err(&mut self, cmd: &str, args: Value) -> (String, String) {
+        let r = self.exec(cmd, args.clone());
+        let e = r
+            .get("error")
+            .unwrap_or_else(|| panic!("{cmd} {args} should fail: {r}"));
+        (
+            e["class"].as_str().unwrap().into(),
+            e["desc"].as_str().unwrap().into(),
+        )
+    }
+
+    fn events(&mut self) -> Vec<Value> {
+        for (name, data) in self.state.events.drain(..) {
+            self.session.push_event(name, Some(data), 1_500_000);
+        }
+        self.take()
+    }
+}
+
+#[test]
+fn block_nodes_are_the_bdevs() {
+    let mut w = World::new();
+    let nodes = w.ok("query-named-block-nodes", json!({}));
+    let names: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node-name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Malloc0", "Malloc1"]);
+    assert_eq!(nodes[1]["image"]["virtual-size"], 4096 * 4096);
+    assert_eq!(nodes[0]["ro"], false);
+    let block = w.ok("query-block", json!({}));
+    assert_eq!(block[0]["inserted"]["node-name"], "Malloc0");
+    assert_eq!(
+        w.err("query-block", json!({"x": 1})).1,
+        "Parameter 'x' is unexpected"
+    );
+}
+
+#[test]
+fn the_nbd_server_is_started_once_on_a_data_nic() {
+    let mut w = World::new();
+    let add = json!({"type": "nbd", "id": "e0", "node-name": "Malloc0"});
+    assert_eq!(
+        w.err("block-export-add", add.clone()).1,
+        "NBD server not running"
+    );
+    for (addr, why) in [
+        (json!({"type": "unix", "path": "/tmp/s"}), "not supported"),
+        (
+            json!({"type": "inet", "host": "192.0.2.1", "port": "10809"}),
+            "Cannot assign",
+        ),
+        (
+            json!({"type": "inet", "host": "0.0.0.0", "port": "x"}),
+            "Invalid port",
+        ),
+        (
+            json!({"type": "inet", "host": "0.0.0.0"}),
+            "Parameter 'addr.port' is missing",
+        ),
+    ] {
+        let (class, desc) = w.err("nbd-server-start", json!({"addr": addr}));
+        assert_eq!(class, "GenericError");
+        assert!(desc.contains(why), "{addr}: {desc}");
+    }
+    let tls = json!({"addr": {"type": "inet", "host": "0.0.0.0", "port": "10809"},
+                     "tls-creds": "tls0"});
+    assert!(w.err("nbd-server-start", tls).1.contains("TLS"));
+    // The legacy shape, with `data`, and max-connections.
+    w.ok(
+        "nbd-server-start",
+        json!({"addr": {"type": "inet", "data": {"host": "10.0.3.15", "port": "10810"}},
+               "max-connections": 4}),
+    );
+    let s = w.state.server.clone().unwrap();
+    assert_eq!((s.port, s.max_connections), (10810, 4));
+    let again = json!({"addr": {"type": "inet", "host": "::", "port": "10809"}});
+    assert_eq!(
+        w.err("nbd-server-start", again.clone()).1,
+        "NBD server already running"
+    );
+    w.ok("nbd-server-stop", json!({}));
+    assert_eq!(
+        w.err("nbd-server-stop", json!({})).1,
+        "NBD server not running"
+    );
+    w.ok("nbd-server-start", again);
+    assert_eq!(w.state.server.clone().unwrap().port, NBD_PORT);
+}
+
+#[test]
+fn exports_made_deleted_safe_and_hard_with_the_event() {
+    let mut w = World::new();
+    w.ok(
+        "nbd-server-start",
+        json!({"addr": {"type": "inet", "host": "0.0.0.0", "port": "10809"}}),
+    );
+    w.ok(
+        "block-export-add",
+        json!({"type": "nbd", "id": "e0", "node-name": "Malloc0", "name": "disk",
+               "description": "boot disk", "writable": true, "writethrough": true}),
+    );
+    let e = w.nbd.find("disk").unwrap();
+    assert_eq!((e.id.as_str(), e.description.as_str()), ("e0", "boot disk"));
+    assert!(!e.read_only && e.writethrough);
+    w.ok(
+        "block-export-add",
+        json!({"type": "nbd", "id": "e1", "node-name": "Malloc1"}),
+    );
+    assert!(
+        w.nbd.find("Malloc1").unwrap().read_only,
+        "read-only unless writable"
+    );
+    for (args, want) in [
+        (
+            json!({"type": "nbd", "id": "e0", "node-name": "Malloc1", "name": "x"}),
+            "Block export id 'e0' is already in use",
+        ),
+        (
+            json!({"type": "nbd", "id": "e2", "node-name": "Malloc1", "name": "disk"}),
+            "NBD server already has export named 'disk'",
+        ),
+        (
+            json!({"type": "nbd", "id": "e2", "node-name": "Nope"}),
+            "Cannot find device='' nor node-name='Nope'",
+        ),
+        (
+            json!({"type": "fuse", "id": "e2", "node-name": "Malloc0", "mountpoint": "/m"}),
+            "Export type 'fuse' is not supported: the appliance exports over NBD",
+        ),
+        (
+            json!({"type": "nbd", "id": "e2", "node-name": "Malloc0", "bitmaps": ["b0"]}),
+            "Bitmap 'b0' is not found",
+        ),
+        (
+            json!({"type": "nbd", "node-name": "Malloc0"}),
+            "Parameter 'id' is missing",
+        ),
+        (
+            json!({"type": "nbd", "id": "e2", "node-name": "Malloc0", "writable": "yes"}),
+            "Invalid parameter type for 'writable', expected: boolean",
+        ),
+    ] {
+        assert_eq!(w.err("block-export-add", args.clone()).1, want, "{args}");
+    }
+    let list = w.ok("query-block-exports", json!({}));
+    assert_eq!(
+        list,
+        json!([
+            {"id": "e0", "type": "nbd", "node-name": "Malloc0", "shutting-down": false},
+            {"id": "e1", "type": "nbd", "node-name": "Malloc1", "shutting-down": false},
+        ])
+    );
+
+    // Safe removal with a client attached fails; hard removal drops it
+    // and the export shuts down until the client is gone.
+    w.attached.borrow_mut().push(("disk".into(), 1));
+    assert_eq!(
+        w.err("block-export-del", json!({"id": "e0"})).1,
+        "export 'e0' still in use"
+    );
+    assert_eq!(
+        w.err("block-export-del", json!({"id": "e0", "mode": "gentle"}))
+            .1,
+        "Parameter 'mode' does not accept value 'gentle'"
+    );
+    w.ok("block-export-del", json!({"id": "e0", "mode": "hard"}));
+    assert!(w.nbd.find("disk").is_none(), "new clients cannot find it");
+    let list = w.ok("query-block-exports", json!({}));
+    assert_eq!(list[1]["shutting-down"], true, "{list}");
+    assert_eq!(
+        w.err("block-export-del", json!({"id": "e0", "mode": "hard"}))
+            .1,
+        "Export 'e0' is already shutting down"
+    );
+    assert!(w.events().is_empty());
+    w.attached.borrow_mut().clear();
+    let clients = |_: &str| 0;
+    w.state.reap(&clients);
+    let ev = w.events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0]["event"], "BLOCK_EXPORT_DELETED");
+    assert_eq!(ev[0]["data"], json!({"id": "e0"}));
+    assert_eq!(
+        ev[0]["timestamp"],
+        json!({"seconds": 1, "microseconds": 500_000})
+    );
+
+    // Safe removal without clients: gone at once, with the event.
+    w.ok("block-export-del", json!({"id": "e1"}));
+    assert_eq!(w.events()[0]["data"]["id"], "e1");
+    assert_eq!(w.ok("query-block-exports", json!({})), json!([]));
+    assert_eq!(
+        w.err("block-export-del", json!({"id": "e1"})).1,
+        "Export 'e1' is not found"
+    );
+
+    // The deprecated pair: id = name.
+    assert_eq!(
+        w.err("nbd-server-add", json!({"device": "Nope"})),
+        ("DeviceNotFound".into(), "Device 'Nope' not found".into())
+    );
+    w.ok(
+        "nbd-server-add",
+        json!({"device": "Malloc1", "name": "old", "writable": true}),
+    );
+    assert!(!w.nbd.find("old").unwrap().read_only);
+    w.ok("nbd-server-remove", json!({"name": "old"}));
+    assert!(w.nbd.find("old").is_none());
+
+    // nbd-server-stop closes every NBD export.
+    w.ok(
+        "block-export-add",
+        json!({"type": "nbd", "id": "e3", "node-name": "Malloc0"}),
+    );
+    w.ok("nbd-server-stop", json!({}));
+    assert!(w.nbd.list.is_empty());
+    let ev = w.events();
+    assert!(ev.iter().any(|e| e["data"]["id"] == "e3"), "{ev:?}");
+}
+
+#[test]
+fn commands_are_listed() {
+    let mut w = World::new();
+    let cmds = w.ok("query-commands", json!({}));
+    for c in [
+        "block-export-add",
+        "nbd-server-start",
+        "query-named-block-nodes",
+        "qmp_capabilities",
+    ] {
+        assert!(
+            cmds.as_array().unwrap().iter().any(|x| x["name"] == c),
+            "{c} not in {cmds}"
+        );
+    }
+}

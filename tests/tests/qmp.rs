@@ -1,0 +1,81 @@
+//! QMP on the booted appliance (TCP 4444), driven by QEMU's own Python
+//! library, `qemu.qmp` (tests/scripts/qmp-client.py): greeting and
+//! negotiation, the block commands and their errors, events on every
+//! monitor, and exports made over QMP used by nbdinfo, qemu-img, qemu-io
+//! and nbdcopy. Also: a monitor that never negotiates is dropped, so it
+//! cannot hold a socket. Run by `cargo xtask test`.
+
+use ironbay_tests::READY;
+use ironbay_tests::images::{kernel, require};
+use ironbay_tests::machine::{Boot, Disk, Machine, Nic, free_port, sparse_disk};
+use ironbay_tests::serial::Running;
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn qemu_qmp_library_drives_exports() {
+    let dir = ironbay_tests::scratch("qmp");
+    let (nvme, vblk) = (dir.join("nvme0.img"), dir.join("vblk0.img"));
+    sparse_disk(&nvme, 64 * MIB).unwrap();
+    sparse_disk(&vblk, 64 * MIB).unwrap();
+    let (qmp, nbd) = (free_port(), free_port());
+    let mut m = Machine::new(Boot::Kernel {
+        image: require(&kernel()),
+        append: "mgmt.ip=10.0.2.15/24 mgmt.gw=10.0.2.2 data.ip=10.0.3.15/24 data.gw=10.0.3.2"
+            .into(),
+        config: None,
+    });
+    m.disks = vec![Disk::nvme(0, 1, nvme), Disk::virtio(vblk)];
+    m.forwards = vec![(Nic::Mgmt, qmp, 4444), (Nic::Data, nbd, 10809)];
+    let mut vm = Running::spawn(m.command()).expect("start qemu");
+    vm.wait_for(READY, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // A monitor that connects and never negotiates is dropped.
+    let mut idle = TcpStream::connect(("127.0.0.1", qmp)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match idle.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("a monitor that never negotiates is still open: {e}"),
+        }
+    }
+    let greeting = String::from_utf8_lossy(&got);
+    assert!(greeting.contains("\"QMP\""), "no greeting: {greeting}");
+    println!(
+        "a monitor that never negotiated was dropped after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/qmp-client.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .env("QMP_PORT", qmp.to_string())
+        .env("NBD_PORT", nbd.to_string())
+        .env("SCRATCH", &dir)
+        .output()
+        .expect("python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "qmp-client.py failed:\n{text}\n----- console -----\n{}",
+        vm.output()
+    );
+}
