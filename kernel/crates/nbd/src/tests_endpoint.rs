@@ -216,13 +216,7 @@ fn a_client_of_a_removed_export_is_closed_at_the_next_wake() {
     // Idle clients hear of it only when the endpoint is woken.
     w.turns(2);
     assert_eq!(w.net.sockets[i].state(), SocketState::Open);
-    w.ep.poll(
-        &mut w.net,
-        &mut w.exports,
-        &mut w.bdevs,
-        w.now,
-        true,
-    );
+    w.ep.poll(&mut w.net, &mut w.exports, &mut w.bdevs, w.now, true);
     w.turns(2);
     assert_ne!(w.net.sockets[i].state(), SocketState::Open);
     assert_ne!(w.net.sockets[j].state(), SocketState::Open);
