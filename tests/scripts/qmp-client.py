@@ -211,6 +211,25 @@ async def main():
     check(ev["data"] == {"id": "old"}, "nbd-server-remove's event")
     await b.execute("nbd-server-stop")
     check(await a.execute("query-block-exports") == [], "nbd-server-stop closes the exports")
+
+    # max-connections: one client at a time.
+    await a.execute("nbd-server-start", {"addr": {"type": "inet", "host": "10.0.3.15",
+                                                  "port": "10809"}, "max-connections": 1})
+    await a.execute("block-export-add", {"type": "nbd", "id": "one", "node-name": "VirtioBlk0"})
+    holder = subprocess.Popen(["qemu-io", "-f", "raw", "-r", nbd("VirtioBlk0")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    holder.stdin.write("read 0 4k\n")
+    holder.stdin.flush()
+    await asyncio.sleep(3)
+    p = subprocess.run(["nbdinfo", nbd("VirtioBlk0")], capture_output=True, text=True,
+                       timeout=60)
+    check(p.returncode != 0, "a second client is turned away at max-connections 1")
+    holder.stdin.close()
+    holder.wait(timeout=30)
+    await asyncio.sleep(2)
+    run("nbdinfo", nbd("VirtioBlk0"))
+    await a.execute("nbd-server-stop")
     await a.disconnect()
     await b.disconnect()
     print("qmp-client: all passed", flush=True)

@@ -197,6 +197,12 @@ impl Connection {
         self.export.as_ref()
     }
 
+    /// Closes a connection before its handshake (the server is full).
+    pub fn turn_away(&mut self, why: &'static str) {
+        self.out = OutQueue::default();
+        self.fail(why);
+    }
+
     /// Ends the connection if its export was removed.
     pub fn check_export(&mut self, exports: &Exports) {
         if self.export.as_ref().is_some_and(|e| !exports.still_has(e)) {

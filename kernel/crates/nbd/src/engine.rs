@@ -8,8 +8,13 @@ use ironbay_bdev::{Account, BlockIo, IoCompletion, Registry};
 impl TargetEngine for Connection {
     type Target = Exports;
     const PEER: &'static str = "NBD client";
-    fn open(_: SocketAddr, _: SocketAddr, _: u64, account: Account, _: &mut Exports) -> Self {
-        Connection::with_account(account)
+    fn open(_: SocketAddr, _: SocketAddr, _: u64, account: Account, e: &mut Exports) -> Self {
+        e.connections += 1;
+        let mut c = Connection::with_account(account);
+        if e.max_connections > 0 && e.connections > e.max_connections {
+            c.turn_away("too many clients (max-connections)");
+        }
+        c
     }
     fn wants_input(&self) -> bool {
         Connection::wants_input(self)
@@ -63,5 +68,7 @@ impl TargetEngine for Connection {
     fn in_handshake(&self) -> bool {
         Connection::in_handshake(self)
     }
-    fn closed(&mut self, _: &mut Exports) {}
+    fn closed(&mut self, e: &mut Exports) {
+        e.connections = e.connections.saturating_sub(1);
+    }
 }

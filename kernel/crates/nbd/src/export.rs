@@ -85,6 +85,11 @@ impl Export {
 #[derive(Clone, Debug, Default)]
 pub struct Exports {
     pub list: Vec<Export>,
+    /// Clients at once (QMP's `max-connections`); 0: as many as there are
+    /// sockets. Beyond it a newcomer is closed at once.
+    pub max_connections: usize,
+    /// Clients connected now.
+    pub connections: usize,
 }
 
 impl Exports {

@@ -222,3 +222,23 @@ fn a_client_of_a_removed_export_is_closed_at_the_next_wake() {
     assert_ne!(w.net.sockets[j].state(), SocketState::Open);
     assert_eq!(w.ep.connections().count(), 0);
 }
+
+#[test]
+fn beyond_max_connections_a_newcomer_is_closed_and_the_others_served() {
+    let mut w = World::new(4, Budget::unlimited());
+    w.exports.max_connections = 1;
+    let i = w.net.connect(peer(1, 4000)).unwrap();
+    w.login(i);
+    let j = w.net.connect(peer(2, 4000)).unwrap();
+    w.turns(2);
+    assert_ne!(w.net.sockets[j].state(), SocketState::Open);
+    assert_eq!(w.net.sockets[i].state(), SocketState::Open);
+    assert_eq!(w.exports.connections, 1);
+    // Once the first goes, a newcomer is served.
+    w.net.sockets[i].peer_close();
+    w.turns(30);
+    assert_eq!(w.exports.connections, 0);
+    let k = w.net.connect(peer(3, 4000)).unwrap();
+    w.login(k);
+    assert_eq!(w.exports.connections, 1);
+}

@@ -201,6 +201,9 @@ impl Block<'_, '_> {
             port,
             max_connections,
         });
+        if let Some(n) = self.model.nbd.as_deref_mut() {
+            n.max_connections = max_connections as usize;
+        }
         Ok(json!({}))
     }
 
@@ -259,6 +262,9 @@ impl Block<'_, '_> {
             self.export_del(&id, true)?;
         }
         self.state.server = None;
+        if let Some(n) = self.model.nbd.as_deref_mut() {
+            n.max_connections = 0;
+        }
         Ok(json!({}))
     }
 
