@@ -4,8 +4,13 @@ for what the library hides, a raw socket: greeting and negotiation, each
 block command and error class, events on every monitor, and an NBD export
 made over QMP used by nbdinfo, qemu-img, qemu-io and nbdcopy.
 
+Then incremental backup of a logical volume: a dirty bitmap, a full copy,
+writes, a snapshot exported with the bitmap as qemu:dirty-bitmap:b0, only
+the dirty extents copied (nbdinfo --map), the copy compared byte for byte;
+and qemu:allocation-depth on a clone.
+
 Environment: QMP_PORT (forwarded to 4444), NBD_PORT (forwarded to 10809),
-SCRATCH (a directory for files).
+RPC_PORT (JSON-RPC, for the volumes), SCRATCH (a directory for files).
 """
 
 import asyncio
@@ -19,6 +24,7 @@ from qemu.qmp import ExecuteError, QMPClient
 
 QMP = int(os.environ["QMP_PORT"])
 NBD = int(os.environ["NBD_PORT"])
+RPC = int(os.environ["RPC_PORT"])
 SCRATCH = os.environ["SCRATCH"]
 MIB = 1 << 20
 
@@ -88,6 +94,35 @@ def protocol():
     check(desc.startswith("JSON parse error"), desc)
     check("return" in r.send('{"execute": "query-version"}'), "still serving after garbage")
     return r
+
+
+def rpc(method, params):
+    s = socket.create_connection(("127.0.0.1", RPC), timeout=60)
+    s.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
+                          "params": params}).encode())
+    buf = b""
+    while True:
+        d = s.recv(65536)
+        check(d, f"{method}: an answer")
+        buf += d
+        try:
+            r = json.loads(buf)
+            break
+        except ValueError:
+            pass
+    check("result" in r, f"{method} {params}: {r}")
+    return r["result"]
+
+
+def nbd_map(uri, context):
+    """nbdinfo --map: [(offset, length, flags)]."""
+    out = run("nbdinfo", f"--map={context}", uri)
+    runs = []
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) >= 3 and f[0].isdigit():
+            runs.append((int(f[0]), int(f[1]), int(f[2])))
+    return runs
 
 
 def nbd(name):
@@ -230,9 +265,118 @@ async def main():
     await asyncio.sleep(2)
     run("nbdinfo", nbd("VirtioBlk0"))
     await a.execute("nbd-server-stop")
+    await backup(a)
     await a.disconnect()
     await b.disconnect()
     print("qmp-client: all passed", flush=True)
+
+
+async def deleted(q, export_id):
+    """Waits for BLOCK_EXPORT_DELETED of `export_id` (skipping others)."""
+    while True:
+        ev = await asyncio.wait_for(q.events.get(), 20)
+        if ev["event"] == "BLOCK_EXPORT_DELETED" and ev["data"] == {"id": export_id}:
+            return
+
+
+async def backup(a):
+    """Incremental backup of an lvol with a dirty bitmap."""
+    cluster = MIB
+    rpc("bdev_lvol_create_lvstore", {"bdev_name": "Nvme0n1", "lvs_name": "lvs0",
+                                     "cluster_sz": cluster})
+    vol = rpc("bdev_lvol_create", {"lvol_name": "vol0", "size_in_mib": 16,
+                                   "lvs_name": "lvs0", "thin_provision": True})
+    await a.execute("nbd-server-start", {"addr": {"type": "inet", "host": "0.0.0.0",
+                                                  "port": "10809"}})
+    # Some data before tracking starts.
+    await a.execute("block-export-add", {"type": "nbd", "id": "w", "node-name": vol,
+                                         "name": "vol-w", "writable": True})
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x11 0 6M", "-c", "write -P 0x12 8M 2M",
+        nbd("vol-w"))
+    await a.execute("block-dirty-bitmap-add", {"node": vol, "name": "b0"})
+    await expect_error(a, "block-dirty-bitmap-add", {"node": vol, "name": "b0"},
+                       "GenericError", "Bitmap already exists: b0")
+    await expect_error(a, "block-dirty-bitmap-add", {"node": "nope", "name": "b1"},
+                       "GenericError", "Cannot find device='nope' nor node-name='nope'")
+    await expect_error(a, "block-dirty-bitmap-add",
+                       {"node": vol, "name": "b1", "granularity": 1000},
+                       "GenericError", None)
+    await a.execute("block-dirty-bitmap-add", {"node": "VirtioBlk0", "name": "v0",
+                                               "disabled": True})
+    nodes = {n["node-name"]: n for n in await a.execute("query-named-block-nodes")}
+    b0 = nodes[vol]["dirty-bitmaps"][0]
+    check(b0["name"] == "b0" and b0["granularity"] == cluster and b0["recording"]
+          and b0["count"] == 0, f"b0 on the lvol has the cluster granularity: {b0}")
+    v0 = nodes["VirtioBlk0"]["dirty-bitmaps"][0]
+    check(v0["granularity"] == 65536 and not v0["recording"], f"v0: {v0}")
+
+    # The full copy.
+    full = os.path.join(SCRATCH, "full.img")
+    run("nbdcopy", nbd("vol-w"), full)
+    # Writes from a client: two small ones, one spanning clusters.
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x21 3M 4k",
+        "-c", "write -P 0x22 9M 64k", "-c", "write -P 0x23 12286k 8k", nbd("vol-w"))
+    await a.execute("block-export-del", {"id": "w"})
+    await deleted(a, "w")
+    nodes = {n["node-name"]: n for n in await a.execute("query-named-block-nodes")}
+    check(nodes[vol]["dirty-bitmaps"][0]["count"] == 4 * cluster,
+          f"4 clusters dirty: {nodes[vol]['dirty-bitmaps']}")
+
+    # Snapshot, export it with the volume's bitmap, copy only what changed.
+    snap = rpc("bdev_lvol_snapshot", {"lvol_name": vol, "snapshot_name": "snap1"})
+    await a.execute("block-export-add", {"type": "nbd", "id": "inc", "node-name": snap,
+                                         "name": "inc",
+                                         "bitmaps": [{"node": vol, "name": "b0"}]})
+    await expect_error(a, "block-dirty-bitmap-remove", {"node": vol, "name": "b0"},
+                       "GenericError", None)
+    runs = nbd_map(nbd("inc"), "qemu:dirty-bitmap:b0")
+    dirty = [(o, n) for o, n, f in runs if f & 1]
+    check(dirty == [(3 * MIB, MIB), (9 * MIB, MIB), (11 * MIB, 2 * MIB)],
+          f"exactly the written clusters are dirty: {runs}")
+    with open(full, "r+b") as f:
+        for k, (off, n) in enumerate(dirty):
+            piece = os.path.join(SCRATCH, f"piece{k}.img")
+            # qemu-img dd counts the skipped blocks in `count`.
+            run("qemu-img", "dd", "-f", "raw", "-O", "raw", f"bs={cluster}",
+                f"skip={off // cluster}", f"count={(off + n) // cluster}",
+                f"if={nbd('inc')}", f"of={piece}")
+            with open(piece, "rb") as p:
+                data = p.read()
+            check(len(data) == n, f"extent {k}: {len(data)} bytes read")
+            f.seek(off)
+            f.write(data)
+    run("qemu-img", "compare", "-f", "raw", "-F", "raw", full, nbd("inc"))
+    print("ok: the full copy plus the dirty extents is the snapshot, byte for byte")
+    await a.execute("block-export-del", {"id": "inc"})
+    await deleted(a, "inc")
+    await a.execute("block-dirty-bitmap-clear", {"node": vol, "name": "b0"})
+    await a.execute("block-dirty-bitmap-merge", {"node": vol, "target": "b0",
+                                                 "bitmaps": [{"node": "VirtioBlk0",
+                                                              "name": "v0"}]})
+    nodes = {n["node-name"]: n for n in await a.execute("query-named-block-nodes")}
+    check(nodes[vol]["dirty-bitmaps"][0]["count"] == 0, "cleared")
+    await a.execute("block-dirty-bitmap-remove", {"node": "VirtioBlk0", "name": "v0"})
+    await expect_error(a, "block-dirty-bitmap-clear", {"node": "VirtioBlk0", "name": "v0"},
+                       "GenericError", "Dirty bitmap 'v0' not found")
+
+    # allocation-depth on a clone: its own data, the snapshot's, nothing.
+    clone = rpc("bdev_lvol_clone", {"snapshot_name": snap, "clone_name": "clone1"})
+    await a.execute("block-export-add", {"type": "nbd", "id": "c", "node-name": clone,
+                                         "name": "clone", "writable": True,
+                                         "allocation-depth": True})
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x31 1M 4k", nbd("clone"))
+    runs = nbd_map(nbd("clone"), "qemu:allocation-depth")
+    depth = {}
+    for o, n, d in runs:
+        for c in range(o // MIB, (o + n) // MIB):
+            depth[c] = d
+    check(depth[1] == 1 and depth[0] == 2 and depth[8] == 2 and depth[6] == 0
+          and depth[15] == 0, f"allocation depth: {runs}")
+    base = nbd_map(nbd("clone"), "base:allocation")
+    check(len(base) > 0, "base:allocation beside it")
+    await a.execute("block-export-del", {"id": "c"})
+    await deleted(a, "c")
+    print("qmp-client: incremental backup passed", flush=True)
 
 
 asyncio.run(main())

@@ -24,7 +24,7 @@ fn qemu_qmp_library_drives_exports() {
     let (nvme, vblk) = (dir.join("nvme0.img"), dir.join("vblk0.img"));
     sparse_disk(&nvme, 64 * MIB).unwrap();
     sparse_disk(&vblk, 64 * MIB).unwrap();
-    let (qmp, nbd) = (free_port(), free_port());
+    let (qmp, nbd, rpc) = (free_port(), free_port(), free_port());
     let mut m = Machine::new(Boot::Kernel {
         image: require(&kernel()),
         append: "mgmt.ip=10.0.2.15/24 mgmt.gw=10.0.2.2 data.ip=10.0.3.15/24 data.gw=10.0.3.2"
@@ -32,7 +32,11 @@ fn qemu_qmp_library_drives_exports() {
         config: None,
     });
     m.disks = vec![Disk::nvme(0, 1, nvme), Disk::virtio(vblk)];
-    m.forwards = vec![(Nic::Mgmt, qmp, 4444), (Nic::Data, nbd, 10809)];
+    m.forwards = vec![
+        (Nic::Mgmt, qmp, 4444),
+        (Nic::Mgmt, rpc, 5260),
+        (Nic::Data, nbd, 10809),
+    ];
     let mut vm = Running::spawn(m.command()).expect("start qemu");
     vm.wait_for(READY, Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -64,6 +68,7 @@ fn qemu_qmp_library_drives_exports() {
         .arg(&script)
         .env("QMP_PORT", qmp.to_string())
         .env("NBD_PORT", nbd.to_string())
+        .env("RPC_PORT", rpc.to_string())
         .env("SCRATCH", &dir)
         .output()
         .expect("python3");

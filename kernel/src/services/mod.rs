@@ -291,6 +291,14 @@ impl Services {
 
     /// Moves bytes between sockets and engines and starts block I/O.
     pub fn poll(&mut self, network: &mut Network, storage: &mut Storage) -> bool {
+        // NBD first: a client that has just said goodbye is gone before a
+        // management command asks who is attached.
+        let mut busy = false;
+        if let Some(nbd) = &mut self.nbd {
+            busy |= nbd
+                .ports
+                .poll(network, &mut nbd.exports, &mut storage.bdevs, false);
+        }
         // Management traffic may have removed exports: NBD connections
         // then check theirs.
         let mut mgmt = false;
@@ -321,11 +329,10 @@ impl Services {
                 }
             }
         }
-        let mut busy = mgmt;
-        if let Some(nbd) = &mut self.nbd {
-            busy |= nbd
-                .ports
-                .poll(network, &mut nbd.exports, &mut storage.bdevs, mgmt);
+        busy |= mgmt;
+        if mgmt && let Some(nbd) = &mut self.nbd {
+            nbd.ports
+                .poll(network, &mut nbd.exports, &mut storage.bdevs, true);
         }
         let mut grew = false;
         if let Some(iscsi) = &mut self.iscsi {

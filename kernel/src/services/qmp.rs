@@ -98,7 +98,7 @@ fn clients(
     nbd.map_or(0, |p| {
         p.endpoint
             .connections()
-            .filter(|c| c.export().is_some_and(|e| e.name == name))
+            .filter(|c| c.in_transmission() && c.export().is_some_and(|e| e.name == name))
             .count()
     })
 }

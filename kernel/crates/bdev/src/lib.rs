@@ -25,6 +25,7 @@ extern crate alloc;
 pub mod bench;
 pub mod budget;
 mod buf;
+pub mod dirty;
 pub mod engine;
 pub mod error;
 mod malloc;

@@ -185,6 +185,8 @@ struct Slot {
     stats: IoStats,
     in_flight: Vec<Option<InFlight>>,
     free: Vec<u32>,
+    /// Marked by every write-like request submitted here.
+    bitmaps: Vec<crate::dirty::DirtyBitmap>,
 }
 
 impl Slot {
@@ -366,6 +368,7 @@ impl Registry {
             stats: IoStats::default(),
             in_flight: Vec::new(),
             free: Vec::new(),
+            bitmaps: Vec::new(),
         };
         let index = match self.slots.iter().position(Option::is_none) {
             Some(i) => {
@@ -538,6 +541,10 @@ impl Registry {
         self.slot(id)?.dev.allocation(lba, blocks)
     }
 
+    pub fn allocation_depth(&self, id: BdevId, lba: u64, blocks: u64) -> Option<Vec<(u64, u32)>> {
+        self.slot(id)?.dev.allocation_depth(lba, blocks)
+    }
+
     pub fn in_flight(&self, id: BdevId) -> usize {
         self.slot(id).map_or(0, |s| {
             s.dev.in_flight() + s.qos.as_ref().map_or(0, |q| q.queue.len())
@@ -632,6 +639,19 @@ impl Registry {
             self.rejected.push_back((id, c, io_type));
             return Ok(());
         }
+        if !slot.bitmaps.is_empty() {
+            let bs = slot.dev.info().block_size as u64;
+            let range = match &req.op {
+                IoOp::Write { lba, buf } => Some((lba * bs, buf.len() as u64)),
+                IoOp::Unmap { lba, blocks } | IoOp::WriteZeroes { lba, blocks } => {
+                    Some((lba * bs, *blocks as u64 * bs))
+                }
+                _ => None,
+            };
+            if let Some((off, len)) = range {
+                slot.bitmaps.iter_mut().for_each(|b| b.mark(off, len));
+            }
+        }
         if let Some(q) = &mut slot.qos {
             q.refill(now_us);
             if !q.queue.is_empty() || !q.admit(&req.op) {
@@ -643,6 +663,16 @@ impl Registry {
             }
         }
         slot.dispatch(req, now_us, now_us)
+    }
+
+    /// The dirty bitmaps of `id`.
+    pub fn bitmaps(&self, id: BdevId) -> &[crate::dirty::DirtyBitmap] {
+        self.slot(id).map_or(&[], |s| &s.bitmaps)
+    }
+
+    /// The dirty bitmaps of `id`, to add, change or remove.
+    pub fn bitmaps_mut(&mut self, id: BdevId) -> Option<&mut Vec<crate::dirty::DirtyBitmap>> {
+        self.slot_mut(id).map(|s| &mut s.bitmaps)
     }
 
     /// Collects finished requests from every device into `out`.

@@ -327,6 +327,13 @@ pub trait BlockDevice {
         None
     }
 
+    /// Where the data of `lba..lba+blocks` lives, as runs of (blocks,
+    /// depth): 0 unallocated, 1 in this device, 2 and up that many layers
+    /// down (a clone's snapshot is 2). `None`: the device has no layers.
+    fn allocation_depth(&self, _lba: u64, _blocks: u64) -> Option<Vec<(u64, u32)>> {
+        None
+    }
+
     /// Changes the capacity to `num_blocks` (at least 1; the registry
     /// checks). `Unsupported` if the device cannot take that size,
     /// `NoMemory` if a RAM device cannot get the memory.

@@ -99,6 +99,24 @@ impl State {
 
     /// The store cluster holding volume cluster `idx` of `id`, looking
     /// through parents.
+    /// How far down the chain cluster `idx` of volume `id` is mapped: 1 in
+    /// the volume itself, 2 in its parent, ...; 0 unallocated.
+    pub fn depth(&self, id: u32, idx: u64) -> u32 {
+        let mut cur = self.volumes.get(&id);
+        for d in 1..=self.volumes.len() as u32 + 1 {
+            let Some(v) = cur else { return 0 };
+            if idx >= v.size_clusters {
+                return 0;
+            }
+            if v.map.get(idx).is_some() {
+                return d;
+            }
+            let Some(p) = v.parent else { return 0 };
+            cur = self.volumes.get(&p);
+        }
+        0
+    }
+
     pub fn resolve(&self, id: u32, idx: u64) -> Option<u64> {
         let mut cur = self.volumes.get(&id);
         // The chain is acyclic (checked at load); the bound is belt and braces.

@@ -820,6 +820,24 @@ impl BlockDevice for LvolBdev {
         Some(runs)
     }
 
+    fn allocation_depth(&self, lba: u64, blocks: u64) -> Option<Vec<(u64, u32)>> {
+        let c = self.core.borrow();
+        let cb = c.cluster_blocks();
+        let end = lba.checked_add(blocks)?.min(self.info.num_blocks);
+        let mut runs: Vec<(u64, u32)> = Vec::new();
+        let mut at = lba;
+        while at < end {
+            let n = (cb - at % cb).min(end - at);
+            let d = c.meta.state.depth(self.id, at / cb);
+            match runs.last_mut() {
+                Some((k, s)) if *s == d => *k += n,
+                _ => runs.push((n, d)),
+            }
+            at += n;
+        }
+        Some(runs)
+    }
+
     fn refresh(&mut self) {
         if let Some(i) = self.core.borrow().bdev_info(self.id) {
             self.info = i;

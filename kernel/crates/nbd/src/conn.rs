@@ -27,12 +27,81 @@ use ironbay_bdev::{Account, BdevId, IoBuf, IoCompletion, IoOp, IoStatus, IoType,
 pub trait AllocationMap {
     /// Runs of (blocks, allocated) for the range; `None` when unknown.
     fn allocation(&self, bdev: BdevId, lba: u64, blocks: u64) -> Option<Vec<(u64, bool)>>;
+
+    /// Runs of (blocks, depth) for `qemu:allocation-depth`: 0 unallocated,
+    /// 1 in the device itself, 2 and up in the layers below.
+    fn depth(&self, bdev: BdevId, lba: u64, blocks: u64) -> Option<Vec<(u64, u32)>> {
+        let runs = self.allocation(bdev, lba, blocks)?;
+        Some(runs.into_iter().map(|(n, a)| (n, a as u32)).collect())
+    }
+
+    /// Runs of (bytes, dirty) of bitmap `name` on `bdev`.
+    fn dirty(&self, _bdev: BdevId, _name: &str, _off: u64, _len: u64) -> Option<Vec<(u64, bool)>> {
+        None
+    }
 }
 
 impl AllocationMap for Registry {
     fn allocation(&self, bdev: BdevId, lba: u64, blocks: u64) -> Option<Vec<(u64, bool)>> {
         Registry::allocation(self, bdev, lba, blocks)
     }
+
+    fn depth(&self, bdev: BdevId, lba: u64, blocks: u64) -> Option<Vec<(u64, u32)>> {
+        Registry::allocation_depth(self, bdev, lba, blocks).or_else(|| {
+            let runs = Registry::allocation(self, bdev, lba, blocks)?;
+            Some(runs.into_iter().map(|(n, a)| (n, a as u32)).collect())
+        })
+    }
+
+    fn dirty(&self, bdev: BdevId, name: &str, off: u64, len: u64) -> Option<Vec<(u64, bool)>> {
+        let b = self.bitmaps(bdev).iter().find(|b| b.name == name)?;
+        Some(
+            b.extents(off, len)
+                .into_iter()
+                .map(|(_, n, d)| (n, d))
+                .collect(),
+        )
+    }
+}
+
+/// A metadata context a connection selected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Ctx {
+    Base,
+    Depth,
+    Bitmap(BdevId, String),
+}
+
+impl Ctx {
+    fn name(&self) -> String {
+        match self {
+            Ctx::Base => BASE_ALLOCATION.into(),
+            Ctx::Depth => "qemu:allocation-depth".into(),
+            Ctx::Bitmap(_, b) => alloc::format!("qemu:dirty-bitmap:{b}"),
+        }
+    }
+
+    /// Whether a query names this context; namespace wildcards only for LIST.
+    fn matches(&self, q: &[u8], list: bool) -> bool {
+        if q == self.name().as_bytes() {
+            return true;
+        }
+        list && match self {
+            Ctx::Base => q == b"base:",
+            Ctx::Depth => q == b"qemu:",
+            Ctx::Bitmap(..) => q == b"qemu:" || q == b"qemu:dirty-bitmap:",
+        }
+    }
+}
+
+/// Every context `e` offers.
+fn contexts(e: &Export) -> Vec<Ctx> {
+    let mut v = alloc::vec![Ctx::Base];
+    if e.allocation_depth {
+        v.push(Ctx::Depth);
+    }
+    v.extend(e.bitmaps.iter().map(|(b, n)| Ctx::Bitmap(*b, n.clone())));
+    v
 }
 
 /// Nothing is known: every block is data.
@@ -103,9 +172,9 @@ pub struct Connection {
     out: OutQueue,
     no_zeroes: bool,
     structured: bool,
-    base_allocation: bool,
-    /// Export whose `base:allocation` the last NBD_OPT_SET_META_CONTEXT
-    /// selected; transmission on another export has no context.
+    /// Contexts of the last NBD_OPT_SET_META_CONTEXT (id = index + 1), for
+    /// `meta_export`; transmission on another export has none.
+    meta: Vec<Ctx>,
     meta_export: Option<String>,
     options: u32,
     export: Option<Export>,
@@ -120,7 +189,6 @@ pub struct Connection {
 }
 
 /// Reply to an unknown export, or any option error, carries no data.
-const META_ID: u32 = 1;
 const BASE_ALLOCATION: &str = "base:allocation";
 
 fn errno_of(s: IoStatus) -> u32 {
@@ -154,7 +222,7 @@ impl Connection {
             out: OutQueue::default(),
             no_zeroes: false,
             structured: false,
-            base_allocation: false,
+            meta: Vec::new(),
             meta_export: None,
             options: 0,
             export: None,
@@ -411,7 +479,9 @@ impl Connection {
 
     /// Entering transmission on `e`: contexts count only if selected for it.
     fn enter_transmission(&mut self, e: Export) {
-        self.base_allocation = self.meta_export.as_deref() == Some(e.name.as_str());
+        if self.meta_export.as_deref() != Some(e.name.as_str()) {
+            self.meta.clear();
+        }
         self.export = Some(e);
         self.phase = Phase::Transmission;
     }
@@ -468,6 +538,7 @@ impl Connection {
         // SET replaces the selection, also when it fails.
         if option == opt::SET_META_CONTEXT {
             self.meta_export = None;
+            self.meta.clear();
             if !self.structured {
                 return self.send(wire::option_reply(option, rep::ERR_INVALID, b""));
             }
@@ -499,22 +570,25 @@ impl Connection {
         let Some(export) = exports.find(&name) else {
             return self.send(wire::option_reply(option, rep::ERR_UNKNOWN, b""));
         };
-        // base:allocation is our only context. `base:` is a wildcard for
-        // LIST only (SET ignores it); LIST with no queries lists all.
+        // LIST with no queries lists all; namespaces are wildcards for LIST
+        // only. Replies come in the export's context order.
         let list = option == opt::LIST_META_CONTEXT;
-        let matches = queries
-            .iter()
-            .any(|q| *q == BASE_ALLOCATION.as_bytes() || (list && *q == b"base:"))
-            || (list && queries.is_empty());
-        if !list && matches {
+        let chosen: Vec<Ctx> = contexts(export)
+            .into_iter()
+            .filter(|c| (list && queries.is_empty()) || queries.iter().any(|q| c.matches(q, list)))
+            .collect();
+        if !list {
             self.meta_export = Some(export.name.clone());
         }
-        if matches {
+        for (i, c) in chosen.iter().enumerate() {
             // Context IDs in LIST replies are reserved: zero.
-            let id = if list { 0 } else { META_ID };
+            let id = if list { 0 } else { i as u32 + 1 };
             let mut d = id.to_be_bytes().to_vec();
-            d.extend(BASE_ALLOCATION.as_bytes());
+            d.extend(c.name().as_bytes());
             self.send(wire::option_reply(option, rep::META_CONTEXT, &d));
+        }
+        if !list {
+            self.meta = chosen;
         }
         self.send(wire::option_reply(option, rep::ACK, b""));
     }
@@ -608,7 +682,7 @@ impl Connection {
             if !req.offset.is_multiple_of(bs) || !(req.length as u64).is_multiple_of(bs) {
                 return Err(errno::EINVAL);
             }
-            if req.kind == cmd::BLOCK_STATUS && (!self.base_allocation || req.length == 0) {
+            if req.kind == cmd::BLOCK_STATUS && (self.meta.is_empty() || req.length == 0) {
                 return Err(errno::EINVAL);
             }
             // FUA is valid on every command; CACHE knows no other flag.
@@ -764,28 +838,46 @@ impl Connection {
         const HOLE_ZERO: u32 = 3;
         let bs = e.block_size as u64;
         let blocks = req.length as u64 / bs;
-        let runs = map
-            .allocation(e.bdev, req.offset / bs, blocks)
-            .unwrap_or_else(|| alloc::vec![(blocks, true)]);
         let limit = if req.flags & cmd::FLAG_REQ_ONE != 0 {
             1
         } else {
             MAX_EXTENTS
         };
-        let mut payload = META_ID.to_be_bytes().to_vec();
-        for (n, allocated) in runs.into_iter().filter(|r| r.0 > 0).take(limit) {
-            payload.extend(((n * bs) as u32).to_be_bytes());
-            payload.extend((if allocated { 0 } else { HOLE_ZERO }).to_be_bytes());
+        let last = self.meta.len();
+        for (i, c) in self.meta.clone().into_iter().enumerate() {
+            // (bytes, flags) runs for this context.
+            let runs: Vec<(u64, u32)> = match &c {
+                Ctx::Base => map
+                    .allocation(e.bdev, req.offset / bs, blocks)
+                    .unwrap_or_else(|| alloc::vec![(blocks, true)])
+                    .into_iter()
+                    .map(|(n, a)| (n * bs, if a { 0 } else { HOLE_ZERO }))
+                    .collect(),
+                Ctx::Depth => map
+                    .depth(e.bdev, req.offset / bs, blocks)
+                    .unwrap_or_else(|| alloc::vec![(blocks, 1)])
+                    .into_iter()
+                    .map(|(n, d)| (n * bs, d))
+                    .collect(),
+                Ctx::Bitmap(b, name) => map
+                    .dirty(*b, name, req.offset, req.length as u64)
+                    .unwrap_or_else(|| alloc::vec![(req.length as u64, true)])
+                    .into_iter()
+                    .map(|(n, d)| (n, d as u32))
+                    .collect(),
+            };
+            let mut payload = (i as u32 + 1).to_be_bytes().to_vec();
+            for (n, flags) in runs.into_iter().filter(|r| r.0 > 0).take(limit) {
+                payload.extend((n as u32).to_be_bytes());
+                payload.extend(flags.to_be_bytes());
+            }
+            let flags = if i + 1 == last { chunk::FLAG_DONE } else { 0 };
+            let mut v =
+                wire::chunk_header(flags, chunk::BLOCK_STATUS, req.cookie, payload.len() as u32)
+                    .to_vec();
+            v.extend(payload);
+            self.send(v);
         }
-        let mut v = wire::chunk_header(
-            chunk::FLAG_DONE,
-            chunk::BLOCK_STATUS,
-            req.cookie,
-            payload.len() as u32,
-        )
-        .to_vec();
-        v.extend(payload);
-        self.send(v);
     }
 
     /// Success without data: NBD_REPLY_TYPE_NONE once structured replies

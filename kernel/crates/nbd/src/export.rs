@@ -22,6 +22,10 @@ pub struct Export {
     pub multi_conn: bool,
     /// Every write completes only once stable (as if sent with FUA).
     pub writethrough: bool,
+    /// Dirty bitmaps offered as `qemu:dirty-bitmap:NAME`: (bdev, name).
+    pub bitmaps: Vec<(BdevId, String)>,
+    /// `qemu:allocation-depth` is offered.
+    pub allocation_depth: bool,
 }
 
 /// Largest request payload accepted, whatever the bdev allows (requests are
@@ -50,6 +54,8 @@ impl Export {
             read_only: read_only || info.read_only,
             multi_conn: true,
             writethrough: false,
+            bitmaps: Vec::new(),
+            allocation_depth: false,
         }
     }
 

@@ -9,6 +9,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::net::IpAddr;
 use ironbay_bdev::BdevId;
+use ironbay_bdev::dirty::{self, DirtyBitmap};
 use ironbay_model::Model;
 use serde_json::{Map, Value, json};
 
@@ -66,6 +67,12 @@ pub const COMMANDS: &[&str] = &[
     "block-export-add",
     "block-export-del",
     "query-block-exports",
+    "block-dirty-bitmap-add",
+    "block-dirty-bitmap-remove",
+    "block-dirty-bitmap-clear",
+    "block-dirty-bitmap-enable",
+    "block-dirty-bitmap-disable",
+    "block-dirty-bitmap-merge",
 ];
 
 /// The default NBD port, where `nbd-server-stop` puts the listener back.
@@ -128,6 +135,18 @@ impl Dispatch for Block<'_, '_> {
                 return Ok(json!({}));
             }
             "query-block-exports" => self.exports(),
+            "block-dirty-bitmap-add" => self.bitmap_add(&mut a)?,
+            "block-dirty-bitmap-remove"
+            | "block-dirty-bitmap-clear"
+            | "block-dirty-bitmap-enable"
+            | "block-dirty-bitmap-disable" => {
+                let node = a.req_str("node")?;
+                let bitmap = a.req_str("name")?;
+                a.finish()?;
+                self.bitmap_op(name, node, bitmap)?;
+                return Ok(json!({}));
+            }
+            "block-dirty-bitmap-merge" => self.bitmap_merge(&mut a)?,
             _ => {
                 return Err(QmpError::command_not_found(format!(
                     "The command {name} has not been found"
@@ -149,11 +168,154 @@ fn mode(a: &mut Args<'_>) -> Result<bool, QmpError> {
 }
 
 impl Block<'_, '_> {
+    /// The node named `node`, for the bitmap commands.
+    fn node(&self, node: &str) -> Result<BdevId, QmpError> {
+        self.model
+            .bdevs
+            .find(node)
+            .ok_or_else(|| QmpError::generic(format!("Node '{node}' not found")))
+    }
+
+    /// Index of bitmap `name` on `id`.
+    fn bitmap(&self, id: BdevId, name: &str) -> Result<usize, QmpError> {
+        self.model
+            .bdevs
+            .bitmaps(id)
+            .iter()
+            .position(|b| b.name == name)
+            .ok_or_else(|| QmpError::generic(format!("Dirty bitmap '{name}' not found")))
+    }
+
+    /// Whether an NBD export shows bitmap `name` of `node`.
+    fn bitmap_exported(&self, node: BdevId, name: &str) -> bool {
+        self.model.nbd.as_deref().is_some_and(|n| {
+            n.list
+                .iter()
+                .any(|e| e.bitmaps.iter().any(|(b, x)| *b == node && x == name))
+        })
+    }
+
+    fn bitmap_add(&mut self, a: &mut Args<'_>) -> Result<Value, QmpError> {
+        let node = a.req_str("node")?;
+        let name = a.req_str("name")?;
+        let granularity = a.opt_u32("granularity")?;
+        let persistent = a.opt_bool("persistent")?.unwrap_or(false);
+        let disabled = a.opt_bool("disabled")?.unwrap_or(false);
+        let id = self.model.bdevs.find(node).ok_or_else(|| {
+            QmpError::generic(format!(
+                "Cannot find device='{node}' nor node-name='{node}'"
+            ))
+        })?;
+        if name.is_empty() {
+            return Err(QmpError::generic("Bitmap name cannot be empty"));
+        }
+        if name.len() > dirty::MAX_NAME {
+            return Err(QmpError::generic(format!("Bitmap name too long: {name}")));
+        }
+        let cluster = self.model.lvol_of(id).map(|(s, _)| s.cluster_size);
+        let g = granularity.unwrap_or_else(|| dirty::default_granularity(cluster));
+        if !g.is_power_of_two() || !(dirty::MIN_GRANULARITY..=dirty::MAX_GRANULARITY).contains(&g) {
+            return Err(QmpError::generic(format!(
+                "Granularity must be power of 2 between {} and {}",
+                dirty::MIN_GRANULARITY,
+                dirty::MAX_GRANULARITY
+            )));
+        }
+        if persistent {
+            return Err(QmpError::generic(format!(
+                "Cannot store dirty bitmaps on '{node}': persistent bitmaps are not available yet"
+            )));
+        }
+        let size = self
+            .model
+            .bdevs
+            .info(id)
+            .map_or(0, ironbay_bdev::BdevInfo::size_bytes);
+        let list = self
+            .model
+            .bdevs
+            .bitmaps_mut(id)
+            .ok_or_else(|| QmpError::generic(format!("Node '{node}' not found")))?;
+        if list.iter().any(|b| b.name == name) {
+            return Err(QmpError::generic(format!("Bitmap already exists: {name}")));
+        }
+        if list.len() >= dirty::MAX_PER_BDEV {
+            return Err(QmpError::generic(format!(
+                "Node '{node}' has {} bitmaps already",
+                dirty::MAX_PER_BDEV
+            )));
+        }
+        let mut b = DirtyBitmap::new(name, g, size)
+            .ok_or_else(|| QmpError::generic("Cannot allocate memory for the bitmap"))?;
+        b.enabled = !disabled;
+        b.persistent = persistent;
+        list.push(b);
+        Ok(json!({}))
+    }
+
+    fn bitmap_op(&mut self, cmd: &str, node: &str, name: &str) -> Result<(), QmpError> {
+        let id = self.node(node)?;
+        let i = self.bitmap(id, name)?;
+        if self.bitmap_exported(id, name) {
+            return Err(QmpError::generic(format!(
+                "Bitmap '{name}' is currently in use by another operation and cannot be used"
+            )));
+        }
+        let Some(list) = self.model.bdevs.bitmaps_mut(id) else {
+            return Err(QmpError::generic(format!("Node '{node}' not found")));
+        };
+        match cmd {
+            "block-dirty-bitmap-remove" => {
+                list.remove(i);
+            }
+            "block-dirty-bitmap-clear" => list[i].clear(),
+            "block-dirty-bitmap-enable" => list[i].enabled = true,
+            _ => list[i].enabled = false,
+        }
+        Ok(())
+    }
+
+    fn bitmap_merge(&mut self, a: &mut Args<'_>) -> Result<Value, QmpError> {
+        let node = a.req_str("node")?;
+        let target = a.req_str("target")?;
+        let sources = a.req_array("bitmaps")?;
+        let id = self.node(node)?;
+        let t = self.bitmap(id, target)?;
+        let mut merged: Vec<DirtyBitmap> = Vec::new();
+        for (k, src) in sources.iter().enumerate() {
+            let (n, b) = match src {
+                Value::String(b) => (node, b.as_str()),
+                Value::Object(o) => {
+                    let mut sa = Args::new(o);
+                    let n = sa.req_str("node")?;
+                    let b = sa.req_str("name")?;
+                    sa.finish()?;
+                    (n, b)
+                }
+                _ => {
+                    return Err(crate::args::invalid_type(
+                        &format!("bitmaps[{k}]"),
+                        "string or object",
+                    ));
+                }
+            };
+            let sid = self.node(n)?;
+            let si = self.bitmap(sid, b)?;
+            merged.push(self.model.bdevs.bitmaps(sid)[si].clone());
+        }
+        if let Some(list) = self.model.bdevs.bitmaps_mut(id) {
+            for m in &merged {
+                list[t].merge_from(m);
+            }
+        }
+        Ok(json!({}))
+    }
+
     fn nodes(&self) -> Vec<Value> {
         let reg = &*self.model.bdevs;
         reg.ids()
-            .filter_map(|id| reg.info(id))
-            .map(|i| {
+            .filter_map(|id| Some((id, reg.info(id)?)))
+            .map(|(id, i)| {
                 let size = i.size_bytes();
                 json!({
                     "node-name": i.name,
@@ -167,6 +329,14 @@ impl Block<'_, '_> {
                     "iops": 0, "iops_rd": 0, "iops_wr": 0,
                     "write_threshold": 0,
                     "cache": { "writeback": true, "direct": true, "no-flush": false },
+                    "dirty-bitmaps": reg.bitmaps(id).iter().map(|b| json!({
+                        "name": b.name,
+                        "granularity": b.granularity,
+                        "count": b.dirty_bytes(),
+                        "recording": b.enabled,
+                        "busy": self.bitmap_exported(id, &b.name),
+                        "persistent": b.persistent,
+                    })).collect::<Vec<Value>>(),
                     "image": {
                         "filename": i.name,
                         "format": driver(&i.product),
@@ -273,9 +443,7 @@ impl Block<'_, '_> {
         let name = a.opt_str("name")?.unwrap_or(device);
         let description = a.opt_str("description")?;
         let writable = a.opt_bool("writable")?.unwrap_or(false);
-        if let Some(b) = a.opt_str("bitmap")? {
-            return Err(QmpError::generic(format!("Bitmap '{b}' is not found")));
-        }
+        let bitmap = a.opt_str("bitmap")?;
         self.running()?;
         // The old command's own answer for an unknown device.
         if self.model.bdevs.find(device).is_none() {
@@ -283,7 +451,19 @@ impl Block<'_, '_> {
                 "Device '{device}' not found"
             )));
         }
+        let bitmaps = match bitmap {
+            Some(b) => alloc::vec![self.export_bitmap(device, 0, &Value::String(b.into()))?],
+            None => Vec::new(),
+        };
         self.add(name, device, name, description, writable, false)?;
+        if let Some(e) = self
+            .model
+            .nbd
+            .as_deref_mut()
+            .and_then(|n| n.list.iter_mut().find(|e| e.name == name))
+        {
+            e.bitmaps = bitmaps;
+        }
         Ok(json!({}))
     }
 
@@ -308,24 +488,64 @@ impl Block<'_, '_> {
         }
         let name = a.opt_str("name")?.unwrap_or(node);
         let description = a.opt_str("description")?;
-        if let Some(b) = a.opt_array("bitmaps")?.and_then(|l| l.first()) {
-            let b = b
-                .as_str()
-                .or_else(|| b.get("name").and_then(Value::as_str))
-                .unwrap_or("");
-            return Err(QmpError::generic(format!("Bitmap '{b}' is not found")));
+        let mut bitmaps: Vec<(BdevId, String)> = Vec::new();
+        if let Some(list) = a.opt_array("bitmaps")? {
+            for (k, b) in list.iter().enumerate() {
+                bitmaps.push(self.export_bitmap(node, k, b)?);
+            }
         }
-        if a.opt_bool("allocation-depth")? == Some(true) {
-            return Err(QmpError::generic(
-                "allocation-depth is not available on this server yet",
-            ));
-        }
+        let depth = a.opt_bool("allocation-depth")?.unwrap_or(false);
         if id.is_empty() || id.len() > 255 {
             return Err(QmpError::generic("Invalid block export id"));
         }
         self.running()?;
         self.add(id, node, name, description, writable, writethrough)?;
+        if let Some(e) = self
+            .model
+            .nbd
+            .as_deref_mut()
+            .and_then(|n| n.list.iter_mut().find(|e| e.name == name))
+        {
+            e.bitmaps = bitmaps;
+            e.allocation_depth = depth;
+        }
         Ok(json!({}))
+    }
+
+    /// A `bitmaps` entry of block-export-add: a name on the exported node
+    /// (else the one bitmap of that name on any node), or `{node, name}`.
+    fn export_bitmap(&self, node: &str, k: usize, b: &Value) -> Result<(BdevId, String), QmpError> {
+        let (on, name) = match b {
+            Value::String(s) => (None, s.as_str()),
+            Value::Object(o) => {
+                let mut ba = Args::new(o);
+                let n = ba.req_str("node")?;
+                let b = ba.req_str("name")?;
+                ba.finish()?;
+                (Some(n), b)
+            }
+            _ => {
+                return Err(crate::args::invalid_type(
+                    &format!("bitmaps[{k}]"),
+                    "string or object",
+                ));
+            }
+        };
+        let reg = &*self.model.bdevs;
+        let has = |id: BdevId| reg.bitmaps(id).iter().any(|x| x.name == name);
+        let found = match on {
+            Some(n) => reg.find(n).filter(|&id| has(id)),
+            None => reg.find(node).filter(|&id| has(id)).or_else(|| {
+                let mut all = reg.ids().filter(|&id| has(id));
+                match (all.next(), all.next()) {
+                    (Some(id), None) => Some(id),
+                    _ => None,
+                }
+            }),
+        };
+        found
+            .map(|id| (id, name.into()))
+            .ok_or_else(|| QmpError::generic(format!("Bitmap '{name}' is not found")))
     }
 
     fn find_id(&self, id: &str) -> bool {

@@ -346,3 +346,117 @@ fn commands_are_listed() {
         );
     }
 }
+
+#[test]
+fn dirty_bitmaps_track_writes_and_export_with_the_node() {
+    use ironbay_bdev::{IoBuf, IoOp, IoRequest};
+    let mut w = World::new();
+    w.ok(
+        "block-dirty-bitmap-add",
+        json!({"node": "Malloc0", "name": "b0", "granularity": 4096}),
+    );
+    w.ok(
+        "block-dirty-bitmap-add",
+        json!({"node": "Malloc0", "name": "off", "disabled": true}),
+    );
+    for (args, want) in [
+        (
+            json!({"node": "Malloc0", "name": "b0"}),
+            "Bitmap already exists: b0",
+        ),
+        (
+            json!({"node": "Nope", "name": "b0"}),
+            "Cannot find device='Nope' nor node-name='Nope'",
+        ),
+        (
+            json!({"node": "Malloc0", "name": "g", "granularity": 3000}),
+            "Granularity must be power of 2 between 512 and 2147483648",
+        ),
+        (
+            json!({"node": "Malloc0", "name": ""}),
+            "Bitmap name cannot be empty",
+        ),
+    ] {
+        assert_eq!(
+            w.err("block-dirty-bitmap-add", args.clone()).1,
+            want,
+            "{args}"
+        );
+    }
+    // A write through the registry marks what it touched.
+    let id = w.reg.find("Malloc0").unwrap();
+    let req = IoRequest {
+        tag: 1,
+        op: IoOp::Write {
+            lba: 7,
+            buf: IoBuf::new(1024),
+        },
+        fua: false,
+    };
+    w.reg.submit(id, req, 0).unwrap();
+    let nodes = w.ok("query-named-block-nodes", json!({}));
+    let bitmaps = &nodes[0]["dirty-bitmaps"];
+    assert_eq!(
+        bitmaps[0]["count"], 8192,
+        "bytes 3584..4608 span two 4 KiB chunks: {bitmaps}"
+    );
+    assert_eq!(bitmaps[1]["count"], 0, "disabled bitmaps do not record");
+    assert_eq!(
+        bitmaps[1]["granularity"], 65536,
+        "default for a node without clusters"
+    );
+    w.ok(
+        "block-dirty-bitmap-merge",
+        json!({"node": "Malloc0", "target": "off", "bitmaps": ["b0"]}),
+    );
+    let nodes = w.ok("query-named-block-nodes", json!({}));
+    assert_eq!(nodes[0]["dirty-bitmaps"][1]["count"], 65536);
+    // Exported: busy, cannot be removed or cleared.
+    w.ok(
+        "nbd-server-start",
+        json!({"addr": {"type": "inet", "host": "0.0.0.0", "port": "10809"}}),
+    );
+    w.ok(
+        "block-export-add",
+        json!({"type": "nbd", "id": "e", "node-name": "Malloc1",
+               "bitmaps": [{"node": "Malloc0", "name": "b0"}], "allocation-depth": true}),
+    );
+    let e = w.nbd.find("Malloc1").unwrap();
+    assert_eq!(e.bitmaps, vec![(id, "b0".to_string())]);
+    assert!(e.allocation_depth);
+    let nodes = w.ok("query-named-block-nodes", json!({}));
+    assert_eq!(nodes[0]["dirty-bitmaps"][0]["busy"], true);
+    for cmd in ["block-dirty-bitmap-remove", "block-dirty-bitmap-clear"] {
+        assert!(
+            w.err(cmd, json!({"node": "Malloc0", "name": "b0"}))
+                .1
+                .contains("in use"),
+            "{cmd}"
+        );
+    }
+    w.ok("block-export-del", json!({"id": "e"}));
+    w.ok(
+        "block-dirty-bitmap-clear",
+        json!({"node": "Malloc0", "name": "b0"}),
+    );
+    w.ok(
+        "block-dirty-bitmap-remove",
+        json!({"node": "Malloc0", "name": "b0"}),
+    );
+    assert_eq!(
+        w.err(
+            "block-dirty-bitmap-enable",
+            json!({"node": "Malloc0", "name": "b0"})
+        )
+        .1,
+        "Dirty bitmap 'b0' not found"
+    );
+    assert_eq!(
+        w.err(
+            "block-dirty-bitmap-add",
+            json!({"node": "Malloc0", "name": "p", "persistent": true})
+        )
+        .0,
+        "GenericError"
+    );
+}

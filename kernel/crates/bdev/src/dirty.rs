@@ -1,0 +1,168 @@
+//! Dirty bitmaps: which chunks of a bdev were written since the bitmap was
+//! made or last cleared (changed block tracking for incremental backup, as
+//! QEMU's block dirty bitmaps). One bit per `granularity` bytes; the
+//! registry marks every write, write-zeroes and unmap submitted to the bdev
+//! while the bitmap is enabled.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// Bitmaps one bdev may carry.
+pub const MAX_PER_BDEV: usize = 64;
+/// Smallest and largest granularity (QEMU's bounds).
+pub const MIN_GRANULARITY: u32 = 512;
+pub const MAX_GRANULARITY: u32 = 1 << 31;
+/// Longest bitmap name (QEMU's).
+pub const MAX_NAME: usize = 1023;
+
+#[derive(Clone, Debug)]
+pub struct DirtyBitmap {
+    pub name: String,
+    pub granularity: u32,
+    /// Writes mark it only while enabled.
+    pub enabled: bool,
+    /// Kept across reboots where the bdev can store it.
+    pub persistent: bool,
+    size: u64,
+    bits: Vec<u64>,
+}
+
+impl DirtyBitmap {
+    /// A clean bitmap over `size` bytes; `None` if memory for it is short.
+    pub fn new(name: &str, granularity: u32, size: u64) -> Option<Self> {
+        let mut bits = Vec::new();
+        let words = size.div_ceil(granularity as u64).div_ceil(64) as usize;
+        bits.try_reserve_exact(words).ok()?;
+        bits.resize(words, 0);
+        Some(DirtyBitmap {
+            name: name.into(),
+            granularity,
+            enabled: true,
+            persistent: false,
+            size,
+            bits,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn chunks(&self) -> u64 {
+        self.size.div_ceil(self.granularity as u64)
+    }
+
+    fn get(&self, i: u64) -> bool {
+        self.bits[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    /// Marks the chunks bytes `off..off + len` touch (if enabled).
+    pub fn mark(&mut self, off: u64, len: u64) {
+        if self.enabled {
+            self.set_range(off, len);
+        }
+    }
+
+    fn set_range(&mut self, off: u64, len: u64) {
+        if len == 0 || off >= self.size {
+            return;
+        }
+        let g = self.granularity as u64;
+        let end = (off + len).min(self.size);
+        for i in off / g..end.div_ceil(g) {
+            self.bits[(i / 64) as usize] |= 1 << (i % 64);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.bits.iter_mut().for_each(|w| *w = 0);
+    }
+
+    /// Bytes in dirty chunks (the last chunk counts only up to the size).
+    pub fn dirty_bytes(&self) -> u64 {
+        let g = self.granularity as u64;
+        (0..self.chunks())
+            .filter(|&i| self.get(i))
+            .map(|i| g.min(self.size - i * g))
+            .sum()
+    }
+
+    /// Marks everything dirty in `other` (any granularity) here too.
+    pub fn merge_from(&mut self, other: &DirtyBitmap) {
+        for (off, len, dirty) in other.extents(0, other.size) {
+            if dirty {
+                self.set_range(off, len);
+            }
+        }
+    }
+
+    /// Runs of (offset, length, dirty) covering `off..off + len`, cut at
+    /// the bitmap's size.
+    pub fn extents(&self, off: u64, len: u64) -> Vec<(u64, u64, bool)> {
+        let mut out: Vec<(u64, u64, bool)> = Vec::new();
+        let end = (off + len).min(self.size);
+        let g = self.granularity as u64;
+        let mut pos = off;
+        while pos < end {
+            let i = pos / g;
+            let next = ((i + 1) * g).min(end);
+            let d = self.get(i);
+            match out.last_mut() {
+                Some(last) if last.2 == d => last.1 += next - pos,
+                _ => out.push((pos, next - pos, d)),
+            }
+            pos = next;
+        }
+        out
+    }
+}
+
+/// QEMU's default granularity: the device's cluster size where it has
+/// one (at least 4 KiB), else 64 KiB.
+pub fn default_granularity(cluster: Option<u64>) -> u32 {
+    match cluster {
+        Some(c) if c > 0 => c.clamp(4096, MAX_GRANULARITY as u64) as u32,
+        _ => 64 << 10,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_chunks_and_reports_runs() {
+        let mut b = DirtyBitmap::new("b0", 65536, 1 << 20).unwrap();
+        b.mark(4096, 512);
+        b.mark(65536 * 3 - 1, 2);
+        assert_eq!(
+            b.extents(0, 1 << 20),
+            [
+                (0, 65536, true),
+                (65536, 65536, false),
+                (131072, 131072, true),
+                (262144, (1 << 20) - 262144, false)
+            ]
+        );
+        assert_eq!(b.extents(140_000, 10), [(140_000, 10, true)]);
+        assert_eq!(b.dirty_bytes(), 3 * 65536);
+        b.enabled = false;
+        b.mark(900_000, 10);
+        assert_eq!(b.dirty_bytes(), 3 * 65536);
+        b.clear();
+        assert_eq!(b.extents(0, 1 << 20), [(0, 1 << 20, false)]);
+    }
+
+    #[test]
+    fn merging_across_granularities_and_a_short_last_chunk() {
+        let mut a = DirtyBitmap::new("a", 4096, 10_000).unwrap();
+        let mut b = DirtyBitmap::new("b", 65536, 10_000).unwrap();
+        a.mark(8192, 1);
+        assert_eq!(a.dirty_bytes(), 10_000 - 8192);
+        b.merge_from(&a);
+        assert_eq!(b.extents(0, 10_000), [(0, 10_000, true)]);
+        assert_eq!(default_granularity(None), 65536);
+        assert_eq!(default_granularity(Some(1 << 20)), 1 << 20);
+        assert_eq!(default_granularity(Some(512)), 4096);
+    }
+}
