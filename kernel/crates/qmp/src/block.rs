@@ -80,6 +80,18 @@ pub const NBD_PORT: u16 = 10809;
 /// Longest NBD export name (the protocol's limit).
 const MAX_NAME: usize = 4096;
 
+/// What an export is made with.
+struct NewExport<'a> {
+    id: &'a str,
+    node: &'a str,
+    name: &'a str,
+    description: Option<&'a str>,
+    writable: bool,
+    writethrough: bool,
+    bitmaps: Vec<(BdevId, String)>,
+    allocation_depth: bool,
+}
+
 /// One command's view of the appliance.
 pub struct Block<'a, 'm> {
     pub model: &'a mut Model<'m>,
@@ -455,15 +467,16 @@ impl Block<'_, '_> {
             Some(b) => alloc::vec![self.export_bitmap(device, 0, &Value::String(b.into()))?],
             None => Vec::new(),
         };
-        self.add(name, device, name, description, writable, false)?;
-        if let Some(e) = self
-            .model
-            .nbd
-            .as_deref_mut()
-            .and_then(|n| n.list.iter_mut().find(|e| e.name == name))
-        {
-            e.bitmaps = bitmaps;
-        }
+        self.add(NewExport {
+            id: name,
+            node: device,
+            name,
+            description,
+            writable,
+            writethrough: false,
+            bitmaps,
+            allocation_depth: false,
+        })?;
         Ok(json!({}))
     }
 
@@ -499,16 +512,16 @@ impl Block<'_, '_> {
             return Err(QmpError::generic("Invalid block export id"));
         }
         self.running()?;
-        self.add(id, node, name, description, writable, writethrough)?;
-        if let Some(e) = self
-            .model
-            .nbd
-            .as_deref_mut()
-            .and_then(|n| n.list.iter_mut().find(|e| e.name == name))
-        {
-            e.bitmaps = bitmaps;
-            e.allocation_depth = depth;
-        }
+        self.add(NewExport {
+            id,
+            node,
+            name,
+            description,
+            writable,
+            writethrough,
+            bitmaps,
+            allocation_depth: depth,
+        })?;
         Ok(json!({}))
     }
 
@@ -556,15 +569,8 @@ impl Block<'_, '_> {
             || self.state.dying.iter().any(|d| d.id == id)
     }
 
-    fn add(
-        &mut self,
-        id: &str,
-        node: &str,
-        name: &str,
-        description: Option<&str>,
-        writable: bool,
-        writethrough: bool,
-    ) -> Result<(), QmpError> {
+    fn add(&mut self, x: NewExport<'_>) -> Result<(), QmpError> {
+        let NewExport { id, node, name, .. } = x;
         if self.find_id(id) {
             return Err(QmpError::generic(format!(
                 "Block export id '{id}' is already in use"
@@ -602,11 +608,13 @@ impl Block<'_, '_> {
             .and_then(|n| n.list.iter_mut().find(|e| e.name == name))
         {
             e.id = id.into();
-            e.read_only = e.read_only || !writable;
-            e.writethrough = writethrough;
-            if let Some(d) = description {
+            e.read_only = e.read_only || !x.writable;
+            e.writethrough = x.writethrough;
+            if let Some(d) = x.description {
                 e.description = d.into();
             }
+            e.bitmaps = x.bitmaps;
+            e.allocation_depth = x.allocation_depth;
         }
         Ok(())
     }
