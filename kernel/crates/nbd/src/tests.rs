@@ -896,3 +896,80 @@ fn too_many_meta_context_queries_are_too_big_not_invalid() {
     ));
     assert_eq!(r.option_reply().1, rep::ERR_TOO_BIG);
 }
+
+#[test]
+fn qemu_contexts_list_select_and_answer_a_chunk_each() {
+    use ironbay_bdev::dirty::DirtyBitmap;
+    let mut r = rig();
+    let id = r.reg.find("Malloc0").unwrap();
+    let mut b = DirtyBitmap::new("b0", 65536, 2048 * 512).unwrap();
+    b.mark(65536, 1);
+    r.reg.bitmaps_mut(id).unwrap().push(b);
+    let e = &mut r.exports.list[0];
+    e.bitmaps = vec![(id, "b0".into())];
+    e.allocation_depth = true;
+    r.handshake(3);
+    // LIST with the qemu: namespace: depth and the bitmap, not base.
+    r.send(&option(
+        opt::LIST_META_CONTEXT,
+        &meta_query("Malloc0", &[b"qemu:"]),
+    ));
+    let mut listed = Vec::new();
+    loop {
+        let (_, t, d) = r.option_reply();
+        if t == rep::ACK {
+            break;
+        }
+        listed.push(String::from_utf8(d[4..].to_vec()).unwrap());
+    }
+    assert_eq!(listed, ["qemu:allocation-depth", "qemu:dirty-bitmap:b0"]);
+    r.send(&option(opt::STRUCTURED_REPLY, b""));
+    assert_eq!(r.option_reply().1, rep::ACK);
+    r.send(&option(
+        opt::SET_META_CONTEXT,
+        &meta_query(
+            "Malloc0",
+            &[
+                b"qemu:dirty-bitmap:b0",
+                b"base:allocation",
+                b"qemu:dirty-bitmap:nope",
+            ],
+        ),
+    ));
+    let mut ids = Vec::new();
+    loop {
+        let (_, t, d) = r.option_reply();
+        if t == rep::ACK {
+            break;
+        }
+        let id = u32::from_be_bytes(d[..4].try_into().unwrap());
+        ids.push((id, String::from_utf8(d[4..].to_vec()).unwrap()));
+    }
+    assert_eq!(
+        ids,
+        [
+            (1, "base:allocation".into()),
+            (2, "qemu:dirty-bitmap:b0".into())
+        ]
+    );
+    r.go("Malloc0");
+    r.request(cmd::BLOCK_STATUS, 0, 3, 0, 4 * 65536, &[]);
+    let (flags, kind, _, base) = read_chunk(&mut r);
+    assert_eq!(
+        (flags, kind),
+        (0, chunk::BLOCK_STATUS),
+        "more chunks follow"
+    );
+    assert_eq!(u32::from_be_bytes(base[..4].try_into().unwrap()), 1);
+    let (flags, kind, _, p) = read_chunk(&mut r);
+    assert_eq!((flags, kind), (chunk::FLAG_DONE, chunk::BLOCK_STATUS));
+    let words: Vec<u32> = p
+        .chunks(4)
+        .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(
+        words,
+        [2, 65536, 0, 65536, 1, 2 * 65536, 0],
+        "context 2: clean, dirty, clean"
+    );
+}
