@@ -25,14 +25,12 @@
 //! until the test connects to it. Needs root for the namespace. Run by
 //! `cargo xtask test`.
 
-use ironbay_tests::READY;
-use ironbay_tests::images::{kernel, require, target_dir};
-use ironbay_tests::machine::{Boot, Disk, Machine, Nic, free_port};
+use ironbay_tests::images::target_dir;
+use ironbay_tests::machine::Disk;
+use ironbay_tests::rig::stepped::{GUEST_IP, Stepped};
 use ironbay_tests::rig::{guest, netns::Netns, vm};
-use ironbay_tests::serial::Running;
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
@@ -50,59 +48,15 @@ const SLACK: u64 = 2;
 
 const NQN: &str = "nqn.2016-06.io.spdk:origin";
 const HOST_NQN: &str = "nqn.2014-08.org.ironbay:rig-host";
-const APPLIANCE_IP: &str = "10.55.0.10";
-const GUEST_IP: &str = "10.55.0.2";
-/// Where the guest listens for "go" (lvol-guest.sh's `step`).
-const GO_PORT: u16 = 7000;
 const STEP_TIMEOUT: Duration = Duration::from_secs(900);
 
-/// Fields drop in order: the VMs before their namespace.
 struct Rig {
-    guest: Option<Running>,
-    appliance: Running,
-    ns: Netns,
-    rpc: u16,
-    started: Instant,
+    s: Stepped,
 }
 
+ironbay_tests::stepped_rig!(Rig);
+
 impl Rig {
-    fn output(&self) -> String {
-        format!(
-            "----- guest -----\n{}\n----- appliance -----\n{}",
-            self.guest.as_ref().map(Running::output).unwrap_or_default(),
-            self.appliance.output()
-        )
-    }
-
-    fn fail(&self, what: &str) -> ! {
-        panic!("{what}\n{}", self.output())
-    }
-
-    /// `spdk-rpc` inside the namespace, where the RPC port is forwarded.
-    fn spdk(&self, args: &[&str]) -> Value {
-        let mut c = Command::new("spdk-rpc");
-        c.args(["-s", "127.0.0.1", "-p", &self.rpc.to_string()])
-            .args(args);
-        let out = self
-            .ns
-            .wrap(&c)
-            .output()
-            .unwrap_or_else(|e| panic!("spdk-rpc (pip install spdk): {e}"));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            self.fail(&format!(
-                "spdk-rpc {args:?}: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let t = text.trim();
-        if t.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.to_string()))
-        }
-    }
-
     fn lvstore(&self) -> Value {
         self.spdk(&["bdev_lvol_get_lvstores", "-l", "lvs0"])[0].clone()
     }
@@ -119,37 +73,6 @@ impl Rig {
             .and_then(|a| a.iter().find(|v| v["name"] == name))
             .and_then(|v| v["num_allocated_clusters"].as_u64())
             .unwrap_or_else(|| self.fail(&format!("no volume {name}: {lvols}")))
-    }
-
-    /// Waits until the guest prints `WAIT-<step>`.
-    fn reach(&mut self, step: &str) {
-        let needle = format!("WAIT-{step}\n");
-        let guest = self.guest.as_mut().unwrap();
-        if let Err(e) = guest.wait_for(&needle, STEP_TIMEOUT) {
-            panic!("{e}\n----- appliance -----\n{}", self.appliance.output());
-        }
-        println!(
-            "[{:6.1} s] guest at {step}",
-            self.started.elapsed().as_secs_f64()
-        );
-    }
-
-    /// Lets the guest go on past its current step: connects to its port
-    /// (retrying while its listener comes up).
-    fn release(&self, step: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut c = Command::new("bash");
-            c.args(["-c", &format!("echo go > /dev/tcp/{GUEST_IP}/{GO_PORT}")]);
-            let ok = self.ns.wrap(&c).output().is_ok_and(|o| o.status.success());
-            if ok {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.fail(&format!("could not release the guest from {step}"));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
     }
 }
 
@@ -169,28 +92,9 @@ fn linux_ext4_on_thin_lvol_snapshot_clone_over_iscsi_and_fstrim() {
     let disk = dir.join("nvme.img");
     std::fs::File::create(&disk).unwrap().set_len(DISK).unwrap();
 
-    let mut ns = Netns::create("lvolrig").unwrap_or_else(|e| panic!("{e}"));
-    let rpc = free_port();
-    let mut m = Machine::new(Boot::Kernel {
-        image: require(&kernel()),
-        append: format!("mgmt.ip=10.0.2.15/24 mgmt.gw=10.0.2.2 data.ip={APPLIANCE_IP}/24"),
-        config: None,
-    });
-    m.memory_mib = 1024;
-    m.disks = vec![Disk::nvme(0, 1, disk)];
-    m.data_tap = Some(ns.add_tap().unwrap());
-    m.forwards = vec![(Nic::Mgmt, rpc, 5260)];
-    let started = Instant::now();
-    let mut appliance = Running::spawn(ns.wrap(&m.command())).expect("start qemu");
-    appliance
-        .wait_for(READY, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ns = Netns::create("lvolrig").unwrap_or_else(|e| panic!("{e}"));
     let mut rig = Rig {
-        guest: None,
-        appliance,
-        ns,
-        rpc,
-        started,
+        s: Stepped::boot(ns, vec![Disk::nvme(0, 1, disk)], "", &[], STEP_TIMEOUT),
     };
 
     // The operator's part before the host connects.

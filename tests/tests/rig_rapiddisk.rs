@@ -20,9 +20,9 @@
 //!
 //! Needs root for the namespace. Run by `cargo xtask test`.
 
-use ironbay_tests::READY;
-use ironbay_tests::images::{kernel, require, target_dir};
-use ironbay_tests::machine::{Boot, Disk, Machine, Nic, free_port, sparse_disk};
+use ironbay_tests::images::target_dir;
+use ironbay_tests::machine::{Disk, free_port, sparse_disk};
+use ironbay_tests::rig::stepped::{GUEST_IP, Stepped};
 use ironbay_tests::rig::{guest, netns::Netns, vm};
 use ironbay_tests::serial::Running;
 use serde_json::Value;
@@ -36,9 +36,6 @@ const CACHE_MIB: u64 = 128;
 /// What rapiddisk-guest.sh writes per mode: fio's region, then the blob.
 const REGION_MIB: u64 = 64;
 const BLOB_MIB: u64 = 16;
-const APPLIANCE_IP: &str = "10.55.0.10";
-const GUEST_IP: &str = "10.55.0.2";
-const GO_PORT: u16 = 7000;
 const STEP_TIMEOUT: Duration = Duration::from_secs(1200);
 
 /// (guest tag, policy, cache name, NQN, where its region starts in MiB)
@@ -66,34 +63,15 @@ const MODES: [(&str, &str, &str, &str, u64); 3] = [
     ),
 ];
 
-/// Fields drop in order: the VMs before their namespace.
 struct Rig {
-    guest: Option<Running>,
-    appliance: Running,
-    ns: Netns,
-    rpc: u16,
+    s: Stepped,
     rest: u16,
     vblk: PathBuf,
-    started: Instant,
 }
 
+ironbay_tests::stepped_rig!(Rig);
+
 impl Rig {
-    fn output(&self) -> String {
-        format!(
-            "----- guest -----\n{}\n----- appliance -----\n{}",
-            self.guest.as_ref().map(Running::output).unwrap_or_default(),
-            self.appliance.output()
-        )
-    }
-
-    fn fail(&self, what: &str) -> ! {
-        panic!("{what}\n{}", self.output())
-    }
-
-    fn log(&self, what: &str) {
-        println!("[{:6.1} s] {what}", self.started.elapsed().as_secs_f64());
-    }
-
     /// A REST request with curl inside the namespace: (status, JSON body).
     fn rest(&self, method: &str, path: &str) -> (u16, Value) {
         let mut c = Command::new("curl");
@@ -130,37 +108,17 @@ impl Rig {
         s.clone()
     }
 
-    /// `spdk-rpc` inside the namespace, where the RPC port is forwarded.
-    fn spdk(&self, args: &[&str]) -> String {
-        let mut c = Command::new("spdk-rpc");
-        c.args(["-s", "127.0.0.1", "-p", &self.rpc.to_string()])
-            .args(args);
-        let out = self
-            .ns
-            .wrap(&c)
-            .output()
-            .unwrap_or_else(|e| panic!("spdk-rpc (pip install spdk): {e}"));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            self.fail(&format!(
-                "spdk-rpc {args:?}: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        text
-    }
-
     /// The subsystem `nqn` serving `bdev` on 4420, open to any host.
     fn export(&self, nqn: &str, bdev: &str) {
-        self.spdk(&[
+        self.spdk_text(&[
             "nvmf_create_subsystem",
             nqn,
             "-a",
             "-s",
             "IRONBAYRAPIDDISK01",
         ]);
-        self.spdk(&["nvmf_subsystem_add_ns", nqn, bdev]);
-        self.spdk(&[
+        self.spdk_text(&["nvmf_subsystem_add_ns", nqn, bdev]);
+        self.spdk_text(&[
             "nvmf_subsystem_add_listener",
             nqn,
             "-t",
@@ -211,7 +169,7 @@ impl Rig {
     /// Removes mode `m`'s export and its cache, then checks the file.
     fn remove_and_compare(&self, m: usize) {
         let (tag, _, cache, nqn, off) = MODES[m];
-        self.spdk(&["nvmf_delete_subsystem", nqn]);
+        self.spdk_text(&["nvmf_delete_subsystem", nqn]);
         let t = Instant::now();
         self.post_ok(&format!("removeRapidDiskCache/{cache}"));
         self.log(&format!(
@@ -239,30 +197,6 @@ impl Rig {
             "{cache}: backing file matches the fio region and the blob"
         ));
     }
-
-    fn reach(&mut self, step: &str) {
-        let needle = format!("WAIT-{step}\n");
-        let guest = self.guest.as_mut().unwrap();
-        if let Err(e) = guest.wait_for(&needle, STEP_TIMEOUT) {
-            panic!("{e}\n----- appliance -----\n{}", self.appliance.output());
-        }
-        self.log(&format!("guest at {step}"));
-    }
-
-    fn release(&self, step: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut c = Command::new("bash");
-            c.args(["-c", &format!("echo go > /dev/tcp/{GUEST_IP}/{GO_PORT}")]);
-            if self.ns.wrap(&c).output().is_ok_and(|o| o.status.success()) {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.fail(&format!("could not release the guest from {step}"));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
 }
 
 fn vblk_disk(dir: &Path) -> PathBuf {
@@ -281,30 +215,18 @@ fn linux_fio_verify_through_each_cache_mode_lands_in_the_backing_file() {
     sparse_disk(&nvme, 256 * MIB).unwrap();
     let vblk = vblk_disk(&dir);
 
-    let mut ns = Netns::create("rdrig").unwrap_or_else(|e| panic!("{e}"));
-    let (rpc, rest) = (free_port(), free_port());
-    let mut m = Machine::new(Boot::Kernel {
-        image: require(&kernel()),
-        append: format!("mgmt.ip=10.0.2.15/24 mgmt.gw=10.0.2.2 data.ip={APPLIANCE_IP}/24"),
-        config: None,
-    });
-    m.memory_mib = 1024;
-    m.disks = vec![Disk::nvme(0, 1, nvme), Disk::virtio(vblk.clone())];
-    m.data_tap = Some(ns.add_tap().unwrap());
-    m.forwards = vec![(Nic::Mgmt, rpc, 5260), (Nic::Mgmt, rest, 9118)];
-    let started = Instant::now();
-    let mut appliance = Running::spawn(ns.wrap(&m.command())).expect("start qemu");
-    appliance
-        .wait_for(READY, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ns = Netns::create("rdrig").unwrap_or_else(|e| panic!("{e}"));
+    let rest = free_port();
     let mut rig = Rig {
-        guest: None,
-        appliance,
-        ns,
-        rpc,
+        s: Stepped::boot(
+            ns,
+            vec![Disk::nvme(0, 1, nvme), Disk::virtio(vblk.clone())],
+            "",
+            &[(rest, 9118)],
+            STEP_TIMEOUT,
+        ),
         rest,
         vblk,
-        started,
     };
     let until = Instant::now() + Duration::from_secs(60);
     while rig.rest("GET", "checkServiceStatus").0 != 200 {
@@ -315,7 +237,7 @@ fn linux_fio_verify_through_each_cache_mode_lands_in_the_backing_file() {
     }
 
     rig.post_ok(&format!("createRapidDisk/{CACHE_MIB}"));
-    rig.spdk(&["nvmf_create_transport", "-t", "TCP"]);
+    rig.spdk_text(&["nvmf_create_transport", "-t", "TCP"]);
     let setup = |rig: &Rig, m: usize| {
         let (_, policy, cache, nqn, _) = MODES[m];
         rig.post_ok(&format!("createRapidDiskCache/rd0/VirtioBlk0/{policy}"));
@@ -389,7 +311,7 @@ fn linux_fio_verify_through_each_cache_mode_lands_in_the_backing_file() {
     if s["errors"] != 0 {
         rig.fail(&format!("{cache}: errors {s}"));
     }
-    rig.spdk(&["nvmf_delete_subsystem", nqn]);
+    rig.spdk_text(&["nvmf_delete_subsystem", nqn]);
     rig.export(nqn, cache);
     rig.log(&format!("{nqn} deleted and made again"));
     rig.release("wb-reexport");

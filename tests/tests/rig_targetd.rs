@@ -13,47 +13,29 @@
 //!
 //! Needs root for the namespace. Run by `cargo xtask test`.
 
-use ironbay_tests::READY;
-use ironbay_tests::images::{kernel, require, target_dir};
-use ironbay_tests::machine::{Boot, Disk, Machine, Nic, free_port};
+use ironbay_tests::images::target_dir;
+use ironbay_tests::machine::{Disk, free_port};
+use ironbay_tests::rig::stepped::{GUEST_IP, Stepped};
 use ironbay_tests::rig::{guest, netns::Netns, vm};
-use ironbay_tests::serial::Running;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const APPLIANCE_IP: &str = "10.55.0.10";
-const GUEST_IP: &str = "10.55.0.2";
-const GO_PORT: u16 = 7000;
 const STEP_TIMEOUT: Duration = Duration::from_secs(900);
 const PASSWORD: &str = "rig-targetd-pw";
 const TARGET: &str = "iqn.2003-01.org.example.mach1:1234";
 const IA: &str = "iqn.1994-05.com.domain:01.alpha";
 const IB: &str = "iqn.1994-05.com.domain:01.bravo";
 
-/// Fields drop in order: the VMs before their namespace.
 struct Rig {
-    guest: Option<Running>,
-    appliance: Running,
-    ns: Netns,
-    rpc: u16,
+    s: Stepped,
     targetd: u16,
 }
 
+ironbay_tests::stepped_rig!(Rig);
+
 impl Rig {
-    fn output(&self) -> String {
-        format!(
-            "----- guest -----\n{}\n----- appliance -----\n{}",
-            self.guest.as_ref().map(Running::output).unwrap_or_default(),
-            self.appliance.output()
-        )
-    }
-
-    fn fail(&self, what: &str) -> ! {
-        panic!("{what}\n{}", self.output())
-    }
-
     fn post(&self, port: u16, url_path: &str, auth: bool, body: &Value) -> Value {
         let mut c = Command::new("curl");
         c.args(["-s", "-m", "300"]);
@@ -126,29 +108,6 @@ impl Rig {
         }
         v["result"].clone()
     }
-
-    fn reach(&mut self, step: &str) {
-        let needle = format!("WAIT-{step}\n");
-        let guest = self.guest.as_mut().unwrap();
-        if let Err(e) = guest.wait_for(&needle, STEP_TIMEOUT) {
-            panic!("{e}\n----- appliance -----\n{}", self.appliance.output());
-        }
-    }
-
-    fn release(&self, step: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut c = Command::new("bash");
-            c.args(["-c", &format!("echo go > /dev/tcp/{GUEST_IP}/{GO_PORT}")]);
-            if self.ns.wrap(&c).output().is_ok_and(|o| o.status.success()) {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.fail(&format!("could not release the guest from {step}"));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
 }
 
 #[test]
@@ -163,29 +122,16 @@ fn linux_initiators_see_their_own_exports_with_chap_and_a_copy() {
         .set_len(512 << 20)
         .unwrap();
 
-    let mut ns = Netns::create("tdrig").unwrap_or_else(|e| panic!("{e}"));
-    let (rpc, targetd) = (free_port(), free_port());
-    let mut m = Machine::new(Boot::Kernel {
-        image: require(&kernel()),
-        append: format!(
-            "mgmt.ip=10.0.2.15/24 mgmt.gw=10.0.2.2 data.ip={APPLIANCE_IP}/24 \
-             targetd.password={PASSWORD}"
-        ),
-        config: None,
-    });
-    m.memory_mib = 1024;
-    m.disks = vec![Disk::nvme(0, 1, disk)];
-    m.data_tap = Some(ns.add_tap().unwrap());
-    m.forwards = vec![(Nic::Mgmt, rpc, 5260), (Nic::Mgmt, targetd, 18700)];
-    let mut appliance = Running::spawn(ns.wrap(&m.command())).expect("start qemu");
-    appliance
-        .wait_for(READY, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ns = Netns::create("tdrig").unwrap_or_else(|e| panic!("{e}"));
+    let targetd = free_port();
     let mut rig = Rig {
-        guest: None,
-        appliance,
-        ns,
-        rpc,
+        s: Stepped::boot(
+            ns,
+            vec![Disk::nvme(0, 1, disk)],
+            &format!("targetd.password={PASSWORD}"),
+            &[(targetd, 18700)],
+            STEP_TIMEOUT,
+        ),
         targetd,
     };
 

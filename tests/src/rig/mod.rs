@@ -7,9 +7,11 @@
 //! - [`netns`]: the namespace with a bridge and one tap per VM.
 //! - [`vm`]: guest VMs running a script and reporting its output.
 //! - [`fio`]: reading fio's terse output.
+//! - [`stepped`]: an appliance and a guest script stopping at named steps.
 
 pub mod cpio;
 pub mod fio;
 pub mod guest;
 pub mod netns;
+pub mod stepped;
 pub mod vm;
