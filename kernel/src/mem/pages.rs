@@ -29,11 +29,11 @@ static STATE: Mutex<State> = Mutex::new(State {
 /// The kernel's [`PagePool`]: stateless, all state lives in `STATE`.
 pub struct FramePages;
 
+/// `addr` is a page-aligned frame this pool owns: taken from the frame
+/// allocator or its free list, which only holds pages given back with
+/// `free`. All RAM is identity-mapped.
 fn page_at(addr: u64) -> Page {
-    // SAFETY: `addr` is a page-aligned frame this pool owns (taken from the
-    // frame allocator or its free list, which only holds pages given back
-    // with `free`); all RAM is identity-mapped, and ownership passes to the
-    // one caller that receives the reference.
+    // SAFETY: an owned, identity-mapped frame; the one caller that gets it owns it.
     unsafe { &mut *(addr as *mut [u8; PAGE_SIZE]) }
 }
 

@@ -112,7 +112,19 @@ impl Qmp {
         initialized: bool,
     ) -> bool {
         let now = crate::time::uptime_us();
-        let addrs = data_addrs(network);
+        // Only a command needs the data NIC addresses: no allocation on
+        // the turns nothing arrives.
+        let input = self.listener.sockets().iter().any(|&h| {
+            network.stacks[self.stack]
+                .sockets
+                .get::<tcp::Socket<'_>>(h)
+                .can_recv()
+        });
+        let addrs = if input {
+            data_addrs(network)
+        } else {
+            Vec::new()
+        };
         let (ports, mut exports) = match nbd {
             Some(n) => (Some(&n.ports), Some(&mut n.exports)),
             None => (None, None),

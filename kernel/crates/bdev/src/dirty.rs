@@ -14,6 +14,9 @@ pub const MIN_GRANULARITY: u32 = 512;
 pub const MAX_GRANULARITY: u32 = 1 << 31;
 /// Longest bitmap name (QEMU's).
 pub const MAX_NAME: usize = 1023;
+/// Heap all bitmaps together may take: a fine granularity on a large
+/// bdev must not take the heap the appliance serves from.
+pub const MAX_TOTAL_BYTES: u64 = 32 << 20;
 
 #[derive(Clone, Debug)]
 pub struct DirtyBitmap {
@@ -46,6 +49,16 @@ impl DirtyBitmap {
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Heap a bitmap over `size` bytes at `granularity` takes.
+    pub fn heap_bytes(granularity: u32, size: u64) -> u64 {
+        size.div_ceil(granularity as u64).div_ceil(64) * 8
+    }
+
+    /// Heap this bitmap takes.
+    pub fn bytes(&self) -> u64 {
+        self.bits.len() as u64 * 8
     }
 
     fn chunks(&self) -> u64 {

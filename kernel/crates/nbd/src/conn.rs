@@ -844,9 +844,11 @@ impl Connection {
             MAX_EXTENTS
         };
         let last = self.meta.len();
-        for (i, c) in self.meta.clone().into_iter().enumerate() {
+        // Taken for the loop (sending needs `self`), put back after.
+        let meta = core::mem::take(&mut self.meta);
+        for (i, c) in meta.iter().enumerate() {
             // (bytes, flags) runs for this context.
-            let runs: Vec<(u64, u32)> = match &c {
+            let runs: Vec<(u64, u32)> = match c {
                 Ctx::Base => map
                     .allocation(e.bdev, req.offset / bs, blocks)
                     .unwrap_or_else(|| alloc::vec![(blocks, true)])
@@ -878,6 +880,7 @@ impl Connection {
             v.extend(payload);
             self.send(v);
         }
+        self.meta = meta;
     }
 
     /// Success without data: NBD_REPLY_TYPE_NONE once structured replies

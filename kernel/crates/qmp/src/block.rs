@@ -243,6 +243,19 @@ impl Block<'_, '_> {
             .bdevs
             .info(id)
             .map_or(0, ironbay_bdev::BdevInfo::size_bytes);
+        let reg = &*self.model.bdevs;
+        let held: u64 = reg
+            .ids()
+            .flat_map(|b| reg.bitmaps(b))
+            .map(DirtyBitmap::bytes)
+            .sum();
+        if held + DirtyBitmap::heap_bytes(g, size) > dirty::MAX_TOTAL_BYTES {
+            return Err(QmpError::generic(format!(
+                "Cannot allocate the bitmap: dirty bitmaps may take {} MiB in all \
+                 (use a coarser granularity)",
+                dirty::MAX_TOTAL_BYTES >> 20
+            )));
+        }
         let list = self
             .model
             .bdevs

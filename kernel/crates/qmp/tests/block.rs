@@ -460,3 +460,23 @@ fn dirty_bitmaps_track_writes_and_export_with_the_node() {
         "GenericError"
     );
 }
+
+#[test]
+fn bitmaps_together_stay_within_their_memory() {
+    let mut w = World::new();
+    // 1 TiB at 512-byte granularity would be 256 MiB of bitmap.
+    w.reg
+        .add(Box::new(ironbay_bdev::NullBdev::new("Big", 1 << 31, 512)))
+        .unwrap();
+    let (class, desc) = w.err(
+        "block-dirty-bitmap-add",
+        json!({"node": "Big", "name": "fine", "granularity": 512}),
+    );
+    assert_eq!(class, "GenericError");
+    assert!(desc.contains("in all"), "{desc}");
+    // The default granularity fits.
+    w.ok(
+        "block-dirty-bitmap-add",
+        json!({"node": "Big", "name": "b0"}),
+    );
+}
