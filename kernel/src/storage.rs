@@ -366,9 +366,9 @@ impl Storage {
     }
 
     /// Flushes every bdev with a volatile write cache (before power-off),
-    /// after the volume stores recorded a clean shutdown.
+    /// then has the volume stores save their bitmaps and record a clean
+    /// shutdown (last: nothing writes to a volume after it).
     pub fn flush_all(&mut self) {
-        self.lvol.close_all();
         let ids: Vec<BdevId> = self.bdevs.ids().collect();
         for id in ids {
             if self.bdevs.info(id).is_some_and(|b| b.write_cache) {
@@ -382,6 +382,9 @@ impl Storage {
                     _ => log::error!("{name}: flush failed"),
                 }
             }
+        }
+        for p in self.lvol.close_all(&self.bdevs) {
+            log::error!("{p}");
         }
     }
 

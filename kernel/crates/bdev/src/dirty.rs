@@ -26,6 +26,10 @@ pub struct DirtyBitmap {
     pub enabled: bool,
     /// Kept across reboots where the bdev can store it.
     pub persistent: bool,
+    /// Its stored contents could not be trusted (the appliance stopped
+    /// without saving it, or the copy is damaged): it records nothing and
+    /// can only be removed, as QEMU's in-use bitmaps.
+    pub inconsistent: bool,
     size: u64,
     bits: Vec<u64>,
 }
@@ -42,9 +46,75 @@ impl DirtyBitmap {
             granularity,
             enabled: true,
             persistent: false,
+            inconsistent: false,
             size,
             bits,
         })
+    }
+
+    /// A bitmap with stored contents: `words` little-endian words of 64
+    /// chunks each; `None` if their count does not fit the size.
+    pub fn from_words(name: &str, granularity: u32, size: u64, words: Vec<u64>) -> Option<Self> {
+        if granularity == 0 || words.len() as u64 != Self::heap_bytes(granularity, size) / 8 {
+            return None;
+        }
+        Some(DirtyBitmap {
+            name: name.into(),
+            granularity,
+            enabled: true,
+            persistent: true,
+            inconsistent: false,
+            size,
+            bits: words,
+        })
+    }
+
+    /// A stored bitmap whose contents are lost: it holds no bits.
+    pub fn lost(name: &str, granularity: u32, size: u64) -> Self {
+        DirtyBitmap {
+            name: name.into(),
+            granularity,
+            enabled: false,
+            persistent: true,
+            inconsistent: true,
+            size,
+            bits: Vec::new(),
+        }
+    }
+
+    /// The bits, 64 chunks per word (what a store saves).
+    pub fn words(&self) -> &[u64] {
+        &self.bits
+    }
+
+    /// Follows the bdev to a new size: chunks past the old end start
+    /// clean, as QEMU's. `false` if memory for a larger bitmap is short;
+    /// the bitmap is then lost (inconsistent), since it can no longer
+    /// tell what changed.
+    pub fn resize(&mut self, size: u64) -> bool {
+        if self.inconsistent || size == self.size {
+            self.size = size;
+            return true;
+        }
+        let words = Self::heap_bytes(self.granularity, size) / 8;
+        let extra = (words as usize).saturating_sub(self.bits.len());
+        if self.bits.try_reserve_exact(extra).is_err() {
+            self.bits = Vec::new();
+            self.inconsistent = true;
+            self.enabled = false;
+            self.size = size;
+            return false;
+        }
+        // Bits of a partial last chunk past the new end must not linger.
+        let chunks = size.div_ceil(self.granularity as u64);
+        self.bits.resize(words as usize, 0);
+        if let Some(last) = self.bits.last_mut()
+            && !chunks.is_multiple_of(64)
+        {
+            *last &= (1u64 << (chunks % 64)) - 1;
+        }
+        self.size = size;
+        true
     }
 
     pub fn size(&self) -> u64 {
@@ -66,18 +136,20 @@ impl DirtyBitmap {
     }
 
     fn get(&self, i: u64) -> bool {
-        self.bits[(i / 64) as usize] & (1 << (i % 64)) != 0
+        self.bits
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
     /// Marks the chunks bytes `off..off + len` touch (if enabled).
     pub fn mark(&mut self, off: u64, len: u64) {
-        if self.enabled {
+        if self.enabled && !self.inconsistent {
             self.set_range(off, len);
         }
     }
 
     fn set_range(&mut self, off: u64, len: u64) {
-        if len == 0 || off >= self.size {
+        if len == 0 || off >= self.size || self.inconsistent {
             return;
         }
         let g = self.granularity as u64;
@@ -177,5 +249,24 @@ mod tests {
         assert_eq!(default_granularity(None), 65536);
         assert_eq!(default_granularity(Some(1 << 20)), 1 << 20);
         assert_eq!(default_granularity(Some(512)), 4096);
+    }
+
+    #[test]
+    fn resizing_keeps_old_bits_and_starts_new_chunks_clean() {
+        let mut b = DirtyBitmap::new("b", 4096, 100 * 4096).unwrap();
+        b.mark(99 * 4096, 1);
+        b.mark(10 * 4096, 1);
+        assert!(b.resize(70 * 4096));
+        assert_eq!(b.dirty_bytes(), 4096);
+        assert!(b.resize(200 * 4096));
+        assert_eq!(b.extents(0, 200 * 4096).len(), 3, "chunk 99 was cut off");
+        let w = b.words().to_vec();
+        let c = DirtyBitmap::from_words("b", 4096, 200 * 4096, w).unwrap();
+        assert_eq!(c.extents(0, 200 * 4096), b.extents(0, 200 * 4096));
+        assert!(DirtyBitmap::from_words("b", 4096, 200 * 4096, vec![0; 2]).is_none());
+        let mut l = DirtyBitmap::lost("b", 4096, 4096);
+        l.mark(0, 4096);
+        assert_eq!(l.dirty_bytes(), 0);
+        assert_eq!(l.extents(0, 4096), [(0, 4096, false)]);
     }
 }

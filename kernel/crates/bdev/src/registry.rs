@@ -190,6 +190,15 @@ struct Slot {
 }
 
 impl Slot {
+    /// Bitmaps follow the device's size after it changed (one that cannot
+    /// grow for want of memory shows as inconsistent).
+    fn fit_bitmaps(&mut self) {
+        let size = self.dev.info().size_bytes();
+        for b in &mut self.bitmaps {
+            b.resize(size);
+        }
+    }
+
     /// Hands a validated request to the device under an internal tag;
     /// latency counts from `start_us`, when the caller submitted it.
     fn dispatch(
@@ -564,13 +573,16 @@ impl Registry {
         if num_blocks == info.num_blocks {
             return Ok(());
         }
-        slot.dev.resize(num_blocks).map_err(RegistryError::Resize)
+        slot.dev.resize(num_blocks).map_err(RegistryError::Resize)?;
+        slot.fit_bitmaps();
+        Ok(())
     }
 
     /// Has a device re-read its description (see [`BlockDevice::refresh`]).
     pub fn refresh(&mut self, id: BdevId) {
         if let Some(slot) = self.slot_mut(id) {
             slot.dev.refresh();
+            slot.fit_bitmaps();
         }
     }
 
@@ -585,6 +597,7 @@ impl Registry {
                 inner: Some(h.clone()),
                 info,
             });
+            slot.fit_bitmaps();
         }
     }
 

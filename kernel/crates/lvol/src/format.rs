@@ -3,7 +3,7 @@
 //! length is checked against the bytes present, so a damaged or hostile
 //! image is refused, never trusted.
 
-use crate::state::{State, Volume};
+use crate::state::{State, StoredBitmap, Volume};
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -20,6 +20,10 @@ pub const UNIT: u64 = 4096;
 pub const MAX_VOLUMES: u64 = 1024;
 /// Longest store or volume name, in bytes (SPDK's limit).
 pub const MAX_NAME: usize = 63;
+/// Persistent dirty bitmaps per store, and the longest bitmap name
+/// (QEMU's): together they bound the checkpoint's bitmap part.
+pub const MAX_BITMAPS: usize = 256;
+pub const MAX_BITMAP_NAME: usize = 1023;
 const NO_PARENT: u32 = u32::MAX;
 
 /// Where everything lives, fixed when the store is created.
@@ -140,7 +144,9 @@ pub fn looks_like_store(b: &[u8]) -> bool {
 
 /// Largest checkpoint for `volumes` volumes with `runs` extent runs.
 fn checkpoint_bound(volumes: u64, runs: u64) -> u64 {
-    64 + volumes * (48 + MAX_NAME as u64) + runs * 20
+    64 + volumes * (48 + MAX_NAME as u64)
+        + runs * 20
+        + MAX_BITMAPS as u64 * (32 + MAX_BITMAP_NAME as u64)
 }
 
 /// Appends the length and CRC32C of `body` and pads to `unit`.
@@ -224,6 +230,10 @@ pub fn encode_checkpoint(state: &State, generation: u64, unit: usize) -> Vec<u8>
     for v in state.volumes.values() {
         put_volume(&mut w, v);
     }
+    w.u32(state.bitmaps.len() as u32);
+    for b in &state.bitmaps {
+        put_bitmap(&mut w, b);
+    }
     frame(CHECKPOINT_MAGIC, generation, 0, &w.0, unit)
 }
 
@@ -246,6 +256,17 @@ pub fn decode_checkpoint(b: &[u8], max_entries: u64) -> Option<(u64, State)> {
             return None;
         }
     }
+    // Checkpoints written before bitmaps existed end here.
+    let mut bitmaps = Vec::new();
+    if !r.0.is_empty() {
+        let n = r.u32()? as usize;
+        if n > MAX_BITMAPS {
+            return None;
+        }
+        for _ in 0..n {
+            bitmaps.push(get_bitmap(&mut r)?);
+        }
+    }
     Some((
         generation,
         State {
@@ -254,6 +275,7 @@ pub fn decode_checkpoint(b: &[u8], max_entries: u64) -> Option<(u64, State)> {
             next_id,
             clean,
             volumes,
+            bitmaps,
         },
     ))
 }
@@ -273,6 +295,10 @@ pub enum Change {
     Grow(u64),
     /// Whether the store was closed cleanly.
     Clean(bool),
+    /// A dirty bitmap as it now is.
+    PutBitmap(StoredBitmap),
+    /// A volume's bitmap removed: (volume, name).
+    DropBitmap(u32, String),
 }
 
 pub fn encode_record(changes: &[Change], epoch: u64, seq: u64, unit: usize) -> Vec<u8> {
@@ -317,6 +343,15 @@ pub fn encode_record(changes: &[Change], epoch: u64, seq: u64, unit: usize) -> V
                 w.u8(7);
                 w.u8(*c as u8);
             }
+            Change::PutBitmap(b) => {
+                w.u8(8);
+                put_bitmap(&mut w, b);
+            }
+            Change::DropBitmap(id, name) => {
+                w.u8(9);
+                w.u32(*id);
+                w.long_str(name);
+            }
         }
     }
     frame(RECORD_MAGIC, epoch, seq, &w.0, unit)
@@ -358,6 +393,8 @@ pub fn decode_record(b: &[u8], max_entries: u64) -> Option<(u64, u64, Vec<Change
             }
             6 => Change::Grow(r.u64()?),
             7 => Change::Clean(r.u8()? != 0),
+            8 => Change::PutBitmap(get_bitmap(&mut r)?),
+            9 => Change::DropBitmap(r.u32()?, r.long_str()?),
             _ => return None,
         };
         out.push(c);
@@ -427,6 +464,48 @@ fn get_volume(r: &mut Reader<'_>) -> Option<Volume> {
     })
 }
 
+fn put_bitmap(w: &mut Writer, b: &StoredBitmap) {
+    w.u32(b.volume);
+    w.long_str(&b.name);
+    w.u32(b.granularity);
+    w.u64(b.size);
+    w.u8(b.enabled as u8 | (b.in_use as u8) << 1);
+    w.u32(b.crc);
+    w.u32(b.clusters.len() as u32);
+    for &c in &b.clusters {
+        w.u64(c);
+    }
+}
+
+fn get_bitmap(r: &mut Reader<'_>) -> Option<StoredBitmap> {
+    let volume = r.u32()?;
+    let name = r.long_str()?;
+    let granularity = r.u32()?;
+    let size = r.u64()?;
+    let flags = r.u8()?;
+    let crc = r.u32()?;
+    let n = r.u32()? as u64;
+    // Each cluster is an extent entry of the store's budget.
+    r.1 = r.1.checked_sub(n)?;
+    if n > r.0.len() as u64 / 8 || !granularity.is_power_of_two() {
+        return None;
+    }
+    let mut clusters = Vec::new();
+    for _ in 0..n {
+        clusters.push(r.u64()?);
+    }
+    Some(StoredBitmap {
+        volume,
+        name,
+        granularity,
+        size,
+        enabled: flags & 1 != 0,
+        in_use: flags & 2 != 0,
+        crc,
+        clusters,
+    })
+}
+
 #[derive(Default)]
 struct Writer(Vec<u8>);
 
@@ -446,6 +525,13 @@ impl Writer {
     fn str(&mut self, s: &str) {
         let b = &s.as_bytes()[..s.len().min(MAX_NAME)];
         self.u8(b.len() as u8);
+        self.bytes(b);
+    }
+    /// A bitmap name (callers check the length against
+    /// [`MAX_BITMAP_NAME`]).
+    fn long_str(&mut self, s: &str) {
+        let b = &s.as_bytes()[..s.len().min(MAX_BITMAP_NAME)];
+        self.bytes(&(b.len() as u16).to_le_bytes());
         self.bytes(b);
     }
 }
@@ -475,6 +561,13 @@ impl<'a> Reader<'a> {
     fn str(&mut self) -> Option<String> {
         let n = self.u8()? as usize;
         if n > MAX_NAME {
+            return None;
+        }
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    fn long_str(&mut self) -> Option<String> {
+        let n = u16::from_le_bytes(self.take(2)?.try_into().ok()?) as usize;
+        if n == 0 || n > MAX_BITMAP_NAME {
             return None;
         }
         String::from_utf8(self.take(n)?.to_vec()).ok()

@@ -14,6 +14,7 @@
 
 extern crate alloc;
 
+mod bitmaps;
 mod extents;
 mod format;
 mod io;
@@ -25,7 +26,8 @@ use alloc::string::String;
 use core::fmt;
 use ironbay_bdev::IoStatus;
 
-pub use format::{MAX_NAME, MAX_VOLUMES};
+pub use bitmaps::BitmapInfo;
+pub use format::{MAX_BITMAP_NAME, MAX_BITMAPS, MAX_NAME, MAX_VOLUMES};
 pub use store::{Clear, ClockFn, LvolBdev, Store, StoreInfo, VolumeInfo};
 
 /// SPDK's default cluster size.

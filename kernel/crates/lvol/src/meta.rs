@@ -22,6 +22,9 @@ pub struct Meta {
     jpos: u64,
     /// Whether the store had been closed cleanly before this open.
     pub was_clean: bool,
+    /// The bitmaps as this open found them: those not in use then hold
+    /// current bits in their clusters.
+    pub found_bitmaps: Vec<crate::state::StoredBitmap>,
 }
 
 fn lba(layout: &Layout, byte: u64) -> u64 {
@@ -80,6 +83,7 @@ impl Meta {
             seq: 0,
             jpos: 0,
             was_clean: true,
+            found_bitmaps: Vec::new(),
         })
     }
 
@@ -152,6 +156,12 @@ impl Meta {
         }
         let was_clean = state.clean;
         let clusters = Clusters::new(used, state.total_clusters);
+        let found_bitmaps = state.bitmaps.clone();
+        // From this checkpoint on, the bitmaps record in memory: what their
+        // clusters hold is stale until an orderly close saves them again.
+        for b in &mut state.bitmaps {
+            b.in_use = true;
+        }
         let mut m = Meta {
             layout,
             state,
@@ -161,6 +171,7 @@ impl Meta {
             seq,
             jpos: pos as u64,
             was_clean,
+            found_bitmaps,
         };
         m.state.clean = false;
         m.checkpoint(dev, None, clock, others)?;

@@ -28,6 +28,24 @@ pub struct Volume {
     pub map: crate::extents::Extents,
 }
 
+/// A persistent dirty bitmap of a volume: its description here, its bits
+/// in store clusters of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBitmap {
+    pub volume: u32,
+    pub name: String,
+    pub granularity: u32,
+    /// Bytes of the volume the bits cover.
+    pub size: u64,
+    pub enabled: bool,
+    /// Set while the bitmap is loaded and recording; the bits in its
+    /// clusters are current only while this is clear.
+    pub in_use: bool,
+    /// CRC32C of the bits as stored.
+    pub crc: u32,
+    pub clusters: Vec<u64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct State {
     pub name: String,
@@ -35,6 +53,7 @@ pub struct State {
     pub next_id: u32,
     pub clean: bool,
     pub volumes: BTreeMap<u32, Volume>,
+    pub bitmaps: Vec<StoredBitmap>,
 }
 
 impl State {
@@ -45,7 +64,14 @@ impl State {
             next_id: 1,
             clean: false,
             volumes: BTreeMap::new(),
+            bitmaps: Vec::new(),
         }
+    }
+
+    pub fn bitmap(&self, volume: u32, name: &str) -> Option<&StoredBitmap> {
+        self.bitmaps
+            .iter()
+            .find(|b| b.volume == volume && b.name == name)
     }
 
     /// Applies a journal record's changes; `Err` if they do not fit the
@@ -62,6 +88,28 @@ impl State {
                     self.volumes
                         .remove(&id)
                         .ok_or_else(|| format!("record drops unknown volume {id}"))?;
+                    // A volume's bitmaps go with it.
+                    self.bitmaps.retain(|b| b.volume != id);
+                }
+                Change::PutBitmap(b) => {
+                    if !self.volumes.contains_key(&b.volume) {
+                        return Err(format!("bitmap {} of unknown volume {}", b.name, b.volume));
+                    }
+                    match self
+                        .bitmaps
+                        .iter_mut()
+                        .find(|x| x.volume == b.volume && x.name == b.name)
+                    {
+                        Some(x) => *x = b,
+                        None => self.bitmaps.push(b),
+                    }
+                }
+                Change::DropBitmap(id, name) => {
+                    let before = self.bitmaps.len();
+                    self.bitmaps.retain(|b| !(b.volume == id && b.name == name));
+                    if self.bitmaps.len() == before {
+                        return Err(format!("record drops unknown bitmap {name}"));
+                    }
                 }
                 Change::Rename(n) => self.name = n,
                 Change::Map(id, m) => {
@@ -169,6 +217,28 @@ impl State {
                     return Err(format!(
                         "volume {} maps store cluster {c} out of range",
                         v.name
+                    ));
+                }
+                let (w, b) = ((c / 64) as usize, c % 64);
+                if used[w] & (1 << b) != 0 {
+                    return Err(format!("store cluster {c} owned twice"));
+                }
+                used[w] |= 1 << b;
+            }
+        }
+        let mut seen = BTreeMap::new();
+        for bm in &self.bitmaps {
+            if !self.volumes.contains_key(&bm.volume) {
+                return Err(format!("bitmap {} of a missing volume", bm.name));
+            }
+            if seen.insert((bm.volume, bm.name.as_str()), ()).is_some() {
+                return Err(format!("two bitmaps named {}", bm.name));
+            }
+            for &c in &bm.clusters {
+                if c >= self.total_clusters {
+                    return Err(format!(
+                        "bitmap {} holds store cluster {c} out of range",
+                        bm.name
                     ));
                 }
                 let (w, b) = ((c / 64) as usize, c % 64);

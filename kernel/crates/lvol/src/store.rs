@@ -188,6 +188,10 @@ fn check_name(name: &str) -> Result<(), Error> {
 }
 
 impl Store {
+    pub(crate) fn core(&self) -> &Rc<RefCell<Core>> {
+        &self.0
+    }
+
     /// Creates a store on `base` (claimed by the caller), erasing what was
     /// there.
     pub fn create(
@@ -351,10 +355,9 @@ impl Store {
     }
 
     /// Records a clean close: the next load knows nothing was cut short.
+    /// Persistent bitmaps are not saved (see [`Store::close_saving`]).
     pub fn close(&self) -> Result<(), Error> {
-        let mut c = self.0.borrow_mut();
-        c.drain()?;
-        c.commit(alloc::vec![Change::Clean(true)])
+        self.close_saving(&[]).map(|_| ())
     }
 
     fn new_volume(&self, name: &str) -> Result<u32, Error> {
@@ -576,7 +579,15 @@ impl Store {
         }
         c.drain()?;
         let mut changes = Vec::new();
-        let mut freed = Vec::new();
+        // The volume's bitmaps go with it (the record's Drop removes them).
+        let mut freed: Vec<u64> = c
+            .meta
+            .state
+            .bitmaps
+            .iter()
+            .filter(|b| b.volume == id)
+            .flat_map(|b| b.clusters.iter().copied())
+            .collect();
         let mut fresh = Vec::new();
         let r = (|| {
             if let Some(kid) = kids.into_iter().next() {

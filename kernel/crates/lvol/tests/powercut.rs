@@ -14,9 +14,10 @@
 mod common;
 
 use common::*;
+use ironbay_bdev::dirty::DirtyBitmap;
 use ironbay_bdev::powercut::PowerCutBdev;
 use ironbay_bdev::{IoOp, IoStatus, MallocBdev, SharedBdev, Uuid};
-use ironbay_lvol::{Clear, Store, StoreInfo, VolumeInfo};
+use ironbay_lvol::{BitmapInfo, Clear, Store, StoreInfo, VolumeInfo};
 
 const CS: u64 = 64 * 1024;
 
@@ -31,8 +32,37 @@ fn lba(b: u64) -> u64 {
 }
 const DISK_BYTES: u64 = 6 << 20;
 
-/// What a step leaves behind: store info, volumes, and each volume's digest.
-type Snapshot = Option<(StoreInfo, Vec<VolumeInfo>, Vec<(String, u32)>)>;
+/// What a step leaves behind: store info, volumes, each volume's digest,
+/// and the persistent bitmaps' descriptions.
+type Snapshot = Option<(
+    StoreInfo,
+    Vec<VolumeInfo>,
+    Vec<(String, u32)>,
+    Vec<BitmapInfo>,
+)>;
+
+/// The bits the `n`th orderly close saves for bitmap b0 of the thin volume.
+fn saved_bits(n: u64) -> DirtyBitmap {
+    let mut b = DirtyBitmap::new("b0", 512, 2 * CS).unwrap();
+    b.persistent = true;
+    b.mark(512 * n, 1);
+    b.mark(CS + 4096 * n, 3000);
+    b.enabled = n.is_multiple_of(2);
+    b
+}
+
+/// Orderly close saving b0 with the `n`th bits.
+fn close_saving(s: &Store, n: u64) -> Result<(), String> {
+    let v = id(s, "thin-renamed")?;
+    let failed = s
+        .close_saving(&[(v, &saved_bits(n))])
+        .map_err(|e| e.to_string())?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("not saved: {failed:?}"))
+    }
+}
 
 /// The disk under test: small transfers, so cluster copies and
 /// checkpoints are many writes, each a cut point.
@@ -52,7 +82,7 @@ fn capture(s: &Store) -> Snapshot {
         let mut b = s.bdev(v.id)?;
         digests.push((v.name.clone(), digest(&mut b).ok()?));
     }
-    Some((s.info(), s.volumes(), digests))
+    Some((s.info(), s.volumes(), digests, s.bitmaps()))
 }
 
 fn ok(st: IoStatus) -> Result<(), String> {
@@ -95,6 +125,11 @@ fn steps() -> Vec<(&'static str, Step)> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }),
+        ("add bitmap", |s, _| {
+            let s = s.as_ref().unwrap();
+            s.add_bitmap(id(s, "thin")?, "b0", 512, 6 * CS, true)
+                .map_err(|e| e.to_string())
+        }),
         ("allocating write", |s, _| {
             let s = s.as_ref().unwrap();
             let mut b = s.bdev(id(s, "thin")?).unwrap();
@@ -122,6 +157,11 @@ fn steps() -> Vec<(&'static str, Step)> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }),
+        ("add bitmap on clone", |s, _| {
+            let s = s.as_ref().unwrap();
+            s.add_bitmap(id(s, "clone")?, "bc", 4096, 3 * CS, false)
+                .map_err(|e| e.to_string())
+        }),
         ("write clone", |s, _| {
             let s = s.as_ref().unwrap();
             let mut b = s.bdev(id(s, "clone")?).unwrap();
@@ -141,6 +181,11 @@ fn steps() -> Vec<(&'static str, Step)> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }),
+        ("add bitmap b1", |s, _| {
+            let s = s.as_ref().unwrap();
+            s.add_bitmap(id(s, "thick2")?, "b1", 65536, CS, true)
+                .map_err(|e| e.to_string())
+        }),
         ("grow thick", |s, _| {
             let s = s.as_ref().unwrap();
             s.resize(id(s, "thick2")?, 3 * CS)
@@ -149,6 +194,11 @@ fn steps() -> Vec<(&'static str, Step)> {
         ("rename volume", |s, _| {
             let s = s.as_ref().unwrap();
             s.rename_volume(id(s, "thin")?, "thin-renamed")
+                .map_err(|e| e.to_string())
+        }),
+        ("remove bitmap b1", |s, _| {
+            let s = s.as_ref().unwrap();
+            s.remove_bitmap(id(s, "thick2")?, "b1")
                 .map_err(|e| e.to_string())
         }),
         ("rename store", |s, _| {
@@ -206,8 +256,16 @@ fn steps() -> Vec<(&'static str, Step)> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }),
-        ("clean close", |s, _| {
-            s.as_ref().unwrap().close().map_err(|e| e.to_string())
+        ("clean close saving a bitmap", |s, _| {
+            close_saving(s.as_ref().unwrap(), 1)
+        }),
+        ("reopen", |s, base| {
+            *s = None;
+            *s = Some(Store::open(base.clone(), "Malloc0", clock).map_err(|e| e.to_string())?);
+            Ok(())
+        }),
+        ("close saving it again", |s, _| {
+            close_saving(s.as_ref().unwrap(), 2)
         }),
     ]
 }
@@ -269,6 +327,60 @@ fn every_write_point_on_a_4k_disk() {
     cut_everywhere(4096, 16384, &[0, 1, 2, 3], 250);
 }
 
+/// A bitmap is found whole only as an orderly close left it: after the
+/// close that was cut (if its record made it), or the previous close when
+/// a reopen was cut before it marked the bitmap in use. Anything else
+/// finds it lost, never holding bits that are not current.
+/// Returns how many bitmaps were found (whole, lost).
+fn check_bits(
+    s: &Store,
+    k: usize,
+    now: &Snapshot,
+    after: &Snapshot,
+    n: u64,
+    tear: u64,
+) -> (u32, u32) {
+    let mut counts = (0, 0);
+    let step = steps()[k].0;
+    let loaded = s.load_bitmaps();
+    for (_, b) in loaded {
+        let allowed = match step {
+            "clean close saving a bitmap" if now == after => Some(1),
+            "close saving it again" if now == after => Some(2),
+            "reopen" => Some(1),
+            _ => None,
+        };
+        let must = matches!(
+            step,
+            "clean close saving a bitmap" | "close saving it again"
+        ) && now == after;
+        if b.inconsistent {
+            assert!(
+                !must,
+                "cut {n}/{tear} in step {k} ({step}): {} lost after its save",
+                b.name
+            );
+            counts.1 += 1;
+            continue;
+        }
+        let Some(save) = allowed else {
+            panic!(
+                "cut {n}/{tear} in step {k} ({step}): {} trusted while in use",
+                b.name
+            );
+        };
+        let want = saved_bits(save);
+        assert_eq!(
+            (b.words(), b.size(), b.granularity, b.enabled),
+            (want.words(), want.size(), want.granularity, want.enabled),
+            "cut {n}/{tear} in step {k} ({step}): {} holds other bits",
+            b.name
+        );
+        counts.0 += 1;
+    }
+    counts
+}
+
 /// `min_cuts`: the two geometries together make over a thousand.
 fn cut_everywhere(block: u32, max_transfer: u32, tears: &[u64], min_cuts: u32) {
     BS.with(|x| x.set(block as u64));
@@ -287,6 +399,7 @@ fn cut_everywhere(block: u32, max_transfer: u32, tears: &[u64], min_cuts: u32) {
     let mut cuts = 0;
     let mut absent = 0;
     let mut present = 0;
+    let (mut bits_whole, mut bits_lost) = (0, 0);
     for n in 0..=writes {
         for &tear in tears {
             let dev = PowerCutBdev::new(disk(block, max_transfer), Some(n), tear);
@@ -310,6 +423,9 @@ fn cut_everywhere(block: u32, max_transfer: u32, tears: &[u64], min_cuts: u32) {
             s.check()
                 .unwrap_or_else(|e| panic!("cut {n}/{tear} in step {k}: check: {e}"));
             let now = capture(&s);
+            let (w, l) = check_bits(&s, k, &now, &golden[k], n, tear);
+            bits_whole += w;
+            bits_lost += l;
             // The interrupted step is wholly absent or wholly present.
             let before = if k == 0 { None } else { golden[k - 1].clone() };
             let after = golden[k].clone();
@@ -336,7 +452,11 @@ fn cut_everywhere(block: u32, max_transfer: u32, tears: &[u64], min_cuts: u32) {
         }
     }
     eprintln!(
-        "power cuts on a {block}-byte-block disk: {cuts} over {writes} write points; interrupted step absent {absent}, present {present}"
+        "power cuts on a {block}-byte-block disk: {cuts} over {writes} write points; interrupted step absent {absent}, present {present}; bitmaps found whole {bits_whole}, lost {bits_lost}"
+    );
+    assert!(
+        bits_whole > 0 && bits_lost > 0,
+        "cuts reached both sides of a save"
     );
     assert!(cuts >= min_cuts, "{cuts} cuts");
 }

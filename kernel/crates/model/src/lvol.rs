@@ -120,8 +120,24 @@ impl Lvols {
                 Ok(store) => {
                     let info = store.info();
                     let vols = store.volumes();
+                    let mut ids = Vec::new();
                     for v in &vols {
-                        register(bdevs, &store, &info.name, v);
+                        ids.push((v.id, register(bdevs, &store, &info.name, v)));
+                    }
+                    let mut lost = 0;
+                    for (vol, bm) in store.load_bitmaps() {
+                        lost += bm.inconsistent as usize;
+                        let bdev = ids.iter().find(|(v, _)| *v == vol).and_then(|x| x.1);
+                        if let Some(list) = bdev.and_then(|b| bdevs.bitmaps_mut(b)) {
+                            list.push(bm);
+                        }
+                    }
+                    if lost > 0 {
+                        found.push(format!(
+                            "lvol store {}: {lost} persistent dirty bitmaps were not saved by an \
+                             orderly shutdown and are inconsistent (remove them and take a full backup)",
+                            info.name
+                        ));
                     }
                     found.push(format!(
                         "lvol store {} ({}) on {name}: {} volumes, {} of {} clusters free{}",
@@ -148,11 +164,38 @@ impl Lvols {
         }
     }
 
-    /// Records a clean shutdown on every store.
-    pub fn close_all(&self) {
+    /// Records a clean shutdown on every store, saving the persistent
+    /// dirty bitmaps of its volumes; returns what went wrong, for the
+    /// console.
+    pub fn close_all(&self, bdevs: &Registry) -> Vec<String> {
+        let mut problems = Vec::new();
         for l in &self.stores {
-            let _ = l.store.close();
+            let mut keep = Vec::new();
+            for v in l.store.volumes() {
+                let Some(id) = bdevs.find(&v.uuid.to_string()) else {
+                    continue;
+                };
+                for b in bdevs.bitmaps(id).iter().filter(|b| b.persistent) {
+                    keep.push((v.id, b));
+                }
+            }
+            let name = l.store.info().name;
+            match l.store.close_saving(&keep) {
+                Ok(failed) => problems.extend(
+                    failed
+                        .into_iter()
+                        .map(|b| format!("lvol store {name}: dirty bitmap {b} could not be saved")),
+                ),
+                Err(e) => problems.push(format!("lvol store {name}: clean close failed: {e}")),
+            }
         }
+        problems
+    }
+
+    /// The store holding the volume behind bdev `id`, and the volume.
+    pub fn store_of(&self, bdevs: &Registry, id: BdevId) -> Option<(&Store, u32)> {
+        let (i, v) = self.volume_of(bdevs, id)?;
+        Some((&self.stores[i].store, v))
     }
 }
 

@@ -198,6 +198,19 @@ impl Block<'_, '_> {
             .ok_or_else(|| QmpError::generic(format!("Dirty bitmap '{name}' not found")))
     }
 
+    /// Bitmap `name` on `id`, refused if its saved contents were lost
+    /// (QEMU's wording).
+    fn usable_bitmap(&self, id: BdevId, name: &str) -> Result<usize, QmpError> {
+        let i = self.bitmap(id, name)?;
+        if self.model.bdevs.bitmaps(id)[i].inconsistent {
+            return Err(QmpError::generic(format!(
+                "Bitmap '{name}' is inconsistent and cannot be used\n\
+                 Try block-dirty-bitmap-remove to delete this bitmap from disk"
+            )));
+        }
+        Ok(i)
+    }
+
     /// Whether an NBD export shows bitmap `name` of `node`.
     fn bitmap_exported(&self, node: BdevId, name: &str) -> bool {
         self.model.nbd.as_deref().is_some_and(|n| {
@@ -233,9 +246,10 @@ impl Block<'_, '_> {
                 dirty::MAX_GRANULARITY
             )));
         }
-        if persistent {
+        if persistent && self.model.lvol_of(id).is_none() {
             return Err(QmpError::generic(format!(
-                "Cannot store dirty bitmaps on '{node}': persistent bitmaps are not available yet"
+                "Cannot store dirty bitmaps on '{node}': only logical volumes keep bitmaps \
+                 across reboots"
             )));
         }
         let size = self
@@ -256,11 +270,7 @@ impl Block<'_, '_> {
                 dirty::MAX_TOTAL_BYTES >> 20
             )));
         }
-        let list = self
-            .model
-            .bdevs
-            .bitmaps_mut(id)
-            .ok_or_else(|| QmpError::generic(format!("Node '{node}' not found")))?;
+        let list = self.model.bdevs.bitmaps(id);
         if list.iter().any(|b| b.name == name) {
             return Err(QmpError::generic(format!("Bitmap already exists: {name}")));
         }
@@ -274,7 +284,22 @@ impl Block<'_, '_> {
             .ok_or_else(|| QmpError::generic("Cannot allocate memory for the bitmap"))?;
         b.enabled = !disabled;
         b.persistent = persistent;
-        list.push(b);
+        if persistent {
+            // Recorded in the store's metadata before it records anything.
+            let lv = self.model.lvol.as_deref();
+            if let Some((store, vol)) = lv.and_then(|l| l.store_of(self.model.bdevs, id)) {
+                store
+                    .add_bitmap(vol, name, g, size, !disabled)
+                    .map_err(|e| {
+                        QmpError::generic(format!(
+                            "Cannot store dirty bitmap '{name}' on '{node}': {e}"
+                        ))
+                    })?;
+            }
+        }
+        if let Some(list) = self.model.bdevs.bitmaps_mut(id) {
+            list.push(b);
+        }
         Ok(json!({}))
     }
 
@@ -285,6 +310,18 @@ impl Block<'_, '_> {
             return Err(QmpError::generic(format!(
                 "Bitmap '{name}' is currently in use by another operation and cannot be used"
             )));
+        }
+        if cmd != "block-dirty-bitmap-remove" {
+            self.usable_bitmap(id, name)?;
+        }
+        let stored = self.model.bdevs.bitmaps(id)[i].persistent;
+        if stored && cmd == "block-dirty-bitmap-remove" {
+            let lv = self.model.lvol.as_deref();
+            if let Some((store, vol)) = lv.and_then(|l| l.store_of(self.model.bdevs, id)) {
+                store.remove_bitmap(vol, name).map_err(|e| {
+                    QmpError::generic(format!("Cannot remove dirty bitmap '{name}': {e}"))
+                })?;
+            }
         }
         let Some(list) = self.model.bdevs.bitmaps_mut(id) else {
             return Err(QmpError::generic(format!("Node '{node}' not found")));
@@ -305,7 +342,7 @@ impl Block<'_, '_> {
         let target = a.req_str("target")?;
         let sources = a.req_array("bitmaps")?;
         let id = self.node(node)?;
-        let t = self.bitmap(id, target)?;
+        let t = self.usable_bitmap(id, target)?;
         let mut merged: Vec<DirtyBitmap> = Vec::new();
         for (k, src) in sources.iter().enumerate() {
             let (n, b) = match src {
@@ -325,7 +362,7 @@ impl Block<'_, '_> {
                 }
             };
             let sid = self.node(n)?;
-            let si = self.bitmap(sid, b)?;
+            let si = self.usable_bitmap(sid, b)?;
             merged.push(self.model.bdevs.bitmaps(sid)[si].clone());
         }
         if let Some(list) = self.model.bdevs.bitmaps_mut(id) {
@@ -354,14 +391,9 @@ impl Block<'_, '_> {
                     "iops": 0, "iops_rd": 0, "iops_wr": 0,
                     "write_threshold": 0,
                     "cache": { "writeback": true, "direct": true, "no-flush": false },
-                    "dirty-bitmaps": reg.bitmaps(id).iter().map(|b| json!({
-                        "name": b.name,
-                        "granularity": b.granularity,
-                        "count": b.dirty_bytes(),
-                        "recording": b.enabled,
-                        "busy": self.bitmap_exported(id, &b.name),
-                        "persistent": b.persistent,
-                    })).collect::<Vec<Value>>(),
+                    "dirty-bitmaps": reg.bitmaps(id).iter()
+                        .map(|b| bitmap_info(b, self.bitmap_exported(id, &b.name)))
+                        .collect::<Vec<Value>>(),
                     "image": {
                         "filename": i.name,
                         "format": driver(&i.product),
@@ -569,9 +601,9 @@ impl Block<'_, '_> {
                 }
             }),
         };
-        found
-            .map(|id| (id, name.into()))
-            .ok_or_else(|| QmpError::generic(format!("Bitmap '{name}' is not found")))
+        let id = found.ok_or_else(|| QmpError::generic(format!("Bitmap '{name}' is not found")))?;
+        self.usable_bitmap(id, name)?;
+        Ok((id, name.into()))
     }
 
     fn find_id(&self, id: &str) -> bool {
@@ -696,6 +728,25 @@ impl Block<'_, '_> {
 }
 
 /// QEMU-style driver names for the bdev products.
+/// A bitmap as `query-named-block-nodes` shows it (BlockDirtyInfo).
+fn bitmap_info(b: &DirtyBitmap, busy: bool) -> Value {
+    let mut v = json!({
+        "name": b.name,
+        "granularity": b.granularity,
+        "count": b.dirty_bytes(),
+        "recording": b.enabled,
+        "busy": busy,
+        "persistent": b.persistent,
+    });
+    // QEMU shows the flag only when it is set.
+    if b.inconsistent
+        && let Value::Object(o) = &mut v
+    {
+        o.insert("inconsistent".into(), Value::Bool(true));
+    }
+    v
+}
+
 fn driver(product: &str) -> &'static str {
     match product {
         "NVMe disk" => "nvme",

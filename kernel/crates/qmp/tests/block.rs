@@ -4,6 +4,7 @@
 
 use ironbay_bdev::{MallocBdev, Registry};
 use ironbay_model::Model;
+use ironbay_model::lvol::Lvols;
 use ironbay_nbd::Exports;
 use ironbay_qmp::block::{Block, BlockState, NBD_PORT};
 use ironbay_qmp::{Greeting, Session, Version};
@@ -18,15 +19,26 @@ struct World {
     /// (export name, clients)
     attached: RefCell<Vec<(String, usize)>>,
     session: Session,
+    lvols: Lvols,
 }
 
 impl World {
     fn new() -> Self {
+        Self::with_disk(None)
+    }
+
+    /// With `disk` as a third bdev, its volume stores tasted.
+    fn with_disk(disk: Option<MallocBdev>) -> Self {
         let mut reg = Registry::new();
         reg.add(Box::new(MallocBdev::new("Malloc0", 2048, 512)))
             .unwrap();
         reg.add(Box::new(MallocBdev::new("Malloc1", 4096, 4096)))
             .unwrap();
+        let mut lvols = Lvols::new(|| 0, 9);
+        if let Some(d) = disk {
+            reg.add(Box::new(d)).unwrap();
+            lvols.taste(&mut reg);
+        }
         let greeting = Greeting {
             version: Version {
                 major: 9,
@@ -41,6 +53,7 @@ impl World {
             state: BlockState::default(),
             attached: RefCell::new(Vec::new()),
             session: Session::new(&greeting),
+            lvols,
         };
         w.take();
         assert_eq!(w.exec("qmp_capabilities", json!({})), json!({"return": {}}));
@@ -73,7 +86,7 @@ impl World {
             shutdown: &mut down,
             bench: None,
             config_store: None,
-            lvol: None,
+            lvol: Some(&mut self.lvols),
             targetd: None,
         };
         let attached = &self.attached;
@@ -478,5 +491,116 @@ fn bitmaps_together_stay_within_their_memory() {
     w.ok(
         "block-dirty-bitmap-add",
         json!({"node": "Big", "name": "b0"}),
+    );
+}
+
+/// The image of the disk under the first volume store (what survives a
+/// reboot).
+fn disk_image(w: &World) -> MallocBdev {
+    let base = w.lvols.stores[0].store.base();
+    let mut b = base.borrow_mut();
+    let info = b.info().clone();
+    let bytes = (info.num_blocks * info.block_size as u64) as usize;
+    let (mut o, mut t) = (Vec::new(), || 0u64);
+    let data = ironbay_bdev::sync::read(&mut **b, 0, bytes, &mut t, &mut o).unwrap();
+    let mut img = MallocBdev::new("Malloc2", info.num_blocks, info.block_size);
+    ironbay_bdev::sync::write(&mut img, 0, data.as_slice(), &mut t, &mut o).unwrap();
+    img
+}
+
+fn bitmap_of(w: &mut World, node: &str) -> Value {
+    let nodes = w.ok("query-named-block-nodes", json!({}));
+    let n = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node-name"] == node)
+        .cloned()
+        .unwrap();
+    n["dirty-bitmaps"][0].clone()
+}
+
+#[test]
+fn persistent_bitmaps_live_in_the_volume_store_across_reboots() {
+    let mut w = World::with_disk(Some(MallocBdev::new("Malloc2", 32 << 11, 512)));
+    {
+        let (mut init, mut down) = (true, false);
+        let mut m = Model {
+            bdevs: &mut w.reg,
+            devices: None,
+            nbd: None,
+            iscsi: None,
+            nvmf: None,
+            memory_budget: 1 << 30,
+            initialized: &mut init,
+            shutdown: &mut down,
+            bench: None,
+            config_store: None,
+            lvol: Some(&mut w.lvols),
+            targetd: None,
+        };
+        m.lvs_create("Malloc2", "lvs", Some(1 << 20), ironbay_lvol::Clear::Zero)
+            .unwrap();
+        m.lvol_create(
+            ironbay_model::lvol::StoreRef::Name("lvs"),
+            "vol",
+            8 << 20,
+            true,
+            ironbay_lvol::Clear::Zero,
+        )
+        .unwrap();
+    }
+    // Only volumes keep bitmaps.
+    let (_, desc) = w.err(
+        "block-dirty-bitmap-add",
+        json!({"node": "Malloc0", "name": "p", "persistent": true}),
+    );
+    assert!(desc.contains("only logical volumes"), "{desc}");
+    w.ok(
+        "block-dirty-bitmap-add",
+        json!({"node": "lvs/vol", "name": "b0", "persistent": true, "granularity": 65536}),
+    );
+    let vol = w.reg.find("lvs/vol").unwrap();
+    w.reg.bitmaps_mut(vol).unwrap()[0].mark(3 << 20, 100_000);
+    // Node names are the bdev names: a volume's is its UUID.
+    let node = w.reg.info(vol).unwrap().name.clone();
+    let before = bitmap_of(&mut w, &node);
+    assert_eq!(before["count"], 2 * 65536);
+    assert_eq!(before["persistent"], true);
+
+    // Orderly shutdown, then boot: the bitmap is back with its bits.
+    assert!(w.lvols.close_all(&w.reg).is_empty());
+    let mut w = World::with_disk(Some(disk_image(&w)));
+    assert_eq!(bitmap_of(&mut w, &node), before);
+
+    // Power lost: the bitmap comes back inconsistent and only removal works.
+    let mut w = World::with_disk(Some(disk_image(&w)));
+    let b = bitmap_of(&mut w, &node);
+    assert_eq!(b["inconsistent"], true, "{b}");
+    assert_eq!(b["recording"], false);
+    let (class, desc) = w.err(
+        "block-dirty-bitmap-enable",
+        json!({"node": "lvs/vol", "name": "b0"}),
+    );
+    assert_eq!(class, "GenericError");
+    assert!(desc.starts_with("Bitmap 'b0' is inconsistent"), "{desc}");
+    w.ok(
+        "nbd-server-start",
+        json!({"addr": {"type": "inet", "host": "10.0.3.15", "port": "10809"}}),
+    );
+    let (_, desc) = w.err(
+        "block-export-add",
+        json!({"type": "nbd", "id": "e", "node-name": "lvs/vol", "bitmaps": ["b0"]}),
+    );
+    assert!(desc.contains("inconsistent"), "{desc}");
+    w.ok(
+        "block-dirty-bitmap-remove",
+        json!({"node": "lvs/vol", "name": "b0"}),
+    );
+    assert!(w.lvols.stores[0].store.bitmaps().is_empty());
+    let w = World::with_disk(Some(disk_image(&w)));
+    assert!(
+        w.lvols.stores[0].store.bitmaps().is_empty(),
+        "removal is durable"
     );
 }
