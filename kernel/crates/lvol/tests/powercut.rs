@@ -2,14 +2,16 @@
 //!
 //! A scripted sequence of operations (store creation, volume create, thin
 //! allocations, snapshot, clone, resize, rename, inflate, decouple, delete,
-//! unmap, grow) first runs on a disk that never loses power, recording the
+//! unmap, grow, persistent bitmaps added, removed, saved by an orderly
+//! close and loaded again) first runs on a disk that never loses power, recording the
 //! store's state and every volume's content after each step. Then, for every
 //! write the sequence makes, it runs again on a disk that loses power at
 //! that write (cleanly, and torn after one block), and the surviving image
 //! is loaded. The store must open (unless the cut came before its super
 //! block existed); every step that completed must be there; the interrupted
 //! one wholly there or wholly absent; and the load-time checker (no cluster
-//! leaked or owned twice) must pass.
+//! leaked or owned twice) must pass. A bitmap may load whole only with the
+//! bits of the last completed save; otherwise it must load as lost.
 
 mod common;
 
