@@ -13,6 +13,7 @@ mod http;
 mod qmp;
 mod rest;
 mod rpc;
+mod sessions;
 mod targetd;
 mod targets;
 

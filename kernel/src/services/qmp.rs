@@ -5,11 +5,12 @@
 
 use super::Nbd;
 use super::allow::Allow;
+use super::sessions::Sessions;
 use crate::net::Network;
 use crate::storage::Storage;
 use alloc::vec::Vec;
 use core::net::IpAddr;
-use ironbay_net::{Listener, Role, TcpTuning};
+use ironbay_net::Role;
 use ironbay_qmp::block::{Block, BlockState};
 use ironbay_qmp::{Greeting, Session, Version};
 use smoltcp::socket::tcp;
@@ -20,26 +21,16 @@ pub const QMP_CONNECTIONS: usize = 8;
 const NEGOTIATE_US: u64 = 10_000_000;
 /// A monitor that leaves replies or events unread this long is dropped.
 const STALL_US: u64 = 30_000_000;
-/// A quiet monitor may be dropped this soon when every socket is taken.
-const EVICT_IDLE_US: u64 = 5_000_000;
-/// A close that has not finished by then is aborted.
-const LINGER_US: u64 = 2_000_000;
 
 struct Monitor {
     session: Session,
     opened_us: u64,
-    /// Last input or output.
-    active_us: u64,
     /// Last time the output was empty or moved.
     progress_us: u64,
 }
 
 pub struct Qmp {
-    stack: usize,
-    listener: Listener,
-    monitors: Vec<Option<Monitor>>,
-    closing_since: Vec<Option<u64>>,
-    allow: Allow,
+    monitors: Sessions<Monitor>,
     greeting: Greeting,
     pub block: BlockState,
     /// Bumped when `nbd-server-start` changes the NBD listener.
@@ -49,23 +40,13 @@ pub struct Qmp {
 pub fn init(network: &mut Network, cmdline: &ironbay_config::Cmdline) -> Option<Qmp> {
     let stack = network.stacks.iter().position(|s| s.role == Role::Mgmt)?;
     let port = cmdline.get_as("qmp.port").unwrap_or(QMP_PORT);
-    let listener = Listener::new(
-        &mut network.stacks[stack].sockets,
-        port,
-        QMP_CONNECTIONS,
-        TcpTuning::MANAGEMENT,
-    );
     let allow = Allow::from_cmdline(cmdline);
     log::info!(
         "mgmt: QMP on TCP port {port}, clients from {}",
         allow.describe()
     );
     Some(Qmp {
-        stack,
-        listener,
-        monitors: (0..QMP_CONNECTIONS).map(|_| None).collect(),
-        closing_since: alloc::vec![None; QMP_CONNECTIONS],
-        allow,
+        monitors: Sessions::new(network, stack, port, QMP_CONNECTIONS, allow, "QMP"),
         greeting: Greeting {
             version: Version {
                 major: 9,
@@ -114,13 +95,7 @@ impl Qmp {
         let now = crate::time::uptime_us();
         // Only a command needs the data NIC addresses: no allocation on
         // the turns nothing arrives.
-        let input = self.listener.sockets().iter().any(|&h| {
-            network.stacks[self.stack]
-                .sockets
-                .get::<tcp::Socket<'_>>(h)
-                .can_recv()
-        });
-        let addrs = if input {
+        let addrs = if self.monitors.input_waiting(network) {
             data_addrs(network)
         } else {
             Vec::new()
@@ -133,47 +108,17 @@ impl Qmp {
         let server_before = self.block.server.clone();
         let mut busy = false;
         let mut handled = false;
-        let own = Allow::own_subnet(network, self.stack);
-        for (i, &h) in self.listener.sockets().iter().enumerate() {
-            let s = network.stacks[self.stack]
-                .sockets
-                .get_mut::<tcp::Socket<'_>>(h);
-            let state = s.state();
-            if !matches!(state, tcp::State::Established | tcp::State::CloseWait) {
-                self.monitors[i] = None;
-                match state {
-                    tcp::State::Listen | tcp::State::Closed => self.closing_since[i] = None,
-                    tcp::State::TimeWait => s.abort(),
-                    _ => {
-                        let since = *self.closing_since[i].get_or_insert(now);
-                        if now.saturating_sub(since) >= LINGER_US {
-                            s.abort();
-                        }
-                    }
-                }
+        for i in 0..self.monitors.len() {
+            let greeting = &self.greeting;
+            let make = || Monitor {
+                session: Session::new(greeting),
+                opened_us: now,
+                progress_us: now,
+            };
+            let Some((s, slot)) = self.monitors.open(network, i, now, make) else {
                 continue;
-            }
-            if self.monitors[i].is_none() {
-                let peer = s.remote_endpoint();
-                let permitted = peer.is_some_and(|p| match p.addr {
-                    smoltcp::wire::IpAddress::Ipv4(ip) => self
-                        .allow
-                        .permits(own, IpAddr::V4(core::net::Ipv4Addr::from(ip.octets()))),
-                    _ => false,
-                });
-                if !permitted {
-                    log::warn!("mgmt: QMP connection from {peer:?} refused (not in mgmt.allow)");
-                    s.abort();
-                    continue;
-                }
-                self.monitors[i] = Some(Monitor {
-                    session: Session::new(&self.greeting),
-                    opened_us: now,
-                    active_us: now,
-                    progress_us: now,
-                });
-            }
-            let Some(m) = self.monitors[i].as_mut() else {
+            };
+            let Some(m) = slot.session.as_mut() else {
                 continue;
             };
             if m.session.wants_input() && s.can_recv() {
@@ -186,7 +131,7 @@ impl Qmp {
                     data_addrs: &addrs,
                 };
                 let _ = s.recv(|b| (m.session.handle_input(b, &mut block), ()));
-                m.active_us = now;
+                slot.active_us = now;
                 busy = true;
                 handled = true;
             }
@@ -194,12 +139,7 @@ impl Qmp {
                 || (!m.session.poll_output().is_empty()
                     && now.saturating_sub(m.progress_us) >= STALL_US)
             {
-                log::warn!(
-                    "mgmt: QMP client {:?} takes no output; dropped",
-                    s.remote_endpoint()
-                );
-                s.abort();
-                self.monitors[i] = None;
+                self.monitors.drop_session(network, i, "takes no output");
                 continue;
             }
             if !m.session.is_negotiated() && now.saturating_sub(m.opened_us) >= NEGOTIATE_US {
@@ -209,10 +149,13 @@ impl Qmp {
                     s.remote_endpoint()
                 );
                 s.close();
-                self.monitors[i] = None;
+                slot.session = None;
                 continue;
             }
-            busy |= send(m, s, now);
+            if send(m, s, now) {
+                slot.active_us = now;
+                busy = true;
+            }
             if s.state() == tcp::State::CloseWait && m.session.poll_output().is_empty() {
                 s.close();
             }
@@ -222,7 +165,7 @@ impl Qmp {
             busy = true;
             for (name, data) in core::mem::take(&mut self.block.events) {
                 log::info!("mgmt: QMP event {name} {data}");
-                for m in self.monitors.iter_mut().flatten() {
+                for m in self.monitors.sessions_mut() {
                     m.session.push_event(name, Some(data.clone()), now);
                 }
             }
@@ -233,36 +176,8 @@ impl Qmp {
         if handled {
             crate::persist::save_storage(storage, exports, initialized);
         }
-        self.evict_when_full(network, now);
-        self.listener
-            .relisten(&mut network.stacks[self.stack].sockets);
+        self.monitors.finish(network, now, None);
         busy
-    }
-
-    /// When no socket listens, drops the monitor quiet longest (if quiet a
-    /// while), so idle connections cannot lock QMP out.
-    fn evict_when_full(&mut self, network: &mut Network, now: u64) {
-        let sockets = &mut network.stacks[self.stack].sockets;
-        let handles = self.listener.sockets();
-        if handles
-            .iter()
-            .any(|&h| sockets.get::<tcp::Socket<'_>>(h).state() == tcp::State::Listen)
-        {
-            return;
-        }
-        let victim = (0..handles.len())
-            .filter_map(|i| self.monitors[i].as_ref().map(|m| (i, m.active_us)))
-            .filter(|&(_, active)| now.saturating_sub(active) >= EVICT_IDLE_US)
-            .min_by_key(|&(_, active)| active);
-        if let Some((i, _)) = victim {
-            let s = sockets.get_mut::<tcp::Socket<'_>>(handles[i]);
-            log::warn!(
-                "mgmt: every QMP socket taken; dropped quiet monitor {:?}",
-                s.remote_endpoint()
-            );
-            s.abort();
-            self.monitors[i] = None;
-        }
     }
 }
 
@@ -280,9 +195,6 @@ fn send(m: &mut Monitor, s: &mut tcp::Socket<'_>, now: u64) -> bool {
     }
     if moved || m.session.poll_output().is_empty() {
         m.progress_us = now;
-    }
-    if moved {
-        m.active_us = now;
     }
     moved
 }
