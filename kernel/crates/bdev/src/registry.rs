@@ -73,6 +73,9 @@ pub enum RegistryError {
     Resize(IoStatus),
     /// A stacked device (named) owns this one.
     Claimed(String),
+    /// The device carries dirty bitmaps, which only see requests submitted
+    /// through the registry: a stacked device's writes would go unseen.
+    HasBitmaps,
 }
 
 impl fmt::Display for RegistryError {
@@ -86,6 +89,11 @@ impl fmt::Display for RegistryError {
             }
             RegistryError::Resize(s) => write!(f, "cannot resize the bdev: {s}"),
             RegistryError::Claimed(by) => write!(f, "bdev is claimed by {by}"),
+            RegistryError::HasBitmaps => write!(
+                f,
+                "bdev has dirty bitmaps, which would not see a stacked device's writes; \
+                 remove them first"
+            ),
         }
     }
 }
@@ -402,6 +410,9 @@ impl Registry {
         if let Some((by, _)) = &slot.claim {
             return Err(RegistryError::Claimed(by.clone()));
         }
+        if !slot.bitmaps.is_empty() {
+            return Err(RegistryError::HasBitmaps);
+        }
         let queued = slot.qos.as_ref().is_some_and(|q| !q.queue.is_empty());
         if queued || slot.dev.in_flight() > 0 || slot.in_flight.iter().any(Option::is_some) {
             return Err(RegistryError::Busy);
@@ -423,6 +434,9 @@ impl Registry {
         let slot = self.slot(id).ok_or(RegistryError::NotFound)?;
         if let Some((by, _)) = &slot.claim {
             return Err(RegistryError::Claimed(by.clone()));
+        }
+        if !slot.bitmaps.is_empty() {
+            return Err(RegistryError::HasBitmaps);
         }
         let queued = slot.qos.as_ref().is_some_and(|q| !q.queue.is_empty());
         if queued || slot.dev.in_flight() > 0 || slot.in_flight.iter().any(Option::is_some) {

@@ -97,7 +97,44 @@ impl Lvols {
             tasted.extend(&ids);
             self.taste_these(bdevs, &ids, &mut found);
         }
+        // After every volume was tasted: a bdev with bitmaps cannot be
+        // claimed, and a volume may hold a store itself.
+        for l in &self.stores {
+            self.restore_bitmaps(bdevs, &l.store, &mut found);
+        }
         found
+    }
+
+    /// Hands the persistent bitmaps a store loaded to its volumes' bdevs.
+    fn restore_bitmaps(&self, bdevs: &mut Registry, store: &Store, found: &mut Vec<String>) {
+        let name = store.info().name;
+        let mut lost = 0;
+        for (vol, mut bm) in store.load_bitmaps() {
+            let Some(id) = store
+                .volume(vol)
+                .and_then(|v| bdevs.find(&v.uuid.to_string()))
+            else {
+                continue;
+            };
+            if let Some(by) = bdevs.claimed_by(id) {
+                // Writes through its owner would go unseen from now on.
+                found.push(format!(
+                    "lvol store {name}: dirty bitmap {} is lost: its volume is claimed by {by}",
+                    bm.name
+                ));
+                bm = ironbay_bdev::dirty::DirtyBitmap::lost(&bm.name, bm.granularity, bm.size());
+            }
+            lost += bm.inconsistent as usize;
+            if let Some(list) = bdevs.bitmaps_mut(id) {
+                list.push(bm);
+            }
+        }
+        if lost > 0 {
+            found.push(format!(
+                "lvol store {name}: {lost} persistent dirty bitmaps are inconsistent (not saved \
+                 by an orderly shutdown); remove them and take a full backup"
+            ));
+        }
     }
 
     fn taste_these(&mut self, bdevs: &mut Registry, ids: &[BdevId], found: &mut Vec<String>) {
@@ -120,24 +157,8 @@ impl Lvols {
                 Ok(store) => {
                     let info = store.info();
                     let vols = store.volumes();
-                    let mut ids = Vec::new();
                     for v in &vols {
-                        ids.push((v.id, register(bdevs, &store, &info.name, v)));
-                    }
-                    let mut lost = 0;
-                    for (vol, bm) in store.load_bitmaps() {
-                        lost += bm.inconsistent as usize;
-                        let bdev = ids.iter().find(|(v, _)| *v == vol).and_then(|x| x.1);
-                        if let Some(list) = bdev.and_then(|b| bdevs.bitmaps_mut(b)) {
-                            list.push(bm);
-                        }
-                    }
-                    if lost > 0 {
-                        found.push(format!(
-                            "lvol store {}: {lost} persistent dirty bitmaps were not saved by an \
-                             orderly shutdown and are inconsistent (remove them and take a full backup)",
-                            info.name
-                        ));
+                        register(bdevs, &store, &info.name, v);
                     }
                     found.push(format!(
                         "lvol store {} ({}) on {name}: {} volumes, {} of {} clusters free{}",

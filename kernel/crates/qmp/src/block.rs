@@ -234,6 +234,12 @@ impl Block<'_, '_> {
         if name.is_empty() {
             return Err(QmpError::generic("Bitmap name cannot be empty"));
         }
+        if let Some(by) = self.model.bdevs.claimed_by(id) {
+            return Err(QmpError::generic(format!(
+                "Node '{node}' is in use by {by}: a dirty bitmap sees only writes submitted \
+                 to the node itself; track the node stacked on it instead"
+            )));
+        }
         if name.len() > dirty::MAX_NAME {
             return Err(QmpError::generic(format!("Bitmap name too long: {name}")));
         }

@@ -565,6 +565,15 @@ fn persistent_bitmaps_live_in_the_volume_store_across_reboots() {
     // Node names are the bdev names: a volume's is its UUID.
     let node = w.reg.info(vol).unwrap().name.clone();
     let before = bitmap_of(&mut w, &node);
+    // Writes from a stacked device would bypass the bitmap: no claim of a
+    // tracked node, and no bitmap on a claimed one.
+    let (_, desc) = w.err(
+        "block-dirty-bitmap-add",
+        json!({"node": "Malloc2", "name": "x"}),
+    );
+    assert!(desc.contains("in use by lvol store"), "{desc}");
+    let claim = w.reg.claim(vol, "a cache").map(|_| ());
+    assert_eq!(claim, Err(ironbay_bdev::RegistryError::HasBitmaps));
     assert_eq!(before["count"], 2 * 65536);
     assert_eq!(before["persistent"], true);
 
