@@ -2,7 +2,10 @@
 """QMP against the booted appliance with QEMU's own library (qemu.qmp) and,
 for what the library hides, a raw socket: greeting and negotiation, each
 block command and error class, events on every monitor, and an NBD export
-made over QMP used by nbdinfo, qemu-img, qemu-io and nbdcopy.
+made over QMP used by nbdinfo, qemu-img, qemu-io and nbdcopy. Also QEMU's
+qmp-shell, fed commands as an administrator types them: key=value with JSON
+and Python literals, a bitmap and an export read by nbdinfo, errors, the
+event, all removed again.
 
 Then incremental backup of a logical volume: a dirty bitmap, a full copy,
 writes, a snapshot exported with the bitmap as qemu:dirty-bitmap:b0, only
@@ -13,27 +16,21 @@ Environment: QMP_PORT (forwarded to 4444), NBD_PORT (forwarded to 10809),
 RPC_PORT (JSON-RPC, for the volumes), SCRATCH (a directory for files).
 """
 
+import ast
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 
 from qemu.qmp import ExecuteError, QMPClient
 
-QMP = int(os.environ["QMP_PORT"])
-NBD = int(os.environ["NBD_PORT"])
-RPC = int(os.environ["RPC_PORT"])
+from appliance import NBD, QMP, check, nbd, nbd_map, rpc, run
+
 SCRATCH = os.environ["SCRATCH"]
 MIB = 1 << 20
-
-
-def check(cond, what):
-    if not cond:
-        print(f"FAIL: {what}", flush=True)
-        sys.exit(1)
-    print(f"ok: {what}", flush=True)
 
 
 class Raw:
@@ -96,45 +93,117 @@ def protocol():
     return r
 
 
-def rpc(method, params):
-    s = socket.create_connection(("127.0.0.1", RPC), timeout=60)
-    s.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
-                          "params": params}).encode())
-    buf = b""
-    while True:
-        d = s.recv(65536)
-        check(d, f"{method}: an answer")
-        buf += d
-        try:
-            r = json.loads(buf)
-            break
-        except ValueError:
-            pass
-    check("result" in r, f"{method} {params}: {r}")
-    return r["result"]
-
-
-def nbd_map(uri, context):
-    """nbdinfo --map: [(offset, length, flags)]."""
-    out = run("nbdinfo", f"--map={context}", uri)
-    runs = []
-    for line in out.splitlines():
-        f = line.split()
-        if len(f) >= 3 and f[0].isdigit():
-            runs.append((int(f[0]), int(f[1]), int(f[2])))
-    return runs
-
-
-def nbd(name):
-    return f"nbd://127.0.0.1:{NBD}/{name}"
-
-
-def run(*cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if p.returncode != 0:
+def qmp_shell(lines, *opts):
+    """Feeds `lines` to qmp-shell: its banner and what each line printed."""
+    # pip may put the entry point off PATH; the module is the same program.
+    exe = shutil.which("qmp-shell")
+    cmd = [exe] if exe else [sys.executable, "-m", "qemu.qmp.qmp_shell"]
+    # The shell writes its history to $HOME: keep it out of the real one.
+    p = subprocess.run(cmd + [*opts, f"127.0.0.1:{QMP}"], input="".join(f"{l}\n" for l in lines),
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, HOME=SCRATCH))
+    # Without a terminal it still prompts, unterminated, before each line and
+    # once more at the end of input.
+    banner, *outs = p.stdout.split("(QEMU) ")
+    if p.returncode != 0 or p.stderr or len(outs) != len(lines) + 1:
         print(p.stdout, p.stderr)
-    check(p.returncode == 0, " ".join(cmd))
-    return p.stdout
+    check(p.returncode == 0 and p.stderr == "", " ".join(["qmp-shell", *opts]))
+    check(len(outs) == len(lines) + 1, "a prompt per line")
+    return banner, outs[:-1]
+
+
+def shown(out):
+    """The JSON qmp-shell printed for a command: with -v what it sent, then the reply."""
+    msgs, rest = [], out.strip()
+    while rest:
+        m, end = json.JSONDecoder().raw_decode(rest)
+        msgs.append(m)
+        rest = rest[end:].lstrip()
+    return msgs
+
+
+async def shell(raw, a, b):
+    """qmp-shell against the appliance, its NBD server running; leaves
+    nothing behind, and every monitor's events read."""
+    node = "VirtioBlk0"
+    lines = [
+        "query-version",
+        "query-commands",
+        f"block-dirty-bitmap-add node={node} name=shellbm",
+        "query-named-block-nodes",
+        f"block-export-add type=nbd id=shell0 node-name={node} name=shell0 writable=false"
+        f" bitmaps=[{{'node':'{node}','name':'shellbm'}}]",
+        "query-block-exports",
+        f"block-dirty-bitmap-remove node={node} name=shellbm",
+        "block-export-del id=nosuch",
+        "no-such-command",
+        # The address as QEMU's nbd-server-start takes it, the legacy shape.
+        'nbd-server-start addr={"type":"inet","data":{"host":"0.0.0.0","port":"10809"}}',
+    ]
+    banner, outs = qmp_shell(lines, "-p", "-v")
+    sent = [shown(o) for o in outs]
+    check(all(len(m) == 2 and m[0]["execute"] == l.split()[0] for m, l in zip(sent, lines)),
+          "qmp-shell -v echoes each command before its reply")
+    ver, cmds, add, nodes, export, exports, busy, nosuch, unknown, start = (m[1] for m in sent)
+    q = ver["return"]["qemu"]
+    version = f"{q['major']}.{q['minor']}.{q['micro']}"
+    check(f"Connected to QEMU {version}" in banner, f"qmp-shell banner, query-version {version}")
+    names = {c["name"] for c in cmds["return"]}
+    check({"block-export-add", "block-export-del", "query-block-exports",
+           "block-dirty-bitmap-add", "block-dirty-bitmap-remove"} <= names,
+          "qmp-shell: query-commands")
+    check(add == {"return": {}}, f"qmp-shell: block-dirty-bitmap-add {add}")
+    bitmaps = [n["dirty-bitmaps"] for n in nodes["return"] if n["node-name"] == node]
+    check(bitmaps == [[{"name": "shellbm", "granularity": 65536, "count": 0, "recording": True,
+                        "busy": False, "persistent": False}]],
+          f"qmp-shell: query-named-block-nodes shows shellbm on {node}: {bitmaps}")
+    check(export == {"return": {}}, f"qmp-shell: block-export-add {export}")
+    check({"id": "shell0", "type": "nbd", "node-name": node, "shutting-down": False}
+          in exports["return"], f"qmp-shell: query-block-exports {exports}")
+    check(busy == {"error": {"class": "GenericError", "desc": "Bitmap 'shellbm' is currently in "
+                             "use by another operation and cannot be used"}},
+          f"qmp-shell: an exported bitmap stays: {busy}")
+    check(nosuch == {"error": {"class": "GenericError", "desc": "Export 'nosuch' is not found"}},
+          f"qmp-shell: {nosuch}")
+    check(unknown == {"error": {"class": "CommandNotFound",
+                                "desc": "The command no-such-command has not been found"}},
+          f"qmp-shell: {unknown}")
+    check(start == {"error": {"class": "GenericError", "desc": "NBD server already running"}},
+          f"qmp-shell: {start}")
+
+    info = json.loads(run("nbdinfo", "--json", nbd("shell0")))["exports"][0]
+    check(info["export-size"] == 64 * MIB and info["is_read_only"], "nbdinfo on shell0")
+    check(nbd_map(nbd("shell0"), "qemu:dirty-bitmap:shellbm") == [(0, 64 * MIB, 0)],
+          "shellbm exported, all clean")
+
+    lines = [
+        "block-export-del id=shell0",
+        # The shell shows events on an empty line, and only those a command
+        # has already read in.
+        "query-block-exports",
+        "",
+        f"block-dirty-bitmap-remove node={node} name=shellbm",
+        "query-named-block-nodes",
+    ]
+    _, outs = qmp_shell(lines)
+    # Events come as Python dicts, replies as JSON.
+    events = [ast.literal_eval(l) for l in outs.pop(2).splitlines() if l.strip()]
+    (dele,), (exports,), (rm,), (nodes,) = (shown(o) for o in outs)
+    check(dele == {"return": {}}, f"qmp-shell: block-export-del {dele}")
+    check(all(e["id"] != "shell0" for e in exports["return"]), f"shell0 gone: {exports}")
+    check([(e["event"], e["data"]) for e in events]
+          == [("BLOCK_EXPORT_DELETED", {"id": "shell0"})], f"qmp-shell shows the event {events}")
+    check(rm == {"return": {}}, f"qmp-shell: block-dirty-bitmap-remove {rm}")
+    # QEMU leaves out an empty list.
+    check(all(n.get("dirty-bitmaps", []) == [] for n in nodes["return"]
+              if n["node-name"] == node), f"shellbm gone from {node}")
+    ev = raw.recv()
+    check(ev.get("event") == "BLOCK_EXPORT_DELETED" and ev["data"] == {"id": "shell0"},
+          "the raw monitor heard of shell0 too")
+    for q in (a, b):
+        ev = await asyncio.wait_for(q.events.get(), 20)
+        check(ev["event"] == "BLOCK_EXPORT_DELETED" and ev["data"] == {"id": "shell0"},
+              f"{q.name} heard of shell0 too")
 
 
 async def expect_error(q, cmd, args, cls, desc):
@@ -181,6 +250,8 @@ async def main():
     await expect_error(a, "nbd-server-start",
                        {"addr": {"type": "inet", "host": "0.0.0.0", "port": "10809"}},
                        "GenericError", "NBD server already running")
+    # While the server runs: stopping it would close the appliance's own exports too.
+    await shell(raw, a, b)
     await expect_error(a, "block-export-add", dict(export, type="fuse", mountpoint="/m"),
                        "GenericError", None)
     await expect_error(a, "block-export-add", dict(export, **{"node-name": "Nope"}),

@@ -16,17 +16,12 @@ Environment: QMP_PORT, NBD_PORT, RPC_PORT (forwarded to 4444, 10809, 5260).
 """
 
 import asyncio
-import json
-import os
-import socket
-import subprocess
 import sys
 
 from qemu.qmp import ExecuteError, QMPClient
 
-QMP = int(os.environ["QMP_PORT"])
-NBD = int(os.environ["NBD_PORT"])
-RPC = int(os.environ["RPC_PORT"])
+from appliance import QMP, check, nbd, nbd_map, rpc, run
+
 KIB, MIB = 1 << 10, 1 << 20
 GRAN = 64 * KIB
 # (offset, length) written in the first boot, and what the bitmap then
@@ -35,58 +30,14 @@ WRITES = [(0, 4 * KIB), (3 * MIB + 60 * KIB, 8 * KIB), (7 * MIB, 200 * KIB)]
 DIRTY = [(0, GRAN), (3 * MIB, 2 * GRAN), (7 * MIB, 4 * GRAN)]
 
 
-def check(cond, what):
-    if not cond:
-        print(f"FAIL: {what}", flush=True)
-        sys.exit(1)
-    print(f"ok: {what}", flush=True)
-
-
-def rpc(method, params=None):
-    s = socket.create_connection(("127.0.0.1", RPC), timeout=60)
-    req = {"jsonrpc": "2.0", "id": 1, "method": method}
-    if params is not None:
-        req["params"] = params
-    s.sendall(json.dumps(req).encode())
-    buf = b""
-    while True:
-        d = s.recv(65536)
-        if not d:
-            check(False, f"{method}: no answer")
-        buf += d
-        try:
-            r = json.loads(buf)
-            break
-        except ValueError:
-            pass
-    if "result" not in r:
-        check(False, f"{method} {params}: {r}")
-    return r["result"]
-
-
-def run(*cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    check(p.returncode == 0, f"{' '.join(cmd)}: {p.stderr.strip()}")
-    return p.stdout
-
-
-def nbd(name):
-    return f"nbd://127.0.0.1:{NBD}/{name}"
-
-
 def dirty_runs(uri):
     """The dirty extents nbdinfo --map reports for qemu:dirty-bitmap:b0."""
-    runs = []
-    for line in run("nbdinfo", "--map=qemu:dirty-bitmap:b0", uri).splitlines():
-        f = line.split()
-        if len(f) >= 3 and f[0].isdigit() and int(f[2]) & 1:
-            runs.append((int(f[0]), int(f[1])))
-    return runs
+    return [(o, n) for o, n, f in nbd_map(uri, "qemu:dirty-bitmap:b0") if f & 1]
 
 
 async def bitmaps(q, node):
     nodes = {n["node-name"]: n for n in await q.execute("query-named-block-nodes")}
-    return {b["name"]: b for b in nodes[node]["dirty-bitmaps"]}
+    return {b["name"]: b for b in nodes[node].get("dirty-bitmaps", [])}
 
 
 async def fails(q, cmd, args, text):

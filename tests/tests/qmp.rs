@@ -1,9 +1,9 @@
 //! QMP on the booted appliance (TCP 4444), driven by QEMU's own Python
-//! library, `qemu.qmp` (tests/scripts/qmp-client.py): greeting and
-//! negotiation, the block commands and their errors, events on every
-//! monitor, and exports made over QMP used by nbdinfo, qemu-img, qemu-io
-//! and nbdcopy. Also: a monitor that never negotiates is dropped, so it
-//! cannot hold a socket. Run by `cargo xtask test`.
+//! library, `qemu.qmp`, and its `qmp-shell` (tests/scripts/qmp-client.py):
+//! greeting and negotiation, the block commands and their errors, events on
+//! every monitor, and exports made over QMP used by nbdinfo, qemu-img,
+//! qemu-io and nbdcopy. Also: a monitor that never negotiates is dropped, so
+//! it cannot hold a socket. Run by `cargo xtask test`.
 
 use ironbay_tests::READY;
 use ironbay_tests::images::{kernel, require};

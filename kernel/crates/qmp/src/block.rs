@@ -385,7 +385,7 @@ impl Block<'_, '_> {
             .filter_map(|id| Some((id, reg.info(id)?)))
             .map(|(id, i)| {
                 let size = i.size_bytes();
-                json!({
+                let mut node = json!({
                     "node-name": i.name,
                     "file": i.name,
                     "drv": driver(&i.product),
@@ -397,16 +397,25 @@ impl Block<'_, '_> {
                     "iops": 0, "iops_rd": 0, "iops_wr": 0,
                     "write_threshold": 0,
                     "cache": { "writeback": true, "direct": true, "no-flush": false },
-                    "dirty-bitmaps": reg.bitmaps(id).iter()
-                        .map(|b| bitmap_info(b, self.bitmap_exported(id, &b.name)))
-                        .collect::<Vec<Value>>(),
                     "image": {
                         "filename": i.name,
                         "format": driver(&i.product),
                         "virtual-size": size,
                         "cluster-size": i.block_size,
                     },
-                })
+                });
+                // QEMU lists the field only on nodes that have bitmaps.
+                let bitmaps = reg.bitmaps(id);
+                if !bitmaps.is_empty()
+                    && let Value::Object(o) = &mut node
+                {
+                    let list = bitmaps
+                        .iter()
+                        .map(|b| bitmap_info(b, self.bitmap_exported(id, &b.name)))
+                        .collect();
+                    o.insert("dirty-bitmaps".into(), Value::Array(list));
+                }
+                node
             })
             .collect()
     }

@@ -152,6 +152,10 @@ fn block_nodes_are_the_bdevs() {
     assert_eq!(names, ["Malloc0", "Malloc1"]);
     assert_eq!(nodes[1]["image"]["virtual-size"], 4096 * 4096);
     assert_eq!(nodes[0]["ro"], false);
+    assert!(
+        nodes[0].get("dirty-bitmaps").is_none(),
+        "listed only where there are bitmaps, as QEMU"
+    );
     let block = w.ok("query-block", json!({}));
     assert_eq!(block[0]["inserted"]["node-name"], "Malloc0");
     assert_eq!(
