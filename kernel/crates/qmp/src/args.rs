@@ -255,6 +255,13 @@ impl<'a> Args<'a> {
 
     /// Fails on the first member (in key order) that was not asked for.
     pub fn finish(self) -> Result<(), QmpError> {
+        self.done()
+    }
+
+    /// As [`finish`](Args::finish), for a command to call once it has
+    /// taken every argument and before it changes anything: a command
+    /// refused for an unexpected argument must have done nothing.
+    pub fn done(&self) -> Result<(), QmpError> {
         match self.map.keys().find(|k| !self.taken.contains(&k.as_str())) {
             Some(k) => Err(unexpected(&self.path(k))),
             None => Ok(()),

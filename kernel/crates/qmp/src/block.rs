@@ -226,6 +226,7 @@ impl Block<'_, '_> {
         let granularity = a.opt_u32("granularity")?;
         let persistent = a.opt_bool("persistent")?.unwrap_or(false);
         let disabled = a.opt_bool("disabled")?.unwrap_or(false);
+        a.done()?;
         let id = self.model.bdevs.find(node).ok_or_else(|| {
             QmpError::generic(format!(
                 "Cannot find device='{node}' nor node-name='{node}'"
@@ -347,6 +348,7 @@ impl Block<'_, '_> {
         let node = a.req_str("node")?;
         let target = a.req_str("target")?;
         let sources = a.req_array("bitmaps")?;
+        a.done()?;
         let id = self.node(node)?;
         let t = self.usable_bitmap(id, target)?;
         let mut merged: Vec<DirtyBitmap> = Vec::new();
@@ -436,6 +438,7 @@ impl Block<'_, '_> {
             ));
         }
         let max_connections = a.opt_u32("max-connections")?.unwrap_or(0);
+        a.done()?;
         if self.state.server.is_some() {
             return Err(QmpError::generic("NBD server already running"));
         }
@@ -516,6 +519,7 @@ impl Block<'_, '_> {
         let description = a.opt_str("description")?;
         let writable = a.opt_bool("writable")?.unwrap_or(false);
         let bitmap = a.opt_str("bitmap")?;
+        a.done()?;
         self.running()?;
         // The old command's own answer for an unknown device.
         if self.model.bdevs.find(device).is_none() {
@@ -568,6 +572,7 @@ impl Block<'_, '_> {
             }
         }
         let depth = a.opt_bool("allocation-depth")?.unwrap_or(false);
+        a.done()?;
         if id.is_empty() || id.len() > 255 {
             return Err(QmpError::generic("Invalid block export id"));
         }

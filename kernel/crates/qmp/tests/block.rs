@@ -617,3 +617,34 @@ fn persistent_bitmaps_live_in_the_volume_store_across_reboots() {
         "removal is durable"
     );
 }
+
+#[test]
+fn a_command_refused_for_an_unexpected_argument_changes_nothing() {
+    let mut w = World::new();
+    let (_, desc) = w.err(
+        "block-dirty-bitmap-add",
+        json!({"node": "Malloc0", "name": "b0", "bogus": 1}),
+    );
+    assert_eq!(desc, "Parameter 'bogus' is unexpected");
+    assert!(w.reg.bitmaps(w.reg.find("Malloc0").unwrap()).is_empty());
+    let (_, desc) = w.err(
+        "nbd-server-start",
+        json!({"addr": {"type": "inet", "data": {"host": "0.0.0.0", "port": "10809"}}, "x": true}),
+    );
+    assert_eq!(desc, "Parameter 'x' is unexpected");
+    assert!(w.state.server.is_none());
+    w.ok(
+        "nbd-server-start",
+        json!({"addr": {"type": "inet", "data": {"host": "0.0.0.0", "port": "10809"}}}),
+    );
+    let before = w.ok("query-block-exports", json!({}));
+    let (_, desc) = w.err(
+        "block-export-add",
+        json!({"type": "nbd", "id": "e", "node-name": "Malloc0", "y": 0}),
+    );
+    assert_eq!(desc, "Parameter 'y' is unexpected");
+    assert_eq!(w.ok("query-block-exports", json!({})), before);
+    let (_, desc) = w.err("nbd-server-add", json!({"device": "Malloc0", "z": 0}));
+    assert_eq!(desc, "Parameter 'z' is unexpected");
+    assert_eq!(w.ok("query-block-exports", json!({})), before);
+}
