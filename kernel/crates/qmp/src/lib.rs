@@ -25,6 +25,7 @@
 extern crate alloc;
 
 pub mod args;
+mod bitmaps;
 pub mod block;
 mod error;
 mod json;
