@@ -3,7 +3,8 @@
 nbdinfo. Run once per boot of the same disks, with the phase as argument:
 
   setup     a store and a volume (JSON-RPC), persistent bitmap b0 and a
-            non-persistent bitmap t0 (QMP), writes over NBD; the test then
+            non-persistent bitmap t0 (QMP, t0 by a transaction after an
+            aborted one), writes over NBD; the test then
             shuts the appliance down in order (spdk_kill_instance)
   orderly   b0 came back with the same count, recording; t0 did not; the
             bitmap exported as qemu:dirty-bitmap:b0 lists exactly the
@@ -62,7 +63,15 @@ async def setup(q):
                                    "size_in_mib": 16, "thin_provision": True})
     await q.execute("block-dirty-bitmap-add", {"node": vol, "name": "b0",
                                                "granularity": GRAN, "persistent": True})
-    await q.execute("block-dirty-bitmap-add", {"node": vol, "name": "t0"})
+    # A transaction is all or nothing: an abort leaves no bitmap behind,
+    # not even a persistent one in the store.
+    add = {"type": "block-dirty-bitmap-add"}
+    await fails(q, "transaction", {"actions": [
+        dict(add, data={"node": vol, "name": "t0"}),
+        dict(add, data={"node": vol, "name": "x", "persistent": True}),
+        {"type": "abort", "data": {}}]}, "Transaction aborted")
+    check(set(await bitmaps(q, vol)) == {"b0"}, "the aborted transaction left nothing")
+    await q.execute("transaction", {"actions": [dict(add, data={"node": vol, "name": "t0"})]})
     await fails(q, "block-dirty-bitmap-add",
                 {"node": "VirtioBlk0", "name": "p", "persistent": True},
                 "only logical volumes")

@@ -82,6 +82,19 @@ impl DirtyBitmap {
         }
     }
 
+    /// A copy; `None` if memory for it is short (bitmaps may be large:
+    /// an infallible clone could stop the appliance).
+    pub fn try_clone(&self) -> Option<Self> {
+        let mut bits = Vec::new();
+        bits.try_reserve_exact(self.bits.len()).ok()?;
+        bits.extend_from_slice(&self.bits);
+        Some(DirtyBitmap {
+            name: self.name.clone(),
+            bits,
+            ..*self
+        })
+    }
+
     /// The bits, 64 chunks per word (what a store saves).
     pub fn words(&self) -> &[u64] {
         &self.bits

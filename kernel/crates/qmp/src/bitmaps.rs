@@ -2,6 +2,7 @@
 //! ones kept by the volume store of an lvol.
 
 use crate::block::Block;
+use crate::transaction::{Durable, Spec};
 use crate::{Args, QmpError};
 use alloc::format;
 use alloc::vec::Vec;
@@ -121,18 +122,16 @@ impl Block<'_, '_> {
             .ok_or_else(|| QmpError::generic("Cannot allocate memory for the bitmap"))?;
         b.enabled = !disabled;
         b.persistent = persistent;
+        self.save(id)?;
         if persistent {
             // Recorded in the store's metadata before it records anything.
-            let lv = self.model.lvol.as_deref();
-            if let Some((store, vol)) = lv.and_then(|l| l.store_of(self.model.bdevs, id)) {
-                store
-                    .add_bitmap(vol, name, g, size, !disabled)
-                    .map_err(|e| {
-                        QmpError::generic(format!(
-                            "Cannot store dirty bitmap '{name}' on '{node}': {e}"
-                        ))
-                    })?;
-            }
+            self.durable(Durable::Add(Spec {
+                node: id,
+                name: name.into(),
+                granularity: g,
+                size,
+                enabled: !disabled,
+            }))?;
         }
         if let Some(list) = self.model.bdevs.bitmaps_mut(id) {
             list.push(b);
@@ -151,14 +150,17 @@ impl Block<'_, '_> {
         if cmd != "block-dirty-bitmap-remove" {
             self.usable_bitmap(id, name)?;
         }
-        let stored = self.model.bdevs.bitmaps(id)[i].persistent;
-        if stored && cmd == "block-dirty-bitmap-remove" {
-            let lv = self.model.lvol.as_deref();
-            if let Some((store, vol)) = lv.and_then(|l| l.store_of(self.model.bdevs, id)) {
-                store.remove_bitmap(vol, name).map_err(|e| {
-                    QmpError::generic(format!("Cannot remove dirty bitmap '{name}': {e}"))
-                })?;
-            }
+        self.save(id)?;
+        let b = &self.model.bdevs.bitmaps(id)[i];
+        if b.persistent && cmd == "block-dirty-bitmap-remove" {
+            let spec = Spec {
+                node: id,
+                name: name.into(),
+                granularity: b.granularity,
+                size: b.size(),
+                enabled: b.enabled,
+            };
+            self.durable(Durable::Remove(spec))?;
         }
         let Some(list) = self.model.bdevs.bitmaps_mut(id) else {
             return Err(QmpError::generic(format!("Node '{node}' not found")));
@@ -201,8 +203,12 @@ impl Block<'_, '_> {
             };
             let sid = self.node(n)?;
             let si = self.usable_bitmap(sid, b)?;
-            merged.push(self.model.bdevs.bitmaps(sid)[si].clone());
+            let copy = self.model.bdevs.bitmaps(sid)[si]
+                .try_clone()
+                .ok_or_else(|| QmpError::generic("Cannot allocate memory for the merge"))?;
+            merged.push(copy);
         }
+        self.save(id)?;
         if let Some(list) = self.model.bdevs.bitmaps_mut(id) {
             for m in &merged {
                 list[t].merge_from(m);

@@ -38,6 +38,8 @@ pub struct BlockState {
     pub dying: Vec<Dying>,
     /// Events for every monitor: (name, data).
     pub events: Vec<(&'static str, Value)>,
+    /// Set while a `transaction` runs its actions.
+    pub(crate) txn: Option<crate::transaction::Txn>,
 }
 
 impl BlockState {
@@ -73,6 +75,7 @@ pub const COMMANDS: &[&str] = &[
     "block-dirty-bitmap-enable",
     "block-dirty-bitmap-disable",
     "block-dirty-bitmap-merge",
+    "transaction",
 ];
 
 /// The default NBD port, where `nbd-server-stop` puts the listener back.
@@ -159,6 +162,7 @@ impl Dispatch for Block<'_, '_> {
                 return Ok(json!({}));
             }
             "block-dirty-bitmap-merge" => self.bitmap_merge(&mut a)?,
+            "transaction" => self.transaction(&mut a)?,
             _ => {
                 return Err(QmpError::command_not_found(format!(
                     "The command {name} has not been found"

@@ -31,6 +31,7 @@ mod error;
 mod json;
 mod session;
 pub mod stream;
+mod transaction;
 
 pub use args::Args;
 pub use error::{ErrorClass, QmpError};

@@ -648,3 +648,162 @@ fn a_command_refused_for_an_unexpected_argument_changes_nothing() {
     assert_eq!(desc, "Parameter 'z' is unexpected");
     assert_eq!(w.ok("query-block-exports", json!({})), before);
 }
+
+fn bitmap_names(w: &mut World, node: &str) -> Vec<(String, u64, bool)> {
+    let id = w.reg.find(node).unwrap();
+    w.reg
+        .bitmaps(id)
+        .iter()
+        .map(|b| (b.name.clone(), b.dirty_bytes(), b.enabled))
+        .collect()
+}
+
+#[test]
+fn transactions_apply_every_action_or_none() {
+    let mut w = World::new();
+    w.ok(
+        "block-dirty-bitmap-add",
+        json!({"node": "Malloc0", "name": "b0", "granularity": 512}),
+    );
+    let id = w.reg.find("Malloc0").unwrap();
+    w.reg.bitmaps_mut(id).unwrap()[0].mark(0, 4096);
+    let act = |t: &str, d: Value| json!({"type": t, "data": d});
+    // A checkpoint as libvirt takes one: the old bitmap stops, a new starts.
+    w.ok(
+        "transaction",
+        json!({"actions": [
+            act("block-dirty-bitmap-disable", json!({"node": "Malloc0", "name": "b0"})),
+            act("block-dirty-bitmap-add", json!({"node": "Malloc0", "name": "b1", "granularity": 512})),
+        ]}),
+    );
+    let both = vec![("b0".into(), 4096, false), ("b1".into(), 0, true)];
+    assert_eq!(bitmap_names(&mut w, "Malloc0"), both);
+
+    // A failing action puts every earlier one back.
+    for (last, class, desc) in [
+        (
+            act("abort", json!({})),
+            "GenericError",
+            "Transaction aborted using Abort action",
+        ),
+        (
+            act(
+                "block-dirty-bitmap-add",
+                json!({"node": "Malloc0", "name": "b0"}),
+            ),
+            "GenericError",
+            "Bitmap already exists: b0",
+        ),
+        (
+            act(
+                "block-dirty-bitmap-clear",
+                json!({"node": "Malloc0", "name": "nope"}),
+            ),
+            "GenericError",
+            "Dirty bitmap 'nope' not found",
+        ),
+    ] {
+        let r = w.err(
+            "transaction",
+            json!({"actions": [
+                act("block-dirty-bitmap-clear", json!({"node": "Malloc0", "name": "b0"})),
+                act("block-dirty-bitmap-remove", json!({"node": "Malloc0", "name": "b1"})),
+                act("block-dirty-bitmap-add", json!({"node": "Malloc1", "name": "n"})),
+                act("block-dirty-bitmap-merge", json!({"node": "Malloc0", "target": "b0", "bitmaps": ["b0"]})),
+                last,
+            ]}),
+        );
+        assert_eq!(r, (class.into(), desc.into()));
+        assert_eq!(bitmap_names(&mut w, "Malloc0"), both, "after {desc}");
+        assert!(bitmap_names(&mut w, "Malloc1").is_empty());
+    }
+
+    // Actions that need block jobs, unknown ones, grouped completion.
+    let (_, desc) = w.err(
+        "transaction",
+        json!({"actions": [
+            act("block-dirty-bitmap-clear", json!({"node": "Malloc0", "name": "b0"})),
+            act("drive-backup", json!({})),
+        ]}),
+    );
+    assert!(desc.contains("'drive-backup' is not supported"), "{desc}");
+    let (_, desc) = w.err(
+        "transaction",
+        json!({"actions": [act("no-such", json!({}))]}),
+    );
+    assert_eq!(
+        desc,
+        "Parameter 'actions[0].type' does not accept value 'no-such'"
+    );
+    let (_, desc) = w.err(
+        "transaction",
+        json!({"actions": [], "properties": {"completion-mode": "grouped"}}),
+    );
+    assert!(desc.contains("completion-mode = grouped"), "{desc}");
+    assert_eq!(bitmap_names(&mut w, "Malloc0"), both);
+    w.ok("transaction", json!({"actions": []}));
+}
+
+#[test]
+fn a_failed_transaction_leaves_the_volume_store_as_it_was() {
+    let mut w = World::with_disk(Some(MallocBdev::new("Malloc2", 32 << 11, 512)));
+    {
+        let (mut init, mut down) = (true, false);
+        let mut m = Model {
+            bdevs: &mut w.reg,
+            devices: None,
+            nbd: None,
+            iscsi: None,
+            nvmf: None,
+            memory_budget: 1 << 30,
+            initialized: &mut init,
+            shutdown: &mut down,
+            bench: None,
+            config_store: None,
+            lvol: Some(&mut w.lvols),
+            targetd: None,
+        };
+        m.lvs_create("Malloc2", "lvs", Some(1 << 20), ironbay_lvol::Clear::Zero)
+            .unwrap();
+        m.lvol_create(
+            ironbay_model::lvol::StoreRef::Name("lvs"),
+            "vol",
+            8 << 20,
+            true,
+            ironbay_lvol::Clear::Zero,
+        )
+        .unwrap();
+    }
+    w.ok(
+        "block-dirty-bitmap-add",
+        json!({"node": "lvs/vol", "name": "old", "persistent": true}),
+    );
+    let act = |t: &str, d: Value| json!({"type": t, "data": d});
+    let (_, desc) = w.err(
+        "transaction",
+        json!({"actions": [
+            act("block-dirty-bitmap-remove", json!({"node": "lvs/vol", "name": "old"})),
+            act("block-dirty-bitmap-add", json!({"node": "lvs/vol", "name": "new", "persistent": true})),
+            act("abort", json!({})),
+        ]}),
+    );
+    assert_eq!(desc, "Transaction aborted using Abort action");
+    let names = |w: &World| -> Vec<String> {
+        w.lvols.stores[0]
+            .store
+            .bitmaps()
+            .into_iter()
+            .map(|b| b.name)
+            .collect()
+    };
+    assert_eq!(names(&w), ["old"]);
+    w.ok(
+        "transaction",
+        json!({"actions": [
+            act("block-dirty-bitmap-remove", json!({"node": "lvs/vol", "name": "old"})),
+            act("block-dirty-bitmap-add", json!({"node": "lvs/vol", "name": "new", "persistent": true})),
+        ]}),
+    );
+    assert_eq!(names(&w), ["new"]);
+    assert_eq!(bitmap_names(&mut w, "lvs/vol"), [("new".into(), 0, true)]);
+}
