@@ -24,22 +24,8 @@ fn qemu_qmp_library_drives_exports() {
     let (nvme, vblk) = (dir.join("nvme0.img"), dir.join("vblk0.img"));
     sparse_disk(&nvme, 64 * MIB).unwrap();
     sparse_disk(&vblk, 64 * MIB).unwrap();
-    let (qmp, nbd, rpc) = (free_port(), free_port(), free_port());
-    let mut m = Machine::new(Boot::Kernel {
-        image: require(&kernel()),
-        append: "mgmt.ip=10.0.2.15/24 mgmt.gw=10.0.2.2 data.ip=10.0.3.15/24 data.gw=10.0.3.2"
-            .into(),
-        config: None,
-    });
-    m.disks = vec![Disk::nvme(0, 1, nvme), Disk::virtio(vblk)];
-    m.forwards = vec![
-        (Nic::Mgmt, qmp, 4444),
-        (Nic::Mgmt, rpc, 5260),
-        (Nic::Data, nbd, 10809),
-    ];
-    let mut vm = Running::spawn(m.command()).expect("start qemu");
-    vm.wait_for(READY, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut vm, ports) = boot_on(vec![Disk::nvme(0, 1, nvme), Disk::virtio(vblk)]);
+    let qmp = ports.0;
 
     // A monitor that connects and never negotiates is dropped.
     let mut idle = TcpStream::connect(("127.0.0.1", qmp)).unwrap();
@@ -63,26 +49,7 @@ fn qemu_qmp_library_drives_exports() {
         started.elapsed().as_secs_f64()
     );
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/qmp-client.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .env("QMP_PORT", qmp.to_string())
-        .env("NBD_PORT", nbd.to_string())
-        .env("RPC_PORT", rpc.to_string())
-        .env("SCRATCH", &dir)
-        .output()
-        .expect("python3");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{text}");
-    assert!(
-        out.status.success(),
-        "qmp-client.py failed:\n{text}\n----- console -----\n{}",
-        vm.output()
-    );
+    run_script(&mut vm, "qmp-client.py", &[], ports, &dir);
 }
 
 /// Boots the appliance on `disks` with QMP, JSON-RPC and NBD forwarded:
@@ -107,6 +74,35 @@ fn boot_on(disks: Vec<Disk>) -> (Running, (u16, u16, u16)) {
     (vm, (qmp, nbd, rpc))
 }
 
+/// Runs `tests/scripts/NAME` with `args` against the appliance's ports
+/// (and SCRATCH = `dir`); fails the test, with the console, if it fails.
+fn run_script(vm: &mut Running, name: &str, args: &[&str], ports: (u16, u16, u16), dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name);
+    let (qmp, nbd, rpc) = ports;
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .env("QMP_PORT", qmp.to_string())
+        .env("NBD_PORT", nbd.to_string())
+        .env("RPC_PORT", rpc.to_string())
+        .env("SCRATCH", dir)
+        .output()
+        .expect("python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed:\n{text}\n----- console -----\n{}",
+        vm.output()
+    );
+}
+
 /// Persistent dirty bitmaps on a logical volume across four boots of the
 /// same disks (tests/scripts/qmp-persist.py runs each phase): kept with
 /// their bits through an orderly shutdown, reported inconsistent after a
@@ -118,7 +114,6 @@ fn persistent_bitmaps_survive_orderly_shutdowns_not_power_cuts() {
     let (nvme, vblk) = (dir.join("nvme0.img"), dir.join("vblk0.img"));
     sparse_disk(&nvme, 64 * MIB).unwrap();
     sparse_disk(&vblk, 16 * MIB).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/qmp-persist.py");
     // Each phase, and whether the appliance then stops in order (the
     // script asks it to) or loses power.
     for (phase, orderly) in [
@@ -127,29 +122,11 @@ fn persistent_bitmaps_survive_orderly_shutdowns_not_power_cuts() {
         ("cut", true),
         ("final", false),
     ] {
-        let (mut vm, (qmp, nbd, rpc)) = boot_on(vec![
+        let (mut vm, ports) = boot_on(vec![
             Disk::nvme(0, 1, nvme.clone()),
             Disk::virtio(vblk.clone()),
         ]);
-        let out = Command::new("python3")
-            .arg(&script)
-            .arg(phase)
-            .env("QMP_PORT", qmp.to_string())
-            .env("NBD_PORT", nbd.to_string())
-            .env("RPC_PORT", rpc.to_string())
-            .output()
-            .expect("python3");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        println!("{text}");
-        assert!(
-            out.status.success(),
-            "qmp-persist.py {phase} failed:\n{text}\n----- console -----\n{}",
-            vm.output()
-        );
+        run_script(&mut vm, "qmp-persist.py", &[phase], ports, &dir);
         if orderly {
             assert_eq!(
                 vm.wait_exit(Duration::from_secs(120)).unwrap(),

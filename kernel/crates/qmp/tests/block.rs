@@ -498,6 +498,39 @@ fn bitmaps_together_stay_within_their_memory() {
     );
 }
 
+impl World {
+    /// With Malloc2 holding store `lvs` and a thin 8 MiB volume `vol`.
+    fn with_volume() -> Self {
+        let mut w = World::with_disk(Some(MallocBdev::new("Malloc2", 32 << 11, 512)));
+        let (mut init, mut down) = (true, false);
+        let mut m = Model {
+            bdevs: &mut w.reg,
+            devices: None,
+            nbd: None,
+            iscsi: None,
+            nvmf: None,
+            memory_budget: 1 << 30,
+            initialized: &mut init,
+            shutdown: &mut down,
+            bench: None,
+            config_store: None,
+            lvol: Some(&mut w.lvols),
+            targetd: None,
+        };
+        m.lvs_create("Malloc2", "lvs", Some(1 << 20), ironbay_lvol::Clear::Zero)
+            .unwrap();
+        m.lvol_create(
+            ironbay_model::lvol::StoreRef::Name("lvs"),
+            "vol",
+            8 << 20,
+            true,
+            ironbay_lvol::Clear::Zero,
+        )
+        .unwrap();
+        w
+    }
+}
+
 /// The image of the disk under the first volume store (what survives a
 /// reboot).
 fn disk_image(w: &World) -> MallocBdev {
@@ -526,34 +559,7 @@ fn bitmap_of(w: &mut World, node: &str) -> Value {
 
 #[test]
 fn persistent_bitmaps_live_in_the_volume_store_across_reboots() {
-    let mut w = World::with_disk(Some(MallocBdev::new("Malloc2", 32 << 11, 512)));
-    {
-        let (mut init, mut down) = (true, false);
-        let mut m = Model {
-            bdevs: &mut w.reg,
-            devices: None,
-            nbd: None,
-            iscsi: None,
-            nvmf: None,
-            memory_budget: 1 << 30,
-            initialized: &mut init,
-            shutdown: &mut down,
-            bench: None,
-            config_store: None,
-            lvol: Some(&mut w.lvols),
-            targetd: None,
-        };
-        m.lvs_create("Malloc2", "lvs", Some(1 << 20), ironbay_lvol::Clear::Zero)
-            .unwrap();
-        m.lvol_create(
-            ironbay_model::lvol::StoreRef::Name("lvs"),
-            "vol",
-            8 << 20,
-            true,
-            ironbay_lvol::Clear::Zero,
-        )
-        .unwrap();
-    }
+    let mut w = World::with_volume();
     // Only volumes keep bitmaps.
     let (_, desc) = w.err(
         "block-dirty-bitmap-add",
@@ -746,34 +752,7 @@ fn transactions_apply_every_action_or_none() {
 
 #[test]
 fn a_failed_transaction_leaves_the_volume_store_as_it_was() {
-    let mut w = World::with_disk(Some(MallocBdev::new("Malloc2", 32 << 11, 512)));
-    {
-        let (mut init, mut down) = (true, false);
-        let mut m = Model {
-            bdevs: &mut w.reg,
-            devices: None,
-            nbd: None,
-            iscsi: None,
-            nvmf: None,
-            memory_budget: 1 << 30,
-            initialized: &mut init,
-            shutdown: &mut down,
-            bench: None,
-            config_store: None,
-            lvol: Some(&mut w.lvols),
-            targetd: None,
-        };
-        m.lvs_create("Malloc2", "lvs", Some(1 << 20), ironbay_lvol::Clear::Zero)
-            .unwrap();
-        m.lvol_create(
-            ironbay_model::lvol::StoreRef::Name("lvs"),
-            "vol",
-            8 << 20,
-            true,
-            ironbay_lvol::Clear::Zero,
-        )
-        .unwrap();
-    }
+    let mut w = World::with_volume();
     w.ok(
         "block-dirty-bitmap-add",
         json!({"node": "lvs/vol", "name": "old", "persistent": true}),
