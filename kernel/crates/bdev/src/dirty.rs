@@ -58,7 +58,7 @@ impl DirtyBitmap {
         if granularity == 0 || words.len() as u64 != Self::heap_bytes(granularity, size) / 8 {
             return None;
         }
-        Some(DirtyBitmap {
+        let mut b = DirtyBitmap {
             name: name.into(),
             granularity,
             enabled: true,
@@ -66,7 +66,15 @@ impl DirtyBitmap {
             inconsistent: false,
             size,
             bits: words,
-        })
+        };
+        // Nothing past the last chunk may count.
+        let chunks = b.chunks();
+        if let Some(last) = b.bits.last_mut()
+            && !chunks.is_multiple_of(64)
+        {
+            *last &= (1u64 << (chunks % 64)) - 1;
+        }
+        Some(b)
     }
 
     /// A stored bitmap whose contents are lost: it holds no bits.
@@ -179,10 +187,14 @@ impl DirtyBitmap {
     /// Bytes in dirty chunks (the last chunk counts only up to the size).
     pub fn dirty_bytes(&self) -> u64 {
         let g = self.granularity as u64;
-        (0..self.chunks())
-            .filter(|&i| self.get(i))
-            .map(|i| g.min(self.size - i * g))
-            .sum()
+        let set: u64 = self.bits.iter().map(|w| w.count_ones() as u64).sum();
+        // Whole words at a time; only the last chunk may be short.
+        let last = self.chunks().saturating_sub(1);
+        if set > 0 && self.get(last) {
+            set * g - (g - (self.size - last * g))
+        } else {
+            set * g
+        }
     }
 
     /// Marks everything dirty in `other` (any granularity) here too.
@@ -277,6 +289,9 @@ mod tests {
         let c = DirtyBitmap::from_words("b", 4096, 200 * 4096, w).unwrap();
         assert_eq!(c.extents(0, 200 * 4096), b.extents(0, 200 * 4096));
         assert!(DirtyBitmap::from_words("b", 4096, 200 * 4096, vec![0; 2]).is_none());
+        // Bits past the end in stored words do not count.
+        let all = DirtyBitmap::from_words("b", 4096, 70 * 4096 - 100, vec![u64::MAX; 2]).unwrap();
+        assert_eq!(all.dirty_bytes(), 70 * 4096 - 100);
         let mut l = DirtyBitmap::lost("b", 4096, 4096);
         l.mark(0, 4096);
         assert_eq!(l.dirty_bytes(), 0);

@@ -12,7 +12,7 @@ use crate::store::{Core, Store};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use ironbay_bdev::dirty::{DirtyBitmap, MIN_GRANULARITY};
+use ironbay_bdev::dirty::{self, DirtyBitmap, MIN_GRANULARITY};
 use ironbay_bdev::{IoStatus, sync};
 
 /// What a store holds of a persistent bitmap.
@@ -59,10 +59,21 @@ impl Store {
     pub fn load_bitmaps(&self) -> Vec<(u32, DirtyBitmap)> {
         let mut c = self.core().borrow_mut();
         let found = core::mem::take(&mut c.meta.found_bitmaps);
+        // What the appliance lets all bitmaps take: a damaged or hostile
+        // description cannot make a load take more.
+        let mut budget = dirty::MAX_TOTAL_BYTES;
         found
             .into_iter()
             .map(|b| {
-                let bm = if b.in_use { None } else { c.read_bits(&b) };
+                let len = bits_bytes(b.granularity, b.size);
+                let bm = if b.in_use || len > budget {
+                    None
+                } else {
+                    c.read_bits(&b)
+                };
+                if bm.is_some() {
+                    budget -= len;
+                }
                 let bm = bm.unwrap_or_else(|| DirtyBitmap::lost(&b.name, b.granularity, b.size));
                 (b.volume, bm)
             })

@@ -487,7 +487,8 @@ fn get_bitmap(r: &mut Reader<'_>) -> Option<StoredBitmap> {
     let n = r.u32()? as u64;
     // Each cluster is an extent entry of the store's budget.
     r.1 = r.1.checked_sub(n)?;
-    if n > r.0.len() as u64 / 8 || !granularity.is_power_of_two() {
+    let g = ironbay_bdev::dirty::MIN_GRANULARITY..=ironbay_bdev::dirty::MAX_GRANULARITY;
+    if n > r.0.len() as u64 / 8 || !granularity.is_power_of_two() || !g.contains(&granularity) {
         return None;
     }
     let mut clusters = Vec::new();

@@ -174,3 +174,29 @@ fn a_volume_takes_its_bitmaps_along_and_names_are_checked() {
     assert!(s.bitmaps().is_empty());
     s.check().unwrap();
 }
+
+#[test]
+fn a_load_takes_no_more_than_the_bitmap_budget() {
+    let base = shared(MallocBdev::new("m", 96 * 2048, 512));
+    let s = Store::create(
+        base.clone(),
+        "Malloc0",
+        "lvs0",
+        4 << 20,
+        Uuid([9; 16]),
+        clock,
+    )
+    .unwrap();
+    // 40 MiB of bits: more than all bitmaps together may take in memory.
+    let size = 40u64 << 32;
+    let v = s
+        .create_volume("huge", size, true, Uuid([1; 16]), Clear::Zero)
+        .unwrap();
+    s.add_bitmap(v, "b0", 512, size, true).unwrap();
+    let b = DirtyBitmap::new("b0", 512, size).unwrap();
+    assert!(s.close_saving(&[(v, &b)]).unwrap().is_empty());
+    let s = reopen(s, &base);
+    let got = s.load_bitmaps();
+    assert!(got[0].1.inconsistent, "refused, not loaded");
+    s.check().unwrap();
+}

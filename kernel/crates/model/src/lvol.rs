@@ -7,6 +7,7 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use ironbay_bdev::dirty::{self, DirtyBitmap};
 use ironbay_bdev::{BdevId, Registry, Rng, Uuid};
 use ironbay_lvol::{Clear, ClockFn, Store, StoreInfo, VolumeInfo};
 use ironbay_nbd::Export;
@@ -116,14 +117,32 @@ impl Lvols {
             else {
                 continue;
             };
-            if let Some(by) = bdevs.claimed_by(id) {
+            let held: u64 = bdevs
+                .ids()
+                .flat_map(|b| bdevs.bitmaps(b))
+                .map(DirtyBitmap::bytes)
+                .sum();
+            let why = if let Some(by) = bdevs.claimed_by(id) {
                 // Writes through its owner would go unseen from now on.
+                Some(format!("its volume is claimed by {by}"))
+            } else if held + bm.bytes() > dirty::MAX_TOTAL_BYTES {
+                Some(format!(
+                    "bitmaps may take {} MiB in all",
+                    dirty::MAX_TOTAL_BYTES >> 20
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
                 found.push(format!(
-                    "lvol store {name}: dirty bitmap {} is lost: its volume is claimed by {by}",
+                    "lvol store {name}: dirty bitmap {} is lost: {why}",
                     bm.name
                 ));
-                bm = ironbay_bdev::dirty::DirtyBitmap::lost(&bm.name, bm.granularity, bm.size());
+                bm = DirtyBitmap::lost(&bm.name, bm.granularity, bm.size());
             }
+            // The store's size for it may be older than the volume's.
+            let size = bdevs.info(id).map_or(0, |i| i.size_bytes());
+            bm.resize(size);
             lost += bm.inconsistent as usize;
             if let Some(list) = bdevs.bitmaps_mut(id) {
                 list.push(bm);
