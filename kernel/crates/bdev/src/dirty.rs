@@ -199,31 +199,65 @@ impl DirtyBitmap {
 
     /// Marks everything dirty in `other` (any granularity) here too.
     pub fn merge_from(&mut self, other: &DirtyBitmap) {
-        for (off, len, dirty) in other.extents(0, other.size) {
+        if other.granularity == self.granularity && other.size == self.size {
+            for (w, o) in self.bits.iter_mut().zip(&other.bits) {
+                *w |= o;
+            }
+            return;
+        }
+        other.runs(0, other.size, |off, len, dirty| {
             if dirty {
                 self.set_range(off, len);
             }
-        }
+            true
+        });
     }
 
     /// Runs of (offset, length, dirty) covering `off..off + len`, cut at
-    /// the bitmap's size.
-    pub fn extents(&self, off: u64, len: u64) -> Vec<(u64, u64, bool)> {
-        let mut out: Vec<(u64, u64, bool)> = Vec::new();
-        let end = (off + len).min(self.size);
+    /// the bitmap's size; at most `max` of them (the rest of the range is
+    /// left out).
+    pub fn extents(&self, off: u64, len: u64, max: usize) -> Vec<(u64, u64, bool)> {
+        let mut out = Vec::new();
+        self.runs(off, len, |o, n, d| {
+            if out.len() == max {
+                return false;
+            }
+            out.push((o, n, d));
+            true
+        });
+        out
+    }
+
+    /// Calls `f` with each run of (offset, length, dirty) in `off..off +
+    /// len` (cut at the size) until it returns false. Whole words of equal
+    /// chunks are skipped at once, so clean or dirty stretches cost little
+    /// however fine the granularity.
+    pub fn runs(&self, off: u64, len: u64, mut f: impl FnMut(u64, u64, bool) -> bool) {
+        let end = off.saturating_add(len).min(self.size);
         let g = self.granularity as u64;
+        let last = end.div_ceil(g);
         let mut pos = off;
         while pos < end {
-            let i = pos / g;
-            let next = ((i + 1) * g).min(end);
-            let d = self.get(i);
-            match out.last_mut() {
-                Some(last) if last.2 == d => last.1 += next - pos,
-                _ => out.push((pos, next - pos, d)),
+            let d = self.get(pos / g);
+            let mut j = pos / g + 1;
+            while j < last {
+                let same = if d { u64::MAX } else { 0 };
+                if j.is_multiple_of(64)
+                    && self.bits.get((j / 64) as usize).copied().unwrap_or(0) == same
+                {
+                    j += 64;
+                } else if self.get(j) == d {
+                    j += 1;
+                } else {
+                    break;
+                }
+            }
+            let next = (j * g).min(end);
+            if !f(pos, next - pos, d) {
+                return;
             }
             pos = next;
         }
-        out
     }
 }
 
@@ -246,7 +280,7 @@ mod tests {
         b.mark(4096, 512);
         b.mark(65536 * 3 - 1, 2);
         assert_eq!(
-            b.extents(0, 1 << 20),
+            b.extents(0, 1 << 20, usize::MAX),
             [
                 (0, 65536, true),
                 (65536, 65536, false),
@@ -254,13 +288,13 @@ mod tests {
                 (262144, (1 << 20) - 262144, false)
             ]
         );
-        assert_eq!(b.extents(140_000, 10), [(140_000, 10, true)]);
+        assert_eq!(b.extents(140_000, 10, 9), [(140_000, 10, true)]);
         assert_eq!(b.dirty_bytes(), 3 * 65536);
         b.enabled = false;
         b.mark(900_000, 10);
         assert_eq!(b.dirty_bytes(), 3 * 65536);
         b.clear();
-        assert_eq!(b.extents(0, 1 << 20), [(0, 1 << 20, false)]);
+        assert_eq!(b.extents(0, 1 << 20, usize::MAX), [(0, 1 << 20, false)]);
     }
 
     #[test]
@@ -270,7 +304,7 @@ mod tests {
         a.mark(8192, 1);
         assert_eq!(a.dirty_bytes(), 10_000 - 8192);
         b.merge_from(&a);
-        assert_eq!(b.extents(0, 10_000), [(0, 10_000, true)]);
+        assert_eq!(b.extents(0, 10_000, 9), [(0, 10_000, true)]);
         assert_eq!(default_granularity(None), 65536);
         assert_eq!(default_granularity(Some(1 << 20)), 1 << 20);
         assert_eq!(default_granularity(Some(512)), 4096);
@@ -284,10 +318,10 @@ mod tests {
         assert!(b.resize(70 * 4096));
         assert_eq!(b.dirty_bytes(), 4096);
         assert!(b.resize(200 * 4096));
-        assert_eq!(b.extents(0, 200 * 4096).len(), 3, "chunk 99 was cut off");
+        assert_eq!(b.extents(0, 200 * 4096, 9).len(), 3, "chunk 99 was cut off");
         let w = b.words().to_vec();
         let c = DirtyBitmap::from_words("b", 4096, 200 * 4096, w).unwrap();
-        assert_eq!(c.extents(0, 200 * 4096), b.extents(0, 200 * 4096));
+        assert_eq!(c.extents(0, 200 * 4096, 9), b.extents(0, 200 * 4096, 9));
         assert!(DirtyBitmap::from_words("b", 4096, 200 * 4096, vec![0; 2]).is_none());
         // Bits past the end in stored words do not count.
         let all = DirtyBitmap::from_words("b", 4096, 70 * 4096 - 100, vec![u64::MAX; 2]).unwrap();
@@ -295,6 +329,34 @@ mod tests {
         let mut l = DirtyBitmap::lost("b", 4096, 4096);
         l.mark(0, 4096);
         assert_eq!(l.dirty_bytes(), 0);
-        assert_eq!(l.extents(0, 4096), [(0, 4096, false)]);
+        assert_eq!(l.extents(0, 4096, 9), [(0, 4096, false)]);
+    }
+
+    #[test]
+    fn runs_skip_whole_words_and_stop_at_the_limit() {
+        // 1 GiB at 512 bytes: two million chunks.
+        let mut b = DirtyBitmap::new("b", 512, 1 << 30).unwrap();
+        b.mark(100 << 20, 512 * 70);
+        b.mark(900 << 20, 1);
+        let want = [
+            (0, 100 << 20, false),
+            (100 << 20, 512 * 70, true),
+            ((100 << 20) + 512 * 70, (800 << 20) - 512 * 70, false),
+            (900 << 20, 512, true),
+            ((900 << 20) + 512, (124 << 20) - 512, false),
+        ];
+        assert_eq!(b.extents(0, 1 << 30, 99), want);
+        // Every other chunk dirty: the reply stops at the limit.
+        for i in 0..10_000u64 {
+            b.mark(i * 1024, 1);
+        }
+        assert_eq!(b.extents(0, 1 << 30, 1024).len(), 1024);
+        let mut c = DirtyBitmap::new("c", 65536, 1 << 30).unwrap();
+        c.merge_from(&b);
+        // 157 chunks of 64 KiB over the first 10 MiB, one at 100 MiB, one at 900.
+        assert_eq!(c.dirty_bytes(), 159 * 65536);
+        let mut d = DirtyBitmap::new("d", 512, 1 << 30).unwrap();
+        d.merge_from(&b);
+        assert_eq!(d.words(), b.words());
     }
 }

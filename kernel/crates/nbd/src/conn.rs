@@ -56,7 +56,7 @@ impl AllocationMap for Registry {
     fn dirty(&self, bdev: BdevId, name: &str, off: u64, len: u64) -> Option<Vec<(u64, bool)>> {
         let b = self.bitmaps(bdev).iter().find(|b| b.name == name)?;
         Some(
-            b.extents(off, len)
+            b.extents(off, len, MAX_EXTENTS)
                 .into_iter()
                 .map(|(_, n, d)| (n, d))
                 .collect(),
@@ -115,6 +115,8 @@ impl AllocationMap for NoAllocationMap {
 
 /// Extents per BLOCK_STATUS reply.
 const MAX_EXTENTS: usize = 1024;
+/// Most bytes one block status reply describes.
+const MAX_STATUS_SPAN: u64 = 1 << 30;
 
 /// Largest option payload read; longer ones are skipped with ERR_TOO_BIG.
 const MAX_OPTION: usize = 64 * 1024;
@@ -837,7 +839,11 @@ impl Connection {
     fn block_status(&mut self, req: Request, e: &Export, map: &dyn AllocationMap) {
         const HOLE_ZERO: u32 = 3;
         let bs = e.block_size as u64;
-        let blocks = req.length as u64 / bs;
+        // A reply may cover less than was asked (the client asks again
+        // from where it ends): a maps walk stays short however large the
+        // request.
+        let span = (req.length as u64).min(MAX_STATUS_SPAN);
+        let blocks = span / bs;
         let limit = if req.flags & cmd::FLAG_REQ_ONE != 0 {
             1
         } else {
@@ -862,8 +868,8 @@ impl Connection {
                     .map(|(n, d)| (n * bs, d))
                     .collect(),
                 Ctx::Bitmap(b, name) => map
-                    .dirty(*b, name, req.offset, req.length as u64)
-                    .unwrap_or_else(|| alloc::vec![(req.length as u64, true)])
+                    .dirty(*b, name, req.offset, span)
+                    .unwrap_or_else(|| alloc::vec![(span, true)])
                     .into_iter()
                     .map(|(n, d)| (n, d as u32))
                     .collect(),
