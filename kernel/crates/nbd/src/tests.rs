@@ -973,3 +973,53 @@ fn qemu_contexts_list_select_and_answer_a_chunk_each() {
         "context 2: clean, dirty, clean"
     );
 }
+
+#[test]
+fn block_status_of_a_fine_bitmap_is_bounded_per_reply() {
+    use ironbay_bdev::NullBdev;
+    use ironbay_bdev::dirty::DirtyBitmap;
+    let mut r = rig();
+    // 4 GiB at 512-byte granularity, every other chunk of its first MiB
+    // dirty: two thousand runs there, then four gigabytes of clean.
+    let id = r
+        .reg
+        .add(Box::new(NullBdev::new("Big", 8 << 20, 512)))
+        .unwrap();
+    let mut b = DirtyBitmap::new("b0", 512, 4 << 30).unwrap();
+    for i in 0..2048u64 {
+        b.mark(i * 1024, 1);
+    }
+    r.reg.bitmaps_mut(id).unwrap().push(b);
+    let info = r.reg.info(id).unwrap().clone();
+    let mut e = Export::new("big", "", id, &info, true);
+    e.bitmaps = vec![(id, "b0".into())];
+    r.exports.list.push(e);
+    r.handshake(3);
+    r.send(&option(opt::STRUCTURED_REPLY, b""));
+    assert_eq!(r.option_reply().1, rep::ACK);
+    r.send(&option(
+        opt::SET_META_CONTEXT,
+        &meta_query("big", &[b"qemu:dirty-bitmap:b0"]),
+    ));
+    while r.option_reply().1 != rep::ACK {}
+    r.go("big");
+    let extents = |r: &mut Rig, cookie: u64, off: u64, len: u32| {
+        r.request(cmd::BLOCK_STATUS, 0, cookie, off, len, &[]);
+        let (_, kind, _, p) = read_chunk(r);
+        assert_eq!(kind, chunk::BLOCK_STATUS);
+        p[4..]
+            .chunks(8)
+            .map(|c| {
+                (
+                    u32::from_be_bytes(c[..4].try_into().unwrap()) as u64,
+                    u32::from_be_bytes(c[4..].try_into().unwrap()),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let fine = extents(&mut r, 1, 0, u32::MAX - 511);
+    assert_eq!(fine.len(), 1024, "stops at the reply's limit");
+    assert_eq!(fine[..2], [(512, 1), (512, 0)]);
+    let clean = extents(&mut r, 2, 2 << 30, (2 << 30) - 512);
+    assert_eq!(clean, [(1 << 30, 0)], "one reply describes at most 1 GiB");
+}
