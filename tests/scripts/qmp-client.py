@@ -5,7 +5,8 @@ block command and error class, events on every monitor, and an NBD export
 made over QMP used by nbdinfo, qemu-img, qemu-io and nbdcopy. Also QEMU's
 qmp-shell, fed commands as an administrator types them: key=value with JSON
 and Python literals, a bitmap and an export read by nbdinfo, errors, the
-event, all removed again.
+event, all removed again. Last, idle monitors on every socket do not lock
+out a newcomer.
 
 Then incremental backup of a logical volume: a dirty bitmap, a full copy,
 writes, a snapshot exported with the bitmap as qemu:dirty-bitmap:b0, only
@@ -339,7 +340,40 @@ async def main():
     await backup(a)
     await a.disconnect()
     await b.disconnect()
+    await crowd()
     print("qmp-client: all passed", flush=True)
+
+
+async def crowd():
+    """Monitors that negotiate, then sit idle on every socket QMP has, do
+    not lock an administrator out: the quietest is dropped for a newcomer."""
+    idle, full = [], False
+    for _ in range(12):
+        try:
+            s = socket.create_connection(("127.0.0.1", QMP), timeout=5)
+            full = b'"QMP"' not in s.recv(4096)
+            if full:
+                break
+            s.sendall(b'{"execute": "qmp_capabilities"}')
+            s.recv(4096)
+            idle.append(s)
+        except OSError:
+            full = True
+            break
+    check(full and len(idle) >= 6, f"{len(idle)} idle monitors hold every socket")
+    q = QMPClient("admin")
+    for _ in range(60):
+        try:
+            await asyncio.wait_for(q.connect(("127.0.0.1", QMP)), 5)
+            break
+        except Exception:
+            await asyncio.sleep(1)
+            q = QMPClient("admin")
+    v = await q.execute("query-version")
+    check("qemu" in v, "a newcomer is served while idle monitors held every socket")
+    await q.disconnect()
+    for s in idle:
+        s.close()
 
 
 async def deleted(q, export_id):
